@@ -1,0 +1,1 @@
+"""AOSK PostgreSQL projectors; installed as aosk.projectors."""

@@ -1,0 +1,1 @@
+"""AOSK stream processors (faust); installed as aosk.streams."""
