@@ -1,0 +1,5 @@
+import sys
+
+from aosk.cli import main
+
+sys.exit(main())

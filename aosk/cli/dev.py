@@ -1,0 +1,53 @@
+"""``aosk dev up | down | status``: the embedded Kafka + PostgreSQL stack."""
+
+from __future__ import annotations
+
+import argparse
+
+from aosk.config import Settings
+from aosk.devstack.stack import dev_stack
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    dev = sub.add_parser("dev", help="run the embedded Kafka broker and PostgreSQL locally")
+    actions = dev.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("up", help="start (or report) the stack; waits until both answer").set_defaults(run=_up)
+    actions.add_parser("down", help="stop the stack cleanly; the data stays").set_defaults(run=_down)
+    actions.add_parser("status", help="say what runs, what does not and why").set_defaults(run=_status)
+
+
+def _up(settings: Settings, args: argparse.Namespace) -> int:
+    stack = dev_stack(settings)
+    assert stack is not None
+    before = stack.status()
+    was_running = all(ok for ok, _ in before.values())
+    if not was_running:
+        print(f"starting the dev stack in {stack.state_dir} ...", flush=True)
+    stack.up()
+    print("dev stack already running" if was_running else "dev stack up")
+    print(f"  kafka bootstrap:  {stack.bootstrap}")
+    print(f"  postgresql dsn:   {stack.dsn}")
+    print(f"  state directory:  {stack.state_dir}")
+    return 0
+
+
+def _down(settings: Settings, args: argparse.Namespace) -> int:
+    stack = dev_stack(settings, create=False)
+    if stack is None:
+        print(f"no dev stack in {settings.dev.state_dir}")
+        return 0
+    stack.down()
+    print(f"dev stack stopped; data kept in {stack.state_dir}")
+    return 0
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    stack = dev_stack(settings, create=False)
+    if stack is None:
+        print(f"no dev stack in {settings.dev.state_dir} (run `aosk dev up`)")
+        return 1
+    code = 0
+    for name, (ok, text) in stack.status().items():
+        print(f"{name:11s} {'up  ' if ok else 'DOWN'}  {text}")
+        code |= 0 if ok else 1
+    return code

@@ -1,0 +1,192 @@
+"""One typed settings object for every AOSK process.
+
+Sources, lowest precedence first:
+  1. defaults (the embedded dev stack: local Kafka + embedded PostgreSQL under ``.aosk/``),
+  2. ``config.yaml`` (path from ``--config`` or ``AOSK_CONFIG``; keys as in the deployment
+     guide: ``storage.postgresql.*``, ``kafka.*``, ``node_id``),
+  3. ``AOSK_*`` environment variables (``AOSK_POSTGRESQL_HOST``, ``AOSK_KAFKA_BOOTSTRAP``, ...).
+
+An invalid value fails at start with a :class:`~aosk.errors.ConfigError` naming the key.
+The object is frozen and passed in explicitly; nothing reads the environment later.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from aosk.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PostgresSettings(_Section):
+    """Where the projections live. Either ``dsn`` or the discrete fields; with neither
+    ``host`` nor ``dsn`` set, the embedded dev stack's PostgreSQL is used."""
+
+    host: str | None = None
+    """Server host name or address; unset means the embedded dev stack."""
+    port: int = Field(5432, ge=1, le=65535)
+    """Server TCP port."""
+    database: str = "aosk"
+    """Database holding the projections."""
+    user: str = "postgres"
+    """Role to connect as."""
+    password: str | None = None
+    """Password; prefer ``AOSK_POSTGRESQL_PASSWORD`` over writing it into config.yaml."""
+    pool_size: int = Field(10, ge=1, le=1000)
+    """Connections kept open per process."""
+    max_overflow: int = Field(10, ge=0, le=1000)
+    """Extra connections a pool may open under load, on top of ``pool_size``."""
+    dsn: str | None = None
+    """A full libpq connection string; wins over the discrete fields."""
+
+
+class StorageSettings(_Section):
+    backend: Literal["postgresql"] = "postgresql"
+    """The projection store. Only PostgreSQL (15+, with pgvector) is supported."""
+    postgresql: PostgresSettings = PostgresSettings()
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str | None = None
+    """Comma-separated ``host:port`` list; unset means the embedded dev stack's broker."""
+    journal_partitions: int = Field(12, ge=1, le=10_000)
+    """Partition count of the journal, fixed when it is created (never changed later)."""
+    replication_factor: int = Field(1, ge=1, le=10)
+    """Replication of the AOSK topics (production: 3)."""
+    topic_prefix: str = Field("aosk", pattern=r"^[A-Za-z0-9._-]+$")
+    """Topics are ``<prefix>.agent-events``, ``<prefix>.agent-transitions``, ``<prefix>.dead-letters``."""
+    session_timeout_ms: int = Field(10_000, ge=1_000, le=300_000)
+    """Consumer session timeout: how fast a dead process's partitions move."""
+
+    @property
+    def journal_topic(self) -> str:
+        return f"{self.topic_prefix}.agent-events"
+
+    @property
+    def transitions_topic(self) -> str:
+        return f"{self.topic_prefix}.agent-transitions"
+
+    @property
+    def dead_letters_topic(self) -> str:
+        return f"{self.topic_prefix}.dead-letters"
+
+
+class DevStackSettings(_Section):
+    state_dir: Path = Path(".aosk")
+    """Data, logs and recorded ports of the embedded stack."""
+    cache_dir: Path = Path("~/.cache/aosk")
+    """Where the Kafka jars fetched from Maven Central are kept, outside the repository."""
+    kafka_heap: str = Field("512m", pattern=r"^[0-9]+[kmgKMG]$")
+    """JVM heap of the embedded broker (-Xmx)."""
+
+
+class MemorySettings(_Section):
+    embedding_dimension: int = Field(384, ge=1, le=16_000)
+    """Dimension d of every embedding in the cluster (``vector(d)``)."""
+
+
+class Settings(_Section):
+    """Everything an AOSK process needs to know, validated once at start."""
+
+    node_id: str = Field("node-1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    """This process's node name (worker data directory and metrics label)."""
+    storage: StorageSettings = StorageSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    dev: DevStackSettings = DevStackSettings()
+    memory: MemorySettings = MemorySettings()
+
+
+# Environment variable -> dotted key. Kept explicit: the documented names are the contract.
+ENV_KEYS: Mapping[str, str] = {
+    "AOSK_NODE_ID": "node_id",
+    "AOSK_STORAGE_BACKEND": "storage.backend",
+    "AOSK_POSTGRESQL_HOST": "storage.postgresql.host",
+    "AOSK_POSTGRESQL_PORT": "storage.postgresql.port",
+    "AOSK_POSTGRESQL_DATABASE": "storage.postgresql.database",
+    "AOSK_POSTGRESQL_USER": "storage.postgresql.user",
+    "AOSK_POSTGRESQL_PASSWORD": "storage.postgresql.password",
+    "AOSK_POSTGRESQL_POOL_SIZE": "storage.postgresql.pool_size",
+    "AOSK_POSTGRESQL_MAX_OVERFLOW": "storage.postgresql.max_overflow",
+    "AOSK_POSTGRESQL_DSN": "storage.postgresql.dsn",
+    "AOSK_KAFKA_BOOTSTRAP": "kafka.bootstrap_servers",
+    "AOSK_KAFKA_PARTITIONS": "kafka.journal_partitions",
+    "AOSK_KAFKA_REPLICATION": "kafka.replication_factor",
+    "AOSK_TOPIC_PREFIX": "kafka.topic_prefix",
+    "AOSK_KAFKA_SESSION_TIMEOUT_MS": "kafka.session_timeout_ms",
+    "AOSK_STATE_DIR": "dev.state_dir",
+    "AOSK_CACHE_DIR": "dev.cache_dir",
+    "AOSK_KAFKA_HEAP": "dev.kafka_heap",
+    "AOSK_EMBEDDING_DIMENSION": "memory.embedding_dimension",
+}
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings from defaults, a YAML file and ``AOSK_*`` variables.
+
+    ``config_path`` falls back to ``AOSK_CONFIG``; a missing explicit file is an error.
+    """
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    path = config_path if config_path is not None else env.get("AOSK_CONFIG")
+    if path:
+        raw = _read_yaml(Path(path))
+    for var, key in ENV_KEYS.items():
+        if var in env:
+            _set_dotted(raw, key, env[var])
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(root)"
+        env_var = next((v for v, k in ENV_KEYS.items() if k == key and v in env), None)
+        where = f" (from {env_var})" if env_var else ""
+        raise ConfigError(key, f"{first['msg']}{where}") from e
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError("AOSK_CONFIG", f"cannot read {path}: {e.strerror}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError("AOSK_CONFIG", f"{path} is not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("(root)", f"{path} must hold a mapping, not {type(data).__name__}")
+    return data
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: str) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(key, f"{part!r} must be a mapping")
+        node = child
+    node[leaf] = value
+
+
+def postgres_dsn(pg: PostgresSettings, *, host: str, port: int) -> str:
+    """A libpq URI from discrete settings (the password percent-encoded)."""
+    auth = quote(pg.user, safe="")
+    if pg.password:
+        auth += ":" + quote(pg.password, safe="")
+    return f"postgresql://{auth}@{host}:{port}/{quote(pg.database, safe='')}"
