@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from aosk.waiting import wait_for
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -44,19 +44,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(
-    condition: Callable[[], bool], *, timeout: float, interval: float = 0.2, what: str
-) -> None:
-    """Poll ``condition`` until it is true; TimeoutError naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def terminate(pid: int, *, timeout: float) -> bool:

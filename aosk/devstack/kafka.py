@@ -14,7 +14,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from aosk.devstack._process import pid_alive, port_in_use, read_pid, terminate, wait_for
+from aosk.devstack._process import pid_alive, port_in_use, read_pid, terminate
+from aosk.waiting import wait_for
 from aosk.errors import DevStackError
 
 KAFKA_VERSION = "3.9.1"

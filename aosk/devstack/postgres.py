@@ -15,7 +15,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from aosk.devstack._process import port_in_use, wait_for
+from aosk.devstack._process import port_in_use
+from aosk.waiting import wait_for
 from aosk.errors import DevStackError
 
 SYSTEM_USER = "embedded_postgres"

