@@ -11,9 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from aosk.errors import AoskError, ConfigError, DevStackError
+from aosk.topics import TopicMismatch
 
 # Modules under aosk.cli that each define register(subparsers).
-COMMAND_MODULES = ("dev", "demo")
+COMMAND_MODULES = ("dev", "topics", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = args.run(settings, args)
     except ConfigError as e:
         print(f"aosk: configuration error: {e}", file=sys.stderr)
+        return 2
+    except TopicMismatch as e:
+        print(f"aosk: {e}", file=sys.stderr)
         return 2
     except DevStackError as e:
         print(f"aosk: {e}", file=sys.stderr)

@@ -1,0 +1,122 @@
+"""The topics AOSK owns, created with the settings the journal's guarantees depend on.
+
+``ensure_topics`` is idempotent and run by ``aosk topics ensure``, every worker and
+every projector at start. On an existing topic it compares the partition count and the
+settings that matter and raises :class:`TopicMismatch` naming each difference: the
+partition count of the journal must never change (agents would move between
+partitions and lose their order), and e.g. ``CreateTime`` timestamps would make time
+travel depend on client clocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aosk.config import KafkaSettings
+from aosk.errors import AoskError
+
+JOURNAL_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+
+
+class TopicMismatch(AoskError):
+    """An existing topic's partition count or settings differ from what AOSK needs."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
+    """The journal, the verdicts and the dead letters, as these settings want them."""
+    durable = {"min.insync.replicas": "2"} if kafka.replication_factor >= 3 else {}
+    return [
+        TopicSpec(
+            kafka.journal_topic, kafka.journal_partitions, kafka.replication_factor,
+            {
+                "cleanup.policy": "delete",
+                "retention.ms": "-1",
+                "retention.bytes": "-1",
+                "message.timestamp.type": "LogAppendTime",
+                "max.message.bytes": str(JOURNAL_MAX_MESSAGE_BYTES),
+                **durable,
+            },
+        ),
+        TopicSpec(
+            # Verdicts can always be derived again from the journal: kept a week.
+            kafka.transitions_topic, kafka.journal_partitions, kafka.replication_factor,
+            {
+                "cleanup.policy": "delete",
+                "retention.ms": str(7 * 24 * 3600 * 1000),
+                "message.timestamp.type": "LogAppendTime",
+                "max.message.bytes": str(JOURNAL_MAX_MESSAGE_BYTES),
+                **durable,
+            },
+        ),
+        TopicSpec(
+            kafka.dead_letters_topic, kafka.journal_partitions, kafka.replication_factor,
+            {
+                "cleanup.policy": "delete",
+                "retention.ms": "-1",
+                "max.message.bytes": str(JOURNAL_MAX_MESSAGE_BYTES),
+                **durable,
+            },
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class EnsureResult:
+    created: list[str]
+    existing: list[str]
+
+
+def ensure_topics(bootstrap: str, kafka: KafkaSettings, *, timeout: float = 30.0) -> EnsureResult:
+    """Create missing AOSK topics; check existing ones. Raises TopicMismatch on a difference."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    specs = topic_specs(kafka)
+    metadata = admin.list_topics(timeout=timeout)
+    missing = [s for s in specs if s.name not in metadata.topics]
+    created: list[str] = []
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication, config=s.config) for s in missing],
+            request_timeout=timeout,
+        )
+        for name, fut in futures.items():
+            try:
+                fut.result(timeout)
+                created.append(name)
+            except KafkaException as e:
+                # Another process created it between our look and our create: check it below.
+                if e.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise AoskError(f"could not create topic {name}: {e.args[0].str()}") from e
+        metadata = admin.list_topics(timeout=timeout)
+
+    problems: list[str] = []
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in specs]
+    configs = admin.describe_configs(resources, request_timeout=timeout)
+    for spec, resource in zip(specs, resources):
+        topic = metadata.topics.get(spec.name)
+        if topic is None:
+            problems.append(f"{spec.name}: missing after create")
+            continue
+        if len(topic.partitions) != spec.partitions:
+            problems.append(
+                f"{spec.name}: has {len(topic.partitions)} partitions, configured {spec.partitions} "
+                "(the journal's partition count is fixed at creation; set kafka.journal_partitions to match)"
+            )
+        actual = configs[resource].result(timeout)
+        for key, want in spec.config.items():
+            have = actual[key].value if key in actual else None
+            if have != want:
+                problems.append(f"{spec.name}: {key}={have}, expected {want}")
+    if problems:
+        raise TopicMismatch("topics differ from what AOSK needs:\n  " + "\n  ".join(problems))
+    return EnsureResult(created=created, existing=[s.name for s in specs if s.name not in created])
