@@ -67,6 +67,8 @@ class KafkaSettings(_Section):
     """Topics are ``<prefix>.agent-events``, ``<prefix>.agent-transitions``, ``<prefix>.dead-letters``."""
     session_timeout_ms: int = Field(10_000, ge=1_000, le=300_000)
     """Consumer session timeout: how fast a dead process's partitions move."""
+    max_event_bytes: int = Field(1024 * 1024, ge=1024, le=2 * 1024 * 1024)
+    """Largest encoded event the SDK produces (the journal accepts at most 2 MiB)."""
 
     @property
     def journal_topic(self) -> str:
@@ -123,6 +125,7 @@ ENV_KEYS: Mapping[str, str] = {
     "AOSK_KAFKA_REPLICATION": "kafka.replication_factor",
     "AOSK_TOPIC_PREFIX": "kafka.topic_prefix",
     "AOSK_KAFKA_SESSION_TIMEOUT_MS": "kafka.session_timeout_ms",
+    "AOSK_MAX_EVENT_BYTES": "kafka.max_event_bytes",
     "AOSK_STATE_DIR": "dev.state_dir",
     "AOSK_CACHE_DIR": "dev.cache_dir",
     "AOSK_KAFKA_HEAP": "dev.kafka_heap",

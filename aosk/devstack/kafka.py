@@ -101,33 +101,7 @@ class KafkaBroker:
     # -- installation -------------------------------------------------------------
 
     def ensure_jars(self) -> None:
-        """Fetch the broker jars from Maven Central into the cache, once."""
-        if (self.lib_dir / ".complete").exists():
-            return
-        require_java()
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise DevStackError(
-                "Apache Maven (mvn) is not installed; it fetches the Kafka broker from "
-                "Maven Central. Install it (Debian: apt-get install maven) and retry."
-            )
-        pom = OPS_DIR / "pom.xml"
-        if not pom.exists():
-            raise DevStackError(f"{pom} is missing; run aosk dev from a checkout of the repository")
-        self.lib_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
-            f"-DoutputDirectory={self.lib_dir}", "-DincludeScope=runtime",
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            missing = re.findall(r"(?:Could not (?:find|resolve|transfer) artifact|Failure to find) ([^\s]+)", proc.stdout + proc.stderr)
-            what = f"artifact {missing[0]}" if missing else "the Kafka artifacts named in ops/kafka/pom.xml"
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            raise DevStackError(f"could not download {what} from Maven Central:\n{tail}")
-        if not any(self.lib_dir.glob(f"kafka_2.13-{KAFKA_VERSION}.jar")):
-            raise DevStackError(f"Maven ran but kafka_2.13-{KAFKA_VERSION}.jar is not in {self.lib_dir}")
-        (self.lib_dir / ".complete").write_text(KAFKA_VERSION + "\n")
+        fetch_jars(self.lib_dir)
 
     def _java(self, *args: str, log: Path | None = None) -> list[str]:
         java = require_java()
@@ -217,6 +191,43 @@ class KafkaBroker:
         if not port_in_use(self.port):
             return False, f"process {pid} runs but 127.0.0.1:{self.port} does not accept connections (starting?)"
         return True, f"running (pid {pid}) at {self.bootstrap}"
+
+
+def fetch_jars(lib_dir: Path) -> Path:
+    """Fetch the broker and tools jars from Maven Central into ``lib_dir``, once."""
+    if (lib_dir / ".complete").exists():
+        return lib_dir
+    require_java()
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise DevStackError(
+            "Apache Maven (mvn) is not installed; it fetches the Kafka broker from "
+            "Maven Central. Install it (Debian: apt-get install maven) and retry."
+        )
+    pom = OPS_DIR / "pom.xml"
+    if not pom.exists():
+        raise DevStackError(f"{pom} is missing; run aosk dev from a checkout of the repository")
+    lib_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
+        f"-DoutputDirectory={lib_dir}", "-DincludeScope=runtime",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        output = proc.stdout + proc.stderr
+        missing = re.findall(r"(?:Could not (?:find|resolve|transfer) artifact|Failure to find) ([^\s]+)", output)
+        what = f"artifact {missing[0]}" if missing else "the Kafka artifacts named in ops/kafka/pom.xml"
+        tail = "\n".join(output.strip().splitlines()[-15:])
+        raise DevStackError(f"could not download {what} from Maven Central:\n{tail}")
+    if not any(lib_dir.glob(f"kafka_2.13-{KAFKA_VERSION}.jar")):
+        raise DevStackError(f"Maven ran but kafka_2.13-{KAFKA_VERSION}.jar is not in {lib_dir}")
+    (lib_dir / ".complete").write_text(KAFKA_VERSION + "\n")
+    return lib_dir
+
+
+def kafka_lib_dir(cache_dir: Path) -> Path:
+    """Where the jars of this Kafka version are cached."""
+    return cache_dir.expanduser() / f"kafka-{KAFKA_VERSION}" / "lib"
 
 
 def require_java() -> str:

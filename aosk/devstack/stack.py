@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aosk.config import Settings
 from aosk.devstack._process import free_port
-from aosk.devstack.kafka import KAFKA_VERSION, KafkaBroker
+from aosk.devstack.kafka import KafkaBroker, kafka_lib_dir
 from aosk.devstack.postgres import EmbeddedPostgres
 
 STATE_FILE = "stack.json"
@@ -73,7 +73,7 @@ def dev_stack(settings: Settings, *, create: bool = True) -> DevStack | None:
         state_dir.mkdir(parents=True, exist_ok=True)
         ports = StackPorts(kafka=free_port(), kafka_controller=free_port(), postgres=free_port())
         (state_dir / STATE_FILE).write_text(json.dumps(ports.__dict__, indent=2) + "\n")
-    cache = settings.dev.cache_dir.expanduser() / f"kafka-{KAFKA_VERSION}" / "lib"
+    cache = kafka_lib_dir(settings.dev.cache_dir)
     return DevStack(
         kafka=KafkaBroker(
             home=state_dir / "kafka", lib_dir=cache, port=ports.kafka,

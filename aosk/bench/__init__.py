@@ -1,0 +1,1 @@
+"""Benchmarks behind `aosk bench`; results go to docs/benchmarks.md."""

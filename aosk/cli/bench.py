@@ -1,0 +1,30 @@
+"""``aosk bench NAME``: measured figures, written to docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from aosk.config import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    bench = sub.add_parser("bench", help="run a benchmark and record it in docs/benchmarks.md")
+    kinds = bench.add_subparsers(dest="kind", metavar="NAME", required=True)
+    ingest = kinds.add_parser("ingest", help="SDK encode+produce vs. Kafka's ProducerPerformance")
+    ingest.add_argument("--events", type=int, default=200_000)
+    ingest.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"),
+                        help="markdown file to update (default docs/benchmarks.md)")
+    ingest.set_defaults(run=_ingest)
+
+
+def _ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from aosk.bench.ingest import bench_ingest, report_markdown
+    from aosk.bench.report import machine_line, write_section
+
+    result = bench_ingest(settings, events=args.events)
+    text = report_markdown(result, machine_line())
+    print(text)
+    write_section(args.output, "ingest", text)
+    print(f"written to {args.output}")
+    return 0

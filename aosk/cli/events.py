@@ -1,0 +1,129 @@
+"""``aosk events tail``: decoded journal records, bad ones shown as such (never skipped)."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import json
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from aosk.config import Settings
+from aosk.endpoints import resolve_endpoints
+from aosk.errors import AoskError, UnknownFingerprint
+from aosk.events import decode
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    events = sub.add_parser("events", help="read the journal")
+    actions = events.add_subparsers(dest="action", metavar="ACTION", required=True)
+    tail = actions.add_parser("tail", help="print decoded journal records (follows new ones)")
+    tail.add_argument("--agent", metavar="ID", help="only this agent (reads only its partition)")
+    tail.add_argument("--from-beginning", action="store_true", help="start at the oldest record, not the newest")
+    tail.add_argument("--max", type=int, metavar="N", help="stop after N records")
+    tail.add_argument("--no-follow", action="store_true", help="stop once caught up with the end of the journal")
+    tail.add_argument("--format", choices=("json", "text"), default="text")
+    tail.set_defaults(run=_tail)
+
+
+def record_view(msg: Any) -> dict[str, Any]:
+    """One journal record as a JSON-ready dict: position, broker time, type and fields."""
+    key = msg.key()
+    view: dict[str, Any] = {
+        "partition": msg.partition(),
+        "offset": msg.offset(),
+        "timestamp": msg.timestamp()[1],
+        "key": key.decode("utf-8", "replace") if key is not None else None,
+    }
+    try:
+        event = decode(msg.value() or b"")
+    except UnknownFingerprint as e:
+        view.update(type=None, error="unknown_fingerprint", fingerprint=e.fingerprint.hex(), detail=str(e))
+        return view
+    except AoskError as e:
+        view.update(type=None, error="undecodable", detail=str(e))
+        return view
+    view["type"] = type(event).__name__
+    view["event"] = _jsonable(dataclasses.asdict(event))
+    return view
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _text(view: dict[str, Any]) -> str:
+    where = f"{view['partition']:>3}:{view['offset']:<8} {view['timestamp']}"
+    if view.get("error"):
+        return f"{where} {view['key']} !! {view['error']}: {view['detail']}"
+    ev = view["event"]
+    payload = {k: v for k, v in ev.items() if k not in {"event_id", "agent_id", "tenant_id", "occurred_at",
+                                                       "origin", "correlation_id", "causation_id"}}
+    return f"{where} {ev['agent_id']} {view['type']} [{ev['origin']}] {json.dumps(payload, ensure_ascii=False)}"
+
+
+def tail_records(settings: Settings, *, agent: str | None, from_beginning: bool,
+                 follow: bool) -> Iterator[dict[str, Any]]:
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+
+    from aosk.partitioning import partition_for
+
+    topic = settings.kafka.journal_topic
+    consumer = Consumer({
+        "bootstrap.servers": resolve_endpoints(settings).bootstrap,
+        "group.id": f"aosk-tail-{uuid.uuid4().hex[:8]}",  # never committed: assign(), not subscribe()
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+        "log_level": 3,
+    })
+    try:
+        md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if md is None or md.error is not None:
+            raise AoskError(f"journal topic {topic} does not exist; run `aosk topics ensure`")
+        parts = sorted(md.partitions) if agent is None else [partition_for(agent, len(md.partitions))]
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        consumer.assign([TopicPartition(topic, p, start) for p in parts])
+        at_end: set[int] = set()
+        while True:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == -191:  # _PARTITION_EOF
+                    at_end.add(msg.partition())
+                    if not follow and at_end >= set(parts):
+                        return
+                    continue
+                raise AoskError(f"reading {topic}: {msg.error().str()}")
+            at_end.discard(msg.partition())
+            if agent is not None and (msg.key() or b"").decode("utf-8", "replace") != agent:
+                continue
+            yield record_view(msg)
+    finally:
+        consumer.close()
+
+
+def _tail(settings: Settings, args: argparse.Namespace) -> int:
+    count = 0
+    for view in tail_records(settings, agent=args.agent, from_beginning=args.from_beginning,
+                             follow=not args.no_follow):
+        line = json.dumps(view, ensure_ascii=False) if args.format == "json" else _text(view)
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        count += 1
+        if args.max is not None and count >= args.max:
+            break
+    return 0
+
+
+__all__ = ["record_view", "tail_records"]

@@ -1,0 +1,155 @@
+"""A confluent-kafka producer whose deliveries resolve futures, polled by one thread.
+
+Why a thread: delivery callbacks only run inside ``poll``/``flush``; a caller who waits
+on a future without polling would wait forever. The thread polls; ``produce`` from any
+thread is safe (librdkafka is thread-safe).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aosk.errors import DeliveryError
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where the broker put a record."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    """Broker timestamp in ms (LogAppendTime on the journal)."""
+
+
+class DeliveryFuture:
+    """The acknowledgement of one produced record.
+
+    Lighter than ``concurrent.futures.Future`` (which takes a lock per completion): the
+    delivery callback only stores the message, and touches the shared condition only
+    when somebody is actually waiting. At 100k+ records/s that is the difference
+    between the SDK and the raw producer.
+    """
+
+    __slots__ = ("_owner", "_msg", "_error", "_done")
+
+    def __init__(self, owner: DeliveringProducer) -> None:
+        self._owner = owner
+        self._msg: Any = None
+        self._error: str | None = None
+        self._done = False
+
+    def _complete(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._error = f"{msg.topic()}: {err.str()}"
+        else:
+            self._msg = msg
+        self._done = True
+        if self._owner._waiters:
+            with self._owner._cond:
+                self._owner._cond.notify_all()
+
+    def done(self) -> bool:
+        return self._done
+
+    def result(self, timeout: float | None = 30.0) -> Delivery:
+        """The record's position; raises DeliveryError if the broker refused it, or
+        TimeoutError if it is still unacknowledged after ``timeout`` seconds."""
+        if not self._done:
+            self._owner._wait(self, timeout)
+        if self._error is not None:
+            raise DeliveryError(self._error)
+        m = self._msg
+        return Delivery(m.topic(), m.partition(), m.offset(), m.timestamp()[1])
+
+
+def producer_config(bootstrap: str, *, client_id: str, **overrides: Any) -> dict[str, Any]:
+    """The producer settings every AOSK writer shares.
+
+    ``murmur2_random`` makes librdkafka hash keys like the Java client and aiokafka/faust,
+    so every producer puts an agent on the same partition. Idempotence with acks=all
+    means a retried send is never written twice or reordered.
+    """
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "client.id": client_id,
+        "enable.idempotence": True,
+        "acks": "all",
+        "partitioner": "murmur2_random",
+        "linger.ms": 5,
+        "batch.size": 1_000_000,
+        "batch.num.messages": 10_000,
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "message.max.bytes": 2 * 1024 * 1024 + 64 * 1024,
+        "log_level": 3,
+    }
+    conf.update(overrides)
+    return conf
+
+
+class DeliveringProducer:
+    """Produces records and hands back a Future[Delivery] per record."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from confluent_kafka import Producer
+
+        self._producer = Producer(config)
+        self._cond = threading.Condition()
+        self._waiters = 0
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._poll_loop, name="aosk-producer-poll", daemon=True)
+        self._poller.start()
+
+    def _poll_loop(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.05)
+
+    def _wait(self, future: DeliveryFuture, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._waiters += 1
+            try:
+                while not future._done:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError(f"no acknowledgement from the broker within {timeout}s")
+                    # Bounded slices: a notify racing with our check costs at most 0.1 s.
+                    self._cond.wait(0.1 if left is None else min(left, 0.1))
+            finally:
+                self._waiters -= 1
+
+    def produce(
+        self, topic: str, *, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> DeliveryFuture:
+        if self._closed.is_set():
+            raise DeliveryError("the producer is closed")
+        future = DeliveryFuture(self)
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=future._complete)
+                return future
+            except BufferError:
+                # Local queue full: wait for deliveries to drain it (back-pressure, no loss).
+                self._producer.poll(0.05)
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait until every record is acknowledged; returns how many are still pending."""
+        deadline = time.monotonic() + timeout
+        remaining = self._producer.flush(timeout)
+        while remaining and time.monotonic() < deadline:
+            remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
+        return int(remaining)
+
+    def close(self, timeout: float = 30.0) -> None:
+        if self._closed.is_set():
+            return
+        remaining = self.flush(timeout)
+        self._closed.set()
+        self._poller.join(timeout=5)
+        if remaining:
+            raise DeliveryError(f"{remaining} records were not acknowledged within {timeout:.0f}s")
