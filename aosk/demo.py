@@ -82,7 +82,42 @@ def _section_smoke(settings: Settings, ep: Endpoints) -> None:
           f"item {row[0]} (cosine distance {row[1]})")
 
 
-SECTIONS: tuple[Callable[[Settings, Endpoints], None], ...] = (_section_smoke,)
+def _section_events(settings: Settings, ep: Endpoints) -> None:
+    _heading("3. agents emit Avro events onto the journal")
+    from aosk.cli.events import format_text, tail_records
+    from aosk.client import KernelClient
+    from aosk.errors import EventRejected
+    from aosk.events import AgentStarted, Budgets, ContextAppended, ToolCallRequested
+    from aosk.topics import ensure_topics
+
+    made = ensure_topics(ep.bootstrap, settings.kafka)
+    print(f"  topics: {', '.join(made.created) or 'all present'} "
+          f"({'created' if made.created else 'checked'}: LogAppendTime, infinite retention)")
+    run = uuid.uuid4().hex[:4]
+    agents = [f"demo-{run}-{name}" for name in ("planner", "researcher", "writer")]
+    budgets = Budgets(max_tokens=50_000, max_tool_calls=20, max_steps=200, context_window_tokens=2_000)
+    with KernelClient.from_settings(settings) as kernel:
+        for a in agents:
+            kernel.spawn(agent_id=a, tenant_id="acme", name=a.rsplit("-", 1)[1], budgets=budgets,
+                         capabilities=["search", "browse"])
+            kernel.emit(AgentStarted, agent_id=a, tenant_id="acme")
+            kernel.emit(ContextAppended, agent_id=a, tenant_id="acme", entry_id=f"{a}-goal", role="user",
+                        content="Summarise the quarterly report.", tokens=8, importance=0.96)
+        last = kernel.emit(ToolCallRequested, agent_id=agents[1], tenant_id="acme", call_id="c-1",
+                           tool="search", arguments='{"q": "Q3 revenue"}', timeout_ms=30_000).result()
+        try:
+            kernel.emit(ContextAppended, agent_id=agents[0], tenant_id="acme", entry_id="x", role="user",
+                        content="x" * (settings.kafka.max_event_bytes + 1), tokens=1, importance=0.1)
+        except EventRejected as e:
+            print(f"  refused before Kafka: {str(e)[:100]}...")
+    print(f"  {len(agents)} agents spawned with the SDK; last event at partition {last.partition}, "
+          f"offset {last.offset} (broker time {last.timestamp})")
+    print(f"  `aosk events tail --agent {agents[1]} --from-beginning --no-follow`:")
+    for view in tail_records(settings, agent=agents[1], from_beginning=True, follow=False):
+        print("    " + format_text(view)[:150])
+
+
+SECTIONS: tuple[Callable[[Settings, Endpoints], None], ...] = (_section_smoke, _section_events)
 
 
 def run_demo(settings: Settings) -> int:

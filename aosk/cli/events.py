@@ -61,7 +61,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _text(view: dict[str, Any]) -> str:
+def format_text(view: dict[str, Any]) -> str:
     where = f"{view['partition']:>3}:{view['offset']:<8} {view['timestamp']}"
     if view.get("error"):
         return f"{where} {view['key']} !! {view['error']}: {view['detail']}"
@@ -117,7 +117,7 @@ def _tail(settings: Settings, args: argparse.Namespace) -> int:
     count = 0
     for view in tail_records(settings, agent=args.agent, from_beginning=args.from_beginning,
                              follow=not args.no_follow):
-        line = json.dumps(view, ensure_ascii=False) if args.format == "json" else _text(view)
+        line = json.dumps(view, ensure_ascii=False) if args.format == "json" else format_text(view)
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
         count += 1
