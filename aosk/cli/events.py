@@ -14,7 +14,7 @@ from typing import Any
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import AoskError, UnknownFingerprint
-from aosk.events import decode
+from aosk.journal import record_from_message
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -31,23 +31,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def record_view(msg: Any) -> dict[str, Any]:
     """One journal record as a JSON-ready dict: position, broker time, type and fields."""
-    key = msg.key()
+    record = record_from_message(msg)
     view: dict[str, Any] = {
-        "partition": msg.partition(),
-        "offset": msg.offset(),
-        "timestamp": msg.timestamp()[1],
-        "key": key.decode("utf-8", "replace") if key is not None else None,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": record.timestamp,
+        "key": record.key,
     }
-    try:
-        event = decode(msg.value() or b"")
-    except UnknownFingerprint as e:
-        view.update(type=None, error="unknown_fingerprint", fingerprint=e.fingerprint.hex(), detail=str(e))
-        return view
-    except AoskError as e:
-        view.update(type=None, error="undecodable", detail=str(e))
-        return view
-    view["type"] = type(event).__name__
-    view["event"] = _jsonable(dataclasses.asdict(event))
+    if isinstance(record.error, UnknownFingerprint):
+        view.update(type=None, error="unknown_fingerprint", fingerprint=record.error.fingerprint.hex(),
+                    detail=str(record.error))
+    elif record.error is not None:
+        view.update(type=None, error="undecodable", detail=str(record.error))
+    else:
+        view["type"] = type(record.event).__name__
+        view["event"] = _jsonable(dataclasses.asdict(record.event))
     return view
 
 
