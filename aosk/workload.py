@@ -12,6 +12,7 @@ each of them. Budgets are generous: nothing here exhausts one by accident.
 from __future__ import annotations
 
 import math
+from array import array
 import random
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -141,7 +142,8 @@ def generate_workload(
             return None
         v = [rng.gauss(0, 1) for _ in range(embedding_dim)]
         norm = math.sqrt(sum(x * x for x in v)) or 1.0
-        return tuple(float(x / norm) for x in v)
+        # float32 values, as Avro `float` stores them: an event equals itself read back.
+        return tuple(array("f", (x / norm for x in v)).tolist())
 
     def illegal_for(a: _Agent) -> Event:
         choice = rng.randrange(5)
