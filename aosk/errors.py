@@ -7,6 +7,7 @@
      |    +-- Undecodable           deterministic: not single-object encoded, or a body
      |    |                         that does not decode with its (known) schema
      |    +-- UnknownFingerprint    written with a schema this process does not have
+     +-- UnknownFoldVersion     the journal asks for a fold version this code lacks
      +-- EventRejected          the SDK refused an event before producing it
      +-- DeliveryError          the broker did not acknowledge a produced event
 
@@ -56,6 +57,20 @@ class UnknownFingerprint(DecodeError):
         super().__init__(
             f"unknown schema fingerprint {fingerprint.hex()}; "
             "is schemas/ older than the producer? deploy the newer schemas and restart"
+        )
+
+
+class UnknownFoldVersion(AoskError):
+    """A ``KernelUpgraded`` marker names a fold version this code does not have: newer
+    workers wrote it. Like an unknown fingerprint, the partition must stop (never skip),
+    or this process and an upgraded one would fold the same journal differently."""
+
+    def __init__(self, version: int, known: tuple[int, ...] = ()) -> None:
+        self.version = version
+        self.known = known
+        super().__init__(
+            f"fold version {version} is unknown here (this code knows {list(known)}); "
+            "deploy the newer aosk on every worker and projector and restart"
         )
 
 

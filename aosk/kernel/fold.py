@@ -1,0 +1,312 @@
+"""``apply``: one journal record into one agent's state, and the verdict.
+
+The gates every record passes, in order (the first that fails decides):
+
+1. offset already applied to this key -> the slot unchanged and the ORIGINAL verdict;
+2. (from here on the record takes the key's next ``seq``)
+   undecodable -> ``undecodable``; malformed event id or origin -> ``invalid_payload``;
+3. client event id among the key's last K -> ``duplicate`` (the id is remembered even
+   when the record is then rejected, so a retry of a rejected event is a duplicate too);
+4. key / agent_id disagree -> ``key_mismatch``; ``KernelUpgraded`` with a key ->
+   ``not_partition_marker``;
+5. kernel-only type (or a child ``AgentSpawned``) with ``origin=client`` -> ``kernel_only``;
+6. generic payload hygiene -> ``invalid_payload``;
+7. ``MessageDelivered`` / ``MessageBounced`` at or below their source partition's
+   high-water mark -> ``duplicate`` (the mark advances even if the record is then
+   rejected, so a re-sent delivery never lands after a bounce);
+8. lifecycle: ``already_spawned`` / ``not_spawned`` / ``tenant_mismatch`` /
+   ``illegal_transition``; a work event while a budget is at 0 -> ``budget_exhausted``;
+9. the event's handler (``aosk.kernel.lifecycle``, ``aosk.kernel.work``); then budget
+   accounting: the event that brings a budget to 0 is accepted and suspends the agent.
+
+Derived events come from one rule, ``derive.derived_for(kind, reason, record, tenant)``:
+an accepted ``MessageSent`` / ``SpawnRequested`` derives the delivery / the child's
+spawn; a ``MessageDelivered`` rejected after gate 7 bounces (``MessageBounced`` to the
+sender with the rejection reason). Kept verdicts do not store them: a redelivery
+re-derives them from the same record, byte for byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Final
+
+from aosk.errors import UnknownFingerprint
+from aosk.events import KERNEL_ONLY_TYPES, ORIGINS, Event, MessageBounced, MessageDelivered
+from aosk.kernel import lifecycle, work
+from aosk.kernel.derive import BOUNCE_REASONS, derived_for
+from aosk.kernel.hygiene import check_fields, check_uuid
+from aosk.kernel.lifecycle import BUDGET_EXHAUSTED_NOTE, LIFECYCLE, WORK_TYPES
+from aosk.kernel.outcome import Cx, Handler, Out, dup, reject
+from aosk.kernel.params import INITIAL_VERSION, params_for
+from aosk.kernel.slot import AgentSlot
+from aosk.kernel.state import FINAL_STATUSES, AgentState, Dedupe, Status, Usage, evolve, placeholder, state_hash
+from aosk.kernel.verdict import Kind, Reason, Record, Verdict
+
+__all__ = ["apply", "KERNEL_ONLY"]
+
+KERNEL_ONLY: Final = KERNEL_ONLY_TYPES | {"KernelUpgraded"}
+"""Types accepted only with ``origin=kernel`` (``AgentSpawned`` too when it has a parent).
+``KernelUpgraded`` is added by the fold: a client must never switch semantics."""
+
+_HANDLERS: Final[dict[str, Handler]] = {**lifecycle.HANDLERS, **work.HANDLERS}
+assert set(_HANDLERS) == set(LIFECYCLE), "one handler per event type in the lifecycle table"
+
+_CREATION: Final = frozenset({"AgentSpawned", "AgentForked"})
+_SUSPEND_ON_CROSS: Final = frozenset({Status.RUNNING, Status.WAITING})
+_CHECKPOINT_STATUSES: Final = FINAL_STATUSES | {Status.SUSPENDED}
+
+
+def apply(
+    slot: AgentSlot | None, record: Record, *, version: int | None = None, hash_state: bool = True
+) -> tuple[AgentSlot, Verdict]:
+    """Fold ``record`` into ``slot`` (None: the key has no record yet).
+
+    ``version`` is the fold version in force at the record's position on its partition:
+    ``partition_version`` of the partition's pseudo-agent (``aosk.kernel.journal``).
+    None means the version the slot's state already has (``INITIAL_VERSION`` for a new
+    key), which is right until a ``KernelUpgraded`` marker is in the journal.
+
+    ``hash_state=False`` leaves ``verdict.state_hash`` empty (``b""``) instead of hashing
+    the new state: for batch folders (projectors) that need the hash only of some states
+    (``state_hash(slot.state)``, memoised on the state). Everything else is identical.
+
+    Pure: no clock, no randomness, no I/O, nothing but the arguments. Raises
+    ``UnknownFingerprint`` (the record's error) and ``UnknownFoldVersion``: both mean
+    this process cannot fold the partition and must stop it, not skip the record.
+    """
+    key = record.key if record.key is not None else f"~p{record.partition}"
+    if slot is None:
+        slot = AgentSlot(placeholder(key, INITIAL_VERSION if version is None else version))
+    elif record.offset <= slot.last_offset:
+        return slot, _redelivered(slot, record, key, hash_state)
+    if isinstance(record.error, UnknownFingerprint):
+        raise record.error
+    if (record.event is None) == (record.error is None):
+        raise ValueError("a Record carries exactly one of event and error")
+
+    st = slot.state
+    if version is not None and version != st.fold_version:
+        st = _switch_version(st, version)
+    params = params_for(st.fold_version)
+    seq = st.seq + 1
+    cx = Cx(record, key, seq, params)
+    book: dict[str, Any] = {}
+    ev = record.event
+    out = _judge(cx, st, ev, book)
+
+    changes = book
+    if out.kind == Kind.ACCEPTED:
+        changes = {**book, **out.changes}
+        if out.consume is not None:
+            out = _account(st, out, changes)
+    changes["seq"] = seq
+    new = evolve(st, changes)
+
+    name = type(ev).__name__ if ev is not None else None
+    checkpoint = new.status != Status.NONE and seq % params.checkpoint_interval == 0
+    if out.kind == Kind.ACCEPTED and not checkpoint:
+        checkpoint = name == "CheckpointRequested" or (
+            new.status != st.status and new.status in _CHECKPOINT_STATUSES
+        )
+    verdict = Verdict(
+        kind=out.kind,
+        reason=out.reason,
+        message=out.message or _default_message(name, new, key),
+        agent_id=key,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp=record.timestamp,
+        event_id=ev.event_id if ev is not None else None,
+        event_type=name,
+        status=new.status,
+        seq=seq,
+        state_hash=state_hash(new) if hash_state else b"",
+        fold_version=params.version,
+        derived=derived_for(out.kind, out.reason, record, st.tenant_id),
+        paged_out=out.paged_out,
+        checkpoint_due=checkpoint,
+    )
+    kept = verdict if not (verdict.paged_out or verdict.derived) else replace(verdict, paged_out=(), derived=())
+    recent = slot.recent
+    cap = params.recent_verdicts
+    recent = (*recent[-(cap - 1):], kept) if len(recent) >= cap else (*recent, kept)
+    return AgentSlot(new, record.offset, recent), verdict
+
+
+def _default_message(name: str | None, st: AgentState, key: str) -> str:
+    return f"{name} accepted; agent {key} is {st.status}"
+
+
+def _switch_version(st: AgentState, version: int) -> AgentState:
+    if version < st.fold_version:
+        raise ValueError(
+            f"version {version} is older than the version {st.fold_version} of {st.agent_id}'s state; "
+            "pass the version in force on the record's partition"
+        )
+    params_for(version)  # raises UnknownFoldVersion
+    # Version 1 is the only version: no migration yet. A version that changes the shape or
+    # the paging of the state migrates it here, step by step.
+    return replace(st, fold_version=version)
+
+
+def _redelivered(slot: AgentSlot, record: Record, key: str, hash_state: bool) -> Verdict:
+    original = slot.verdict_at(record.offset)
+    if original is not None:
+        derived = derived_for(original.kind, original.reason, record, slot.state.tenant_id)
+        return replace(original, derived=derived) if derived else original
+    ev = record.event
+    st = slot.state
+    return Verdict(
+        kind=Kind.DUPLICATE,
+        reason=Reason.REDELIVERED,
+        message=(f"offset {record.offset} of partition {record.partition} was applied to {key} before "
+                 f"(last applied offset {slot.last_offset}); its verdict is no longer kept, nothing is re-sent"),
+        agent_id=key,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp=record.timestamp,
+        event_id=ev.event_id if ev is not None else None,
+        event_type=type(ev).__name__ if ev is not None else None,
+        status=st.status,
+        seq=0,
+        state_hash=state_hash(st) if hash_state else b"",
+        fold_version=st.fold_version,
+    )
+
+
+def _hwm_of(pairs: tuple[tuple[int, int], ...], partition: int) -> int:
+    for p, o in pairs:
+        if p == partition:
+            return o
+    return -1
+
+
+def _set_hwm(pairs: tuple[tuple[int, int], ...], partition: int, offset: int) -> tuple[tuple[int, int], ...]:
+    return tuple(sorted({**dict(pairs), partition: offset}.items()))
+
+
+def _judge(cx: Cx, st: AgentState, ev: Event | None, book: dict[str, Any]) -> Out:
+    rec = cx.record
+    if ev is None:
+        reason = getattr(rec.error, "reason", str(rec.error))
+        return reject(Reason.UNDECODABLE, f"record {rec.partition}:{rec.offset} is undecodable ({reason}); "
+                      "it stays in the journal and a copy goes to the dead-letter topic")
+    name = type(ev).__name__
+    problem = check_uuid("event_id", ev.event_id) if type(ev.event_id) is str else "event_id must be a string"
+    if problem is None and ev.origin not in ORIGINS:
+        problem = f"origin {ev.origin!r} is not one of {list(ORIGINS)}"
+    if problem:
+        return reject(Reason.INVALID_PAYLOAD, f"{name} rejected: {problem}")
+    kernel = ev.origin == "kernel"
+
+    if not kernel:
+        ids = st.dedupe.event_ids
+        if ev.event_id in ids:
+            return dup(Reason.DUPLICATE_EVENT_ID, f"event {ev.event_id} was already folded for {cx.key} "
+                       "(a client retry); see its original verdict")
+        book["dedupe"] = st.dedupe.with_event_id(ev.event_id, cx.params.dedupe_window)
+
+    if name == "KernelUpgraded":
+        if rec.key is not None:
+            return reject(Reason.NOT_PARTITION_MARKER, "KernelUpgraded marks a partition: produce it without a "
+                          "key, to every partition")
+    elif ev.agent_id != cx.key:
+        return reject(Reason.KEY_MISMATCH, f"{name} for agent {ev.agent_id!r} was produced with key {cx.key!r}; "
+                      "the key must be the agent id")
+
+    if not kernel and (name in KERNEL_ONLY or (name == "AgentSpawned" and ev.parent_id is not None)):  # type: ignore[attr-defined]
+        what = "a child's AgentSpawned" if name == "AgentSpawned" else name
+        how = "; ask the parent with SpawnRequested" if name == "AgentSpawned" else ""
+        return reject(Reason.KERNEL_ONLY, f"{what} is written by the kernel only (origin=kernel){how}")
+
+    problem = check_fields(ev)
+    if problem:
+        return reject(Reason.INVALID_PAYLOAD, f"{name} rejected: {problem}")
+
+    if name == "MessageDelivered" or name == "MessageBounced":
+        return _ipc_judge(cx, st, ev, name, book)  # type: ignore[arg-type]
+    return _gate_and_handle(cx, st, ev, name)
+
+
+def _ipc_judge(cx: Cx, st: AgentState, ev: MessageDelivered | MessageBounced, name: str, book: dict[str, Any]) -> Out:
+    dd: Dedupe = book.get("dedupe", st.dedupe)
+    delivered = name == "MessageDelivered"
+    pairs = dd.delivery_hwm if delivered else dd.bounce_hwm
+    if ev.source_offset <= _hwm_of(pairs, ev.source_partition):
+        reason = Reason.ALREADY_DELIVERED if delivered else Reason.ALREADY_BOUNCED
+        return dup(reason, f"{name} from {ev.source_partition}:{ev.source_offset} was already judged for {cx.key}")
+    pairs = _set_hwm(pairs, ev.source_partition, ev.source_offset)
+    book["dedupe"] = replace(dd, delivery_hwm=pairs) if delivered else replace(dd, bounce_hwm=pairs)
+    out = _gate_and_handle(cx, st, ev, name)
+    if not delivered or out.kind != Kind.REJECTED:
+        return out
+    if out.reason in (Reason.NOT_SPAWNED, Reason.ILLEGAL_TRANSITION):
+        out = reject(Reason.RECIPIENT_UNAVAILABLE, f"{cx.key} cannot receive messages ({st.status}); "
+                     f"the message bounces to {ev.from_agent_id}")  # type: ignore[union-attr]
+    assert out.reason in BOUNCE_REASONS, out.reason
+    return out
+
+
+def _gate_and_handle(cx: Cx, st: AgentState, ev: Event, name: str) -> Out:
+    allowed = LIFECYCLE[name]
+    status = st.status
+    if name in _CREATION and status != Status.NONE:
+        msg = f"agent {cx.key} already exists ({status})"
+        if ev.origin == "kernel":
+            return dup(Reason.ALREADY_SPAWNED, msg)
+        return reject(Reason.ALREADY_SPAWNED, msg + "; choose another agent id")
+    if status == Status.NONE and status not in allowed:
+        return reject(Reason.NOT_SPAWNED, f"agent {cx.key} was never spawned; send AgentSpawned first")
+    ident = st.identity
+    if ident is not None and ev.tenant_id != ident.tenant_id and name != "KernelUpgraded":
+        return reject(Reason.TENANT_MISMATCH, f"{name} is for tenant {ev.tenant_id!r}, agent {cx.key} belongs to "
+                      f"tenant {ident.tenant_id!r}")
+    if status not in allowed:
+        return reject(Reason.ILLEGAL_TRANSITION, _illegal_message(name, st, allowed))
+    if name in WORK_TYPES:
+        exhausted = st.exhausted()
+        if exhausted:
+            return reject(Reason.BUDGET_EXHAUSTED, f"agent {cx.key} has no {'/'.join(exhausted)} budget left; "
+                          "send BudgetUpdated with higher limits")
+    return _HANDLERS[name](cx, st, ev)
+
+
+def _illegal_message(name: str, st: AgentState, allowed: frozenset[str]) -> str:
+    if st.status == Status.SUSPENDED and st.life.suspend_reason == BUDGET_EXHAUSTED_NOTE:
+        return f"agent {st.agent_id} is SUSPENDED (budget_exhausted); send BudgetUpdated to resume"
+    if st.status in FINAL_STATUSES:
+        return f"agent {st.agent_id} is {st.status} (final); {name} is not accepted any more"
+    return f"{name} is not allowed when agent {st.agent_id} is {st.status} (only from {', '.join(sorted(allowed))})"
+
+
+def _account(st: AgentState, out: Out, changes: dict[str, Any]) -> Out:
+    """Count ``out.consume`` against the budgets; the event that brings one to 0 suspends."""
+    tokens, tool_calls, steps = out.consume  # type: ignore[misc]
+    u = st.usage
+    new_usage = Usage(tokens=u.tokens + tokens, tool_calls=u.tool_calls + tool_calls, steps=u.steps + steps)
+    changes["usage"] = new_usage
+    b = st.budgets
+    assert b is not None
+    crossed = [
+        name
+        for name, limit, used, add in (
+            ("tokens", b.max_tokens, u.tokens, tokens),
+            ("tool_calls", b.max_tool_calls, u.tool_calls, tool_calls),
+            ("steps", b.max_steps, u.steps, steps),
+        )
+        if add and used < limit <= used + add
+    ]
+    if not crossed:
+        return out
+    status = changes.get("status", st.status)
+    what = "/".join(crossed)
+    if status in _SUSPEND_ON_CROSS:
+        changes["status"] = Status.SUSPENDED
+        changes["life"] = replace(changes.get("life", st.life), suspend_reason=BUDGET_EXHAUSTED_NOTE, waiting_on=None)
+        msg = (f"accepted; agent {st.agent_id} used up its {what} budget and is now SUSPENDED (budget_exhausted); "
+               "send BudgetUpdated to resume")
+    else:
+        msg = f"accepted; agent {st.agent_id} used up its {what} budget (it stays {status})"
+    return Out(Kind.ACCEPTED, Reason.BUDGET_EXHAUSTED, msg, out.changes, out.paged_out, out.consume)
+

@@ -1,0 +1,266 @@
+"""Payload hygiene: what the fold refuses before anything reaches a state or PostgreSQL.
+
+Every field of every event is checked against its declared type (the codec guarantees
+it for decoded records; in-process callers may not), every string for NUL characters
+and lone surrogates (PostgreSQL text and UTF-8 refuse both), every float for NaN and
+infinities, and every int for the Avro long range. Type-specific limits (sizes, id
+shapes, JSON arguments, embedding dimension) are checked by the event's own handler
+with the helpers below. A failure is a rejection with reason ``invalid_payload``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, Final
+
+from aosk.events import EVENT_TYPES, Budgets, Event
+from aosk.kernel.canonical import jstr as _encode_basestring
+from aosk.kernel.params import FoldParams
+
+__all__ = [
+    "check_fields",
+    "check_uuid",
+    "check_name",
+    "check_agent_id",
+    "check_text",
+    "check_json",
+    "check_embedding",
+    "check_importance",
+    "check_metadata",
+    "check_budgets",
+    "check_nonneg",
+    "utf8_len",
+]
+
+_LONG_MIN: Final = -(2**63)
+_LONG_MAX: Final = 2**63 - 1
+_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+Checker = Callable[[Any], str | None]
+
+
+def _str_problem(s: str) -> str | None:
+    if "\x00" in s:
+        return "contains a NUL character"
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            return "is not valid Unicode (lone surrogate)"
+    return None
+
+
+def _c_str(v: Any) -> str | None:
+    if type(v) is not str:
+        return "must be a string"
+    return _str_problem(v)
+
+
+def _c_int(v: Any) -> str | None:
+    if type(v) is not int:
+        return "must be an integer"
+    if not _LONG_MIN <= v <= _LONG_MAX:
+        return "is out of the 64-bit range"
+    return None
+
+
+def _c_float(v: Any) -> str | None:
+    if type(v) is not float and type(v) is not int:
+        return "must be a number"
+    if not math.isfinite(v):
+        return "must be finite (no NaN or infinity)"
+    return None
+
+
+def _c_bytes(v: Any) -> str | None:
+    return None if type(v) is bytes else "must be bytes"
+
+
+def _c_str_tuple(v: Any) -> str | None:
+    if type(v) is not tuple:
+        return "must be a tuple of strings"
+    for x in v:
+        p = _c_str(x)
+        if p:
+            return "has an element that " + p
+    return None
+
+
+def _c_float_tuple(v: Any) -> str | None:
+    if type(v) is not tuple:
+        return "must be a tuple of numbers"
+    try:
+        if all(map(math.isfinite, v)):  # C-level loop: an embedding is 384 of these
+            return None
+    except TypeError:
+        return "must hold numbers only"
+    return "must hold finite numbers only (no NaN or infinity)"
+
+
+def _c_str_map(v: Any) -> str | None:
+    if type(v) is not dict:
+        return "must be a dict of strings"
+    for k, x in v.items():
+        p = _c_str(k) or _c_str(x)
+        if p:
+            return "has an entry that " + p
+    return None
+
+
+def _c_budgets(v: Any) -> str | None:
+    if type(v) is not Budgets:
+        return "must be Budgets"
+    for x in (v.max_tokens, v.max_tool_calls, v.max_steps, v.context_window_tokens):
+        p = _c_int(x)
+        if p:
+            return "has a limit that " + p
+    return None
+
+
+def _optional(c: Checker) -> Checker:
+    def check(v: Any) -> str | None:
+        return None if v is None else c(v)
+
+    return check
+
+
+def _checker_for(hint: Any) -> Checker:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        assert len(args) == 1, hint
+        return _optional(_checker_for(args[0]))
+    if hint is str:
+        return _c_str
+    if hint is int:
+        return _c_int
+    if hint is float:
+        return _c_float
+    if hint is bytes:
+        return _c_bytes
+    if hint is Budgets:
+        return _c_budgets
+    if origin is tuple:
+        (elem, _ellipsis) = typing.get_args(hint)
+        return _c_str_tuple if elem is str else _c_float_tuple
+    if origin is dict:
+        return _c_str_map
+    raise TypeError(f"no hygiene checker for {hint!r}")  # pragma: no cover
+
+
+def _specs(cls: type[Event]) -> tuple[tuple[str, Checker], ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple((name, _checker_for(h)) for name, h in hints.items() if not name.startswith("_"))
+
+
+_SPECS: Final[dict[type[Event], tuple[tuple[str, Checker], ...]]] = {
+    cls: _specs(cls) for cls in EVENT_TYPES.values()
+}
+
+
+def check_fields(event: Event) -> str | None:
+    """The first generic problem of ``event`` as ``"field: problem"``, or None."""
+    specs = _SPECS.get(type(event))
+    if specs is None:
+        return f"{type(event).__name__} is not a journal event type"
+    for name, check in specs:
+        p = check(getattr(event, name))
+        if p:
+            return f"{name} {p}"
+    return None
+
+
+# --- specific checks (each returns a problem or None) -----------------------------------
+
+
+def utf8_len(s: str) -> int:
+    return len(s) if s.isascii() else len(s.encode("utf-8"))
+
+
+def check_uuid(name: str, s: str) -> str | None:
+    if not _UUID.fullmatch(s):
+        return f"{name} {s[:64]!r} is not a canonical lower-case UUID"
+    return None
+
+
+def check_name(name: str, s: str, p: FoldParams) -> str | None:
+    """Ids, names, tools, roles...: 1..max_name_bytes UTF-8 bytes, no control characters."""
+    if not s:
+        return f"{name} must not be empty"
+    if utf8_len(s) > p.max_name_bytes:
+        return f"{name} is longer than {p.max_name_bytes} bytes"
+    if _CONTROL.search(s):
+        return f"{name} contains a control character"
+    return None
+
+
+def check_agent_id(name: str, s: str, p: FoldParams) -> str | None:
+    problem = check_name(name, s, p)
+    if problem:
+        return problem
+    if s.startswith("~"):
+        return f"{name} {s!r} starts with '~' (reserved for partition pseudo-agents)"
+    return None
+
+
+def check_text(name: str, s: str, limit: int) -> str | None:
+    if utf8_len(s) > limit:
+        return f"{name} is longer than {limit} bytes"
+    return None
+
+
+def _no_constants(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+def check_json(name: str, s: str, p: FoldParams) -> str | None:
+    if utf8_len(s) > p.max_text_bytes:
+        return f"{name} is longer than {p.max_text_bytes} bytes"
+    try:
+        json.loads(s, parse_constant=_no_constants)
+    except ValueError as e:
+        return f"{name} is not JSON text ({e})"
+    return None
+
+
+def check_embedding(name: str, emb: tuple[float, ...], p: FoldParams) -> str | None:
+    if len(emb) != p.embedding_dim:
+        return f"{name} has dimension {len(emb)}, this cluster's is {p.embedding_dim}"
+    return None
+
+
+def check_importance(name: str, x: float) -> str | None:
+    if not 0.0 <= x <= 1.0:
+        return f"{name} {x!r} is outside [0, 1]"
+    return None
+
+
+def check_nonneg(name: str, x: int) -> str | None:
+    if x < 0:
+        return f"{name} must be >= 0"
+    return None
+
+
+def check_metadata(name: str, md: dict[str, str], p: FoldParams) -> str | None:
+    if len(md) > p.max_metadata_entries:
+        return f"{name} has more than {p.max_metadata_entries} entries"
+    for k, v in md.items():
+        problem = check_name(f"{name} key", k, p)
+        if problem:
+            return problem
+        if len(_encode_basestring(v).encode("utf-8")) - 2 > p.max_metadata_value_bytes:
+            return f"{name}[{k!r}] is longer than {p.max_metadata_value_bytes} bytes (JSON-escaped)"
+    return None
+
+
+def check_budgets(name: str, b: Budgets) -> str | None:
+    for field in ("max_tokens", "max_tool_calls", "max_steps", "context_window_tokens"):
+        if getattr(b, field) < 1:
+            return f"{name}.{field} must be >= 1"
+    return None

@@ -1,0 +1,119 @@
+"""The fold's versioned parameters.
+
+Every number that changes a verdict or a state hash is a constant of a fold version, not
+a machine setting: two workers with different config files must still fold the same
+journal into the same bytes. A new semantics ships as a new entry in ``VERSIONS`` and is
+switched on by a ``KernelUpgraded`` marker written (without a key) to every partition;
+history before the marker keeps folding under the version it was written with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final, Mapping
+
+from aosk.errors import UnknownFoldVersion
+
+__all__ = ["FoldParams", "VERSIONS", "INITIAL_VERSION", "LATEST_VERSION", "params_for"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FoldParams:
+    """The constants of one fold version."""
+
+    version: int
+    """The fold version these parameters belong to."""
+
+    dedupe_window: int = 128
+    """K: how many recent client ``event_id`` values an agent remembers; a client event
+    whose id is among them gets verdict ``duplicate``."""
+
+    recent_verdicts: int = 64
+    """Verdicts kept beside the state (outside the hash) so a redelivered offset can be
+    answered with its original verdict and derived events. Workers must commit their
+    consumer offsets at least this often per agent."""
+
+    embedding_dim: int = 384
+    """Length every embedding must have (``MemoryStored``, ``MemoryEmbedded``)."""
+
+    checkpoint_interval: int = 100
+    """A checkpoint is due whenever an agent's ``seq`` is a multiple of this."""
+
+    window_max_entries: int = 256
+    """Hard cap on context-window entries, whatever the agent's token budget."""
+
+    window_max_bytes: int = 262_144
+    """Hard cap on the canonical size of the context window (paging also triggers on it)."""
+
+    entry_max_bytes: int = 16_384
+    """Largest ``ContextAppended.content`` (UTF-8 bytes)."""
+
+    pin_importance: float = 0.95
+    """Entries with importance >= this are pinned: never paged out."""
+
+    importance_bands: int = 10
+    """Paging victims are taken from the lowest importance band first
+    (band = floor(importance * bands)), least recently appended first within a band."""
+
+    inbox_cap: int = 32
+    """Messages an inbox holds; a delivery beyond it bounces with ``inbox_full``."""
+
+    message_max_bytes: int = 4_096
+    """Largest message body (UTF-8 bytes), checked on the sender's side (and again on
+    delivery, where a bigger body is ``undeliverable``)."""
+
+    inbox_max_bytes: int = 131_072
+    """Cap on the canonical size of an inbox; a delivery beyond it is ``inbox_full``."""
+
+    max_open_calls: int = 32
+    """Open LLM + tool calls an agent may have at once."""
+
+    timed_out_memory: int = 32
+    """How many timed-out call ids are remembered to recognise a late completion."""
+
+    max_timeout_ms: int = 7 * 24 * 3600 * 1000
+    """Longest ``timeout_ms`` a call may ask for."""
+
+    max_capabilities: int = 64
+    """Size cap of an agent's capability set."""
+
+    max_name_bytes: int = 256
+    """Cap for ids, names, roles, tools, capabilities, models and metadata keys."""
+
+    max_metadata_entries: int = 32
+    """Entries in a metadata map."""
+
+    max_metadata_value_bytes: int = 1_024
+    """Largest metadata value (bytes of its JSON-escaped UTF-8 form)."""
+
+    max_text_bytes: int = 65_536
+    """Largest free text the fold does not keep (memory text, tool arguments)."""
+
+    max_ids_per_event: int = 256
+    """Ids in one ``MemoryRecalled`` / ``MessagesConsumed``."""
+
+    note_max_chars: int = 1_024
+    """Status notes kept in the state (suspend reason, exit reason, error, waiting-on)
+    are cut to this many code points (never rejected: a failure report must land)."""
+
+    state_max_bytes: int = 786_432
+    """The bound the caps above keep the canonical state under (tested), so a state fits
+    in an ``AgentForked`` record and a faust table value (1,000,000 bytes)."""
+
+
+INITIAL_VERSION: Final = 1
+"""The version every partition starts with (before any ``KernelUpgraded``)."""
+
+VERSIONS: Final[Mapping[int, FoldParams]] = MappingProxyType({1: FoldParams(version=1)})
+"""Every fold version this code can apply, by number."""
+
+LATEST_VERSION: Final = max(VERSIONS)
+
+
+def params_for(version: int) -> FoldParams:
+    """The parameters of ``version``; raises ``UnknownFoldVersion`` if this code lacks it."""
+    try:
+        return VERSIONS[version]
+    except KeyError:
+        raise UnknownFoldVersion(version, known=tuple(VERSIONS)) from None

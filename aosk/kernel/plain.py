@@ -1,0 +1,70 @@
+"""Events as plain JSON values (golden journals, debugging, the CLI's ``--json``).
+
+``{"type": <Avro record name>, <field>: <value>, ...}`` with bytes as hex and tuples as
+lists. Not the journal's encoding (that is Avro, ``aosk.events``).
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import fields
+from typing import Any, Final
+
+from aosk.events import EVENT_TYPES, Budgets, Event
+
+__all__ = ["event_to_plain", "event_from_plain"]
+
+
+def _to_plain(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, tuple):
+        return [_to_plain(x) for x in v]
+    if isinstance(v, Budgets):
+        return {f.name: getattr(v, f.name) for f in fields(v)}
+    if isinstance(v, dict):
+        return {k: _to_plain(x) for k, x in v.items()}
+    return v
+
+
+def event_to_plain(e: Event) -> dict[str, Any]:
+    """``{"type": <name>, <field>: <value>, ...}``; bytes as hex, tuples as lists."""
+    d: dict[str, Any] = {"type": type(e).__name__}
+    for f in fields(e):
+        d[f.name] = _to_plain(getattr(e, f.name))
+    return d
+
+
+def _from_plain(hint: Any, v: Any) -> Any:
+    if v is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _from_plain(inner, v)
+    if hint is bytes:
+        return bytes.fromhex(v)
+    if hint is Budgets:
+        return Budgets(**v)
+    if origin is tuple:
+        return tuple(v)
+    if origin is dict:
+        return dict(v)
+    if hint is float:
+        return float(v)
+    return v
+
+
+_HINTS: Final = {name: typing.get_type_hints(cls) for name, cls in EVENT_TYPES.items()}
+
+
+def event_from_plain(d: dict[str, Any]) -> Event:
+    """Inverse of ``event_to_plain``."""
+    d = dict(d)
+    name = d.pop("type")
+    cls = EVENT_TYPES[name]
+    hints = _HINTS[name]
+    return cls(**{k: _from_plain(hints[k], v) for k, v in d.items()})
+
+

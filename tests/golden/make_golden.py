@@ -1,0 +1,196 @@
+"""Builds the golden journals of fold version 1: ``python tests/golden/make_golden.py``.
+
+Each scenario is played through the worker-like simulator of the kernel tests (so
+derived events are in the journal where a worker would have written them) and saved
+with the verdict expected for every record and the final states. The test
+``tests/unit/kernel/test_kernel_golden.py`` folds the saved records with ``apply`` and
+compares. Regenerate only for an intended semantic change (which is a new fold version
+once anything is deployed), and review the JSON diff: it is the change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "unit" / "kernel"))
+
+from aosk.events import Budgets  # noqa: E402
+from aosk.kernel import LATEST_VERSION, encode_state  # noqa: E402
+from kernel_support import (  # noqa: E402
+    EMB,
+    Sim,
+    ev,
+    record_to_plain,
+    reset_ids,
+    spawn_running,
+    verdict_to_plain,
+)
+
+SMALL = Budgets(max_tokens=100, max_tool_calls=2, max_steps=12, context_window_tokens=50)
+
+
+def lifecycle() -> Sim:
+    """Every status and the transitions between them, final states, not-spawned keys,
+    undecodable records, tenancy and key mismatches, a fork from a final agent."""
+    sim = Sim()
+    sim.produce(ev("AgentStarted", "ghost"))
+    sim.produce(None, key="ghost", error="truncated single-object header")
+    sim.produce(ev("AgentSpawned", "ghost", name="late spawn"))
+    spawn_running(sim, "a", metadata={"team": "core", "ünï": "cödé"})
+    sim.produce(ev("AgentWaiting", "a", on="user input"))
+    sim.produce(ev("AgentStarted", "a"))
+    sim.produce(ev("AgentResumed", "a"))
+    sim.produce(ev("AgentSuspended", "a", reason="operator"))
+    sim.produce(ev("AgentResumed", "a"))
+    sim.produce(ev("AgentSuspended", "a", tenant="t2"))
+    sim.produce(ev("AgentStarted", "b"), key="a")
+    sim.produce(ev("CheckpointRequested", "a"))
+    sim.produce(ev("AgentStarted", "a"))
+    sim.produce(ev("AgentTerminated", "a", exit_code=3, reason="finished"))
+    sim.produce(ev("AgentStarted", "a"))
+    sim.produce(ev("BudgetUpdated", "a"))
+    sim.produce(ev("ForkRequested", "a", new_agent_id="a-fork", at_seq=3))
+    sim.produce(ev("AgentStarted", "a-fork"))
+    spawn_running(sim, "b")
+    sim.produce(ev("AgentKilled", "b", signal="SIGKILL", by="ops"))
+    spawn_running(sim, "c")
+    sim.produce(ev("AgentFailed", "c", error="Traceback ...\nValueError: x"))
+    sim.produce(ev("AgentResumed", "c"))
+    sim.produce(None, key=None, partition=1, error="no key, garbage")
+    sim.produce(ev("KernelUpgraded", "~p1", fold_version=1), key=None, partition=1)
+    sim.produce(ev("KernelUpgraded", "~p1", fold_version=1, origin="client"), key=None, partition=1)
+    return sim
+
+
+def budgets_and_paging() -> Sim:
+    """Budgets crossing (tokens, tool calls, steps), BudgetUpdated, and the context window
+    paging out by band and age, pinned entries, a full window, a lowered window."""
+    sim = Sim()
+    spawn_running(sim, "q", budgets=SMALL, capabilities=("search",))
+    sim.produce(ev("LlmCallRequested", "q", call_id="c1", prompt_tokens=60))
+    sim.produce(ev("LlmCallRequested", "q", call_id="c2", prompt_tokens=60))
+    sim.produce(ev("ContextAppended", "q", entry_id="x"))
+    sim.produce(ev("AgentResumed", "q"))
+    sim.produce(ev("LlmCallCompleted", "q", call_id="c1", completion_tokens=40))
+    sim.produce(ev("BudgetUpdated", "q", budgets=Budgets(max_tokens=150, max_tool_calls=2, max_steps=12,
+                                                          context_window_tokens=50)))
+    sim.produce(ev("BudgetUpdated", "q", budgets=Budgets(max_tokens=1000, max_tool_calls=2, max_steps=12,
+                                                          context_window_tokens=50)))
+    sim.produce(ev("AgentStarted", "q"))
+    sim.produce(ev("ToolCallRequested", "q", call_id="t1"))
+    sim.produce(ev("ToolCallRequested", "q", call_id="t2"))
+    spawn_running(sim, "w", budgets=Budgets(max_tokens=1000, max_tool_calls=5, max_steps=30,
+                                            context_window_tokens=50))
+    for i, (tokens, imp) in enumerate([(10, 0.42), (10, 0.47), (15, 0.95), (10, 0.9), (10, 0.8), (10, 0.35),
+                                       (20, 0.5), (40, 1.0), (30, 0.99), (5, 0.0)]):
+        sim.produce(ev("ContextAppended", "w", entry_id=f"w{i}", content=f"entry {i} ✓", tokens=tokens,
+                       importance=imp))
+    sim.produce(ev("BudgetUpdated", "w", budgets=Budgets(max_tokens=1000, max_tool_calls=5, max_steps=30,
+                                                          context_window_tokens=10)))
+    sim.produce(ev("ContextAppended", "w", entry_id="w-late", tokens=1))
+    spawn_running(sim, "s", budgets=Budgets(max_tokens=1000, max_tool_calls=5, max_steps=3,
+                                            context_window_tokens=50))
+    for i in range(4):
+        sim.produce(ev("MemoryStored", "s", memory_id=f"s{i}", embedding=EMB if i % 2 else None))
+    return sim
+
+
+def ipc_calls_and_duplicates() -> Sim:
+    """Messages (delivered, consumed, bounced for every reason, redelivered), children,
+    capabilities, calls and timeouts, client retries, payload hygiene."""
+    sim = Sim()
+    spawn_running(sim, "p", capabilities=("search", "calc"))
+    spawn_running(sim, "r")
+    spawn_running(sim, "other", tenant="t2")
+    sim.produce(ev("MessageSent", "p", message_id="m1", to_agent_id="r", body="hello ☃"))
+    sim.produce(ev("MessageSent", "p", message_id="m2", to_agent_id="nobody"))
+    sim.produce(ev("MessageSent", "p", message_id="m3", to_agent_id="other"))
+    delivered = next(r.event for r in sim.records if r.event is not None and
+                     type(r.event).__name__ == "MessageDelivered")
+    sim.produce(delivered)
+    sim.produce(ev("MessagesConsumed", "r", message_ids=("m9",)))
+    sim.produce(ev("MessagesConsumed", "r", message_ids=("m1",)))
+    sim.produce(ev("MessageDelivered", "r", origin="client", source_partition=0, source_offset=999))
+    sim.produce(ev("SpawnRequested", "p", child_id="kid", capabilities=("calc",), metadata={"role": "helper"}))
+    sim.produce(ev("SpawnRequested", "p", child_id="greedy", capabilities=("calc", "shell")))
+    sim.produce(ev("AgentSpawned", "orphan", parent_id="p"))
+    sim.produce(ev("AgentStarted", "kid"))
+    sim.produce(ev("ToolCallRequested", "kid", call_id="k1", tool="search"))
+    sim.produce(ev("ToolCallRequested", "kid", call_id="k2", tool="calc", arguments="{oops"))
+    sim.produce(ev("ToolCallRequested", "kid", call_id="k3", tool="calc", arguments='{"n": 2}', timeout_ms=100))
+    sim.produce(ev("LlmCallRequested", "kid", call_id="l1", timeout_ms=5000))
+    sim.produce(ev("AgentWaiting", "kid", on="k3"))
+    sim.tick(1000)
+    sim.produce(ev("ToolCallCompleted", "kid", call_id="k3", result="4"))
+    sim.produce(ev("LlmCallCompleted", "kid", call_id="l1", completion_tokens=7))
+    sim.produce(ev("LlmCallCompleted", "kid", call_id="l1", completion_tokens=7))
+    retry = ev("ContextAppended", "p", entry_id="once")
+    sim.produce(retry)
+    sim.produce(retry)
+    for fields in (dict(content="nul\x00"), dict(importance=float("nan")), dict(role="")):
+        sim.produce(ev("ContextAppended", "p", **{"entry_id": "bad", **fields}))
+    sim.produce(ev("MemoryStored", "p", memory_id="short", embedding=EMB[:10]))
+    sim.produce(ev("MemoryEmbedded", "p", memory_id="once", embedding=EMB))
+    sim.produce(ev("CapabilityRevoked", "p", capability="calc"))
+    sim.produce(ev("SpawnRequested", "p", child_id="kid2", capabilities=("calc",)))
+    sim.produce(ev("ForkRequested", "p", new_agent_id="p-fork", at_seq=4))
+    return sim
+
+
+def random_mix() -> Sim:
+    """A seeded random journal of the property tests' actions (seed 1, 250 actions)."""
+    from test_kernel_properties import random_journal
+
+    return random_journal(1, 250)
+
+
+SCENARIOS: dict[str, Callable[[], Sim]] = {
+    "lifecycle": lifecycle,
+    "budgets_and_paging": budgets_and_paging,
+    "ipc_calls_and_duplicates": ipc_calls_and_duplicates,
+    "random_mix": random_mix,
+}
+
+
+def build(name: str) -> dict[str, object]:
+    reset_ids()
+    make = SCENARIOS[name]
+    sim = make()
+    return {
+        "about": (make.__doc__ or "").strip(),
+        "fold_version": LATEST_VERSION,
+        "regenerate": "python tests/golden/make_golden.py; review the diff: it is a semantic change of the fold",
+        "records": [{**record_to_plain(r), "expect": verdict_to_plain(v)} for r, v in zip(sim.records, sim.verdicts)],
+        "final": {
+            key: {"state_hash": hashlib.sha256(encode_state(slot.state)).hexdigest(),
+                  "state": json.loads(encode_state(slot.state))}
+            for key, slot in sorted(sim.slots.items())
+        },
+    }
+
+
+def dumps(doc: dict[str, object]) -> str:
+    """JSON with one record (and one final state) per line: small files, readable diffs."""
+    c = lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":"))  # noqa: E731
+    head = ",\n".join(f" {c(k)}: {c(v)}" for k, v in doc.items() if k not in ("records", "final"))
+    records = ",\n".join(f"  {c(r)}" for r in doc["records"])  # type: ignore[attr-defined]
+    final = ",\n".join(f"  {c(k)}: {c(v)}" for k, v in doc["final"].items())  # type: ignore[attr-defined]
+    return f"{{\n{head},\n \"records\": [\n{records}\n ],\n \"final\": {{\n{final}\n }}\n}}\n"
+
+
+def main() -> None:
+    for name in SCENARIOS:
+        path = HERE / f"v1_{name}.json"
+        text = dumps(build(name))
+        assert json.loads(text)
+        path.write_text(text)
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
