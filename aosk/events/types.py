@@ -63,10 +63,9 @@ ORIGINS: Final = ("client", "kernel")
 #: Symbols of the Avro enum ``VerdictKind``, in schema order.
 VERDICT_KINDS: Final = ("accepted", "rejected", "duplicate")
 
-_frozen = dataclass(frozen=True, kw_only=True, slots=True)
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Budgets:
     """Absolute limits of an agent (not an event; nested in spawns and BudgetUpdated)."""
 
@@ -76,7 +75,7 @@ class Budgets:
     context_window_tokens: int
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Event:
     """Base of every journal event: the header every record carries.
 
@@ -98,7 +97,7 @@ class Event:
 # --- lifecycle -------------------------------------------------------------------------
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AgentSpawned(Event):
     """An agent exists (READY). Kernel origin when it is a child (``parent_id`` set)."""
 
@@ -110,7 +109,7 @@ class AgentSpawned(Event):
     metadata: dict[str, str]
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SpawnRequested(Event):
     """A parent asks for a child; the worker turns it into the child's AgentSpawned."""
 
@@ -122,31 +121,31 @@ class SpawnRequested(Event):
     metadata: dict[str, str]
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AgentStarted(Event):
     """READY -> RUNNING."""
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AgentWaiting(Event):
     """RUNNING -> WAITING, on what (a call id, a message, ...)."""
 
     on: str
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AgentSuspended(Event):
     """READY/RUNNING/WAITING -> SUSPENDED."""
 
     reason: str
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AgentResumed(Event):
     """WAITING -> RUNNING; SUSPENDED -> READY."""
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AgentTerminated(Event):
     """Any non-final -> TERMINATED."""
 
@@ -154,7 +153,7 @@ class AgentTerminated(Event):
     reason: str
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AgentKilled(Event):
     """Any non-final -> TERMINATED (killed)."""
 
@@ -162,14 +161,14 @@ class AgentKilled(Event):
     by: str
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AgentFailed(Event):
     """Any non-final -> ERROR (final)."""
 
     error: str
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ForkRequested(Event):
     """Asks the kernel to fork this agent's state at ``at_seq`` into ``new_agent_id``."""
 
@@ -177,7 +176,7 @@ class ForkRequested(Event):
     at_seq: int
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AgentForked(Event):
     """Kernel-made: the new agent starts from ``state`` (a serialized fold state)."""
 
@@ -190,7 +189,7 @@ class AgentForked(Event):
 # --- context and memory -------------------------------------------------------------------
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ContextAppended(Event):
     """An entry enters the context window; ``importance`` in [0, 1], >= 0.95 is pinned."""
 
@@ -201,7 +200,7 @@ class ContextAppended(Event):
     importance: float
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class MemoryStored(Event):
     """A long-term memory; ``embedding`` may come later through MemoryEmbedded."""
 
@@ -212,7 +211,7 @@ class MemoryStored(Event):
     metadata: dict[str, str]
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class MemoryEmbedded(Event):
     """Supplies the embedding of a memory stored (or paged out) without one."""
 
@@ -220,7 +219,7 @@ class MemoryEmbedded(Event):
     embedding: tuple[float, ...]
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class MemoryRecalled(Event):
     """Memories a query returned (the query itself is kept only as a hash)."""
 
@@ -228,7 +227,7 @@ class MemoryRecalled(Event):
     memory_ids: tuple[str, ...]
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class MemoryForgotten(Event):
     """A memory is dropped."""
 
@@ -238,7 +237,7 @@ class MemoryForgotten(Event):
 # --- calls ------------------------------------------------------------------------------
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LlmCallRequested(Event):
     """An LLM call opens; its deadline is the record's LogAppendTime + ``timeout_ms``."""
 
@@ -249,7 +248,7 @@ class LlmCallRequested(Event):
     timeout_ms: int
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LlmCallCompleted(Event):
     """An LLM call closes (late when it follows CallTimedOut in the journal)."""
 
@@ -259,7 +258,7 @@ class LlmCallCompleted(Event):
     latency_ms: int
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ToolCallRequested(Event):
     """A tool call opens; ``arguments`` is JSON text."""
 
@@ -269,7 +268,7 @@ class ToolCallRequested(Event):
     timeout_ms: int
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ToolCallCompleted(Event):
     """A tool call closes, with its result or an error."""
 
@@ -279,7 +278,7 @@ class ToolCallCompleted(Event):
     duration_ms: int
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class CallTimedOut(Event):
     """Kernel-made: the call's deadline passed while it was open."""
 
@@ -289,7 +288,7 @@ class CallTimedOut(Event):
 # --- messages ---------------------------------------------------------------------------
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class MessageSent(Event):
     """A message leaves this agent (judged on the sender's side)."""
 
@@ -298,7 +297,7 @@ class MessageSent(Event):
     body: str
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class MessageDelivered(Event):
     """Kernel-made, on the recipient's key; points at the MessageSent record."""
 
@@ -310,7 +309,7 @@ class MessageDelivered(Event):
     source_offset: int
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class MessageBounced(Event):
     """Kernel-made, back on the sender's key; points at the MessageDelivered record."""
 
@@ -320,7 +319,7 @@ class MessageBounced(Event):
     source_offset: int
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class MessagesConsumed(Event):
     """The agent took these messages out of its inbox."""
 
@@ -330,33 +329,33 @@ class MessagesConsumed(Event):
 # --- control ----------------------------------------------------------------------------
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class CheckpointRequested(Event):
     """Asks for a checkpoint of the state at this record."""
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class CapabilityGranted(Event):
     """Adds a tool to the agent's allowed set."""
 
     capability: str
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class CapabilityRevoked(Event):
     """Removes a tool from the agent's allowed set."""
 
     capability: str
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class BudgetUpdated(Event):
     """New absolute limits; remaining = limit - used, floored at 0."""
 
     budgets: Budgets
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class KernelUpgraded(Event):
     """From this record on, the partition folds under ``fold_version``."""
 
@@ -366,7 +365,7 @@ class KernelUpgraded(Event):
 # --- verdicts ---------------------------------------------------------------------------
 
 
-@_frozen
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Transition:
     """The verdict on one journal record (topic aosk.agent-transitions); not an Event.
 
