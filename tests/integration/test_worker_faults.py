@@ -1,0 +1,269 @@
+"""Workers on the real broker under a SIGKILL: N workers share the journal's partitions,
+one is killed mid-run (no flush, no commit, no goodbye to the group), its partitions move
+to the others (which restore its table state from the changelog), then it is started
+again and takes partitions back.
+
+Afterwards, folding the journal read back from Kafka in a plain loop must agree with
+everything the workers published:
+
+* every journal record has a verdict, some have several (records processed twice), and
+  every repeat is byte-identical to the first, which equals the plain fold's verdict;
+* the rejected records are exactly the workload's illegal ones (plus its garbage, as
+  ``undecodable``, copied to the dead-letter topic);
+* every accepted ``MessageSent`` has exactly one applied delivery or one bounce; every
+  derived event is in the journal with its deterministic id and applied once;
+* calls that never complete were timed out; no call is left open past its deadline;
+* each agent's last published state hash, and the table's state in the changelog,
+  equal the plain fold's.
+
+The issue's size (3 workers, 12 partitions, 100 agents, 20,000 events, one kill) runs in
+``make test`` (about 50 s here); three kills plus one during a rebalance, over 40,000
+events, are marked ``chaos`` (``make chaos``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import pytest
+
+from aosk.events import MessageBounced, MessageDelivered, MessageSent
+from aosk.kernel import Kind, expired_calls, fold_journal, state_hash
+from aosk.streams.app import app_id
+from aosk.topics import ensure_topics
+from aosk.waiting import wait_for
+from aosk.workload import generate_workload, produce_workload
+from worker_harness import (
+    Coverage,
+    Workers,
+    changelog_slots,
+    check_run,
+    group_assignment,
+    last_hash_by_agent,
+    read_topic,
+    wait_settled,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass(frozen=True)
+class Size:
+    workers: int
+    agents: int
+    events: int
+    unfinished: int
+    kill_at: tuple[float, ...]
+    """Fractions of the records with a verdict at which a worker is SIGKILLed (then restarted)."""
+    kill_while_rejoining: bool = False
+    """After the last restart, also SIGKILL another worker while the group rebalances."""
+    timeout: float = 600
+
+
+FULL = Size(workers=3, agents=100, events=20_000, unfinished=20, kill_at=(0.35,))
+"""The issue's done-when: 3 workers over 12 partitions, 100 agents, 20,000 events, one
+worker SIGKILLed mid-run and restarted (~50 s here, so it is the default)."""
+CHAOS = Size(workers=3, agents=150, events=40_000, unfinished=30, kill_at=(0.2, 0.45, 0.7),
+             kill_while_rejoining=True, timeout=900)
+"""Three kills of different workers, plus one during a rebalance (``make chaos``)."""
+
+
+def _own_settings(settings, name: str):
+    k = settings.kafka.model_copy(update={"topic_prefix": f"{settings.kafka.topic_prefix}-{name}"})
+    return settings.model_copy(update={"kafka": k})
+
+
+def run_kill_scenario(settings, state_dir, size: Size) -> dict[str, float]:
+    timings: dict[str, float] = {}
+    k = settings.kafka
+    bootstrap = k.bootstrap_servers
+    ensure_topics(bootstrap, k)
+    work = generate_workload(agents=size.agents, events=size.events, seed=11, illegal_every=50,
+                             garbage_every=333, unfinished_calls=size.unfinished,
+                             unfinished_timeout_ms=2_000, terminate_fraction=0.03)
+    assert work.illegal_event_ids and work.garbage and work.child_spawns
+    nodes = [f"w{i}" for i in range(1, size.workers + 1)]
+    group = app_id(settings)
+    coverage = Coverage(bootstrap, k.transitions_topic)
+    t0 = time.monotonic()
+    with Workers(settings, state_dir) as workers:
+        running = set(nodes)
+
+        def all_alive() -> None:
+            dead = [n for n in running if not workers.procs[n].alive()]
+            assert not dead, f"workers exited: {dead}"
+
+        def joined(count: int) -> bool:
+            all_alive()
+            a = group_assignment(bootstrap, group, k.journal_topic)
+            return a is not None and len(a) == count and sum(len(p) for p in a.values()) == k.journal_partitions
+
+        def kill(node: str) -> None:
+            running.discard(node)
+            workers.kill(node)
+
+        def restart(node: str) -> None:
+            workers.start(node)
+            running.add(node)
+
+        try:
+            for n in nodes:
+                workers.start(n)
+            wait_for(lambda: joined(size.workers), timeout=120, what=f"{size.workers} workers in a stable group")
+            timings["start"] = time.monotonic() - t0
+
+            produced: list[int] = []
+            producer = threading.Thread(
+                target=lambda: produced.append(len(produce_workload(bootstrap, k.journal_topic, work.items))))
+            t1 = time.monotonic()
+            producer.start()
+
+            for i, fraction in enumerate(size.kill_at):
+                victim = nodes[-1 - i % len(nodes)]
+                before = group_assignment(bootstrap, group, k.journal_topic) or {}
+                victim_parts = before.get(f"aosk-worker-{victim}", set())
+                wait_for(lambda: coverage.distinct() >= len(work.items) * fraction, timeout=size.timeout,
+                         what=f"{fraction:.0%} of the verdicts")
+                timings[f"kill{i + 1}_at_verdicts"] = coverage.distinct()
+                kill(victim)
+                t_kill = time.monotonic()
+                wait_for(lambda: joined(len(running)), timeout=120, what="the survivors to take over")
+                after = group_assignment(bootstrap, group, k.journal_topic) or {}
+                assert set().union(*after.values()) >= victim_parts, after
+                timings[f"kill{i + 1}_failover"] = time.monotonic() - t_kill
+                # The survivors make progress on the victim's partitions (table restored from the changelog).
+                mark = {p: len(coverage.offsets.get(p, ())) for p in victim_parts}
+                wait_for(lambda: any(len(coverage.offsets.get(p, ())) > mark[p] for p in victim_parts) or
+                         coverage.covers({p: e for p, e in _ends(bootstrap, k.journal_topic).items()
+                                          if p in victim_parts}),
+                         timeout=120, what="progress on the killed worker's partitions")
+                restart(victim)
+                if size.kill_while_rejoining and i == len(size.kill_at) - 1:
+                    other = nodes[0] if victim != nodes[0] else nodes[1]
+                    wait_for(lambda: "Executing _on_partitions_assigned" in workers.procs[victim].log(),
+                             timeout=120, what="the restarted worker to start a rebalance")
+                    kill(other)
+                    wait_for(lambda: joined(len(running)), timeout=120, what="the group to settle without it")
+                    restart(other)
+                wait_for(lambda: joined(size.workers), timeout=120, what="the restarted worker to rejoin")
+
+            producer.join(300)
+            assert produced == [len(work.items)]
+            timings["settle"] = wait_settled(bootstrap, k.journal_topic, coverage, quiet_s=4.0,
+                                             timeout=size.timeout, alive=all_alive)
+            timings["processing"] = time.monotonic() - t1
+            for n in nodes:
+                assert workers.stop(n) == 0, workers.procs[n].log()[-3000:]
+        except BaseException:
+            print(workers.logs())
+            raise
+        finally:
+            coverage.close()
+
+    t2 = time.monotonic()
+    timings.update(_check(settings, work))
+    timings["check"] = time.monotonic() - t2
+    timings["total"] = time.monotonic() - t0
+    return timings
+
+
+def _ends(bootstrap: str, topic: str) -> dict[int, int]:
+    from worker_harness import end_offsets
+
+    return end_offsets(bootstrap, topic)
+
+
+def _check(settings, work) -> dict[str, float]:
+    k = settings.kafka
+    report = check_run(settings)
+    assert not report.problems, "\n".join(report.problems)
+    assert report.repeated > 0, "no record was processed twice: the kill did not test redelivery"
+
+    pairs = list(zip(report.records, report.verdicts))
+    # Rejections: exactly the illegal client events, the garbage, and bounced deliveries.
+    rejected_client = {r.event.event_id for r, v in pairs
+                       if v.kind == Kind.REJECTED and r.event is not None and r.event.origin == "client"}
+    assert rejected_client == set(work.illegal_event_ids)
+    undecodable = [r for r, v in pairs if r.error is not None]
+    assert len(undecodable) == work.garbage
+    assert all(v.kind == Kind.REJECTED and v.reason == "undecodable" for r, v in pairs if r.error is not None)
+    kernel_rejected = Counter(v.event_type for r, v in pairs
+                              if v.kind == Kind.REJECTED and r.event is not None and r.event.origin == "kernel")
+    assert set(kernel_rejected) <= {"MessageDelivered", "MessageBounced", "CallTimedOut"}, kernel_rejected
+    # A bounce or a timeout is rejected only when its agent exited between the worker's
+    # decision and the record's place in the journal.
+    assert all(v.status in ("TERMINATED", "ERROR") and v.reason == "illegal_transition" for r, v in pairs
+               if type(r.event).__name__ in ("MessageBounced", "CallTimedOut") and v.kind == Kind.REJECTED)
+
+    dead = read_topic(k.bootstrap_servers, k.dead_letters_topic)
+    sources = {(int(dict(m.headers)["aosk-source-partition"]), int(dict(m.headers)["aosk-source-offset"]))
+               for m in dead}
+    assert sources == {(r.partition, r.offset) for r in undecodable}
+    assert all(dict(m.headers)["aosk-reason"] == b"undecodable" for m in dead)
+
+    # Every derived event is in the journal (deterministic id) and applied once.
+    journal_ids: dict[str, list] = defaultdict(list)
+    for r, v in pairs:
+        if r.event is not None:
+            journal_ids[r.event.event_id].append(v)
+    derived = [d for _, v in pairs for d in v.derived]
+    assert derived
+    for d in derived:
+        vs = journal_ids.get(d.event_id)
+        assert vs, f"derived {type(d).__name__} {d.event_id} is not in the journal"
+        assert sum(1 for v in vs if v.kind != Kind.DUPLICATE) == 1, (d, vs)
+
+    # Messages: each accepted MessageSent has exactly one applied delivery or one bounce.
+    judged: dict[tuple[int, int], list] = defaultdict(list)
+    bounced: dict[tuple[int, int], list] = defaultdict(list)
+    for r, v in pairs:
+        if isinstance(r.event, MessageDelivered) and v.kind != Kind.DUPLICATE:
+            judged[(r.event.source_partition, r.event.source_offset)].append((r, v))
+        if isinstance(r.event, MessageBounced) and v.kind != Kind.DUPLICATE:
+            bounced[(r.event.source_partition, r.event.source_offset)].append(v)
+    sent = [(r, v) for r, v in pairs if isinstance(r.event, MessageSent) and v.kind == Kind.ACCEPTED]
+    assert sent
+    bounces = 0
+    for r, _ in sent:
+        deliveries = judged[(r.partition, r.offset)]
+        assert len(deliveries) == 1, (r.event, deliveries)
+        dr, dv = deliveries[0]
+        if dv.kind == Kind.REJECTED:
+            bounces += 1
+            assert len(bounced[(dr.partition, dr.offset)]) == 1, (r.event, bounced[(dr.partition, dr.offset)])
+        else:
+            assert dv.kind == Kind.ACCEPTED and not bounced[(dr.partition, dr.offset)]
+    assert bounces, "no message went to a terminated agent"
+
+    # Timeouts: calls that never complete were timed out; none is left open past its deadline.
+    slots = fold_journal(report.records)
+    timed_out = {(r.event.agent_id, r.event.call_id) for r, v in pairs
+                 if type(r.event).__name__ == "CallTimedOut" and v.kind == Kind.ACCEPTED}
+    assert timed_out and timed_out <= set(work.unfinished_calls)
+    end = max(r.timestamp for r in report.records)
+    assert not [(a, c.call_id) for a, s in slots.items() for c in expired_calls(s.state, end - 1000)]
+
+    # State: each agent's last published hash and the table's state equal the plain fold's.
+    last = last_hash_by_agent(report)
+    want = {a: state_hash(s.state) for a, s in slots.items()}
+    assert last == want
+    table = changelog_slots(k.bootstrap_servers, f"{app_id(settings)}-slots-changelog")
+    assert {a: state_hash(s.state) for a, s in table.items()} == want
+    assert {a: s.last_offset for a, s in table.items()} == {a: s.last_offset for a, s in slots.items()}
+    return {"journal_records": len(report.records), "repeated_verdicts": report.repeated,
+            "illegal": len(work.illegal_event_ids), "garbage": work.garbage, "timed_out": len(timed_out),
+            "bounces": bounces, "derived": len(derived)}
+
+
+def test_kill_one_worker_mid_run(settings, tmp_path) -> None:
+    timings = run_kill_scenario(_own_settings(settings, "kill"), tmp_path, FULL)
+    print("timings", {k: round(v, 1) for k, v in timings.items()})
+
+
+@pytest.mark.chaos
+def test_repeated_kills(settings, tmp_path) -> None:
+    timings = run_kill_scenario(_own_settings(settings, "chaos"), tmp_path, CHAOS)
+    print("timings", {k: round(v, 1) for k, v in timings.items()})

@@ -1,0 +1,112 @@
+"""Small pure parts of the worker: the deadline index and partition time, the slot
+cache, dead-letter headers, stop messages, and the layering (no faust at import)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+from aosk.errors import Undecodable, UnknownFingerprint, UnknownFoldVersion
+from aosk.kernel import AgentSlot, OpenCall, Record, placeholder
+from aosk.kernel.state import Calls
+from aosk.partitioning import partition_for
+from aosk.streams.pausing import PartitionStops, describe_stop
+from aosk.streams.records import dead_letter_headers
+from aosk.streams.slots import SlotStore, partition_of_key
+from aosk.streams.timeouts import DeadlineIndex, PartitionClock, SentTimeouts, caught_up
+
+
+def _with_calls(*deadlines: int):
+    st = placeholder("a", 1)
+    calls = tuple(OpenCall(call_id=f"c{i}", kind="llm", deadline_ms=d, request_event_id=f"r{i}")
+                  for i, d in enumerate(deadlines))
+    return replace(st, calls=Calls(open=calls))
+
+
+def test_deadline_index() -> None:
+    idx = DeadlineIndex()
+    idx.update(0, "a", _with_calls(500, 200))
+    idx.update(0, "b", _with_calls(300))
+    idx.update(1, "c", _with_calls(100))
+    assert idx.due(0, 250) == ["a"] and idx.due(0, 1_000) == ["a", "b"] and idx.earliest(0) == 200
+    idx.update(0, "a", _with_calls())
+    assert idx.due(0, 1_000) == ["b"]
+    idx.drop({0})
+    assert idx.due(0, 1_000) == [] and len(idx) == 1
+    idx.rebuild(1, [("d", _with_calls(50))])
+    assert idx.due(1, 1_000) == ["d"]
+
+
+def test_partition_time_is_journal_time_while_behind_and_wall_clock_once_caught_up() -> None:
+    clock = PartitionClock()
+    assert clock.time_ms(0, caught_up=False, now_ms=9_000) is None
+    assert clock.time_ms(0, caught_up=True, now_ms=9_000) == 9_000
+    clock.observe(0, 5_000)
+    clock.observe(0, 4_000)
+    assert clock.time_ms(0, caught_up=False, now_ms=9_000) == 5_000
+    assert clock.time_ms(0, caught_up=True, now_ms=9_000) == 9_000
+    assert clock.time_ms(0, caught_up=True, now_ms=1_000) == 5_000  # never before the journal
+    assert caught_up(7, 7) and not caught_up(6, 7) and not caught_up(None, 7) and not caught_up(7, None)
+
+
+def test_sent_timeouts_are_not_repeated_every_tick() -> None:
+    sent = SentTimeouts(resend_after_s=30)
+    assert sent.should_send("e", 0.0) and not sent.should_send("e", 10.0) and sent.should_send("e", 31.0)
+
+
+def test_slot_cache_follows_the_table() -> None:
+    table: dict = {}
+    store = SlotStore(table)
+    slot = AgentSlot(placeholder("a", 1), last_offset=4)
+    out = store.put("a", slot, partition=3)
+    assert (out.key, out.partition, out.value) == (b"a", 3, table[b"a"])
+    assert store.get("a") is slot
+    table[b"a"] = bytes(bytearray(table[b"a"]))  # replaced (e.g. recovered from the changelog): decoded again
+    assert store.get("a") is not slot and store.get("a").last_offset == 4
+    assert store.get("missing") is None and store.version(0) == 1
+
+
+def test_partition_of_key() -> None:
+    assert partition_of_key("~p7", 12) == 7
+    assert partition_of_key("~fork/x", 12) is None
+    assert partition_of_key("agent-1", 12) == partition_for("agent-1", 12)
+
+
+def test_dead_letter_headers_and_stop_messages() -> None:
+    r = Record("k", 2, 9, 1234, b"x", None, Undecodable("not single-object encoded"))
+    h = dict(dead_letter_headers(r, topic="j"))
+    assert h["aosk-reason"] == b"undecodable" and h["aosk-detail"] == b"not single-object encoded"
+    assert (h["aosk-source-partition"], h["aosk-source-offset"], h["aosk-source-timestamp"]) == (b"2", b"9", b"1234")
+    s = describe_stop("j", 2, 9, UnknownFingerprint(b"\x01" * 8))
+    assert s.reason == "unknown_fingerprint" and "0101010101010101" in s.message and "j[2] at offset 9" in s.message
+    assert describe_stop("j", 2, 9, UnknownFoldVersion(7, known=(1,))).reason == "unknown_fold_version"
+    assert describe_stop("j", 2, 9, KeyError("x")).reason == "error"
+    stops = PartitionStops()
+    assert stops.stop(s) and not stops.stop(s) and stops.stopped(2) is s
+    stops.clear({2})
+    assert stops.stopped(2) is None
+
+
+def test_processing_modules_do_not_import_faust() -> None:
+    code = ("import sys, aosk.streams.processor, aosk.streams.offsets, aosk.streams.commits;"
+            "print('faust' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_faust_message_becomes_the_shared_record() -> None:
+    from types import SimpleNamespace
+
+    from aosk.events import AgentStarted, encode
+    from aosk.streams.records import record_of
+
+    ev = AgentStarted(event_id="00000000-0000-4000-8000-000000000001", agent_id="a", tenant_id="t",
+                      occurred_at=0, origin="client", correlation_id=None, causation_id=None)
+    ts_ms = 1_795_597_176_801
+    msg = SimpleNamespace(key=b"a", value=encode(ev), partition=4, offset=17, timestamp=ts_ms / 1000.0,
+                          timestamp_type=1)
+    r = record_of(msg)
+    assert (r.key, r.partition, r.offset, r.timestamp, r.event) == ("a", 4, 17, ts_ms, ev)
+    garbage = record_of(SimpleNamespace(key=None, value=None, partition=1, offset=0, timestamp=1.0, timestamp_type=1))
+    assert garbage.key is None and garbage.event is None and garbage.error is not None and garbage.agent_key == "~p1"
