@@ -5,28 +5,67 @@ Every projection table, view and the ``projector_offsets`` table live in ONE sch
 swaps it in by renaming, so everything that must move together has to be inside it.
 Migrations are plain SQL files ``NNNN_name.sql`` applied in order with
 ``search_path`` set to the target schema, recorded in ``<schema>.schema_migrations``.
+Code that writes or reads projections takes the schema name as an argument and
+qualifies every table with it, so the same code serves the live schema and a shadow.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import struct
+import sys
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any, Final
 
 import psycopg
 from psycopg import sql
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from psycopg_pool import ConnectionPool
 
 from aosk.config import PostgresSettings
 from aosk.errors import AoskError
 
-DEFAULT_SCHEMA = "aosk"
+__all__ = [
+    "DEFAULT_SCHEMA",
+    "BATCH_LOCK_KEY",
+    "MigrationError",
+    "ProjectionConfigError",
+    "Migration",
+    "migrations",
+    "migrate",
+    "open_pool",
+    "qualified",
+    "get_meta",
+    "set_meta",
+    "embedding_dimension",
+    "PackedVector",
+    "pack_vector",
+    "register_vector_dumper",
+]
+
+DEFAULT_SCHEMA: Final = "aosk"
+
+BATCH_LOCK_KEY: Final = 0x414F_534B_5052_4F4A
+"""``pg_advisory_xact_lock_shared(BATCH_LOCK_KEY)`` is taken by every projector batch
+transaction ("AOSKPROJ" as a bigint). ``aosk replay`` takes it exclusively for the swap
+of a rebuilt schema, which therefore happens between two live batches."""
+
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 class MigrationError(AoskError):
     """A migration failed, or the database was migrated by a newer AOSK."""
+
+
+class ProjectionConfigError(AoskError):
+    """The projection schema does not fit this process's configuration (embedding
+    dimension, journal topic): refuse to write rather than mix two clusters."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +77,19 @@ class Migration:
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def check_schema_name(schema: str) -> str:
+    if not _SCHEMA_NAME.match(schema):
+        raise ProjectionConfigError(
+            f"schema name {schema!r} must be lower-case letters, digits and _ (at most 63), starting with a letter"
+        )
+    return schema
+
+
+def qualified(schema: str, table: str) -> sql.Composed:
+    """``"schema"."table"`` for composing statements."""
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
 
 
 def migrations() -> list[Migration]:
@@ -54,34 +106,41 @@ def migrations() -> list[Migration]:
     return found
 
 
-def migrate(conn: psycopg.Connection, *, schema: str = DEFAULT_SCHEMA, dimension: int = 384) -> list[str]:
-    """Apply pending migrations to ``schema`` (created if missing), one transaction
-    each; returns the names applied. Safe to run concurrently from several processes:
-    an advisory lock serialises them."""
+def migrate(
+    conn: psycopg.Connection[Any],
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    dimension: int = 384,
+    checkpoint_every: int | None = None,
+) -> list[str]:
+    """Apply pending migrations to ``schema`` (created if missing) in one transaction;
+    returns the names applied. Safe to run concurrently from several processes: an
+    advisory lock serialises them. ``checkpoint_every`` (records per agent between
+    checkpoints) is recorded in ``projection_meta`` when given; it must be the same for
+    every projector and rebuild of the schema, hence stored there, not per process.
+    Checks that an existing schema's embedding dimension is ``dimension``."""
+    check_schema_name(schema)
     applied: list[str] = []
+    known = migrations()
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(hashtext('aosk-migrate'), hashtext(%s))", (schema,))
         conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(schema)))
         conn.execute("create extension if not exists vector")
         conn.execute(
             sql.SQL(
-                "create table if not exists {}.schema_migrations (version int primary key, name text not null,"
-                " checksum text not null)"
-            ).format(sql.Identifier(schema))
+                "create table if not exists {} (version int primary key, name text not null, checksum text not null)"
+            ).format(qualified(schema, "schema_migrations"))
         )
         done = {
             row[0]: row[2]
             for row in conn.execute(
-                sql.SQL("select version, name, checksum from {}.schema_migrations").format(sql.Identifier(schema))
+                sql.SQL("select version, name, checksum from {}").format(qualified(schema, "schema_migrations"))
             )
         }
-        known = {m.version for m in migrations()}
-        newer = sorted(v for v in done if v not in known)
+        newer = sorted(v for v in done if v not in {m.version for m in known})
         if newer:
-            raise MigrationError(
-                f"schema {schema} has migrations {newer} this AOSK does not know; upgrade AOSK"
-            )
-        for m in migrations():
+            raise MigrationError(f"schema {schema} has migrations {newer} this AOSK does not know; upgrade AOSK")
+        for m in known:
             if m.version in done:
                 if done[m.version] != m.checksum:
                     raise MigrationError(
@@ -90,20 +149,139 @@ def migrate(conn: psycopg.Connection, *, schema: str = DEFAULT_SCHEMA, dimension
                     )
                 continue
             conn.execute(sql.SQL("set local search_path to {}, public").format(sql.Identifier(schema)))
-            conn.execute(m.sql.replace("{dimension}", str(int(dimension))).encode())
+            try:
+                conn.execute(m.sql.replace("{dimension}", str(int(dimension))).encode())
+            except psycopg.Error as e:
+                raise MigrationError(f"migration {m.version:04d}_{m.name} failed on schema {schema}: {e}") from e
             conn.execute(
-                sql.SQL("insert into {}.schema_migrations values (%s, %s, %s)").format(sql.Identifier(schema)),
+                sql.SQL("insert into {} values (%s, %s, %s)").format(qualified(schema, "schema_migrations")),
                 (m.version, m.name, m.checksum),
             )
             applied.append(f"{m.version:04d}_{m.name}")
+        if checkpoint_every is not None:
+            if checkpoint_every < 1:
+                raise ProjectionConfigError("checkpoint_every must be >= 1")
+            set_meta(conn, schema, "checkpoint_every", str(checkpoint_every))
+        have = embedding_dimension(conn, schema)
+        if have != dimension:
+            raise ProjectionConfigError(
+                f"schema {schema} stores embeddings of dimension {have}, this process is configured for "
+                f"{dimension} (memory.embedding_dimension / AOSK_EMBEDDING_DIMENSION); the dimension is fixed "
+                "per cluster"
+            )
     return applied
 
 
-def open_pool(dsn: str, pg: PostgresSettings, *, name: str = "aosk") -> ConnectionPool:
-    """A psycopg pool sized by ``pool_size`` + ``max_overflow``; opened, ready to use."""
-    pool = ConnectionPool(
-        dsn, min_size=1, max_size=pg.pool_size + pg.max_overflow, name=name, open=False,
-        kwargs={"autocommit": False},
+def get_meta(conn: psycopg.Connection[Any], schema: str, key: str) -> str | None:
+    row = conn.execute(
+        sql.SQL("select value from {} where key = %s").format(qualified(schema, "projection_meta")), (key,)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def set_meta(conn: psycopg.Connection[Any], schema: str, key: str, value: str) -> None:
+    conn.execute(
+        sql.SQL(
+            "insert into {} (key, value) values (%s, %s) on conflict (key) do update set value = excluded.value"
+        ).format(qualified(schema, "projection_meta")),
+        (key, value),
     )
-    pool.open(wait=True, timeout=30)
+
+
+def embedding_dimension(conn: psycopg.Connection[Any], schema: str) -> int:
+    """The d of ``<schema>.memories.embedding vector(d)``."""
+    row = conn.execute(
+        "select a.atttypmod from pg_attribute a join pg_class c on c.oid = a.attrelid "
+        "join pg_namespace n on n.oid = c.relnamespace "
+        "where n.nspname = %s and c.relname = 'memories' and a.attname = 'embedding'",
+        (schema,),
+    ).fetchone()
+    if row is None:
+        raise ProjectionConfigError(f"schema {schema} has no memories table; run `aosk db migrate --schema {schema}`")
+    return int(row[0])
+
+
+# --- vectors ------------------------------------------------------------------------------
+
+
+class PackedVector(bytes):
+    """A pgvector ``vector`` already in its binary wire form (u16 dim, u16 0, f32 BE...)."""
+
+    __slots__ = ()
+
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def pack_vector(values: Sequence[float]) -> PackedVector:
+    """The binary form of ``values`` as float32 (what pgvector stores)."""
+    a = array("f", values)
+    if not _BIG_ENDIAN:
+        a.byteswap()
+    return PackedVector(struct.pack(">HH", len(a), 0) + a.tobytes())
+
+
+def unpack_vector(data: bytes) -> list[float]:
+    dim, _ = struct.unpack_from(">HH", data)
+    a = array("f")
+    a.frombytes(data[4 : 4 + 4 * dim])
+    if not _BIG_ENDIAN:
+        a.byteswap()
+    return a.tolist()
+
+
+def register_vector_dumper(conn: psycopg.Connection[Any]) -> int:
+    """Let ``conn`` send ``PackedVector`` values (parameters and binary COPY) as
+    ``vector``; returns the type's oid."""
+    row = conn.execute("select 'vector'::regtype::oid").fetchone()
+    assert row is not None
+    oid = int(row[0])
+
+    class _VectorDumper(Dumper):
+        format = Format.BINARY
+
+        def dump(self, obj: Any) -> bytes:
+            return bytes(obj)
+
+    _VectorDumper.oid = oid
+    conn.adapters.register_dumper(PackedVector, _VectorDumper)
+    return oid
+
+
+# --- pools ------------------------------------------------------------------------------
+
+
+def open_pool(
+    dsn: str,
+    pg: PostgresSettings,
+    *,
+    name: str = "aosk",
+    min_size: int = 1,
+    max_size: int | None = None,
+    configure: Callable[[psycopg.Connection[Any]], None] | None = None,
+) -> ConnectionPool:
+    """A psycopg pool sized by ``pool_size`` + ``max_overflow`` (or ``max_size``);
+    opened, ready to use. Connections are checked before they are handed out, so a
+    connection the server closed (e.g. a paused process's timed-out transaction) is
+    replaced instead of failing the next batch."""
+    size = max_size if max_size is not None else pg.pool_size + pg.max_overflow
+    pool = ConnectionPool(
+        dsn,
+        min_size=min(min_size, size),
+        max_size=size,
+        name=name,
+        open=False,
+        kwargs={"autocommit": False},
+        configure=configure,
+        check=ConnectionPool.check_connection,
+    )
+    try:
+        pool.open(wait=True, timeout=30)
+    except Exception as e:
+        pool.close()
+        raise ProjectionConfigError(f"cannot connect to PostgreSQL at {_safe_dsn(dsn)}: {e}") from e
     return pool
+
+
+def _safe_dsn(dsn: str) -> str:
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", dsn)

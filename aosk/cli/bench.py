@@ -16,6 +16,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ingest.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"),
                         help="markdown file to update (default docs/benchmarks.md)")
     ingest.set_defaults(run=_ingest)
+    project = kinds.add_parser("project", help="journal -> every projection end to end vs. raw COPY of the same rows")
+    project.add_argument("--events", type=int, default=50_000)
+    project.add_argument("--agents", type=int, default=200)
+    project.add_argument("--processes", type=int, default=2, help="aosk project processes (default %(default)s)")
+    project.add_argument("--without-hnsw", action="store_true",
+                         help="drop the memories' HNSW index first, to see what the rest of the pipeline costs")
+    project.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"),
+                         help="markdown file to update (default docs/benchmarks.md)")
+    project.set_defaults(run=_project)
 
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
@@ -26,5 +35,18 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     text = report_markdown(result, machine_line())
     print(text)
     write_section(args.output, "ingest", text)
+    print(f"written to {args.output}")
+    return 0
+
+
+def _project(settings: Settings, args: argparse.Namespace) -> int:
+    from aosk.bench.project import bench_project, report_markdown
+    from aosk.bench.report import machine_line, write_section
+
+    result = bench_project(settings, events=args.events, agents=args.agents, processes=args.processes,
+                           without_hnsw=args.without_hnsw)
+    text = report_markdown(result, machine_line())
+    print(text)
+    write_section(args.output, "project-without-hnsw" if args.without_hnsw else "project", text)
     print(f"written to {args.output}")
     return 0

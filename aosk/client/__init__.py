@@ -13,5 +13,10 @@
 
 from aosk.client._producer import Delivery, DeliveryFuture
 from aosk.client.kernel_client import KernelClient, PendingEvent
+from aosk.client.projections import AgentView, ProjectionReader, ProjectionTimeout
+from aosk.client.verdicts import VerdictWatcher
 
-__all__ = ["Delivery", "DeliveryFuture", "KernelClient", "PendingEvent"]
+__all__ = [
+    "AgentView", "Delivery", "DeliveryFuture", "KernelClient", "PendingEvent", "ProjectionReader", "ProjectionTimeout",
+    "VerdictWatcher",
+]

@@ -16,9 +16,10 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from aosk.client._producer import Delivery, DeliveringProducer, DeliveryFuture, producer_config
+from aosk.client.verdicts import VerdictWatcher
 from aosk.config import KafkaSettings, Settings
-from aosk.errors import EventRejected
-from aosk.events import AgentSpawned, Budgets, Event, encode
+from aosk.errors import AoskError, EventRejected
+from aosk.events import AgentSpawned, Budgets, Event, Transition, encode
 
 E = TypeVar("E", bound=Event)
 
@@ -47,12 +48,19 @@ class KernelClient:
     """
 
     def __init__(self, *, bootstrap: str, kafka: KafkaSettings, client_id: str = "aosk-sdk",
-                 producer_overrides: Mapping[str, Any] | None = None) -> None:
+                 producer_overrides: Mapping[str, Any] | None = None, watch_verdicts: bool = False) -> None:
         self._topic = kafka.journal_topic
         self._max_bytes = kafka.max_event_bytes
-        self._producer = DeliveringProducer(
-            producer_config(bootstrap, client_id=client_id, **dict(producer_overrides or {}))
-        )
+        # The watcher is positioned before anything is produced, so no verdict is missed.
+        self._verdicts = VerdictWatcher(bootstrap=bootstrap, kafka=kafka) if watch_verdicts else None
+        try:
+            self._producer = DeliveringProducer(
+                producer_config(bootstrap, client_id=client_id, **dict(producer_overrides or {}))
+            )
+        except BaseException:
+            if self._verdicts is not None:
+                self._verdicts.close()
+            raise
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> KernelClient:
@@ -112,12 +120,37 @@ class KernelClient:
             metadata=dict(metadata or {}),
         )
 
+    # -- verdicts ------------------------------------------------------------------
+
+    def wait_for_verdict(self, event_id: str, timeout: float = 30.0) -> Transition:
+        """The kernel's verdict on ``event_id`` (accepted / rejected / duplicate, with the
+        reason, new status, seq and state hash); TimeoutError if none within ``timeout``.
+
+        Needs ``watch_verdicts=True``: the client then reads verdicts from its creation on,
+        so a verdict that comes before this call is not missed (see ``VerdictWatcher``)."""
+        if self._verdicts is None:
+            raise AoskError("this KernelClient does not watch verdicts; create it with watch_verdicts=True "
+                            "(before producing the events whose verdicts you want)")
+        return self._verdicts.wait(event_id, timeout)
+
+    def send_and_wait(self, event: Event, timeout: float = 30.0) -> Transition:
+        """Send ``event`` and wait for its verdict (needs ``watch_verdicts=True``)."""
+        if self._verdicts is None:
+            raise AoskError("send_and_wait needs a KernelClient created with watch_verdicts=True")
+        deadline = time.monotonic() + timeout
+        self.send(event).result(timeout)
+        return self._verdicts.wait(event.event_id, max(0.0, deadline - time.monotonic()))
+
     def flush(self, timeout: float = 30.0) -> int:
         """Wait for every acknowledgement; returns how many are still outstanding."""
         return self._producer.flush(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
-        self._producer.close(timeout)
+        try:
+            self._producer.close(timeout)
+        finally:
+            if self._verdicts is not None:
+                self._verdicts.close()
 
     def __enter__(self) -> KernelClient:
         return self

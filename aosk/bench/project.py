@@ -1,0 +1,416 @@
+"""``aosk bench project``: journal -> every projection, end to end, next to raw COPY.
+
+The run: a realistic workload (``aosk.workload``: 200 agents, memories with 384-d
+embeddings, illegal and undecodable records) goes to a fresh journal topic; N
+``aosk project`` processes (already in their consumer group, so no rebalance is timed)
+project it into a fresh schema. Timed from the first produced record to the commit of
+the last one. Baseline, same run, same database: the very rows the projectors wrote,
+COPYed in one session into a second fresh schema with the same indexes (with and
+without the HNSW index). Also measured in process, on one core: decoding, the kernel's
+fold, and building rows and hash chains, per event; and the CPU each component used
+during the end-to-end run (from /proc), so the report says where the time goes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aosk.config import Settings
+from aosk.endpoints import resolve_endpoints
+from aosk.errors import AoskError
+
+
+@dataclass
+class ProjectResult:
+    events: int
+    agents: int
+    processes: int
+    embeddings: int
+    e2e_seconds: float
+    produce_seconds: float
+    rows: dict[str, int]
+    cpu: dict[str, float]
+    per_event_us: dict[str, float]
+    copy: dict[str, float] = field(default_factory=dict)
+    """name -> seconds for the raw COPY baselines."""
+    verified: bool = False
+    without_hnsw: bool = False
+    load_before: float = 0.0
+    """1-minute load average when the run started (other work on the machine skews it)."""
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.e2e_seconds
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _cpu_seconds(pids: set[int] | None, match: str | None) -> float:
+    """utime+stime of processes (by pid, or whose command line contains ``match``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if pids is not None and int(d.name) not in pids:
+                continue
+            if match is not None:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if match not in cmd:
+                    continue
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def _stack_pids(state_dir: Path) -> tuple[set[int], set[int]]:
+    """(postgres server + backends, kafka broker) pids of the dev stack in ``state_dir``;
+    empty sets for an external stack (then only the projectors are attributed)."""
+    pg: set[int] = set()
+    kafka: set[int] = set()
+    try:
+        master = int((state_dir / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
+        pg.add(master)
+    except (OSError, ValueError, IndexError):
+        master = -1
+    marker = str(state_dir.resolve() / "kafka")
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if master > 0 and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == master:
+                pg.add(int(d.name))
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if "kafka.Kafka" in cmd and marker in cmd:
+                kafka.add(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pg, kafka
+
+
+def _machine_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy (user, nice, system, irq), from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def _read_messages(bootstrap: str, topic: str, total: int) -> list[Any]:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-read-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "isolation.level": "read_committed", "log_level": 3})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        out: list[Any] = []
+        deadline = time.monotonic() + 120
+        while len(out) < total and time.monotonic() < deadline:
+            out.extend(m for m in c.consume(10_000, timeout=0.5) if not m.error())
+        return sorted(out, key=lambda m: (m.partition(), m.offset()))
+    finally:
+        c.close()
+
+
+def _wait_group(bootstrap: str, group: str, members: int, procs: list[subprocess.Popen[bytes]]) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise AoskError("a projector of the benchmark exited during start-up; see its log")
+        try:
+            d = admin.describe_consumer_groups([group], request_timeout=5)[group].result(10)
+            if (len(d.members) == members and all(m.assignment.topic_partitions for m in d.members)
+                    and str(d.state).upper().endswith("STABLE")):
+                return
+        except Exception:  # noqa: BLE001 - the group is still forming
+            pass
+        time.sleep(0.2)
+    raise AoskError(f"the {members} projectors did not form a stable consumer group within 120s")
+
+
+def _projected(dsn: str, schema: str) -> int:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(f"select coalesce(sum(next_offset), 0) from {schema}.projector_offsets").fetchone()
+    return int(row[0]) if row else 0
+
+
+# --- the benchmark --------------------------------------------------------------------------
+
+
+def bench_project(settings: Settings, *, events: int = 50_000, agents: int = 200, processes: int = 2,
+                  seed: int = 42, without_hnsw: bool = False, progress: bool = True) -> ProjectResult:
+    """``without_hnsw``: drop the memories' HNSW index first (diagnosis: what the
+    pipeline does apart from maintaining the vector index)."""
+    import psycopg
+
+    from aosk.projectors.db import migrate
+    from aosk.projectors.runner import ensure_journal
+    from aosk.workload import generate_workload, produce_workload
+
+    say = print if progress else (lambda *a, **k: None)
+    ep = resolve_endpoints(settings)
+    run = uuid.uuid4().hex[:8]
+    prefix, schema = f"bench-{run}", f"bench_{run}"
+    s = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+        update={"topic_prefix": prefix, "bootstrap_servers": ep.bootstrap})})
+    topic = s.kafka.journal_topic
+    ensure_journal(ep.bootstrap, s)
+    load_before = os.getloadavg()[0]
+    say(f"workload: {events} events over {agents} agents ...", flush=True)
+    w = generate_workload(agents=agents, events=events, seed=seed, garbage_every=1000)
+    total = len(w.items)
+    embeddings = sum(1 for i in w.items if getattr(i, "embedding", None) is not None)
+    dim = settings.memory.embedding_dimension
+    with psycopg.connect(ep.dsn) as conn:
+        migrate(conn, schema=schema, dimension=dim)
+        if without_hnsw:
+            conn.execute(f"drop index {schema}.memories_embedding_hnsw")
+            conn.commit()
+
+    env = dict(os.environ, AOSK_KAFKA_BOOTSTRAP=ep.bootstrap, AOSK_POSTGRESQL_DSN=ep.dsn, AOSK_TOPIC_PREFIX=prefix,
+               AOSK_KAFKA_PARTITIONS=str(s.kafka.journal_partitions))
+    logdir = Path(tempfile.mkdtemp(prefix="aosk-bench-project-"))
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "aosk.cli", "project", "--schema", schema], env=env,
+                         stdout=open(logdir / f"projector-{i}.log", "wb"), stderr=subprocess.STDOUT)
+        for i in range(processes)
+    ]
+    pids = {p.pid for p in procs}
+    try:
+        say(f"starting {processes} projectors (logs in {logdir}) ...", flush=True)
+        _wait_group(ep.bootstrap, f"{prefix}.projectors.{schema}", processes, procs)
+        pg_pids, kafka_pids = _stack_pids(Path(settings.dev.state_dir))
+
+        def cpu() -> dict[str, float]:
+            return {"projectors": _cpu_seconds(pids, None), "postgres": _cpu_seconds(_stack_pids(
+                    Path(settings.dev.state_dir))[0] | pg_pids, None), "kafka": _cpu_seconds(kafka_pids, None),
+                    "producer": _cpu_seconds({os.getpid()}, None), "machine": _machine_cpu_seconds()}
+
+        cpu0 = cpu()
+        say("producing and projecting ...", flush=True)
+        t0 = time.perf_counter()
+        produce_workload(ep.bootstrap, topic, w.items)
+        tp = time.perf_counter()
+        deadline = time.monotonic() + 900
+        while _projected(ep.dsn, schema) < total:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise AoskError(f"projection did not finish; see the logs in {logdir}")
+            time.sleep(0.02)
+        t1 = time.perf_counter()
+        cpu1 = cpu()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    result = ProjectResult(
+        events=total, agents=agents, processes=processes, embeddings=embeddings, e2e_seconds=t1 - t0,
+        produce_seconds=tp - t0, rows={}, cpu=_cpu_split(cpu0, cpu1), per_event_us={},
+        load_before=load_before, without_hnsw=without_hnsw,
+    )
+    say(f"  {total} events in {result.e2e_seconds:.1f}s: {result.events_per_s:,.0f} events/s", flush=True)
+    try:
+        _check(ep.dsn, schema, result)
+        say("in-process breakdown and raw COPY baseline ...", flush=True)
+        _breakdown_and_copy(ep.dsn, schema, _read_messages(ep.bootstrap, topic, total), result, dim)
+    finally:
+        _cleanup(ep.dsn, ep.bootstrap, schema, prefix)
+    return result
+
+
+def _cpu_split(c0: dict[str, float], c1: dict[str, float]) -> dict[str, float]:
+    d = {k: c1[k] - c0[k] for k in c0}
+    machine = d.pop("machine")
+    # backends that exited during the run are not counted (their CPU lands in "other")
+    d["other processes"] = max(0.0, machine - sum(d.values()))
+    return d
+
+
+def _check(dsn: str, schema: str, result: ProjectResult) -> None:
+    import psycopg
+
+    from aosk.projectors.audit import verify
+
+    with psycopg.connect(dsn) as conn:
+        for t in ("audit_log", "agent_state", "checkpoints", "memories"):
+            result.rows[t] = int(conn.execute(f"select count(*) from {schema}.{t}").fetchone()[0])  # type: ignore[index]
+        result.verified = verify(conn, schema).ok
+    if result.rows["audit_log"] != result.events or not result.verified:
+        raise AoskError(f"benchmark projection is wrong: {result.rows}, verify ok={result.verified}")
+
+
+def _breakdown_and_copy(dsn: str, schema: str, msgs: list[Any], result: ProjectResult, dim: int) -> None:
+    import gc
+
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    from aosk.journal import record_from_message
+    from aosk.kernel import fold_with_verdicts
+    from aosk.projectors.batch import fold_batch
+    from aosk.projectors.db import migrate, qualified
+    from aosk.projectors.memory import MemoryChanges
+    from aosk.projectors.rows import (
+        AGENT_COLUMNS,
+        AGENT_TYPES,
+        AUDIT_COLUMNS,
+        AUDIT_TYPES,
+        CHECKPOINT_COLUMNS,
+        CHECKPOINT_TYPES,
+        MEMORY_COLUMNS,
+        memory_types,
+    )
+    from aosk.projectors.writer import prepare_connection
+
+    n = len(msgs)
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)  # as the projector runs
+    t = time.perf_counter()
+    records = [record_from_message(m) for m in msgs]
+    result.per_event_us["decode (codec)"] = (time.perf_counter() - t) / n * 1e6
+    t = time.perf_counter()
+    fold_with_verdicts(records)
+    result.per_event_us["fold (kernel apply, hashing every state)"] = (time.perf_counter() - t) / n * 1e6
+    t = time.perf_counter()
+    fold_with_verdicts(records, hash_state=False)
+    result.per_event_us["fold (kernel apply, hash_state=False, as projectors run it)"] = (
+        (time.perf_counter() - t) / n * 1e6
+    )
+    cache: dict[str, Any] = {}
+    audit, cps, mem = [], [], MemoryChanges()
+    t = time.perf_counter()
+    for i in range(0, n, 5000):
+        parts: dict[int, list[Any]] = {}
+        for r in records[i : i + 5000]:
+            parts.setdefault(r.partition, []).append(r)
+        b = fold_batch(parts, cache.get, checkpoint_every=100)
+        cache.update(b.entries)
+        audit.extend(o.audit for o in b.outcomes)
+        cps.extend(o.checkpoint for o in b.outcomes if o.checkpoint is not None)
+        for o in b.outcomes:
+            if o.memory:
+                mem.add(o.memory)
+    agent_rows = [e.row() for e in cache.values()]
+    result.per_event_us["projector: fold + chain links + rows (fold_batch)"] = (time.perf_counter() - t) / n * 1e6
+
+    meta = MEMORY_COLUMNS.index("metadata")
+    mem_rows = [[*r[:meta], Jsonb(r[meta]), *r[meta + 1 :]] for r in mem.full.values()]
+    for variant, hnsw in (("all", True), ("no_hnsw", False)):
+        target = f"{schema}_copy_{variant}"
+        with psycopg.connect(dsn) as conn:
+            migrate(conn, schema=target, dimension=dim)
+            if not hnsw:
+                conn.execute(f"drop index {target}.memories_embedding_hnsw")
+                conn.commit()
+            oid = prepare_connection(conn, target)
+            tables = (
+                ("audit_log", AUDIT_COLUMNS, AUDIT_TYPES, audit),
+                ("checkpoints", CHECKPOINT_COLUMNS, CHECKPOINT_TYPES, cps),
+                ("memories", MEMORY_COLUMNS, memory_types(oid), mem_rows),
+                ("agent_state", AGENT_COLUMNS, AGENT_TYPES, agent_rows),
+            )
+            total = 0.0
+            for name, cols, types, rows in tables:
+                t = time.perf_counter()
+                with conn.cursor() as cur:
+                    stmt = psycopg.sql.SQL("copy {} ({}) from stdin (format binary)").format(
+                        qualified(target, name), psycopg.sql.SQL(", ").join(psycopg.sql.Identifier(c) for c in cols)
+                    )
+                    with cur.copy(stmt) as cp:
+                        cp.set_types(types)
+                        for r in rows:
+                            cp.write_row(r)
+                conn.commit()
+                dt = time.perf_counter() - t
+                total += dt
+                if variant == "all":
+                    result.copy[f"copy {name}"] = dt
+            result.copy[f"copy {variant}"] = total
+
+
+def _cleanup(dsn: str, bootstrap: str, schema: str, prefix: str) -> None:
+    import psycopg
+    from confluent_kafka.admin import AdminClient
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for s in (schema, f"{schema}_copy_all", f"{schema}_copy_no_hnsw"):
+            conn.execute(f"drop schema if exists {s} cascade")
+    topics = [f"{prefix}.agent-events", f"{prefix}.agent-transitions", f"{prefix}.dead-letters"]
+    for fut in AdminClient({"bootstrap.servers": bootstrap}).delete_topics(topics).values():
+        try:
+            fut.result(30)
+        except Exception:  # noqa: BLE001 - a leftover benchmark topic is harmless
+            pass
+
+
+def report_markdown(r: ProjectResult, machine: str) -> str:
+    e = r.events
+    rows = sum(r.rows.values())
+    all_s, no_hnsw_s = r.copy["copy all"], r.copy["copy no_hnsw"]
+    cpu_total = sum(v for k, v in r.cpu.items() if k != "other processes")
+    flag = " --without-hnsw" if r.without_hnsw else ""
+    title = ("## Project without the HNSW index (diagnosis): journal -> every projection, end to end"
+             if r.without_hnsw else "## Project: journal -> every projection, end to end")
+    index = ("memories with 384-d embeddings, **HNSW index dropped** for this run" if r.without_hnsw
+             else "memories with 384-d embeddings (HNSW-indexed, random directions)")
+    lines = [
+        title,
+        "",
+        f"`aosk bench project --events {e} --agents {r.agents} --processes {r.processes}{flag}` on {machine}; "
+        f"the embedded dev stack (one broker, 12 partitions; PostgreSQL 18 + pgvector 0.8). Workload: "
+        f"`aosk.workload`, {r.embeddings} {index}, "
+        f"illegal and undecodable records; load average {r.load_before:.2f} when the run started. Rows written: {r.rows['audit_log']:,} audit, {r.rows['memories']:,} "
+        f"memories, {r.rows['checkpoints']:,} checkpoints, {r.rows['agent_state']:,} agent states "
+        f"({rows:,} in all); `aosk audit verify` passed on the result.",
+        "",
+        "| what | seconds | events/s |",
+        "|---|---:|---:|",
+        f"| AOSK: {r.processes} `aosk project` processes, produce + decode + fold + all projections, "
+        f"exactly once | {r.e2e_seconds:.2f} | **{e / r.e2e_seconds:,.0f}** |",
+        f"| baseline: raw COPY of the same {rows:,} rows, one session, same indexes (incl. HNSW) | "
+        f"{all_s:.2f} | {e / all_s:,.0f} |",
+        f"| baseline: raw COPY of the same rows without the HNSW index | {no_hnsw_s:.2f} | {e / no_hnsw_s:,.0f} |",
+        f"| of which raw COPY of the {r.rows['audit_log']:,} audit rows | {r.copy['copy audit_log']:.2f} | "
+        f"{e / r.copy['copy audit_log']:,.0f} |",
+        f"| of which raw COPY of the {r.rows['memories']:,} memory rows (HNSW) | {r.copy['copy memories']:.2f} | "
+        f"{e / r.copy['copy memories']:,.0f} |",
+        "",
+        "Where the time goes, per event:",
+        "",
+        "| step (measured in process, one core) | µs/event |",
+        "|---|---:|",
+        *[f"| {k} | {v:.1f} |" for k, v in r.per_event_us.items()],
+        "",
+        f"CPU used during the end-to-end run (2 cores x {r.e2e_seconds:.1f}s = {2 * r.e2e_seconds:.1f} core-s "
+        f"available): " + ", ".join(f"{k} {v:.1f}s" for k, v in r.cpu.items())
+        + f" (AOSK's total {cpu_total:.1f}s, i.e. {cpu_total / e * 1e6:.0f} µs of CPU per event; \"other processes\" "
+        "is work on the machine unrelated to the run, which slows it down).",
+        "",
+        "Goal: 20,000 events/s on this 2-core machine. See docs/projections.md (Performance) for what bounds it.",
+    ]
+    return "\n".join(lines) + "\n"

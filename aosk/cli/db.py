@@ -1,0 +1,85 @@
+"""``aosk db migrate | status | thin-checkpoints``: the projection database."""
+
+from __future__ import annotations
+
+import argparse
+
+from aosk.config import Settings
+from aosk.projectors.db import DEFAULT_SCHEMA
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    db = sub.add_parser("db", help="the projection database (PostgreSQL)")
+    actions = db.add_subparsers(dest="action", metavar="ACTION", required=True)
+    m = actions.add_parser("migrate", help="apply pending migrations (projectors also do it at start)")
+    m.add_argument("--schema", default=DEFAULT_SCHEMA, help="projection schema (default %(default)s)")
+    m.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="checkpoint every N records of an agent (stored with the schema; default: the fold's 100)")
+    m.set_defaults(run=_migrate)
+    s = actions.add_parser("status", help="applied migrations and how far each journal partition is projected")
+    s.add_argument("--schema", default=DEFAULT_SCHEMA)
+    s.set_defaults(run=_status)
+    t = actions.add_parser("thin-checkpoints", help="delete old interval checkpoints (the journal keeps every point)")
+    t.add_argument("--schema", default=DEFAULT_SCHEMA)
+    t.add_argument("--keep-last", type=int, default=10, help="newest checkpoints kept per agent (default %(default)s)")
+    t.add_argument("--keep-every", type=int, default=1000, help="also keep those whose seq is a multiple (default %(default)s)")
+    t.set_defaults(run=_thin)
+
+
+def _connect(settings: Settings):  # type: ignore[no-untyped-def]
+    import psycopg
+
+    from aosk.endpoints import resolve_endpoints
+    from aosk.errors import DevStackError
+
+    dsn = resolve_endpoints(settings).dsn
+    try:
+        return psycopg.connect(dsn, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        raise DevStackError(f"cannot connect to PostgreSQL: {e}") from e
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from aosk.projectors.db import migrate
+
+    with _connect(settings) as conn:
+        applied = migrate(conn, schema=args.schema, dimension=settings.memory.embedding_dimension,
+                          checkpoint_every=args.checkpoint_every)
+    print(f"schema {args.schema}: applied {', '.join(applied)}" if applied else f"schema {args.schema}: up to date")
+    return 0
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from psycopg import sql
+
+    from aosk.projectors.db import qualified
+    from aosk.projectors.runner import checkpoint_every_of
+
+    with _connect(settings) as conn:
+        exists = conn.execute("select 1 from pg_namespace where nspname = %s", (args.schema,)).fetchone()
+        if not exists:
+            print(f"schema {args.schema} does not exist (run `aosk db migrate --schema {args.schema}`)")
+            return 1
+        for v, name in conn.execute(
+            sql.SQL("select version, name from {} order by version").format(qualified(args.schema, "schema_migrations"))
+        ):
+            print(f"migration {v:04d}_{name}")
+        print(f"checkpoint every {checkpoint_every_of(conn, args.schema)} records")
+        print(f"{'partition':>9} {'next_offset':>12} {'lag':>8}  last record                 owner")
+        for p, nxt, lag, last, owner in conn.execute(
+            sql.SQL("select partition, next_offset, lag_records, last_record_at, owner from {} order by partition").format(
+                qualified(args.schema, "projector_lag")
+            )
+        ):
+            print(f"{p:>9} {nxt:>12} {lag:>8}  {str(last or '-'):26.26}  {owner or '-'}")
+    return 0
+
+
+def _thin(settings: Settings, args: argparse.Namespace) -> int:
+    from aosk.projectors.checkpoints import thin
+
+    with _connect(settings) as conn:
+        n = thin(conn, args.schema, keep_last=args.keep_last, keep_every=args.keep_every)
+        conn.commit()
+    print(f"deleted {n} checkpoints")
+    return 0

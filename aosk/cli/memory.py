@@ -1,0 +1,82 @@
+"""``aosk memory search``: nearest memories of a tenant (optionally one agent)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from aosk.config import Settings
+from aosk.errors import AoskError
+from aosk.projectors.db import DEFAULT_SCHEMA
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    mem = sub.add_parser("memory", help="agent memories (pgvector)")
+    actions = mem.add_subparsers(dest="action", metavar="ACTION", required=True)
+    s = actions.add_parser("search", help="the k memories nearest to a query embedding (cosine)")
+    s.add_argument("--tenant", help="tenant scope (required unless --agent is given)")
+    s.add_argument("--agent", help="only this agent's memories")
+    s.add_argument("-k", type=int, default=10, help="how many (default %(default)s)")
+    q = s.add_mutually_exclusive_group(required=True)
+    q.add_argument("--vector", metavar="JSON", help="the query embedding as a JSON array")
+    q.add_argument("--vector-file", type=Path, metavar="PATH", help="a file holding the JSON array")
+    q.add_argument("--like", metavar="MEMORY_ID", help="use this memory's embedding as the query (needs --agent)")
+    s.add_argument("--format", choices=("text", "json"), default="text")
+    s.add_argument("--explain", action="store_true", help="print PostgreSQL's plan instead of results")
+    s.add_argument("--schema", default=DEFAULT_SCHEMA)
+    s.set_defaults(run=_search)
+
+
+def _query(conn, args: argparse.Namespace) -> list[float]:  # type: ignore[no-untyped-def]
+    from psycopg import sql
+
+    from aosk.projectors.db import qualified
+    from aosk.projectors.rows import storage_key
+
+    if args.like is not None:
+        if args.agent is None:
+            raise AoskError("--like needs --agent (memory ids are per agent)")
+        row = conn.execute(
+            sql.SQL("select embedding::text from {} where agent_id = %s and memory_id = %s").format(
+                qualified(args.schema, "memories")
+            ),
+            (storage_key(args.agent), args.like),
+        ).fetchone()
+        if row is None or row[0] is None:
+            raise AoskError(f"memory {args.like} of agent {args.agent} does not exist or has no embedding")
+        return [float(x) for x in row[0].strip("[]").split(",")]
+    text = args.vector if args.vector is not None else args.vector_file.read_text()
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise AoskError(f"the query vector is not a JSON array: {e}") from e
+    if not isinstance(value, list):
+        raise AoskError("the query vector must be a JSON array of numbers")
+    return value
+
+
+def _search(settings: Settings, args: argparse.Namespace) -> int:
+    from aosk.cli.db import _connect
+    from aosk.projectors.memory import explain_recall, recall
+
+    if args.tenant is None and args.agent is None:
+        raise AoskError("give --tenant (and optionally --agent): memories are scoped by tenant")
+    with _connect(settings) as conn:
+        query = _query(conn, args)
+        if args.explain:
+            if args.tenant is None:
+                raise AoskError("--explain needs --tenant")
+            print(explain_recall(conn, args.schema, query, k=args.k, tenant_id=args.tenant, agent_id=args.agent))
+            return 0
+        found = recall(conn, args.schema, query, k=args.k, tenant_id=args.tenant, agent_id=args.agent)
+    if args.format == "json":
+        for m in found:
+            print(json.dumps({**m.__dict__}, ensure_ascii=False, default=str))
+    else:
+        for m in found:
+            text = (m.text or "").replace("\n", " ")
+            print(f"{m.distance:.4f}  {m.agent_id}/{m.memory_id}  [{m.source}]  {text[:100]}")
+        if not found:
+            print("no memories with an embedding in this scope")
+    return 0

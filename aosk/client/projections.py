@@ -1,0 +1,186 @@
+"""Reading the projections: agent state, memory recall, read-your-writes.
+
+    from aosk.client import KernelClient, ProjectionReader
+
+    with KernelClient.from_settings(settings) as kernel, ProjectionReader.from_settings(settings) as reader:
+        d = kernel.emit(MemoryStored, agent_id="a-1", tenant_id="acme", ...).result()
+        reader.wait_until_projected(d.partition, d.offset)       # read your write
+        hits = reader.recall(query_embedding, k=5, agent_id="a-1")
+
+``wait_until_projected`` compares ``next_offset > offset`` (offsets have gaps where the
+broker wrote transaction markers, so "equal to offset + 1" would wait forever) and sleeps
+on PostgreSQL ``LISTEN`` between checks: projectors ``NOTIFY`` after every batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from aosk.errors import AoskError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from aosk.client._producer import Delivery
+    from aosk.config import Settings
+    from aosk.kernel import AgentState
+    from aosk.projectors.memory import Recalled
+
+__all__ = ["ProjectionReader", "AgentView", "ProjectionTimeout"]
+
+
+class ProjectionTimeout(AoskError, TimeoutError):
+    """A journal position was not projected in time (projectors down, or behind)."""
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """An agent as projected: the queryable columns and the full fold state."""
+
+    agent_id: str
+    tenant_id: str | None
+    status: str
+    seq: int
+    partition: int
+    last_offset: int
+    tokens_used: int
+    tokens_left: int
+    tool_calls_used: int
+    tool_calls_left: int
+    steps_used: int
+    steps_left: int
+    state_hash: bytes
+    audit_head: bytes
+    state: AgentState
+
+
+class ProjectionReader:
+    """Reads one projection schema through a small connection pool."""
+
+    def __init__(self, dsn: str, *, schema: str = "aosk", pool_size: int = 4) -> None:
+        from psycopg_pool import ConnectionPool
+
+        from aosk.projectors.db import check_schema_name
+
+        self.schema = check_schema_name(schema)
+        self._dsn = dsn
+        self._pool = ConnectionPool(dsn, min_size=1, max_size=pool_size, open=False, name="aosk-reader",
+                                    kwargs={"autocommit": False}, check=ConnectionPool.check_connection)
+        try:
+            self._pool.open(wait=True, timeout=30)
+        except Exception as e:
+            self._pool.close()
+            raise AoskError(f"cannot connect to the projection database: {e}") from e
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, schema: str = "aosk") -> ProjectionReader:
+        from aosk.endpoints import resolve_endpoints
+
+        pg = settings.storage.postgresql
+        return cls(resolve_endpoints(settings).dsn, schema=schema, pool_size=max(1, min(pg.pool_size, 8)))
+
+    # -- reads ------------------------------------------------------------------------
+
+    def agent_state(self, agent_id: str) -> AgentView | None:
+        """The projected state of ``agent_id`` (None if the projection has never seen it)."""
+        from psycopg import sql
+
+        from aosk.kernel import decode_state
+        from aosk.projectors.db import qualified
+        from aosk.projectors.rows import storage_key
+
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                sql.SQL(
+                    "select tenant_id, status, seq, journal_partition, last_offset, tokens_used, tokens_left,"
+                    " tool_calls_used, tool_calls_left, steps_used, steps_left, state_hash, audit_head, state"
+                    " from {} where agent_id = %s"
+                ).format(qualified(self.schema, "agent_state")),
+                (storage_key(agent_id),),
+            ).fetchone()
+        if row is None:
+            return None
+        *cols, state_hash, head, state = row
+        return AgentView(agent_id, *cols, bytes(state_hash), bytes(head), decode_state(bytes(state)))
+
+    def recall(
+        self,
+        query_embedding: Sequence[float],
+        k: int = 10,
+        *,
+        tenant_id: str | None = None,
+        agent_id: str | None = None,
+    ) -> list[Recalled]:
+        """The ``k`` memories nearest to ``query_embedding`` (cosine distance) within a
+        tenant, optionally one agent (an agent alone scopes to its own tenant). Raises
+        ``RecallError`` for a query of the wrong dimension or without a scope."""
+        from aosk.projectors.memory import recall
+
+        with self._pool.connection() as conn:
+            return recall(conn, self.schema, query_embedding, k=k, tenant_id=tenant_id, agent_id=agent_id)
+
+    def projected_offsets(self) -> dict[int, int]:
+        """``next_offset`` of every journal partition (records below it are projected)."""
+        from psycopg import sql
+
+        from aosk.projectors.db import qualified
+
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                sql.SQL("select partition, next_offset from {}").format(qualified(self.schema, "projector_offsets"))
+            ).fetchall()
+        return {int(p): int(o) for p, o in rows}
+
+    def wait_until_projected(self, partition: int, offset: int, *, timeout: float = 30.0) -> None:
+        """Return once the journal record at (``partition``, ``offset``) is in every
+        projection; ``ProjectionTimeout`` after ``timeout`` seconds."""
+        import psycopg
+        from psycopg import sql
+
+        from aosk.projectors.db import qualified
+        from aosk.projectors.writer import notify_channel
+
+        deadline = time.monotonic() + timeout
+        query = sql.SQL("select next_offset from {} where partition = %s").format(
+            qualified(self.schema, "projector_offsets")
+        )
+        with psycopg.connect(self._dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("listen {}").format(sql.Identifier(notify_channel(self.schema))))
+            while True:
+                try:
+                    row = conn.execute(query, (partition,)).fetchone()
+                except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+                    row = None  # projectors not started yet: they migrate the schema at start
+                if row is not None and int(row[0]) > offset:
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    have = None if row is None else int(row[0])
+                    raise ProjectionTimeout(
+                        f"journal record {partition}:{offset} not projected within {timeout:.0f}s (partition "
+                        f"{partition} is projected up to {have}); are projectors running (`aosk project`)?"
+                    )
+                # woken by the projectors' NOTIFY after each batch; re-checked at least every second
+                for _ in conn.notifies(timeout=min(left, 1.0), stop_after=1):
+                    pass
+
+    def wait_for(self, delivery: Delivery, *, timeout: float = 30.0) -> None:
+        """``wait_until_projected`` for a produced event's acknowledgement."""
+        self.wait_until_projected(delivery.partition, delivery.offset, timeout=timeout)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> ProjectionReader:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ProjectionReader(schema={self.schema!r})"

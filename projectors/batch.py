@@ -1,0 +1,194 @@
+"""Folding one batch of journal records into projection rows (pure; no Kafka, no SQL).
+
+Per record: ``apply`` (the shared fold), then the audit chain link, the checkpoint
+policy and the memory changes. The fold runs with ``hash_state=False``: a state is
+hashed only when it is stored (an agent's state at the end of a batch, a checkpoint),
+not after every record -- the audit chain does not cover state hashes. Per-agent entries (slot, chain head, verdict counts) come
+from a cache the caller owns; the fold writes into an overlay on top of it, so a batch
+that is not committed (fenced, failed) leaves the cache untouched.
+
+A partition whose record cannot be folded here (an unknown schema fingerprint, an
+unknown fold version, an agent key that already lives on another partition) stops at
+that record: the records before it are kept, the partition is reported as stopped, and
+nothing after it is folded until an operator fixes the cause (never skipped: a replay
+with newer code would fold it, and the two would disagree).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from aosk.kernel import (
+    INITIAL_VERSION,
+    AgentSlot,
+    Record,
+    apply,
+    encode_state,
+    pseudo_key,
+    state_hash,
+)
+from aosk.kernel.state import Status
+from aosk.projectors.checkpoints import checkpoint_reason
+from aosk.projectors.memory import MemoryOp, memory_ops
+from aosk.projectors.rows import GENESIS, agent_row, audit_row, checkpoint_row, count_verdict, link, verdict_bytes
+
+__all__ = ["AgentEntry", "Outcome", "PartitionStop", "FoldedBatch", "fold_batch", "Inconsistent"]
+
+log = logging.getLogger("aosk.projector")
+
+_MEMORY_TYPES: Final = frozenset({"MemoryStored", "MemoryEmbedded", "MemoryForgotten"})
+
+
+class Inconsistent(Exception):
+    """The cache disagrees with the journal (a redelivered offset reached the fold):
+    drop the cache of the partition and re-read it from the database."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEntry:
+    """What a projector keeps per agent key between batches."""
+
+    slot: AgentSlot
+    head: bytes
+    """The agent's audit chain head (hash of its last audit row)."""
+    counts: tuple[int, int, int]
+    """Verdicts so far: accepted, rejected, duplicates."""
+    partition: int
+    updated_ms: int
+    """LogAppendTime of the last record applied."""
+
+    def row(self) -> tuple[Any, ...]:
+        st = self.slot.state
+        return agent_row(
+            st, partition=self.partition, last_offset=self.slot.last_offset, state_bytes=encode_state(st),
+            state_hash=state_hash(st), audit_head=self.head, counts=self.counts, updated_ms=self.updated_ms,
+        )
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Everything one record leads to in the projection."""
+
+    partition: int
+    offset: int
+    key: str
+    entry: AgentEntry
+    """The agent's entry after the record (its agent_state row, if this is its last)."""
+    audit: tuple[Any, ...]
+    verdict_bytes: bytes
+    checkpoint: tuple[Any, ...] | None
+    memory: tuple[MemoryOp, ...]
+
+
+@dataclass(frozen=True)
+class PartitionStop:
+    partition: int
+    offset: int
+    reason: str
+
+
+@dataclass
+class FoldedBatch:
+    outcomes: list[Outcome] = field(default_factory=list)
+    ends: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """partition -> (next offset after the batch, LogAppendTime of its last record)."""
+    entries: dict[str, AgentEntry] = field(default_factory=dict)
+    """The overlay: every agent entry the batch changed, by key."""
+    stops: list[PartitionStop] = field(default_factory=list)
+
+
+_sha256 = hashlib.sha256
+
+
+def fold_batch(
+    partitions: Mapping[int, Iterable[Record]],
+    get_entry: Callable[[str], AgentEntry | None],
+    *,
+    checkpoint_every: int,
+    owner_of: Callable[[str], int | None] | None = None,
+) -> FoldedBatch:
+    """Fold each partition's records (offset order) on top of ``get_entry`` (the cache).
+
+    ``owner_of(key)`` tells which partition a cached or stored key lives on (None:
+    unknown); a key seen on a second partition stops that partition.
+    """
+    out = FoldedBatch()
+    overlay = out.entries
+
+    def entry(key: str) -> AgentEntry | None:
+        e = overlay.get(key)
+        return e if e is not None else get_entry(key)
+
+    outcomes = out.outcomes
+    for p, records in partitions.items():
+        pkey = pseudo_key(p)
+        pe = entry(pkey)
+        version = INITIAL_VERSION if pe is None else pe.slot.state.fold_version
+        last: tuple[int, int] | None = None
+        for rec in records:
+            key = rec.key if rec.key is not None else pkey
+            e = entry(key)
+            if e is not None and e.partition != p:
+                out.stops.append(PartitionStop(p, rec.offset, _moved(key, e.partition, p)))
+                break
+            if e is None and owner_of is not None:
+                other = owner_of(key)
+                if other is not None and other != p:
+                    out.stops.append(PartitionStop(p, rec.offset, _moved(key, other, p)))
+                    break
+            try:
+                slot, v = apply(None if e is None else e.slot, rec, version=version, hash_state=False)
+            except Exception as exc:  # UnknownFingerprint, UnknownFoldVersion, or a fold bug
+                out.stops.append(PartitionStop(p, rec.offset, f"{type(exc).__name__}: {exc}"))
+                break
+            if v.seq == 0:
+                raise Inconsistent(f"offset {rec.offset} of partition {p} was already applied to {key} "
+                                   f"(last applied offset {e.slot.last_offset if e else '?'})")
+            if rec.key is None:
+                version = slot.state.fold_version
+            vb = verdict_bytes(v)
+            vh = _sha256(rec.value).digest()
+            if e is None:
+                head = link(GENESIS, v.seq, vh, vb)
+                ne = AgentEntry(slot, head, count_verdict((0, 0, 0), v.kind), p, rec.timestamp)
+                prev_status = Status.NONE
+            else:
+                head = link(e.head, v.seq, vh, vb)
+                ne = AgentEntry(slot, head, count_verdict(e.counts, v.kind), p, rec.timestamp)
+                prev_status = e.slot.state.status
+            overlay[key] = ne
+            st = slot.state
+            ident = st.identity
+            ev = rec.event
+            reason = checkpoint_reason(prev_status, v, checkpoint_every)
+            mem: tuple[MemoryOp, ...] = ()
+            if v.paged_out or (v.event_type in _MEMORY_TYPES and v.kind == "accepted"):
+                mem = memory_ops(v, ev, None if ident is None else ident.tenant_id)
+            outcomes.append(
+                Outcome(
+                    p, rec.offset, key, ne,
+                    audit_row(v, value_hash=vh, chain_hash=head, verdict_bytes=vb,
+                              tenant_id=None if ident is None else ident.tenant_id, event=ev),
+                    vb,
+                    None if reason is None else checkpoint_row(v, reason, encode_state(st), state_hash(st)),
+                    mem,
+                )
+            )
+            last = (rec.offset + 1, rec.timestamp)
+        if last is not None:
+            out.ends[p] = last
+    return out
+
+
+def _moved(key: str, have: int, got: int) -> str:
+    return (f"agent key {key!r} lives on partition {have} but a record for it is on partition {got}: "
+            "a producer does not use the murmur2 partitioner, or the journal's partition count changed")
+
+
+def last_entries(outcomes: Iterable[Outcome]) -> dict[str, AgentEntry]:
+    """Each key's entry after its last record among ``outcomes``."""
+    return {o.key: o.entry for o in outcomes}

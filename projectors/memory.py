@@ -1,0 +1,297 @@
+"""The ``memories`` projection: what each record changes, and recall.
+
+Changes (all from accepted records, last write wins, the same whatever the batching):
+
+* ``MemoryStored``: the memory row (text, metadata, importance, embedding if given);
+  storing an id again replaces the row;
+* a paged-out context entry (listed in a verdict): the memory with the entry's id, its
+  content as text, embedding NULL;
+* ``MemoryEmbedded``: sets the embedding of an existing, not forgotten memory;
+* ``MemoryForgotten``: removes text, metadata and embedding (and when it was embedded)
+  and keeps a tombstone.
+
+Recall uses the HNSW cosine index with pgvector's iterative index scans, so a query
+filtered by tenant (and agent) still returns k rows; when the filter leaves fewer than k
+candidates within the scan limit, an exact scan of the filtered rows answers instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+
+from aosk.errors import AoskError
+from aosk.kernel import Verdict
+from aosk.projectors.db import embedding_dimension, pack_vector, qualified
+from aosk.projectors.rows import MEMORY_COLUMNS, storage_key, ts
+
+__all__ = [
+    "MemoryOp",
+    "memory_ops",
+    "MemoryChanges",
+    "RecallError",
+    "Recalled",
+    "recall",
+    "explain_recall",
+    "DEFAULT_EF_SEARCH",
+]
+
+# An op: ("full", key, row list) | ("embed", key, vector, at, offset) | ("forget", key, at, offset)
+MemoryOp = tuple[Any, ...]
+
+_I: Final = {name: i for i, name in enumerate(MEMORY_COLUMNS)}
+
+
+def memory_ops(v: Verdict, event: Any, tenant_id: str | None) -> tuple[MemoryOp, ...]:
+    """The memory changes of one accepted record (``v`` its verdict)."""
+    if tenant_id is None:  # only spawned agents accept memory events or page out
+        return ()
+    agent = storage_key(v.agent_id)
+    at = ts(v.timestamp)
+    ops: list[MemoryOp] = []
+    name = v.event_type
+    if name == "MemoryStored":
+        emb = None if event.embedding is None else pack_vector(event.embedding)
+        row = [
+            agent, event.memory_id, tenant_id, "stored", None, event.text, dict(event.metadata), event.importance,
+            emb, v.partition, v.offset, v.seq, at, at if emb is not None else None,
+            v.offset if emb is not None else None, False, None, None,
+        ]
+        ops.append(("full", (agent, event.memory_id), row))
+    elif name == "MemoryEmbedded":
+        ops.append(("embed", (agent, event.memory_id), pack_vector(event.embedding), at, v.offset))
+    elif name == "MemoryForgotten":
+        ops.append(("forget", (agent, event.memory_id), at, v.offset))
+    for e in v.paged_out:
+        row = [
+            agent, e.entry_id, tenant_id, "paged_out", e.role, e.content, {"tokens": e.tokens}, e.importance,
+            None, v.partition, v.offset, v.seq, at, None, None, False, None, None,
+        ]
+        ops.append(("full", (agent, e.entry_id), row))
+    return tuple(ops)
+
+
+class MemoryChanges:
+    """The ops of a run of records merged into full rows (inserted or replacing) and
+    patches of rows written by earlier batches, in journal order semantics."""
+
+    __slots__ = ("full", "patches")
+
+    def __init__(self) -> None:
+        self.full: dict[tuple[str, str], list[Any]] = {}
+        self.patches: dict[tuple[str, str], list[Any]] = {}
+        """key -> [embedding or None, embedded_at, embedded_offset, forgotten_at, forgotten_offset]"""
+
+    def add(self, ops: Iterable[MemoryOp]) -> None:
+        for op in ops:
+            kind, key = op[0], op[1]
+            if kind == "full":
+                self.full[key] = list(op[2])
+                self.patches.pop(key, None)
+                continue
+            row = self.full.get(key)
+            if row is not None:
+                if kind == "embed":
+                    if not row[_I["forgotten"]]:
+                        row[_I["embedding"]] = op[2]
+                        row[_I["embedded_at"]] = op[3]
+                        row[_I["embedded_offset"]] = op[4]
+                else:
+                    _forget_row(row, op[2], op[3])
+                continue
+            patch = self.patches.setdefault(key, [None, None, None, None, None])
+            if kind == "embed":
+                if patch[3] is None:  # an embedding after forgetting does nothing
+                    patch[0], patch[1], patch[2] = op[2], op[3], op[4]
+            else:
+                patch[0] = patch[1] = patch[2] = None
+                patch[3], patch[4] = op[2], op[3]
+
+    def __bool__(self) -> bool:
+        return bool(self.full or self.patches)
+
+
+def _forget_row(row: list[Any], at: Any, offset: int) -> None:
+    row[_I["text"]] = None
+    row[_I["metadata"]] = {}
+    row[_I["embedding"]] = None
+    row[_I["embedded_at"]] = None
+    row[_I["embedded_offset"]] = None
+    row[_I["forgotten"]] = True
+    row[_I["forgotten_at"]] = at
+    row[_I["forgotten_offset"]] = offset
+
+
+def patch_statements(schema: str) -> tuple[sql.Composed, sql.Composed]:
+    """(embed, forget) UPDATE statements for rows written by earlier batches."""
+    t = qualified(schema, "memories")
+    embed = sql.SQL(
+        "update {} set embedding = %b, embedded_at = %s, embedded_offset = %s "
+        "where agent_id = %s and memory_id = %s and not forgotten"
+    ).format(t)
+    forget = sql.SQL(
+        "update {} set text = null, metadata = '{{}}', embedding = null, embedded_at = null, embedded_offset = null, "
+        "forgotten = true, forgotten_at = %s, "
+        "forgotten_offset = %s where agent_id = %s and memory_id = %s"
+    ).format(t)
+    return embed, forget
+
+
+# --- recall --------------------------------------------------------------------------------
+
+DEFAULT_EF_SEARCH: Final = 100
+"""``hnsw.ef_search`` for recall (pgvector's default is 40): the candidate list size,
+raised for k above it. With iterative scans the search goes on past it when filters
+discard candidates."""
+MAX_SCAN_TUPLES: Final = 50_000
+"""``hnsw.max_scan_tuples``: how far an iterative scan may go before giving up."""
+
+
+class RecallError(AoskError, ValueError):
+    """A recall query that cannot be answered as asked (wrong dimension, no scope)."""
+
+
+@dataclass(frozen=True)
+class Recalled:
+    agent_id: str
+    memory_id: str
+    tenant_id: str
+    source: str
+    role: str | None
+    text: str | None
+    metadata: dict[str, Any]
+    importance: float | None
+    distance: float
+    """Cosine distance to the query (0 = same direction, 2 = opposite)."""
+    journal_partition: int
+    journal_offset: int
+    seq: int
+
+
+def check_query(query: Sequence[float], dimension: int) -> list[float]:
+    try:
+        q = [float(x) for x in query]
+    except (TypeError, ValueError) as e:
+        raise RecallError(f"the query embedding must be a sequence of numbers ({e})") from e
+    if len(q) != dimension:
+        raise RecallError(
+            f"the query embedding has dimension {len(q)}, but this cluster's memories have dimension {dimension} "
+            "(memory.embedding_dimension); embed the query with the same model as the memories"
+        )
+    if not all(math.isfinite(x) for x in q):
+        raise RecallError("the query embedding holds NaN or infinity")
+    if not any(q):
+        raise RecallError("the query embedding is all zeros: cosine distance is undefined for it")
+    return q
+
+
+def _vector_text(q: list[float]) -> str:
+    return "[" + ",".join(repr(x) for x in q) + "]"
+
+
+_SELECT: Final = (
+    "agent_id, memory_id, tenant_id, source, role, text, metadata, importance, journal_partition, journal_offset, seq"
+)
+
+
+def _queries(schema: str, agent: bool) -> tuple[sql.Composed, sql.Composed]:
+    t = qualified(schema, "memories")
+    where = sql.SQL("tenant_id = %(tenant)s and embedding is not null")
+    if agent:
+        where += sql.SQL(" and agent_id = %(agent)s")
+    ann = sql.SQL(
+        "with nearest as materialized (select {cols}, embedding <=> %(q)s::vector as distance from {t} where {w}"
+        " order by embedding <=> %(q)s::vector limit %(k)s) select * from nearest order by distance, agent_id, memory_id"
+    ).format(cols=sql.SQL(_SELECT), t=t, w=where)
+    exact = sql.SQL(
+        "with scoped as materialized (select {cols}, embedding from {t} where {w})"
+        " select {cols}, embedding <=> %(q)s::vector as distance from scoped"
+        " order by distance, agent_id, memory_id limit %(k)s"
+    ).format(cols=sql.SQL(_SELECT), t=t, w=where)
+    return ann, exact
+
+
+def _scope(conn: psycopg.Connection[Any], schema: str, tenant_id: str | None, agent_id: str | None) -> tuple[str, str | None]:
+    if agent_id is None:
+        if tenant_id is None:
+            raise RecallError("recall needs a tenant_id or an agent_id: memories are scoped by tenant")
+        return tenant_id, None
+    row = conn.execute(
+        sql.SQL("select tenant_id from {} where agent_id = %s").format(qualified(schema, "agent_state")),
+        (storage_key(agent_id),),
+    ).fetchone()
+    owner = None if row is None else row[0]
+    if tenant_id is None:
+        if owner is None:
+            raise RecallError(f"agent {agent_id} is not known to this projection; pass tenant_id too")
+        tenant_id = owner
+    return tenant_id, storage_key(agent_id)
+
+
+def _settings(conn: psycopg.Connection[Any], k: int, ef_search: int | None) -> None:
+    ef = max(ef_search or DEFAULT_EF_SEARCH, k)
+    conn.execute(f"set local hnsw.ef_search = {int(ef)}")
+    conn.execute("set local hnsw.iterative_scan = relaxed_order")
+    conn.execute(f"set local hnsw.max_scan_tuples = {MAX_SCAN_TUPLES}")
+
+
+def recall(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    query: Sequence[float],
+    *,
+    k: int = 10,
+    tenant_id: str | None = None,
+    agent_id: str | None = None,
+    ef_search: int | None = None,
+) -> list[Recalled]:
+    """The ``k`` memories nearest to ``query`` (cosine), within ``tenant_id`` and, if
+    given, ``agent_id`` (an agent alone scopes to its own tenant). Forgotten memories and
+    memories without an embedding yet are not candidates."""
+    if not 1 <= k <= 1000:
+        raise RecallError(f"k must be in 1..1000, got {k}")
+    q = check_query(query, embedding_dimension(conn, schema))
+    with conn.transaction():
+        tenant, agent = _scope(conn, schema, tenant_id, agent_id)
+        _settings(conn, k, ef_search)
+        ann, exact = _queries(schema, agent is not None)
+        params = {"q": _vector_text(q), "tenant": tenant, "agent": agent, "k": k}
+        rows = conn.execute(ann, params).fetchall()
+        if len(rows) < k:  # the filter left fewer candidates than the scan could reach
+            rows = conn.execute(exact, params).fetchall()
+    return [_recalled(r) for r in rows]
+
+
+def _recalled(r: tuple[Any, ...]) -> Recalled:
+    return Recalled(
+        agent_id=r[0], memory_id=r[1], tenant_id=r[2], source=r[3], role=r[4], text=r[5], metadata=r[6],
+        importance=r[7], journal_partition=r[8], journal_offset=r[9], seq=r[10], distance=float(r[11]),
+    )
+
+
+def explain_recall(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    query: Sequence[float],
+    *,
+    k: int = 10,
+    tenant_id: str,
+    agent_id: str | None = None,
+    ef_search: int | None = None,
+    analyze: bool = False,
+) -> str:
+    """The plan PostgreSQL picks for ``recall``'s index query (to check the HNSW index
+    is used)."""
+    q = check_query(query, embedding_dimension(conn, schema))
+    with conn.transaction():
+        _settings(conn, k, ef_search)
+        ann, _ = _queries(schema, agent_id is not None)
+        params = {"q": _vector_text(q), "tenant": tenant_id, "agent": None if agent_id is None else storage_key(agent_id), "k": k}
+        prefix = sql.SQL("explain (analyze, costs off) ") if analyze else sql.SQL("explain ")
+        plan = conn.execute(prefix + ann, params).fetchall()
+    return "\n".join(str(r[0]) for r in plan)

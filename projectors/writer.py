@@ -1,0 +1,279 @@
+"""Writing a folded batch: one transaction with the rows and the offsets.
+
+The transaction, in order:
+
+1. ``pg_advisory_xact_lock_shared(BATCH_LOCK_KEY)`` (``aosk replay`` takes it
+   exclusively to swap a rebuilt schema in between two batches);
+2. the fencing compare-and-set, partition by partition in ascending order (so two
+   processes never deadlock on it): ``update projector_offsets set next_offset = end
+   where partition = p and next_offset = start``. No row updated: another process owns
+   the partition now; the transaction is rolled back (``Fenced``). Doing it first means
+   nothing below can collide with the new owner's rows: it holds the row lock until
+   commit;
+3. the rows, by binary COPY: audit rows and checkpoints straight into their tables,
+   agent states and memories through temporary staging tables into an upsert;
+4. ``pg_notify`` so ``wait_until_projected`` callers wake up.
+
+A row PostgreSQL refuses (the fold should have rejected its record first) does not stall
+the partition: the batch is bisected inside the transaction (savepoints) down to the
+record whose rows are refused; that record's audit row is written with ``refused`` and
+the error, without its other rows; the audit chain and the fold's state go on
+unchanged. Every refusal is logged at ERROR level.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from aosk.projectors.batch import FoldedBatch, Inconsistent, Outcome, last_entries
+from aosk.projectors.db import BATCH_LOCK_KEY, qualified, register_vector_dumper
+from aosk.projectors.memory import MemoryChanges, patch_statements
+from aosk.projectors.rows import (
+    AGENT_COLUMNS,
+    AGENT_TYPES,
+    AUDIT_COLUMNS,
+    AUDIT_TYPES,
+    CHECKPOINT_COLUMNS,
+    CHECKPOINT_TYPES,
+    MEMORY_COLUMNS,
+    memory_types,
+    refused_audit_row,
+    ts,
+)
+
+__all__ = ["Fenced", "Advance", "Refusal", "ProjectionWriter", "prepare_connection", "notify_channel"]
+
+log = logging.getLogger("aosk.projector")
+
+REFUSALS: Final = (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.errors.ProgramLimitExceeded,
+                   psycopg.errors.InvalidTextRepresentation)
+"""Errors that mean "PostgreSQL will not store these rows", as opposed to errors of the
+connection or the transaction (which abort the batch and are retried)."""
+
+_META: Final = "metadata"
+
+
+class Fenced(Exception):
+    """The compare-and-set found another owner's offset: the batch was rolled back."""
+
+    def __init__(self, partition: int, expected: int) -> None:
+        self.partition = partition
+        self.expected = expected
+        super().__init__(f"partition {partition} is no longer at offset {expected}: another projector owns it now")
+
+
+@dataclass(frozen=True)
+class Advance:
+    """One partition's move in a batch: ``start`` (what the table must still say) to ``end``."""
+
+    partition: int
+    start: int
+    end: int
+    last_record_ms: int
+    high_watermark: int | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    partition: int
+    offset: int
+    agent_id: str
+    seq: int
+    error: str
+
+
+def notify_channel(schema: str) -> str:
+    return f"aosk_projected_{schema}"
+
+
+def _stage(schema: str, what: str) -> sql.Identifier:
+    return sql.Identifier(f"aosk_stage_{what}_{schema}")
+
+
+def prepare_connection(conn: psycopg.Connection[Any], schema: str) -> int:
+    """Per-connection set-up for writing into ``schema``: the vector dumper and the
+    temporary staging tables. Returns the oid of ``vector``."""
+    oid = register_vector_dumper(conn)
+    for what, table in (("agent", "agent_state"), ("memory", "memories")):
+        conn.execute(
+            sql.SQL("create temp table if not exists {} (like {}) on commit delete rows").format(
+                _stage(schema, what), qualified(schema, table)
+            )
+        )
+    conn.commit()
+    return oid
+
+
+def _cols(names: Sequence[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def _upsert(schema: str, table: str, stage: sql.Identifier, columns: Sequence[str], key: Sequence[str]) -> sql.Composed:
+    updates = sql.SQL(", ").join(
+        sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in columns if c not in key
+    )
+    return sql.SQL(
+        "insert into {t} ({c}) select {c} from pg_temp.{s} on conflict ({k}) do update set {u}; delete from pg_temp.{s}"
+    ).format(t=qualified(schema, table), c=_cols(columns), s=stage, k=_cols(key), u=updates)
+
+
+class ProjectionWriter:
+    """Writes folded batches into one projection schema (live ``aosk`` or a shadow)."""
+
+    def __init__(self, schema: str, *, vector_oid: int, owner: str = "") -> None:
+        self.schema = schema
+        self.owner = owner
+        self._mem_types = memory_types(vector_oid)
+        q = lambda t: qualified(schema, t)  # noqa: E731
+        self._copy_audit = sql.SQL("copy {} ({}) from stdin (format binary)").format(q("audit_log"), _cols(AUDIT_COLUMNS))
+        self._copy_cp = sql.SQL("copy {} ({}) from stdin (format binary)").format(
+            q("checkpoints"), _cols(CHECKPOINT_COLUMNS)
+        )
+        self._copy_agent = sql.SQL("copy pg_temp.{} ({}) from stdin (format binary)").format(
+            _stage(schema, "agent"), _cols(AGENT_COLUMNS)
+        )
+        self._copy_mem = sql.SQL("copy pg_temp.{} ({}) from stdin (format binary)").format(
+            _stage(schema, "memory"), _cols(MEMORY_COLUMNS)
+        )
+        self._upsert_agent = _upsert(schema, "agent_state", _stage(schema, "agent"), AGENT_COLUMNS, ("agent_id",))
+        self._upsert_mem = _upsert(schema, "memories", _stage(schema, "memory"), MEMORY_COLUMNS,
+                                   ("agent_id", "memory_id"))
+        self._embed, self._forget = patch_statements(schema)
+        self._cas = sql.SQL(
+            "update {} set next_offset = %s, high_watermark = %s, last_record_at = %s, committed_at = %s, owner = %s"
+            " where partition = %s and next_offset = %s"
+        ).format(q("projector_offsets"))
+        self._notify = sql.SQL("select pg_notify({}, '')").format(sql.Literal(notify_channel(schema)))
+
+    # -- the transaction ------------------------------------------------------------------
+
+    def write(
+        self,
+        conn: psycopg.Connection[Any],
+        batch: FoldedBatch,
+        advances: Sequence[Advance],
+        *,
+        after_cas: Callable[[], None] | None = None,
+    ) -> list[Refusal]:
+        """Commit ``batch`` and ``advances`` atomically; raises ``Fenced`` (rolled back)
+        when another process moved one of the partitions. ``after_cas`` runs once the
+        partitions are locked (fault injection in tests)."""
+        refused: list[Refusal] = []
+        now = datetime.now(timezone.utc)  # operational column only (committed_at), never a projection's time
+        with conn.transaction():
+            conn.execute("select pg_advisory_xact_lock_shared(%s)", (BATCH_LOCK_KEY,))
+            with conn.cursor() as cur:
+                for a in sorted(advances, key=lambda a: a.partition):
+                    cur.execute(self._cas, (a.end, a.high_watermark, ts(a.last_record_ms), now, self.owner,
+                                            a.partition, a.start))
+                    if cur.rowcount != 1:
+                        raise Fenced(a.partition, a.start)
+            if after_cas is not None:
+                after_cas()
+            if batch.outcomes:
+                self._write_range(conn, batch.outcomes, refused)
+            conn.execute(self._notify)
+        return refused
+
+    def _write_range(self, conn: psycopg.Connection[Any], outs: list[Outcome], refused: list[Refusal]) -> None:
+        try:
+            with conn.transaction():
+                self._write_rows(conn, outs)
+            return
+        except REFUSALS as e:
+            if len(outs) == 1:
+                self._write_refused(conn, outs[0], e, refused)
+                return
+            log.debug("rows refused in a run of %d records, bisecting: %s", len(outs), e)
+        mid = len(outs) // 2
+        self._write_range(conn, outs[:mid], refused)
+        self._write_range(conn, outs[mid:], refused)
+
+    def _write_rows(self, conn: psycopg.Connection[Any], outs: list[Outcome]) -> None:
+        with conn.cursor() as cur:
+            with cur.copy(self._copy_audit) as cp:
+                cp.set_types(AUDIT_TYPES)
+                for o in outs:
+                    cp.write_row(o.audit)
+            cps = [o.checkpoint for o in outs if o.checkpoint is not None]
+            if cps:
+                with cur.copy(self._copy_cp) as cp:
+                    cp.set_types(CHECKPOINT_TYPES)
+                    for r in cps:
+                        cp.write_row(r)
+            mem = MemoryChanges()
+            for o in outs:
+                if o.memory:
+                    mem.add(o.memory)
+            if mem:
+                self._write_memories(cur, mem)
+            with cur.copy(self._copy_agent) as cp:
+                cp.set_types(AGENT_TYPES)
+                for e in last_entries(outs).values():
+                    cp.write_row(e.row())
+            cur.execute(self._upsert_agent)
+
+    def _write_memories(self, cur: psycopg.Cursor[Any], mem: MemoryChanges) -> None:
+        if mem.full:
+            meta = MEMORY_COLUMNS.index(_META)
+            with cur.copy(self._copy_mem) as cp:
+                cp.set_types(self._mem_types)
+                for row in mem.full.values():
+                    r = list(row)
+                    r[meta] = Jsonb(r[meta])
+                    cp.write_row(r)
+            cur.execute(self._upsert_mem)
+        embeds = []
+        forgets = []
+        for (agent, memory_id), (emb, emb_at, emb_off, gone_at, gone_off) in mem.patches.items():
+            if gone_at is not None:
+                forgets.append((gone_at, gone_off, agent, memory_id))
+            elif emb is not None:
+                embeds.append((emb, emb_at, emb_off, agent, memory_id))
+        if embeds:
+            cur.executemany(self._embed, embeds)
+        if forgets:
+            cur.executemany(self._forget, forgets)
+
+    def _write_refused(self, conn: psycopg.Connection[Any], o: Outcome, err: Exception, refused: list[Refusal]) -> None:
+        diag = getattr(err, "diag", None)
+        sqlstate = getattr(diag, "sqlstate", None) or "client"
+        error = f"{type(err).__name__} ({sqlstate}): {str(err).strip()}"
+        agent, seq = o.audit[2], o.audit[3]
+        log.error(
+            "PostgreSQL refused the projection rows of record %d:%d (agent %s, seq %d): %s. The fold's verdict is "
+            "kept in audit_log with refused = true; the partition goes on. The fold should have rejected this "
+            "record: report it with the record's position.", o.partition, o.offset, agent, seq, error,
+        )
+        for hard in (False, True):
+            try:
+                with conn.transaction():
+                    with conn.cursor() as cur:
+                        with cur.copy(self._copy_audit) as cp:
+                            cp.set_types(AUDIT_TYPES)
+                            cp.write_row(refused_audit_row(o.audit, error, o.verdict_bytes, hard=hard))
+                break
+            except REFUSALS as e2:
+                if hard:
+                    raise Inconsistent(
+                        f"even the reduced audit row of {o.partition}:{o.offset} was refused ({e2}); "
+                        "the audit_log table does not have the expected shape"
+                    ) from e2
+        try:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    with cur.copy(self._copy_agent) as cp:
+                        cp.set_types(AGENT_TYPES)
+                        cp.write_row(o.entry.row())
+                    cur.execute(self._upsert_agent)
+        except REFUSALS as e3:
+            log.error("the agent_state row of %s after %d:%d was refused too: %s", agent, o.partition, o.offset, e3)
+        refused.append(Refusal(o.partition, o.offset, agent, seq, error))
