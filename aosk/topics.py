@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from aosk.config import KafkaSettings
 from aosk.errors import AoskError
+from aosk.waiting import wait_for
 
 JOURNAL_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 
@@ -97,7 +98,17 @@ def ensure_topics(bootstrap: str, kafka: KafkaSettings, *, timeout: float = 30.0
                 # Another process created it between our look and our create: check it below.
                 if e.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise AoskError(f"could not create topic {name}: {e.args[0].str()}") from e
-        metadata = admin.list_topics(timeout=timeout)
+        # Metadata reaches the broker's cache a moment after the create is acknowledged.
+        names = {s.name for s in specs}
+
+        def visible() -> bool:
+            nonlocal metadata
+            metadata = admin.list_topics(timeout=timeout)
+            return names <= set(metadata.topics) and all(
+                not metadata.topics[n].error and metadata.topics[n].partitions for n in names
+            )
+
+        wait_for(visible, timeout=timeout, interval=0.1, what=f"topics {sorted(names)} to appear in metadata")
 
     problems: list[str] = []
     resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in specs]

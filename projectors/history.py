@@ -87,11 +87,12 @@ def state_at(conn: psycopg.Connection[Any], schema: str, reader: JournalReader, 
     return PointInTime(agent_id, p, offset, state, state_hash(state), cp.seq if cp else None, folded)
 
 
-def state_at_seq(conn: psycopg.Connection[Any], schema: str, reader: JournalReader, agent_id: str,
+def state_at_seq(conn: psycopg.Connection[Any] | None, schema: str, reader: JournalReader, agent_id: str,
                  seq: int) -> AgentState | None:
-    """The state of ``agent_id`` right after its ``seq``-th record (None if it has fewer)."""
+    """The state of ``agent_id`` right after its ``seq``-th record (None if it has fewer).
+    Without a connection (no projections yet) the fold starts at offset 0."""
     p = partition_for(agent_id, reader.partitions())
-    cp = nearest_checkpoint(conn, schema, agent_id, at_seq=seq)
+    cp = nearest_checkpoint(conn, schema, agent_id, at_seq=seq) if conn is not None else None
     if cp is not None and cp.seq == seq:
         return cp.state
     if cp is not None:
@@ -114,4 +115,6 @@ class CheckpointPastStates:
 
     def state_at(self, agent_id: str, seq: int) -> AgentState | None:
         with psycopg.connect(self._dsn) as conn, JournalReader(self._bootstrap, self._topic) as reader:
-            return state_at_seq(conn, self._schema, reader, agent_id, seq)
+            found = conn.execute("select to_regclass(%s)", (f"{self._schema}.checkpoints",)).fetchone()
+            has_checkpoints = found is not None and found[0] is not None
+            return state_at_seq(conn if has_checkpoints else None, self._schema, reader, agent_id, seq)

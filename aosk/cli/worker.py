@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         help="serve faust's web endpoints on PORT (default: off, so several "
                              "workers can share a host)")
     worker.add_argument("--loglevel", "-l", choices=_LOGLEVELS, default="info")
+    worker.add_argument("--schema", default="aosk",
+                        help="projection schema whose checkpoints serve forks from an older seq")
     worker.set_defaults(run=_run)
 
 
@@ -32,13 +34,17 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.node_id:
         settings = settings.model_copy(update={"node_id": args.node_id})
-    ensure_topics(resolve_endpoints(settings).bootstrap, settings.kafka)
+    endpoints = resolve_endpoints(settings)
+    ensure_topics(endpoints.bootstrap, settings.kafka)
 
     import faust
 
+    from aosk.projectors.history import CheckpointPastStates
     from aosk.streams.app import WorkerOptions, create_app
 
-    app = create_app(settings, WorkerOptions(node_id=settings.node_id, web_port=args.web_port))
+    # Forks from an older seq: the projection's checkpoints plus the journal after them.
+    past = CheckpointPastStates(endpoints.dsn, args.schema, endpoints.bootstrap, settings.kafka.journal_topic)
+    app = create_app(settings, WorkerOptions(node_id=settings.node_id, web_port=args.web_port, past_states=past))
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()  # returns only by SystemExit, after a clean stop
     return 0  # pragma: no cover

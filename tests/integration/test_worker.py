@@ -22,7 +22,8 @@ from aosk.events import (
     SpawnRequested,
     decode_transition,
 )
-from aosk.kernel import AOSK_NAMESPACE, derived_event_id
+from aosk.journal import JournalReader
+from aosk.kernel import AOSK_NAMESPACE, derived_event_id, fold_journal, state_hash
 from aosk.partitioning import partition_for
 from aosk.streams.app import app_id
 from aosk.topics import ensure_topics
@@ -93,6 +94,20 @@ def test_verdicts_children_forks_timeouts_and_bounces(running) -> None:
         forked = kernel.wait_for_verdict(derived_event_id("AgentForked", req.event_id, d.partition, d.offset), 60)
         assert (forked.agent_id, forked.event_type, forked.verdict, forked.status) == (
             fork_id, "AgentForked", "accepted", "READY")
+
+        # A fork from an OLDER seq: the worker folds checkpoint (none yet: offset 0) + journal.
+        old_fork = f"f-{uuid.uuid4().hex[:6]}"
+        req, d, v = act(ForkRequested, a, new_agent_id=old_fork, at_seq=2)
+        assert v.verdict == "accepted", v
+        forked_id = derived_event_id("AgentForked", req.event_id, d.partition, d.offset)
+        old = kernel.wait_for_verdict(forked_id, 60)
+        assert (old.agent_id, old.verdict, old.status) == (old_fork, "accepted", "READY")
+        with JournalReader(settings.kafka.bootstrap_servers, settings.kafka.journal_topic) as reader:
+            records = list(reader.read(d.partition, 0))
+            fork_records = list(reader.read(old.journal_partition, 0))
+        made = next(r.event for r in fork_records if r.event is not None and r.event.event_id == forked_id)
+        at_two = fold_journal([r for r in records if r.key == a][:2])[a].state
+        assert (made.source_seq, made.source_state_hash) == (2, state_hash(at_two))
 
         # A call that never completes is timed out by the worker.
         req, _, v = act(LlmCallRequested, a, call_id="slow", model="m", prompt_hash="h", prompt_tokens=3,
