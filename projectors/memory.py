@@ -199,11 +199,16 @@ _SELECT: Final = (
 )
 
 
-def _queries(schema: str, agent: bool) -> tuple[sql.Composed, sql.Composed]:
+def _queries(schema: str, lineage_size: int) -> tuple[sql.Composed, sql.Composed]:
+    """The index query and the exact fallback. ``lineage_size`` agents (0: the whole
+    tenant), each bounded by a journal offset. Plain OR'ed conditions rather than a join
+    with the lineage, so the planner still orders by the HNSW index and filters."""
     t = qualified(schema, "memories")
     where = sql.SQL("tenant_id = %(tenant)s and embedding is not null")
-    if agent:
-        where += sql.SQL(" and agent_id = %(agent)s")
+    if lineage_size:
+        # The agent's own memories up to a bound, and a fork's ancestors' up to the fork point.
+        each = [sql.SQL("(agent_id = %(a{i})s and journal_offset <= %(b{i})s)".format(i=i)) for i in range(lineage_size)]
+        where += sql.SQL(" and (") + sql.SQL(" or ").join(each) + sql.SQL(")")
     ann = sql.SQL(
         "with nearest as materialized (select {cols}, embedding <=> %(q)s::vector as distance from {t} where {w}"
         " order by embedding <=> %(q)s::vector limit %(k)s) select * from nearest order by distance, agent_id, memory_id"
@@ -214,6 +219,13 @@ def _queries(schema: str, agent: bool) -> tuple[sql.Composed, sql.Composed]:
         " order by distance, agent_id, memory_id limit %(k)s"
     ).format(cols=sql.SQL(_SELECT), t=t, w=where)
     return ann, exact
+
+
+def _lineage_params(agents: list[str], bounds: list[int]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for i, (a, b) in enumerate(zip(agents, bounds)):
+        params[f"a{i}"], params[f"b{i}"] = a, b
+    return params
 
 
 def _scope(conn: psycopg.Connection[Any], schema: str, tenant_id: str | None, agent_id: str | None) -> tuple[str, str | None]:
@@ -233,6 +245,39 @@ def _scope(conn: psycopg.Connection[Any], schema: str, tenant_id: str | None, ag
     return tenant_id, storage_key(agent_id)
 
 
+_NO_BOUND: Final = 2**63 - 1
+_MAX_LINEAGE: Final = 32
+
+
+def lineage(conn: psycopg.Connection[Any], schema: str, agent_key: str,
+            as_of_offset: int | None = None) -> tuple[list[str], list[int]]:
+    """The agents whose memories ``agent_key`` recalls, each with the last journal offset
+    that counts: itself (up to ``as_of_offset``), and for a fork its source up to the
+    record the fork was taken at, and so on up the chain of forks."""
+    from aosk.kernel import decode_state
+
+    agents, bounds = [agent_key], [_NO_BOUND if as_of_offset is None else as_of_offset]
+    key = agent_key
+    for _ in range(_MAX_LINEAGE):
+        row = conn.execute(
+            sql.SQL("select state from {} where agent_id = %s").format(qualified(schema, "agent_state")), (key,)
+        ).fetchone()
+        ident = decode_state(bytes(row[0])).identity if row is not None else None
+        if ident is None or ident.forked_from is None or ident.fork_seq is None:
+            break
+        source = storage_key(ident.forked_from)
+        at = conn.execute(
+            sql.SQL("select journal_offset from {} where agent_id = %s and seq = %s").format(
+                qualified(schema, "audit_log")), (source, ident.fork_seq),
+        ).fetchone()
+        if at is None or source in agents:
+            break
+        agents.append(source)
+        bounds.append(int(at[0]))
+        key = source
+    return agents, bounds
+
+
 def _settings(conn: psycopg.Connection[Any], k: int, ef_search: int | None) -> None:
     ef = max(ef_search or DEFAULT_EF_SEARCH, k)
     conn.execute(f"set local hnsw.ef_search = {int(ef)}")
@@ -249,18 +294,26 @@ def recall(
     tenant_id: str | None = None,
     agent_id: str | None = None,
     ef_search: int | None = None,
+    as_of_offset: int | None = None,
 ) -> list[Recalled]:
     """The ``k`` memories nearest to ``query`` (cosine), within ``tenant_id`` and, if
     given, ``agent_id`` (an agent alone scopes to its own tenant). Forgotten memories and
-    memories without an embedding yet are not candidates."""
+    memories without an embedding yet are not candidates.
+
+    With ``agent_id``: a fork also recalls its source's memories up to the fork point
+    (and so on up its chain of forks); ``as_of_offset`` leaves out what the agent stored
+    after that offset of its partition (recall "as of" a point in its history)."""
+    if as_of_offset is not None and agent_id is None:
+        raise RecallError("as_of_offset needs an agent_id: offsets are positions in one agent's partition")
     if not 1 <= k <= 1000:
         raise RecallError(f"k must be in 1..1000, got {k}")
     q = check_query(query, embedding_dimension(conn, schema))
     with conn.transaction():
         tenant, agent = _scope(conn, schema, tenant_id, agent_id)
         _settings(conn, k, ef_search)
-        ann, exact = _queries(schema, agent is not None)
-        params = {"q": _vector_text(q), "tenant": tenant, "agent": agent, "k": k}
+        agents, bounds = lineage(conn, schema, agent, as_of_offset) if agent is not None else ([], [])
+        ann, exact = _queries(schema, len(agents))
+        params = {"q": _vector_text(q), "tenant": tenant, "k": k, **_lineage_params(agents, bounds)}
         rows = conn.execute(ann, params).fetchall()
         if len(rows) < k:  # the filter left fewer candidates than the scan could reach
             rows = conn.execute(exact, params).fetchall()
@@ -290,8 +343,9 @@ def explain_recall(
     q = check_query(query, embedding_dimension(conn, schema))
     with conn.transaction():
         _settings(conn, k, ef_search)
-        ann, _ = _queries(schema, agent_id is not None)
-        params = {"q": _vector_text(q), "tenant": tenant_id, "agent": None if agent_id is None else storage_key(agent_id), "k": k}
+        agents, bounds = lineage(conn, schema, storage_key(agent_id)) if agent_id is not None else ([], [])
+        ann, _ = _queries(schema, len(agents))
+        params = {"q": _vector_text(q), "tenant": tenant_id, "k": k, **_lineage_params(agents, bounds)}
         prefix = sql.SQL("explain (analyze, costs off) ") if analyze else sql.SQL("explain ")
         plan = conn.execute(prefix + ann, params).fetchall()
     return "\n".join(str(r[0]) for r in plan)

@@ -72,7 +72,7 @@ class ProjectorOptions:
     """How long a batch waits to fill up (bounds the projection latency when idle)."""
     transaction_timeout_s: float = 30.0
     """PostgreSQL ends a batch transaction older than this (a paused process's)."""
-    max_cached_agents: int = 200_000
+    max_cached_agents: int = 50_000
     """Agent states kept in memory between batches (least recently written evicted;
     re-read from agent_state when their agent shows up again)."""
     fault: str | None = None

@@ -147,11 +147,8 @@ def _wait_group(bootstrap: str, group: str, members: int, procs: list[subprocess
     raise AoskError(f"the {members} projectors did not form a stable consumer group within 120s")
 
 
-def _projected(dsn: str, schema: str) -> int:
-    import psycopg
-
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(f"select coalesce(sum(next_offset), 0) from {schema}.projector_offsets").fetchone()
+def _projected(conn: Any, schema: str) -> int:
+    row = conn.execute(f"select coalesce(sum(next_offset), 0) from {schema}.projector_offsets").fetchone()
     return int(row[0]) if row else 0
 
 
@@ -197,29 +194,35 @@ def bench_project(settings: Settings, *, events: int = 50_000, agents: int = 200
         for i in range(processes)
     ]
     pids = {p.pid for p in procs}
+    state_dir = Path(settings.dev.state_dir)
+
+    def cpu(pg: set[int], kafka: set[int]) -> dict[str, float]:
+        return {"projectors": _cpu_seconds(pids, None), "postgres": _cpu_seconds(pg, None),
+                "kafka": _cpu_seconds(kafka, None), "producer": _cpu_seconds({os.getpid()}, None),
+                "machine": _machine_cpu_seconds()}
+
+    poll = None
     try:
         say(f"starting {processes} projectors (logs in {logdir}) ...", flush=True)
         _wait_group(ep.bootstrap, f"{prefix}.projectors.{schema}", processes, procs)
-        pg_pids, kafka_pids = _stack_pids(Path(settings.dev.state_dir))
-
-        def cpu() -> dict[str, float]:
-            return {"projectors": _cpu_seconds(pids, None), "postgres": _cpu_seconds(_stack_pids(
-                    Path(settings.dev.state_dir))[0] | pg_pids, None), "kafka": _cpu_seconds(kafka_pids, None),
-                    "producer": _cpu_seconds({os.getpid()}, None), "machine": _machine_cpu_seconds()}
-
-        cpu0 = cpu()
+        poll = psycopg.connect(ep.dsn, autocommit=True)
+        pg0, kafka0 = _stack_pids(state_dir)
+        cpu0 = cpu(pg0, kafka0)
         say("producing and projecting ...", flush=True)
         t0 = time.perf_counter()
         produce_workload(ep.bootstrap, topic, w.items)
         tp = time.perf_counter()
         deadline = time.monotonic() + 900
-        while _projected(ep.dsn, schema) < total:
+        while _projected(poll, schema) < total:
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise AoskError(f"projection did not finish; see the logs in {logdir}")
             time.sleep(0.02)
         t1 = time.perf_counter()
-        cpu1 = cpu()
+        pg1, kafka1 = _stack_pids(state_dir)
+        cpu1 = cpu(pg0 | pg1, kafka0 | kafka1)
     finally:
+        if poll is not None:
+            poll.close()
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)

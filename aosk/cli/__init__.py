@@ -14,7 +14,7 @@ from aosk.errors import AoskError, ConfigError, DevStackError
 from aosk.topics import TopicMismatch
 
 # Modules under aosk.cli that each define register(subparsers).
-COMMAND_MODULES = ("dev", "topics", "events", "bench", "demo", "worker", "project", "db", "audit", "memory", "state")
+COMMAND_MODULES = ("dev", "topics", "events", "bench", "demo", "worker", "project", "db", "audit", "memory", "state", "fork")
 
 
 def build_parser() -> argparse.ArgumentParser:

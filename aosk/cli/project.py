@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--transaction-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="PostgreSQL ends batch transactions older than this, e.g. of a paused process "
                    "(default %(default)s)")
-    p.add_argument("--max-cached-agents", type=int, default=200_000, metavar="N",
+    p.add_argument("--max-cached-agents", type=int, default=50_000, metavar="N",
                    help="agent states kept in memory between batches (default %(default)s)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(run=_run)

@@ -19,7 +19,7 @@ from aosk.client._producer import Delivery, DeliveringProducer, DeliveryFuture, 
 from aosk.client.verdicts import VerdictWatcher
 from aosk.config import KafkaSettings, Settings
 from aosk.errors import AoskError, EventRejected
-from aosk.events import AgentSpawned, Budgets, Event, Transition, encode
+from aosk.events import AgentSpawned, Budgets, Event, ForkRequested, Transition, encode
 
 E = TypeVar("E", bound=Event)
 
@@ -121,6 +121,16 @@ class KernelClient:
         )
 
     # -- verdicts ------------------------------------------------------------------
+
+    def fork(self, agent_id: str, *, tenant_id: str, at_seq: int, new_agent_id: str | None = None,
+             event_id: str | None = None) -> PendingEvent:
+        """Ask the kernel to fork ``agent_id`` as it was after its ``at_seq``-th record into a
+        new agent (``new_agent_id``, default a fresh id). A worker computes that past state
+        (checkpoint + journal) and writes ``AgentForked`` carrying it on the new key."""
+        if at_seq < 1:
+            raise EventRejected(f"ForkRequested {agent_id}: at_seq must be >= 1, not {at_seq}")
+        return self.emit(ForkRequested, agent_id=agent_id, tenant_id=tenant_id, event_id=event_id,
+                         new_agent_id=new_agent_id or f"{agent_id}-fork-{uuid.uuid4().hex[:8]}", at_seq=at_seq)
 
     def wait_for_verdict(self, event_id: str, timeout: float = 30.0) -> Transition:
         """The kernel's verdict on ``event_id`` (accepted / rejected / duplicate, with the

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from aosk.client._producer import Delivery
     from aosk.config import Settings
     from aosk.kernel import AgentState
+    from aosk.projectors.history import PointInTime
     from aosk.projectors.memory import Recalled
 
 __all__ = ["ProjectionReader", "AgentView", "ProjectionTimeout"]
@@ -60,13 +61,15 @@ class AgentView:
 class ProjectionReader:
     """Reads one projection schema through a small connection pool."""
 
-    def __init__(self, dsn: str, *, schema: str = "aosk", pool_size: int = 4) -> None:
+    def __init__(self, dsn: str, *, schema: str = "aosk", pool_size: int = 4, bootstrap: str | None = None,
+                 journal_topic: str = "aosk.agent-events") -> None:
         from psycopg_pool import ConnectionPool
 
         from aosk.projectors.db import check_schema_name
 
         self.schema = check_schema_name(schema)
         self._dsn = dsn
+        self._bootstrap, self._journal_topic = bootstrap, journal_topic
         self._pool = ConnectionPool(dsn, min_size=1, max_size=pool_size, open=False, name="aosk-reader",
                                     kwargs={"autocommit": False}, check=ConnectionPool.check_connection)
         try:
@@ -80,7 +83,9 @@ class ProjectionReader:
         from aosk.endpoints import resolve_endpoints
 
         pg = settings.storage.postgresql
-        return cls(resolve_endpoints(settings).dsn, schema=schema, pool_size=max(1, min(pg.pool_size, 8)))
+        ep = resolve_endpoints(settings)
+        return cls(ep.dsn, schema=schema, pool_size=max(1, min(pg.pool_size, 8)), bootstrap=ep.bootstrap,
+                   journal_topic=settings.kafka.journal_topic)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -113,6 +118,7 @@ class ProjectionReader:
         *,
         tenant_id: str | None = None,
         agent_id: str | None = None,
+        as_of_offset: int | None = None,
     ) -> list[Recalled]:
         """The ``k`` memories nearest to ``query_embedding`` (cosine distance) within a
         tenant, optionally one agent (an agent alone scopes to its own tenant). Raises
@@ -120,7 +126,8 @@ class ProjectionReader:
         from aosk.projectors.memory import recall
 
         with self._pool.connection() as conn:
-            return recall(conn, self.schema, query_embedding, k=k, tenant_id=tenant_id, agent_id=agent_id)
+            return recall(conn, self.schema, query_embedding, k=k, tenant_id=tenant_id, agent_id=agent_id,
+                          as_of_offset=as_of_offset)
 
     def projected_offsets(self) -> dict[int, int]:
         """``next_offset`` of every journal partition (records below it are projected)."""
@@ -170,6 +177,18 @@ class ProjectionReader:
     def wait_for(self, delivery: Delivery, *, timeout: float = 30.0) -> None:
         """``wait_until_projected`` for a produced event's acknowledgement."""
         self.wait_until_projected(delivery.partition, delivery.offset, timeout=timeout)
+
+    def state_at(self, agent_id: str, *, offset: int | None = None, time_ms: int | None = None) -> PointInTime:
+        """Time travel: ``agent_id``'s state after the record at ``offset`` of its partition,
+        or after the last record with broker time <= ``time_ms`` (nearest checkpoint plus
+        the journal after it; see ``aosk.projectors.history``)."""
+        from aosk.journal import JournalReader
+        from aosk.projectors.history import state_at
+
+        if self._bootstrap is None:
+            raise AoskError("state_at reads the journal: create the ProjectionReader with bootstrap=")
+        with self._pool.connection() as conn, JournalReader(self._bootstrap, self._journal_topic) as reader:
+            return state_at(conn, self.schema, reader, agent_id, offset=offset, time_ms=time_ms)
 
     # -- lifecycle ----------------------------------------------------------------------
 
