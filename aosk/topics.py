@@ -98,14 +98,17 @@ def ensure_topics(bootstrap: str, kafka: KafkaSettings, *, timeout: float = 30.0
                 # Another process created it between our look and our create: check it below.
                 if e.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise AoskError(f"could not create topic {name}: {e.args[0].str()}") from e
-        # Metadata reaches the broker's cache a moment after the create is acknowledged.
+        # Metadata (and partition leaders) reach the broker's cache a moment after the
+        # create is acknowledged; clients that start right away would see NOT_LEADER.
         names = {s.name for s in specs}
 
         def visible() -> bool:
             nonlocal metadata
             metadata = admin.list_topics(timeout=timeout)
             return names <= set(metadata.topics) and all(
-                not metadata.topics[n].error and metadata.topics[n].partitions for n in names
+                not metadata.topics[n].error and metadata.topics[n].partitions
+                and all(p.leader >= 0 for p in metadata.topics[n].partitions.values())
+                for n in names
             )
 
         wait_for(visible, timeout=timeout, interval=0.1, what=f"topics {sorted(names)} to appear in metadata")
