@@ -6,6 +6,9 @@ configured external ones) and prints what it measured or queried.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -117,6 +120,156 @@ def _section_events(settings: Settings, ep: Endpoints) -> None:
         print("    " + format_text(view)[:150])
 
 
+class _Processes:
+    """The demo's worker and projector, started in the background and stopped at the end."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.log_dir = settings.dev.state_dir.expanduser().resolve() / "demo-logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *args: str) -> None:
+        with open(self.log_dir / f"{name}.log", "wb") as log:
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", "aosk.cli", *args], stdout=log,
+                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _section_kernel(settings: Settings, ep: Endpoints, procs: _Processes) -> dict[str, object]:
+    _heading("4. the kernel judges every event (a faust worker folds the journal)")
+    from aosk.client import KernelClient
+    from aosk.events import (
+        AgentStarted,
+        Budgets,
+        LlmCallCompleted,
+        LlmCallRequested,
+        MemoryStored,
+        MessageSent,
+        ToolCallRequested,
+    )
+
+    procs.start("worker", "worker", "--node-id", "demo-worker", "--loglevel", "warn")
+    procs.start("projector", "project")
+    print(f"  started `aosk worker` and `aosk project` in the background (logs: {procs.log_dir})")
+    run = uuid.uuid4().hex[:4]
+    alice, bob = f"alice-{run}", f"bob-{run}"
+    small = Budgets(max_tokens=1_000, max_tool_calls=5, max_steps=100, context_window_tokens=2_000)
+    dim = settings.memory.embedding_dimension
+    with KernelClient.from_settings(settings, watch_verdicts=True) as kernel:
+        def act(label: str, event_type: type, agent: str, **fields: object) -> object:
+            ev = kernel.new_event(event_type, agent_id=agent, tenant_id="acme", **fields)
+            kernel.send(ev)
+            v = kernel.wait_for_verdict(ev.event_id, timeout=120)
+            print(f"  {label:52s} -> {v.verdict:8s} {v.reason:22s} status {v.status}")
+            return v
+
+        for a in (alice, bob):
+            sp = kernel.spawn(agent_id=a, tenant_id="acme", name=a.split("-")[0], budgets=small,
+                              capabilities=["search"])
+            v = kernel.wait_for_verdict(sp.event_id, timeout=120)
+            print(f"  {"spawn " + a:52s} -> {v.verdict:8s} {v.reason:22s} status {v.status}")
+            act(f"{a}: AgentStarted", AgentStarted, a)
+        act(f"{alice}: AgentStarted again", AgentStarted, alice)
+        act(f"{alice}: tool 'search' (allowed)", ToolCallRequested, alice, call_id="c1", tool="search",
+            arguments='{"q": "Q3"}', timeout_ms=60_000)
+        act(f"{alice}: tool 'shell' (not a capability)", ToolCallRequested, alice, call_id="c2", tool="shell",
+            arguments='{"cmd": "rm -rf /"}', timeout_ms=60_000)
+        act(f"{alice}: MessageSent to {bob}", MessageSent, alice, message_id=f"m-{run}", to_agent_id=bob,
+            body="can you check the totals?")
+        vec = [0.0] * dim
+        vec[0] = 1.0
+        last = act(f"{bob}: MemoryStored (embedding {dim}-d)", MemoryStored, bob, memory_id=f"mem-{run}",
+                   text="Q3 revenue was 4.2M", embedding=tuple(vec), importance=0.8, metadata={"source": "report"})
+        act(f"{bob}: LlmCallRequested (600 prompt tokens)", LlmCallRequested, bob, call_id="l1", model="m",
+            prompt_hash="p", prompt_tokens=600, timeout_ms=60_000)
+        act(f"{bob}: LlmCallCompleted (+500 tokens: over budget)", LlmCallCompleted, bob, call_id="l1",
+            response="...", completion_tokens=500, latency_ms=800)
+        act(f"{bob}: another LlmCallRequested", LlmCallRequested, bob, call_id="l2", model="m",
+            prompt_hash="p", prompt_tokens=10, timeout_ms=60_000)
+    return {"alice": alice, "bob": bob, "last": last, "dim": dim}
+
+
+def _section_projections(settings: Settings, ep: Endpoints, ctx: dict[str, object]) -> None:
+    _heading("5. projections in PostgreSQL, exactly once (SQL answers)")
+    import psycopg
+
+    from aosk.client import ProjectionReader
+    from aosk.projectors.audit import verify
+    from aosk.topics import ensure_topics
+    from aosk.workload import generate_workload, produce_workload
+
+    ensure_topics(ep.bootstrap, settings.kafka)
+    wl = generate_workload(agents=20, events=3_000, seed=int(time.time()) % 1000, prefix=f"fleet-{uuid.uuid4().hex[:4]}",
+                           embedding_dim=int(ctx["dim"]))  # type: ignore[call-overload]
+    t0 = time.monotonic()
+    positions = produce_workload(ep.bootstrap, settings.kafka.journal_topic, wl.items)
+    with ProjectionReader.from_settings(settings) as reader:
+        last_by_partition: dict[int, int] = {}
+        for p, o in positions:
+            last_by_partition[p] = max(o, last_by_partition.get(p, -1))
+        for p, o in last_by_partition.items():
+            reader.wait_until_projected(p, o, timeout=300)
+        print(f"  a fleet of 20 agents wrote {len(wl.items)} events; projected in {time.monotonic() - t0:.1f}s "
+              f"({len(wl.illegal_event_ids)} illegal ones among them)")
+        queries = [
+            ("agents by status", "select status, sum(agents) from aosk.agents_by_status group by status order by 2 desc"),
+            ("token spend per tenant", "select tenant_id, agents, tokens_used, tool_calls_used from "
+             "aosk.token_spend_per_tenant order by tenant_id"),
+            ("denied tool calls (latest 3)", "select agent_id, tool, seq from aosk.denied_tool_calls "
+             "order by recorded_at desc, agent_id limit 3"),
+            ("rejections by reason", "select reason, records from aosk.verdicts_by_reason where kind <> 'accepted' "
+             "order by records desc limit 6"),
+        ]
+        with psycopg.connect(ep.dsn) as conn:
+            for title, q in queries:
+                print(f"  -- {title}:  {q}")
+                for row in conn.execute(q).fetchall():
+                    print("       " + " | ".join(str(c) for c in row))
+            result = verify(conn, "aosk")
+            print(f"  aosk audit verify: {'intact' if result.ok else 'BROKEN at ' + str(result.first)} "
+                  f"({result.rows} audit rows over {result.agents} agents, hash-chained per agent)")
+        bob = str(ctx["bob"])
+        vec = [0.0] * int(ctx["dim"])  # type: ignore[call-overload]
+        vec[0], vec[1] = 0.9, 0.1
+        hits = reader.recall(vec, k=3, agent_id=bob)
+        print(f"  recall for {bob} (pgvector HNSW, cosine): " + ", ".join(f"{h.text!r} ({h.distance:.3f})" for h in hits))
+        view = reader.agent_state(bob)
+        if view is not None:
+            print(f"  {bob}: status {view.status}, tokens used {view.tokens_used}, left {view.tokens_left}")
+
+
+def _section_time_travel(settings: Settings, ep: Endpoints, ctx: dict[str, object]) -> None:
+    _heading("6. time travel and fork")
+    from aosk.client import KernelClient, ProjectionReader
+    from aosk.kernel import derived_event_id
+
+    alice = str(ctx["alice"])
+    with ProjectionReader.from_settings(settings) as reader:
+        now = reader.agent_state(alice)
+        assert now is not None
+        then = reader.state_at(alice, offset=now.last_offset - 1) if now.last_offset > 0 else None
+        print(f"  {alice} now: seq {now.state.seq}, status {now.status}")
+        if then is not None:
+            print(f"  {alice} one record earlier (aosk state {alice} --at-offset {then.offset}): seq {then.state.seq}, "
+                  f"status {then.state.status}, from {'checkpoint' if then.checkpoint_seq else 'the start'} "
+                  f"+ {then.folded} records")
+    with KernelClient.from_settings(settings, watch_verdicts=True) as kernel:
+        req = kernel.fork(alice, tenant_id="acme", at_seq=2, new_agent_id=f"{alice}-fork")
+        d = req.result()
+        forked = kernel.wait_for_verdict(derived_event_id("AgentForked", req.event_id, d.partition, d.offset), 120)
+        print(f"  aosk fork {alice} --at-seq 2 -> {forked.agent_id}: {forked.verdict}, status {forked.status} "
+              f"(its own audit chain starts at AgentForked)")
+
+
 SECTIONS: tuple[Callable[[Settings, Endpoints], None], ...] = (_section_smoke, _section_events)
 
 
@@ -125,6 +278,13 @@ def run_demo(settings: Settings) -> int:
     ep = _section_stack(settings)
     for section in SECTIONS:
         section(settings, ep)
+    procs = _Processes(settings)
+    try:
+        ctx = _section_kernel(settings, ep, procs)
+        _section_projections(settings, ep, ctx)
+        _section_time_travel(settings, ep, ctx)
+    finally:
+        procs.stop()
     _heading("done")
     print("  the stack keeps running; `.venv/bin/aosk dev status` shows it, `.venv/bin/aosk dev down` stops it")
     return 0
