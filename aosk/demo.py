@@ -176,7 +176,7 @@ def _section_kernel(settings: Settings, ep: Endpoints, procs: _Processes) -> dic
             sp = kernel.spawn(agent_id=a, tenant_id="acme", name=a.split("-")[0], budgets=small,
                               capabilities=["search"])
             v = kernel.wait_for_verdict(sp.event_id, timeout=120)
-            print(f"  {"spawn " + a:52s} -> {v.verdict:8s} {v.reason:22s} status {v.status}")
+            print(f"  {'spawn ' + a:52s} -> {v.verdict:8s} {v.reason:22s} status {v.status}")
             act(f"{a}: AgentStarted", AgentStarted, a)
         act(f"{alice}: AgentStarted again", AgentStarted, alice)
         act(f"{alice}: tool 'search' (allowed)", ToolCallRequested, alice, call_id="c1", tool="search",
