@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
+from aosk._kafka import high_watermark
 from aosk.errors import AoskError, DecodeError
 from aosk.events import decode
 from aosk.kernel import Record
@@ -64,10 +65,7 @@ class JournalReader:
 
     def end_offset(self, partition: int) -> int:
         """The offset the next record of ``partition`` will get."""
-        from confluent_kafka import TopicPartition
-
-        _, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, partition), timeout=10)
-        return int(high)
+        return high_watermark(self._consumer, self._topic, partition)
 
     def offset_for_time(self, partition: int, timestamp_ms: int) -> int:
         """The first offset whose broker timestamp is >= ``timestamp_ms`` (end if none)."""

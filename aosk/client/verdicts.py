@@ -29,6 +29,7 @@ from collections import OrderedDict
 from types import TracebackType
 from typing import Any
 
+from aosk._kafka import high_watermark
 from aosk.config import KafkaSettings
 from aosk.errors import AoskError, DecodeError
 from aosk.events import Transition, decode_transition
@@ -64,7 +65,7 @@ class VerdictWatcher:
                 raise AoskError(f"verdict topic {self._topic} does not exist; run `aosk topics ensure`")
             start = []
             for p in sorted(md.partitions):
-                _, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=10)
+                high = high_watermark(self._consumer, self._topic, p)
                 start.append(TopicPartition(self._topic, p, high))
             self._consumer.assign(start)
         except BaseException:
