@@ -14,7 +14,8 @@ from aosk.errors import AoskError, ConfigError, DevStackError
 from aosk.topics import TopicMismatch
 
 # Modules under aosk.cli that each define register(subparsers).
-COMMAND_MODULES = ("dev", "topics", "events", "bench", "demo", "worker", "project", "db", "audit", "memory", "state", "fork")
+COMMAND_MODULES = ("dev", "topics", "events", "bench", "demo", "worker", "project", "db", "audit", "memory", "state", "fork",
+                   "replay")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     project.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"),
                          help="markdown file to update (default docs/benchmarks.md)")
     project.set_defaults(run=_project)
+    rp = kinds.add_parser("replay", help="aosk replay's rebuild rate vs. the live projection rate, same journal")
+    rp.add_argument("--events", type=int, default=50_000)
+    rp.add_argument("--agents", type=int, default=200)
+    rp.add_argument("--processes", type=int, default=2, help="live aosk project processes (default %(default)s)")
+    rp.add_argument("--batch-max", type=int, default=20_000, help="replay batch size (default %(default)s)")
+    rp.add_argument("--replay-processes", type=int, default=2, help="aosk replay --processes (default %(default)s)")
+    rp.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"),
+                    help="markdown file to update (default docs/benchmarks.md)")
+    rp.set_defaults(run=_replay)
 
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
@@ -48,5 +57,18 @@ def _project(settings: Settings, args: argparse.Namespace) -> int:
     text = report_markdown(result, machine_line())
     print(text)
     write_section(args.output, "project-without-hnsw" if args.without_hnsw else "project", text)
+    print(f"written to {args.output}")
+    return 0
+
+
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from aosk.bench.replay import bench_replay, report_markdown
+    from aosk.bench.report import machine_line, write_section
+
+    result = bench_replay(settings, events=args.events, agents=args.agents, processes=args.processes,
+                          batch_max=args.batch_max, replay_processes=args.replay_processes)
+    text = report_markdown(result, machine_line())
+    print(text)
+    write_section(args.output, "replay", text)
     print(f"written to {args.output}")
     return 0

@@ -1,4 +1,4 @@
-"""``aosk db migrate | status | thin-checkpoints``: the projection database."""
+"""``aosk db migrate | status | thin-checkpoints | digest``: the projection database."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--keep-last", type=int, default=10, help="newest checkpoints kept per agent (default %(default)s)")
     t.add_argument("--keep-every", type=int, default=1000, help="also keep those whose seq is a multiple (default %(default)s)")
     t.set_defaults(run=_thin)
+    d = actions.add_parser("digest", help="sha256 per projection table over its deterministic columns "
+                           "(equal after a rebuild from the journal)")
+    d.add_argument("--schema", default=DEFAULT_SCHEMA, help="projection schema (default %(default)s)")
+    d.add_argument("--format", choices=("text", "json"), default="text", help="output (default %(default)s)")
+    d.set_defaults(run=_digest)
 
 
 def _connect(settings: Settings):  # type: ignore[no-untyped-def]
@@ -82,4 +87,21 @@ def _thin(settings: Settings, args: argparse.Namespace) -> int:
         n = thin(conn, args.schema, keep_last=args.keep_last, keep_every=args.keep_every)
         conn.commit()
     print(f"deleted {n} checkpoints")
+    return 0
+
+
+def _digest(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from aosk.projectors.digest import digest_schema, format_text, schema_exists
+
+    with _connect(settings) as conn:
+        if not schema_exists(conn, args.schema):
+            print(f"schema {args.schema} does not exist", file=__import__("sys").stderr)
+            return 1
+        digests = digest_schema(conn, args.schema)
+    if args.format == "json":
+        print(json.dumps({"schema": args.schema, "tables": digests}, indent=2, sort_keys=True))
+    else:
+        print(format_text(args.schema, digests))
     return 0

@@ -1,0 +1,162 @@
+"""``aosk bench replay``: rebuild rate of ``aosk replay`` next to the live projection rate.
+
+The run: the same realistic workload as ``aosk bench project`` (``aosk.workload``)
+goes to a fresh journal topic while N live ``aosk project`` processes (already in
+their consumer group) project it into a fresh schema -- timed from the first produced
+record to the commit of the last, exactly as ``aosk bench project`` times it. Then
+``aosk replay`` (its first process in process here, plus helper processes) rebuilds that schema from offset 0 over
+the same journal and swaps it in; its rate is records / (catch-up + swap). Both figures
+come from the same run on the same machine, so their ratio is what to read. The
+rebuild's digests are checked against the live schema's (``aosk db digest``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from aosk.config import Settings
+from aosk.endpoints import resolve_endpoints
+from aosk.errors import AoskError
+
+GOAL_RATIO = 1.5
+
+
+@dataclass
+class ReplayBenchResult:
+    events: int
+    agents: int
+    processes: int
+    live_seconds: float
+    replay_seconds: float
+    replay_batch_max: int
+    replay_processes: int
+    swap_records: int
+    lock_ms: float
+    digests_equal: bool
+    load_before: float
+
+    @property
+    def live_per_s(self) -> float:
+        return self.events / self.live_seconds
+
+    @property
+    def replay_per_s(self) -> float:
+        return self.events / self.replay_seconds
+
+    @property
+    def ratio(self) -> float:
+        return self.replay_per_s / self.live_per_s
+
+
+def bench_replay(settings: Settings, *, events: int = 50_000, agents: int = 200, processes: int = 2,
+                 batch_max: int = 20_000, replay_processes: int = 2, seed: int = 42, progress: bool = True) -> ReplayBenchResult:
+    import psycopg
+
+    from aosk.bench.project import _cleanup, _projected, _wait_group
+    from aosk.projectors.db import migrate
+    from aosk.projectors.digest import digest_schema
+    from aosk.projectors.replay import ReplayOptions, replay
+    from aosk.projectors.runner import ensure_journal
+    from aosk.workload import generate_workload, produce_workload
+
+    say = print if progress else (lambda *a, **k: None)
+    ep = resolve_endpoints(settings)
+    run = uuid.uuid4().hex[:8]
+    prefix, schema = f"bench-replay-{run}", f"bench_r_{run}"
+    s = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+        update={"topic_prefix": prefix, "bootstrap_servers": ep.bootstrap})})
+    topic = s.kafka.journal_topic
+    ensure_journal(ep.bootstrap, s)
+    load_before = os.getloadavg()[0]
+    say(f"workload: {events} events over {agents} agents ...", flush=True)
+    w = generate_workload(agents=agents, events=events, seed=seed, garbage_every=1000)
+    total = len(w.items)
+    with psycopg.connect(ep.dsn) as conn:
+        migrate(conn, schema=schema, dimension=settings.memory.embedding_dimension)
+    env = dict(os.environ, AOSK_KAFKA_BOOTSTRAP=ep.bootstrap, AOSK_POSTGRESQL_DSN=ep.dsn, AOSK_TOPIC_PREFIX=prefix,
+               AOSK_KAFKA_PARTITIONS=str(s.kafka.journal_partitions))
+    logdir = Path(tempfile.mkdtemp(prefix="aosk-bench-replay-"))
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "aosk.cli", "project", "--schema", schema], env=env,
+                         stdout=open(logdir / f"projector-{i}.log", "wb"), stderr=subprocess.STDOUT)
+        for i in range(processes)
+    ]
+    poll = None
+    try:
+        try:
+            say(f"live: {processes} projectors (logs in {logdir}) ...", flush=True)
+            _wait_group(ep.bootstrap, f"{prefix}.projectors.{schema}", processes, procs)
+            poll = psycopg.connect(ep.dsn, autocommit=True)
+            t0 = time.perf_counter()
+            produce_workload(ep.bootstrap, topic, w.items)
+            deadline = time.monotonic() + 900
+            while _projected(poll, schema) < total:
+                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                    raise AoskError(f"live projection did not finish; see the logs in {logdir}")
+                time.sleep(0.02)
+            live_s = time.perf_counter() - t0
+            say(f"  {total} events in {live_s:.1f}s: {total / live_s:,.0f} events/s", flush=True)
+        finally:
+            if poll is not None:
+                poll.close()
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(30)
+        with psycopg.connect(ep.dsn) as conn:
+            live_digest = digest_schema(conn, schema)
+        say("replay: rebuilding the same journal from offset 0 ...", flush=True)
+        r = replay(s, ReplayOptions(schema=schema, batch_max=batch_max, drop_old=True, progress=progress,
+                                      processes=replay_processes))
+        if r.records != total:
+            raise AoskError(f"the replay folded {r.records} records, the journal has {total}")
+        with psycopg.connect(ep.dsn) as conn:
+            equal = digest_schema(conn, schema) == live_digest
+        say(f"  {total} events in {r.seconds:.1f}s: {r.events_per_s:,.0f} events/s", flush=True)
+    finally:
+        _cleanup(ep.dsn, ep.bootstrap, schema, prefix)
+        with psycopg.connect(ep.dsn, autocommit=True) as conn:
+            conn.execute(f"drop schema if exists {schema}_shadow cascade")
+    return ReplayBenchResult(events=total, agents=agents, processes=processes, live_seconds=live_s,
+                             replay_seconds=r.seconds, replay_batch_max=batch_max,
+                             replay_processes=replay_processes, swap_records=r.swap_records,
+                             lock_ms=r.lock_ms, digests_equal=equal, load_before=load_before)
+
+
+def report_markdown(r: ReplayBenchResult, machine: str) -> str:
+    verdict = "met" if r.ratio >= GOAL_RATIO else "**not met**"
+    lines = [
+        "## Replay: rebuilding every projection from offset 0 vs. live projection",
+        "",
+        f"`aosk bench replay --events {r.events} --agents {r.agents} --processes {r.processes} "
+        f"--replay-processes {r.replay_processes}` on {machine}; "
+        f"the embedded dev stack; the `aosk bench project` workload (memories with 384-d embeddings, HNSW-indexed); "
+        f"load average {r.load_before:.2f} when the run started. Same journal, same run: first {r.processes} live "
+        f"`aosk project` processes project it as it is produced, then `aosk replay` ({r.replay_processes} processes, "
+        f"batches of {r.replay_batch_max:,}, HNSW index built once at the end) rebuilds it into a shadow schema and swaps it in "
+        f"({r.swap_records:,} records folded under the exclusive lock, held {r.lock_ms:.0f} ms). "
+        f"Digests of the rebuild equal the live schema's: {'yes' if r.digests_equal else '**NO**'}.",
+        "",
+        "| what | seconds | events/s |",
+        "|---|---:|---:|",
+        f"| live: {r.processes} `aosk project` processes, produce + project | {r.live_seconds:.2f} | "
+        f"{r.live_per_s:,.0f} |",
+        f"| rebuild: `aosk replay`, {r.replay_processes} processes, catch-up + index build + swap | {r.replay_seconds:.2f} | "
+        f"**{r.replay_per_s:,.0f}** |",
+        "",
+        f"Rebuild / live: **{r.ratio:.2f}x** (goal: at least {GOAL_RATIO}x, {verdict}).",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,739 @@
+"""``aosk replay``: rebuild every projection from offset 0 into a shadow schema, swap it in.
+
+1. The shadow (default ``<schema>_shadow``) is migrated like the live schema, with the
+   live schema's ``checkpoint_every`` and journal topic.
+2. Catch-up, without any lock: the journal is read with ``assign()`` (no consumer
+   group, nothing committed) from the shadow's own ``projector_offsets``, folded with
+   ``fold_batch`` and written by the same ``ProjectionWriter`` as a live projector
+   (batches of 20,000 records by default; states are hashed only for the rows stored).
+   ``processes`` (default 2) split the partitions between them (helper processes do
+   the catch-up of their share and exit; the first process then catches up every
+   partition and swaps). The shadow's HNSW index is dropped for the catch-up and built
+   once at its end (its definition is kept in ``projection_meta`` for a resumed run).
+   Every partition is folded up to the live schema's ``next_offset`` and no further
+   (the live projectors keep moving it), so the shadow never gets ahead of the live
+   schema.
+3. The swap, in ONE transaction: ``pg_advisory_xact_lock(BATCH_LOCK_KEY)`` (every live
+   batch holds it shared, so no live batch is half-way), fold the few records the live
+   projectors wrote since the catch-up so the shadow stands at exactly the live offsets,
+   then ``alter schema <schema> rename to <schema>_old_<n>`` (or drop it) and ``alter
+   schema <shadow> rename to <schema>``. Tables, views, grants and ``projector_offsets``
+   live inside the schema and move with it; live projectors carry on with their next
+   batch in the new schema (their statements name ``"aosk"."table"``; PostgreSQL
+   invalidates cached plans on a namespace change, so prepared statements are
+   re-resolved -- tests/integration/test_replay.py runs a projector across the swap).
+   Their cached agent states stay valid: the rebuilt rows at the same offsets are the
+   same (the fold is deterministic).
+
+Each catch-up batch commits its rows with the shadow's offsets, so a replay killed at
+any moment is resumed (``resume=True``: from the shadow's offsets, agent states re-read
+from the shadow) or discarded (``discard``); the live schema is only ever touched by
+the swap transaction, which either commits entirely or not at all. When the live
+schema does not exist (PostgreSQL lost), the shadow is built up to the journal's end and
+the swap is just the rename.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+
+from aosk.config import Settings
+from aosk.endpoints import resolve_endpoints
+from aosk.errors import AoskError, DevStackError
+from aosk.journal import record_from_message
+from aosk.kernel import AgentSlot, Record, StateDecodeError, decode_state, pseudo_key
+from aosk.projectors.batch import AgentEntry, fold_batch
+from aosk.projectors.db import (
+    BATCH_LOCK_KEY,
+    DEFAULT_SCHEMA,
+    ProjectionConfigError,
+    check_schema_name,
+    get_meta,
+    migrate,
+    qualified,
+    set_meta,
+)
+from aosk.projectors.digest import schema_exists
+from aosk.projectors.rows import ms_of, storage_key
+from aosk.projectors.runner import _tune_gc, checkpoint_every_of, ensure_journal
+from aosk.projectors.writer import Advance, Fenced, ProjectionWriter, notify_channel, prepare_connection
+
+__all__ = ["ReplayError", "ReplayOptions", "ReplayResult", "Replay", "replay", "discard_shadow", "shadow_name"]
+
+log = logging.getLogger("aosk.replay")
+
+_OFFSET_BEGINNING: Final = -2
+_PARTITION_EOF: Final = -191
+_DEFERRED: Final = "replay_deferred_indexes"
+
+
+class ReplayError(AoskError):
+    """The replay cannot go on (a shadow left by an interrupted replay, another replay
+    running, a partition the fold stops on); the live schema is unchanged."""
+
+
+def shadow_name(schema: str) -> str:
+    return check_schema_name(f"{schema}_shadow")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplayOptions:
+    schema: str = DEFAULT_SCHEMA
+    """The live schema to rebuild."""
+    shadow: str | None = None
+    """Where to rebuild (default ``<schema>_shadow``)."""
+    resume: bool = False
+    """Continue the shadow an interrupted replay left (else it is an error to find one)."""
+    batch_max: int = 20_000
+    """Most records per catch-up transaction."""
+    swap_gap: int = 5_000
+    """Most records left to fold when the exclusive lock is taken (bounds the pause of
+    the live projectors)."""
+    defer_indexes: bool = True
+    """Build the HNSW index once after the catch-up instead of row by row."""
+    drop_old: bool = False
+    """Drop the replaced schema instead of keeping it as ``<schema>_old_<n>``."""
+    progress: bool = True
+    processes: int = 2
+    """Processes folding the catch-up (partitions split between them); the swap is done
+    by the first."""
+    partitions: tuple[int, ...] | None = None
+    """Internal: a helper process's share of the partitions (catch-up only, no swap)."""
+    lock_timeout_s: float = 120.0
+    fault: str | None = None
+    """Tests: ``sigstop:N`` stops this process (SIGSTOP) after N catch-up batches."""
+
+
+@dataclass
+class ReplayResult:
+    schema: str
+    shadow: str
+    old: str | None
+    """Where the replaced live schema went (None: it did not exist, or it was dropped)."""
+    records: int
+    """Records folded by this run (catch-up and swap)."""
+    seconds: float
+    """Catch-up and swap, from the first record read to the commit of the swap."""
+    swap_records: int
+    lock_ms: float
+    """How long the exclusive lock was held."""
+    live_existed: bool
+
+    @property
+    def events_per_s(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+
+def _connect(dsn: str) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(dsn, autocommit=False, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        raise DevStackError(f"cannot connect to PostgreSQL: {e}") from e
+
+
+def _replay_lock(conn: psycopg.Connection[Any], shadow: str) -> None:
+    """A session lock per shadow: one replay (or discard) of a shadow at a time."""
+    row = conn.execute("select pg_try_advisory_lock(hashtext('aosk-replay'), hashtext(%s))", (shadow,)).fetchone()
+    conn.commit()
+    if not row or not row[0]:
+        raise ReplayError(f"another `aosk replay` is working on schema {shadow}")
+
+
+def discard_shadow(settings: Settings, schema: str = DEFAULT_SCHEMA, shadow: str | None = None) -> bool:
+    """Drop the shadow an interrupted replay left; False if there was none."""
+    shadow = shadow or shadow_name(schema)
+    check_schema_name(shadow)
+    if shadow == schema:
+        raise ReplayError("the shadow cannot be the live schema")
+    with _connect(resolve_endpoints(settings).dsn) as conn:
+        _replay_lock(conn, shadow)
+        if not schema_exists(conn, shadow):
+            return False
+        conn.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(shadow)))
+        conn.commit()
+    return True
+
+
+class Replay:
+    def __init__(self, settings: Settings, options: ReplayOptions | None = None) -> None:
+        self.settings = settings
+        self.options = o = options or ReplayOptions()
+        self.schema = check_schema_name(o.schema)
+        self.shadow = check_schema_name(o.shadow or shadow_name(o.schema))
+        if self.shadow == self.schema:
+            raise ReplayError("the shadow cannot be the live schema")
+        ep = resolve_endpoints(settings)
+        self._dsn, self._bootstrap = ep.dsn, ep.bootstrap
+        self.topic = settings.kafka.journal_topic
+        self.owner = f"{settings.node_id}/replay/{os.getpid()}"
+        self._entries: dict[str, AgentEntry] = {}
+        self._absent: set[str] = set()
+        self._fresh = True
+        """Nothing stored in the shadow that is not in ``_entries`` (a replay from 0)."""
+        self._pos: dict[int, int] = {}
+        self._stopped: dict[int, tuple[int, str]] = {}
+        self._eof: set[int] = set()
+        self._paused: set[int] = set()
+        self._seek: set[int] = set()
+        """Partitions to seek back to their position (when resumed, or read beyond the target)."""
+        self._in_swap = False
+        self._admin: Any = None
+        self.checkpoint_every = 0
+        self.records = 0
+        self._batches = 0
+        self._fault_after = None
+        if o.fault:
+            kind, n = o.fault.split(":")
+            if kind != "sigstop":
+                raise ValueError(f"unknown fault {o.fault!r}")
+            self._fault_after = int(n)
+
+    # -- set-up ------------------------------------------------------------------------
+
+    def _setup(self, conn: psycopg.Connection[Any]) -> None:
+        live = schema_exists(conn, self.schema)
+        every: str | None = None
+        if live:
+            try:
+                every = get_meta(conn, self.schema, "checkpoint_every")
+                topic = get_meta(conn, self.schema, "journal_topic")
+            except psycopg.errors.UndefinedTable:
+                conn.rollback()
+                topic = None
+            conn.commit()
+            if topic is not None and topic != self.topic:
+                raise ProjectionConfigError(
+                    f"schema {self.schema} projects journal {topic}, this process reads {self.topic}; "
+                    "use the right topic prefix"
+                )
+        had_shadow = schema_exists(conn, self.shadow)
+        conn.commit()
+        if had_shadow and not self.options.resume:
+            raise ReplayError(
+                f"schema {self.shadow} exists: an earlier replay was interrupted. `aosk replay --resume` continues "
+                f"it, `aosk replay --discard` drops it"
+            )
+        self._fresh = not had_shadow
+        migrate(conn, schema=self.shadow, dimension=self.settings.memory.embedding_dimension,
+                checkpoint_every=int(every) if every is not None else None)
+        with conn.transaction():
+            have = get_meta(conn, self.shadow, "journal_topic")
+            if have is None:
+                set_meta(conn, self.shadow, "journal_topic", self.topic)
+            elif have != self.topic:
+                raise ProjectionConfigError(f"schema {self.shadow} projects journal {have}, not {self.topic}")
+            self.checkpoint_every = checkpoint_every_of(conn, self.shadow)
+            conn.execute(
+                sql.SQL(
+                    "insert into {} (partition, next_offset) select p, 0 from generate_series(0, %s) p "
+                    "on conflict do nothing"
+                ).format(qualified(self.shadow, "projector_offsets")),
+                (self.settings.kafka.journal_partitions - 1,),
+            )
+            rows = conn.execute(
+                sql.SQL("select partition, next_offset from {}").format(qualified(self.shadow, "projector_offsets"))
+            ).fetchall()
+        self._pos = {int(p): int(o) for p, o in rows}
+        if self.options.partitions is not None:
+            self._pos = {p: o for p, o in self._pos.items() if p in self.options.partitions}
+            return
+        if not had_shadow and self.options.defer_indexes:
+            self._defer_indexes(conn)
+        if had_shadow:
+            log.info("resuming %s at offsets %s", self.shadow, dict(sorted(self._pos.items())))
+
+    def _defer_indexes(self, conn: psycopg.Connection[Any]) -> None:
+        """Drop the shadow's HNSW indexes for the catch-up (one bulk build at the end is
+        far cheaper than maintaining the graph row by row); their definitions are kept
+        in ``projection_meta`` so a resumed replay builds them too."""
+        with conn.transaction():
+            defs = conn.execute(
+                "select indexname, indexdef from pg_indexes where schemaname = %s and indexdef ilike %s",
+                (self.shadow, "% using hnsw %"),
+            ).fetchall()
+            if not defs:
+                return
+            for name, _ in defs:
+                conn.execute(sql.SQL("drop index {}").format(qualified(self.shadow, name)))
+            set_meta(conn, self.shadow, _DEFERRED, json.dumps([d for _, d in defs]))
+
+    def _build_deferred(self, conn: psycopg.Connection[Any]) -> bool:
+        """Create the indexes ``_defer_indexes`` dropped; False if there were none."""
+        raw = get_meta(conn, self.shadow, _DEFERRED)
+        conn.commit()
+        if raw is None:
+            return False
+        t = time.monotonic()
+        with conn.transaction():
+            conn.execute("set local maintenance_work_mem = '1GB'")
+            conn.execute("set local max_parallel_maintenance_workers = 2")
+            for d in json.loads(raw):
+                conn.execute(d.encode())
+            conn.execute(sql.SQL("delete from {} where key = %s").format(qualified(self.shadow, "projection_meta")),
+                         (_DEFERRED,))
+        log.info("built the deferred indexes of %s in %.1fs", self.shadow, time.monotonic() - t)
+        return True
+
+    def _consumer(self) -> Any:
+        from confluent_kafka import Consumer, TopicPartition
+
+        c = Consumer({
+            "bootstrap.servers": self._bootstrap,
+            "group.id": f"aosk-replay-{uuid.uuid4().hex[:8]}",  # assign() only; nothing committed
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            "fetch.message.max.bytes": 8 * 1024 * 1024,
+            "queued.max.messages.kbytes": 262144,
+            "log_level": 3,
+        })
+        c.assign([TopicPartition(self.topic, p, o if o > 0 else _OFFSET_BEGINNING) for p, o in self._pos.items()])
+        return c
+
+    # -- targets ------------------------------------------------------------------------
+
+    def _targets(self, conn: psycopg.Connection[Any], consumer: Any, *, fresh: bool = False) -> tuple[dict[int, int], bool]:
+        """Where each partition must get to: the live offsets, else the journal's end."""
+        from confluent_kafka import TopicPartition
+
+        live = schema_exists(conn, self.schema)
+        caps: dict[int, int] = {}
+        if live:
+            try:
+                rows = conn.execute(
+                    sql.SQL("select partition, next_offset from {}").format(qualified(self.schema, "projector_offsets"))
+                ).fetchall()
+                caps = {int(p): int(o) for p, o in rows}
+            except psycopg.errors.UndefinedTable:
+                live = False
+        conn.commit()
+        if not live:
+            ends = self._end_offsets() if fresh else {}
+            for p in self._pos:
+                if p in ends:
+                    caps[p] = ends[p]
+                    continue
+                _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10, cached=True)
+                if high is None or high < 0:
+                    _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+                caps[p] = int(high)
+        return {p: caps.get(p, 0) for p in self._pos}, live
+
+    def _end_offsets(self) -> dict[int, int]:
+        """The journal's end offsets (last stable offset), all partitions in one request."""
+        from confluent_kafka import IsolationLevel, TopicPartition
+        from confluent_kafka.admin import AdminClient, OffsetSpec
+
+        if self._admin is None:
+            self._admin = AdminClient({"bootstrap.servers": self._bootstrap, "log_level": 3})
+        req = {TopicPartition(self.topic, p): OffsetSpec.latest() for p in self._pos}
+        res = self._admin.list_offsets(req, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10)
+        return {tp.partition: int(f.result(15).offset) for tp, f in res.items()}
+
+    def _gap(self, caps: dict[int, int], live: bool) -> int:
+        n = 0
+        for p, pos in self._pos.items():
+            if p in self._stopped or (not live and p in self._eof):
+                continue
+            n += max(0, caps[p] - pos)
+        return n
+
+    # -- folding ------------------------------------------------------------------------
+
+    def _load(self, conn: psycopg.Connection[Any], parts: dict[int, list[Record]]) -> dict[str, int]:
+        """Resume only: the stored shadow entries of the batch's uncached keys."""
+        if self._fresh:
+            return {}
+        want: dict[str, tuple[str, int]] = {}
+        for p, recs in parts.items():
+            for key in {pseudo_key(p) if r.key is None else r.key for r in recs} | {pseudo_key(p)}:
+                if key not in self._entries and key not in self._absent:
+                    want[storage_key(key)] = (key, p)
+        if not want:
+            return {}
+        rows = conn.execute(
+            sql.SQL(
+                "select agent_id, journal_partition, state, last_offset, audit_head, accepted, rejected, duplicates,"
+                " updated_at from {} where agent_id = any(%s)"
+            ).format(qualified(self.shadow, "agent_state")),
+            (list(want),),
+        ).fetchall()
+        if not self._in_swap:
+            conn.commit()  # else the writer's transaction would be a savepoint of this one
+        found = {r[0] for r in rows}
+        for sk, (key, _p) in want.items():
+            if sk not in found:
+                self._absent.add(key)
+        moved: dict[str, int] = {}
+        for agent_id, partition, state, last_offset, head, acc, rej, dup, updated_at in rows:
+            key, p = want[agent_id]
+            if partition != p:
+                moved[key] = partition
+                continue
+            try:
+                st = decode_state(bytes(state))
+            except StateDecodeError as e:
+                raise ReplayError(f"agent_state of {key} in {self.shadow} does not decode ({e}); --discard it") from e
+            self._entries[key] = AgentEntry(AgentSlot(st, last_offset, ()), bytes(head), (acc, rej, dup), p,
+                                            ms_of(updated_at))
+        return moved
+
+    def _fold_write(self, conn: psycopg.Connection[Any], writer: ProjectionWriter,
+                    parts: dict[int, list[Record]]) -> int:
+        moved = self._load(conn, parts)
+        batch = fold_batch(parts, self._entries.get, checkpoint_every=self.checkpoint_every,
+                           owner_of=moved.get if moved else None)
+        advances = [Advance(p, self._pos[p], end, last_ms) for p, (end, last_ms) in batch.ends.items()]
+        if advances:
+            try:
+                writer.write(conn, batch, advances)
+            except Fenced as e:
+                raise ReplayError(f"{e}: another process writes {self.shadow}") from e
+        for key, e in batch.entries.items():
+            if e.slot.recent:
+                e = replace(e, slot=AgentSlot(e.slot.state, e.slot.last_offset, ()))
+            self._entries[key] = e
+        for a in advances:
+            self._pos[a.partition] = a.end
+        for s in batch.stops:
+            self._stopped[s.partition] = (s.offset, s.reason)
+            log.critical("partition %d STOPPED at offset %d in the rebuild: %s", s.partition, s.offset, s.reason)
+        return len(batch.outcomes)
+
+    def _take(self, msgs: list[Any], caps: dict[int, int], over: set[int]) -> dict[int, list[Record]]:
+        parts: dict[int, list[Record]] = {}
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == _PARTITION_EOF:
+                    self._eof.add(m.partition())
+                    continue
+                raise ReplayError(f"reading {self.topic}[{m.partition()}]: {err.str()}")
+            p, o = m.partition(), m.offset()
+            if p in self._stopped or p in self._paused:
+                continue
+            if o < self._pos[p]:
+                continue
+            if o >= caps[p]:
+                over.add(p)
+                continue
+            self._eof.discard(p)
+            recs = parts.get(p)
+            if recs is None:
+                recs = parts[p] = []
+            elif o <= recs[-1].offset:
+                continue
+            recs.append(record_from_message(m))
+        return parts
+
+    def _park(self, consumer: Any, caps: dict[int, int], over: set[int]) -> None:
+        """Pause partitions that reached their target (or were read beyond it); resume
+        those whose target moved on, seeking them back to their position."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        for p in sorted(self._pos):
+            at_cap = self._pos[p] >= caps[p] or p in self._stopped
+            if (at_cap or p in over) and p not in self._paused:
+                consumer.pause([TopicPartition(self.topic, p)])
+                self._paused.add(p)
+                self._seek.add(p)
+            elif not at_cap and p not in over and p in self._paused:
+                consumer.resume([TopicPartition(self.topic, p)])
+                self._paused.discard(p)
+        for p in sorted(self._seek - self._paused):
+            try:
+                consumer.seek(TopicPartition(self.topic, p, self._pos[p] if self._pos[p] > 0 else _OFFSET_BEGINNING))
+                self._seek.discard(p)
+            except KafkaException as e:
+                log.debug("seek of partition %d not possible yet (%s); retrying", p, e)
+
+    # -- the run ------------------------------------------------------------------------
+
+    def run(self) -> ReplayResult:
+        from tqdm import tqdm
+
+        ensure_journal(self._bootstrap, self.settings)
+        _tune_gc()  # the projectors' measured setting: far fewer cyclic collections while folding
+        helper = self.options.partitions is not None
+        conn = _connect(self._dsn)
+        try:
+            if not helper:
+                _replay_lock(conn, self.shadow)
+                # a barrier: helper processes of an interrupted run (which exit when their parent is gone) are gone
+                conn.execute("select pg_advisory_lock(hashtext('aosk-replay-helpers'), hashtext(%s))", (self.shadow,))
+                conn.execute("select pg_advisory_unlock(hashtext('aosk-replay-helpers'), hashtext(%s))", (self.shadow,))
+            else:
+                conn.execute("select pg_advisory_lock_shared(hashtext('aosk-replay-helpers'), hashtext(%s))",
+                             (self.shadow,))
+            conn.execute("set synchronous_commit = off")
+            conn.commit()
+            self._setup(conn)
+            start_total = self._shadow_total(conn)
+            oid = prepare_connection(conn, self.shadow)
+            writer = ProjectionWriter(self.shadow, vector_oid=oid, owner=self.owner)
+            t0 = time.monotonic()
+            total = start_total
+            if not helper:
+                c = self._consumer()
+                try:
+                    total = max(start_total, sum(self._targets(conn, c, fresh=True)[0].values()))
+                finally:
+                    c.close()
+            helpers = [] if helper else self._spawn_helpers()
+            bar = tqdm(total=total, initial=start_total, unit="ev", unit_scale=True,
+                       desc=f"replay {self.schema}", disable=helper or not self.options.progress, smoothing=0.1,
+                       mininterval=0.5)
+            try:
+                consumer = self._consumer()
+                try:
+                    final = not helper and not helpers
+                    live = self._catch_up(conn, writer, consumer, bar, final=final)
+                    log.info("partitions %s caught up: %d records in %.1fs", sorted(self._pos), self.records,
+                             time.monotonic() - t0)
+                    if helper:
+                        return ReplayResult(self.schema, self.shadow, None, self.records, 0.0, 0, 0.0, live)
+                    if helpers:
+                        self._join_helpers(helpers, conn, bar)
+                        consumer.close()
+                        consumer = None
+                        self._all_partitions(conn)
+                        consumer = self._consumer()
+                        live = self._catch_up(conn, writer, consumer, bar, final=True)
+                    old, swapped, lock_ms = self._swap(conn, writer, consumer)
+                    bar.update(swapped)
+                finally:
+                    if consumer is not None:
+                        consumer.close()
+                    for h in helpers:
+                        if h.is_alive():
+                            h.kill()
+                            h.join(10)
+            finally:
+                bar.close()
+            seconds = time.monotonic() - t0
+            records = self._shadow_total_in(conn, self.schema) - start_total
+        finally:
+            conn.close()
+        return ReplayResult(self.schema, self.shadow, old, records, seconds, swapped, lock_ms, live)
+
+    def _shadow_total(self, conn: psycopg.Connection[Any]) -> int:
+        return self._shadow_total_in(conn, self.shadow)
+
+    @staticmethod
+    def _shadow_total_in(conn: psycopg.Connection[Any], schema: str) -> int:
+        row = conn.execute(sql.SQL("select coalesce(sum(next_offset), 0) from {}").format(
+            qualified(schema, "projector_offsets"))).fetchone()
+        conn.commit()
+        return int(row[0]) if row else 0
+
+    def _spawn_helpers(self) -> list[Any]:
+        """Processes 2..N of the catch-up, each folding its own share of the partitions
+        into the shadow (the fold is CPU-bound Python: one process per core)."""
+        import multiprocessing
+
+        n = min(self.options.processes, len(self._pos))
+        if n <= 1:
+            return []
+        parts = sorted(self._pos)
+        groups = [tuple(parts[i::n]) for i in range(n)]
+        self._pos = {p: self._pos[p] for p in groups[0]}
+        ctx = multiprocessing.get_context("spawn")
+        procs = []
+        for g in groups[1:]:
+            opts = replace(self.options, partitions=g, resume=True, progress=False, fault=None)
+            pr = ctx.Process(target=_helper_main, args=(self.settings, opts, os.getpid()), daemon=True,
+                             name=f"aosk-replay-{g}")
+            pr.start()
+            procs.append(pr)
+        return procs
+
+    def _join_helpers(self, helpers: list[Any], conn: psycopg.Connection[Any], bar: Any) -> None:
+        while any(h.is_alive() for h in helpers):
+            for h in helpers:
+                h.join(0.5)
+            bar.n = self._shadow_total(conn)
+            bar.refresh()
+        bad = [h.exitcode for h in helpers if h.exitcode != 0]
+        if bad:
+            raise ReplayError(f"a replay helper process failed (exit codes {bad}); `aosk replay --resume` continues")
+
+    def _all_partitions(self, conn: psycopg.Connection[Any]) -> None:
+        """After the helpers: every partition, positions from the shadow; agent states
+        of the helpers' partitions are read from the shadow when they show up."""
+        rows = conn.execute(
+            sql.SQL("select partition, next_offset from {}").format(qualified(self.shadow, "projector_offsets"))
+        ).fetchall()
+        conn.commit()
+        self._pos = {int(p): int(o) for p, o in rows}
+        self._fresh = False
+        self._absent.clear()
+        self._paused.clear()
+        self._seek.clear()
+        self._eof.clear()
+
+    def _catch_up(self, conn: psycopg.Connection[Any], writer: ProjectionWriter, consumer: Any, bar: Any, *,
+                  final: bool) -> bool:
+        """Fold up to (nearly) the targets; ``final``: build the deferred indexes first."""
+        caps, live = self._targets(conn, consumer, fresh=True)
+        refreshed = time.monotonic()
+        while True:
+            over: set[int] = set()
+            self._park(consumer, caps, over)
+            gap = self._gap(caps, live)
+            if gap == 0 or (live and gap <= self.options.swap_gap and not self._seek):
+                if final and self._build_deferred(conn):
+                    continue  # the live projectors moved on meanwhile
+                return live
+            msgs = consumer.consume(num_messages=self.options.batch_max, timeout=0.5)
+            parts = self._take(msgs, caps, over)
+            if parts:
+                n = self._fold_write(conn, writer, parts)
+                self.records += n
+                bar.update(n)
+                self._batches += 1
+                if self._fault_after is not None and self._batches >= self._fault_after:
+                    self._fault_after = None
+                    log.warning("fault injection: stopping this process (SIGSTOP)")
+                    os.kill(os.getpid(), signal.SIGSTOP)
+            self._park(consumer, caps, over)
+            now = time.monotonic()
+            if over or now - refreshed > 1.0 or not parts:
+                caps, live = self._targets(conn, consumer, fresh=not parts)
+                if final:
+                    bar.total = max(sum(caps.values()), bar.n)
+                elif self.options.partitions is None:
+                    bar.n = self._shadow_total(conn)  # with the helpers' records
+                    bar.total = max(bar.total, bar.n)
+                bar.refresh()
+                refreshed = now
+
+    def _read_ranges(self, consumer: Any, caps: dict[int, int]) -> dict[int, list[Record]]:
+        """Every record from the shadow's position up to the target, per partition."""
+        from confluent_kafka import TopicPartition
+
+        todo = {p for p, pos in self._pos.items() if caps[p] > pos and p not in self._stopped}
+        parts: dict[int, list[Record]] = {}
+        if not todo:
+            return parts
+        tps = [TopicPartition(self.topic, p, self._pos[p] if self._pos[p] > 0 else _OFFSET_BEGINNING) for p in todo]
+        consumer.resume(tps)
+        self._paused -= todo
+        for tp in tps:
+            for attempt in range(50):
+                try:
+                    consumer.seek(tp)
+                    break
+                except Exception:  # noqa: BLE001 - the fetcher is not started yet
+                    if attempt == 49:
+                        raise
+                    consumer.consume(num_messages=1, timeout=0.1)
+        self._seek -= todo
+        deadline = time.monotonic() + 60
+        while todo:
+            if time.monotonic() > deadline:
+                raise ReplayError(f"could not read partitions {sorted(todo)} up to the live offsets within 60s")
+            for m in consumer.consume(num_messages=self.options.batch_max, timeout=0.5):
+                err = m.error()
+                p = m.partition()
+                if err is not None:
+                    if err.code() == _PARTITION_EOF:
+                        continue  # possibly from before the seek; the deadline catches a short journal
+                    raise ReplayError(f"reading {self.topic}[{p}]: {err.str()}")
+                if p not in todo:
+                    continue
+                o = m.offset()
+                recs = parts.setdefault(p, [])
+                if o < self._pos[p] or (recs and o <= recs[-1].offset):
+                    continue
+                if o < caps[p]:
+                    recs.append(record_from_message(m))
+                if o + 1 >= caps[p]:
+                    todo.discard(p)
+                    consumer.pause([TopicPartition(self.topic, p)])
+        return {p: r for p, r in parts.items() if r}
+
+    def _swap(self, conn: psycopg.Connection[Any], writer: ProjectionWriter, consumer: Any) -> tuple[str | None, int, float]:
+        s, sh = sql.Identifier(self.schema), sql.Identifier(self.shadow)
+        swapped = 0
+        with conn.transaction():
+            conn.execute(f"set local lock_timeout = {int(self.options.lock_timeout_s * 1000)}")
+            conn.execute("select pg_advisory_xact_lock(%s)", (BATCH_LOCK_KEY,))
+            t_lock = time.monotonic()
+            live = schema_exists(conn, self.schema)
+            old: str | None = None
+            if live:
+                rows = conn.execute(
+                    sql.SQL("select partition, next_offset from {}").format(qualified(self.schema, "projector_offsets"))
+                ).fetchall()
+                caps = {int(p): int(o) for p, o in rows}
+                for p in self._pos:
+                    caps.setdefault(p, 0)
+                ahead = {p: (self._pos[p], caps[p]) for p in self._pos if self._pos[p] > caps[p]}
+                if ahead:
+                    raise ReplayError(f"the rebuild is ahead of the live schema on partitions {ahead}; was the live "
+                                      "schema reset meanwhile? nothing was changed")
+                parts = self._read_ranges(consumer, caps)
+                if parts:
+                    self._in_swap = True
+                    swapped = self._fold_write(conn, writer, parts)
+                    self.records += swapped
+                behind = {p: (self._pos[p], caps[p]) for p in self._pos if self._pos[p] != caps[p]}
+                if behind:
+                    why = {p: self._stopped[p][1] for p in behind if p in self._stopped}
+                    raise ReplayError(f"the rebuild cannot reach the live offsets on partitions {behind} ({why}); "
+                                      "the live schema is unchanged")
+                conn.execute(
+                    sql.SQL(
+                        "update {sh} s set high_watermark = l.high_watermark, last_record_at = l.last_record_at, "
+                        "committed_at = l.committed_at, owner = l.owner from {lv} l where s.partition = l.partition"
+                    ).format(sh=qualified(self.shadow, "projector_offsets"), lv=qualified(self.schema, "projector_offsets"))
+                )
+                if self.options.drop_old:
+                    conn.execute(sql.SQL("drop schema {} cascade").format(s))
+                else:
+                    old = self._old_name(conn)
+                    conn.execute(sql.SQL("alter schema {} rename to {}").format(s, sql.Identifier(old)))
+            conn.execute(sql.SQL("alter schema {} rename to {}").format(sh, s))
+            conn.execute("select pg_notify(%s, '')", (notify_channel(self.schema),))
+        lock_ms = (time.monotonic() - t_lock) * 1000
+        log.info("swapped %s in (%d records folded under the lock, %.0f ms)%s", self.schema, swapped, lock_ms,
+                 f"; the replaced schema is {old}" if old else "")
+        return old, swapped, lock_ms
+
+    def _old_name(self, conn: psycopg.Connection[Any]) -> str:
+        rows = conn.execute("select nspname from pg_namespace where nspname like %s", (f"{self.schema}\\_old\\_%",)).fetchall()
+        prefix = f"{self.schema}_old_"
+        ns = [int(r[0][len(prefix):]) for r in rows if r[0][len(prefix):].isdigit()]
+        return check_schema_name(f"{prefix}{max(ns, default=0) + 1}")
+
+
+def _helper_main(settings: Settings, options: ReplayOptions, parent: int) -> None:
+    """A helper process: catch up its partitions, exit when the parent is gone."""
+    import threading
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(3)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True).start()
+    Replay(settings, options).run()
+
+
+def replay(settings: Settings, options: ReplayOptions | None = None) -> ReplayResult:
+    return Replay(settings, options).run()
