@@ -14,8 +14,10 @@ from aosk.errors import AoskError, ConfigError, DevStackError
 from aosk.topics import TopicMismatch
 
 # Modules under aosk.cli that each define register(subparsers).
-COMMAND_MODULES = ("dev", "topics", "events", "bench", "demo", "worker", "project", "db", "audit", "memory", "state", "fork",
-                   "replay")
+COMMAND_MODULES = (
+    "dev", "topics", "events", "worker", "project", "db", "audit", "memory", "state", "fork", "replay",
+    "kernel", "bench", "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -124,14 +124,19 @@ class DeliveringProducer:
                 self._waiters -= 1
 
     def produce(
-        self, topic: str, *, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
+        self, topic: str, *, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
     ) -> DeliveryFuture:
         if self._closed.is_set():
             raise DeliveryError("the producer is closed")
         future = DeliveryFuture(self)
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=future._complete)
+                if partition is None:
+                    self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=future._complete)
+                else:
+                    self._producer.produce(topic, value=value, key=key, headers=headers, partition=partition,
+                                           on_delivery=future._complete)
                 return future
             except BufferError:
                 # Local queue full: wait for deliveries to drain it (back-pressure, no loss).
