@@ -27,6 +27,7 @@ from aosk.kernel import (
     AgentSlot,
     Record,
     apply,
+    decode_state,
     encode_state,
     pseudo_key,
     state_hash,
@@ -34,7 +35,16 @@ from aosk.kernel import (
 from aosk.kernel.state import Status
 from aosk.projectors.checkpoints import checkpoint_reason
 from aosk.projectors.memory import MemoryOp, memory_ops
-from aosk.projectors.rows import GENESIS, agent_row, audit_row, checkpoint_row, count_verdict, link, verdict_bytes
+from aosk.projectors.rows import (
+    GENESIS,
+    agent_row,
+    audit_row,
+    checkpoint_row,
+    count_verdict,
+    link,
+    ms_of,
+    verdict_bytes,
+)
 
 __all__ = ["AgentEntry", "Outcome", "PartitionStop", "FoldedBatch", "fold_batch", "Inconsistent"]
 
@@ -60,6 +70,13 @@ class AgentEntry:
     partition: int
     updated_ms: int
     """LogAppendTime of the last record applied."""
+
+    @classmethod
+    def from_stored(cls, state: bytes, last_offset: int, head: bytes, counts: tuple[int, int, int],
+                    partition: int, updated_at: Any) -> AgentEntry:
+        """The entry an ``agent_state`` row holds (raises ``StateDecodeError``)."""
+        return cls(AgentSlot(decode_state(bytes(state)), last_offset, ()), bytes(head), counts, partition,
+                   ms_of(updated_at))
 
     def row(self) -> tuple[Any, ...]:
         st = self.slot.state

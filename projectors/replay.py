@@ -51,7 +51,7 @@ from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import AoskError, DevStackError
 from aosk.journal import record_from_message
-from aosk.kernel import AgentSlot, Record, StateDecodeError, decode_state, pseudo_key
+from aosk.kernel import AgentSlot, Record, StateDecodeError, pseudo_key
 from aosk.projectors.batch import AgentEntry, fold_batch
 from aosk.projectors.db import (
     BATCH_LOCK_KEY,
@@ -64,7 +64,7 @@ from aosk.projectors.db import (
     set_meta,
 )
 from aosk.projectors.digest import schema_exists
-from aosk.projectors.rows import ms_of, storage_key
+from aosk.projectors.rows import storage_key
 from aosk.projectors.runner import _tune_gc, checkpoint_every_of, ensure_journal
 from aosk.projectors.writer import Advance, Fenced, ProjectionWriter, notify_channel, prepare_connection
 
@@ -383,11 +383,9 @@ class Replay:
                 moved[key] = partition
                 continue
             try:
-                st = decode_state(bytes(state))
+                self._entries[key] = AgentEntry.from_stored(state, last_offset, head, (acc, rej, dup), p, updated_at)
             except StateDecodeError as e:
                 raise ReplayError(f"agent_state of {key} in {self.shadow} does not decode ({e}); --discard it") from e
-            self._entries[key] = AgentEntry(AgentSlot(st, last_offset, ()), bytes(head), (acc, rej, dup), p,
-                                            ms_of(updated_at))
         return moved
 
     def _fold_write(self, conn: psycopg.Connection[Any], writer: ProjectionWriter,

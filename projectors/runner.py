@@ -36,7 +36,7 @@ from psycopg import sql
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import AoskError, DevStackError
-from aosk.kernel import LATEST_VERSION, AgentSlot, Record, StateDecodeError, decode_state, params_for, pseudo_key
+from aosk.kernel import LATEST_VERSION, AgentSlot, Record, StateDecodeError, params_for, pseudo_key
 from aosk.journal import record_from_message
 from aosk.projectors.batch import AgentEntry, FoldedBatch, Inconsistent, fold_batch
 from aosk.projectors.db import (
@@ -48,7 +48,7 @@ from aosk.projectors.db import (
     qualified,
     set_meta,
 )
-from aosk.projectors.rows import ms_of, storage_key
+from aosk.projectors.rows import storage_key
 from aosk.projectors.writer import Advance, Fenced, ProjectionWriter, prepare_connection
 
 __all__ = ["ProjectorOptions", "Projector", "checkpoint_every_of"]
@@ -388,11 +388,9 @@ class Projector:
                 moved[key] = partition
                 continue
             try:
-                st = decode_state(bytes(state))
+                self._entries[key] = AgentEntry.from_stored(state, last_offset, head, (acc, rej, dup), p, updated_at)
             except StateDecodeError as e:
                 raise Inconsistent(f"agent_state of {key} does not decode: {e}") from e
-            self._entries[key] = AgentEntry(AgentSlot(st, last_offset, ()), bytes(head), (acc, rej, dup), p,
-                                            ms_of(updated_at))
             self._keys.setdefault(p, set()).add(key)
         return moved
 
