@@ -22,11 +22,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from aosk.config import Settings
-from aosk.endpoints import resolve_endpoints
+from aosk.endpoints import Endpoints, resolve_endpoints
 from aosk.errors import AoskError
+
+if TYPE_CHECKING:
+    from aosk.workload import Workload
 
 
 @dataclass
@@ -155,6 +159,38 @@ def _projected(conn: Any, schema: str) -> int:
 # --- the benchmark --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class BenchJournal:
+    """A fresh journal topic and projection schema name for one benchmark run, and the
+    workload to produce into it (shared by ``bench project`` and ``bench replay``)."""
+
+    endpoints: Endpoints
+    settings: Settings
+    """The caller's settings with the fresh topic prefix."""
+    prefix: str
+    schema: str
+    load_before: float
+    """Load average when the run started (a busy machine skews every figure)."""
+    workload: Workload
+
+
+def fresh_bench_journal(settings: Settings, *, kind: str, events: int, agents: int, seed: int,
+                        say: Callable[..., None]) -> BenchJournal:
+    from aosk.projectors.runner import ensure_journal
+    from aosk.workload import generate_workload
+
+    ep = resolve_endpoints(settings)
+    run = uuid.uuid4().hex[:8]
+    prefix, schema = f"bench-{kind}-{run}", f"bench_{kind}_{run}"
+    s = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+        update={"topic_prefix": prefix, "bootstrap_servers": ep.bootstrap})})
+    ensure_journal(ep.bootstrap, s)
+    load_before = os.getloadavg()[0]
+    say(f"workload: {events} events over {agents} agents ...", flush=True)
+    workload = generate_workload(agents=agents, events=events, seed=seed, garbage_every=1000)
+    return BenchJournal(ep, s, prefix, schema, load_before, workload)
+
+
 def bench_project(settings: Settings, *, events: int = 50_000, agents: int = 200, processes: int = 2,
                   seed: int = 42, without_hnsw: bool = False, progress: bool = True) -> ProjectResult:
     """``without_hnsw``: drop the memories' HNSW index first (diagnosis: what the
@@ -162,20 +198,12 @@ def bench_project(settings: Settings, *, events: int = 50_000, agents: int = 200
     import psycopg
 
     from aosk.projectors.db import migrate
-    from aosk.projectors.runner import ensure_journal
-    from aosk.workload import generate_workload, produce_workload
+    from aosk.workload import produce_workload
 
     say = print if progress else (lambda *a, **k: None)
-    ep = resolve_endpoints(settings)
-    run = uuid.uuid4().hex[:8]
-    prefix, schema = f"bench-{run}", f"bench_{run}"
-    s = settings.model_copy(update={"kafka": settings.kafka.model_copy(
-        update={"topic_prefix": prefix, "bootstrap_servers": ep.bootstrap})})
+    bj = fresh_bench_journal(settings, kind="project", events=events, agents=agents, seed=seed, say=say)
+    ep, s, prefix, schema, load_before, w = bj.endpoints, bj.settings, bj.prefix, bj.schema, bj.load_before, bj.workload
     topic = s.kafka.journal_topic
-    ensure_journal(ep.bootstrap, s)
-    load_before = os.getloadavg()[0]
-    say(f"workload: {events} events over {agents} agents ...", flush=True)
-    w = generate_workload(agents=agents, events=events, seed=seed, garbage_every=1000)
     total = len(w.items)
     embeddings = sum(1 for i in w.items if getattr(i, "embedding", None) is not None)
     dim = settings.memory.embedding_dimension

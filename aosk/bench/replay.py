@@ -18,12 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from aosk.config import Settings
-from aosk.endpoints import resolve_endpoints
 from aosk.errors import AoskError
 
 GOAL_RATIO = 1.5
@@ -60,24 +58,16 @@ def bench_replay(settings: Settings, *, events: int = 50_000, agents: int = 200,
                  batch_max: int = 20_000, replay_processes: int = 2, seed: int = 42, progress: bool = True) -> ReplayBenchResult:
     import psycopg
 
-    from aosk.bench.project import _cleanup, _projected, _wait_group
+    from aosk.bench.project import _cleanup, _projected, _wait_group, fresh_bench_journal
     from aosk.projectors.db import migrate
     from aosk.projectors.digest import digest_schema
     from aosk.projectors.replay import ReplayOptions, replay
-    from aosk.projectors.runner import ensure_journal
-    from aosk.workload import generate_workload, produce_workload
+    from aosk.workload import produce_workload
 
     say = print if progress else (lambda *a, **k: None)
-    ep = resolve_endpoints(settings)
-    run = uuid.uuid4().hex[:8]
-    prefix, schema = f"bench-replay-{run}", f"bench_r_{run}"
-    s = settings.model_copy(update={"kafka": settings.kafka.model_copy(
-        update={"topic_prefix": prefix, "bootstrap_servers": ep.bootstrap})})
+    bj = fresh_bench_journal(settings, kind="replay", events=events, agents=agents, seed=seed, say=say)
+    ep, s, prefix, schema, load_before, w = bj.endpoints, bj.settings, bj.prefix, bj.schema, bj.load_before, bj.workload
     topic = s.kafka.journal_topic
-    ensure_journal(ep.bootstrap, s)
-    load_before = os.getloadavg()[0]
-    say(f"workload: {events} events over {agents} agents ...", flush=True)
-    w = generate_workload(agents=agents, events=events, seed=seed, garbage_every=1000)
     total = len(w.items)
     with psycopg.connect(ep.dsn) as conn:
         migrate(conn, schema=schema, dimension=settings.memory.embedding_dimension)
