@@ -151,6 +151,19 @@ def _wait_group(bootstrap: str, group: str, members: int, procs: list[subprocess
     raise AoskError(f"the {members} projectors did not form a stable consumer group within 120s")
 
 
+def _stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+    """SIGTERM every projector (a clean stop commits), SIGKILL what outlives ``timeout``."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(30)
+
+
 def _projected(conn: Any, schema: str) -> int:
     row = conn.execute(f"select coalesce(sum(next_offset), 0) from {schema}.projector_offsets").fetchone()
     return int(row[0]) if row else 0
@@ -251,14 +264,7 @@ def bench_project(settings: Settings, *, events: int = 50_000, agents: int = 200
     finally:
         if poll is not None:
             poll.close()
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop_all(procs)
     result = ProjectResult(
         events=total, agents=agents, processes=processes, embeddings=embeddings, e2e_seconds=t1 - t0,
         produce_seconds=tp - t0, rows={}, cpu=_cpu_split(cpu0, cpu1), per_event_us={},

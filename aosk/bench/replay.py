@@ -13,7 +13,6 @@ rebuild's digests are checked against the live schema's (``aosk db digest``).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -58,7 +57,7 @@ def bench_replay(settings: Settings, *, events: int = 50_000, agents: int = 200,
                  batch_max: int = 20_000, replay_processes: int = 2, seed: int = 42, progress: bool = True) -> ReplayBenchResult:
     import psycopg
 
-    from aosk.bench.project import _cleanup, _projected, _wait_group, fresh_bench_journal
+    from aosk.bench.project import _cleanup, _projected, _stop_all, _wait_group, fresh_bench_journal
     from aosk.projectors.db import migrate
     from aosk.projectors.digest import digest_schema
     from aosk.projectors.replay import ReplayOptions, replay
@@ -97,15 +96,7 @@ def bench_replay(settings: Settings, *, events: int = 50_000, agents: int = 200,
         finally:
             if poll is not None:
                 poll.close()
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(30)
+            _stop_all(procs)
         with psycopg.connect(ep.dsn) as conn:
             live_digest = digest_schema(conn, schema)
         say("replay: rebuilding the same journal from offset 0 ...", flush=True)
