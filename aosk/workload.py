@@ -7,6 +7,12 @@ that the kernel rejects exactly those. Deterministic for a given seed.
 
 Illegal records never change an agent's state, so the simulation stays valid after
 each of them. Budgets are generous: nothing here exhausts one by accident.
+
+Embeddings cluster around ``embedding_topics`` topic directions plus noise, as sentence
+embeddings do (a memory is about something). Uniformly random 384-d directions have no
+near neighbours (every pair is about equally far apart): no real embedding looks like
+that, and it is the worst case for an HNSW index, which would make every benchmark of
+the memory index measure a workload nobody runs.
 """
 
 from __future__ import annotations
@@ -95,6 +101,7 @@ def generate_workload(
     messages: bool = True,
     embeddings: bool = True,
     embedding_dim: int = 384,
+    embedding_topics: int = 64,
     terminate_fraction: float = 0.1,
     prefix: str = "agent",
 ) -> Workload:
@@ -104,8 +111,12 @@ def generate_workload(
     ``garbage_every``: one undecodable record per that many records (0: none).
     ``unfinished_calls``: that many LLM calls (over distinct agents) never complete,
     with a short timeout, so workers must write CallTimedOut for them.
+    ``embedding_topics``: how many topic directions the embeddings cluster around.
     """
     rng = random.Random(seed)
+    # Topics come from their own generator: the fleet's events do not depend on them.
+    topic_rng = random.Random(f"topics-{seed}")
+    topics: list[list[float]] = []
     ids = iter(uuid.UUID(int=rng.getrandbits(128), version=4) for _ in iter(int, 1))
 
     def eid() -> str:
@@ -140,7 +151,12 @@ def generate_workload(
     def embedding() -> tuple[float, ...] | None:
         if not embeddings:
             return None
-        v = [rng.gauss(0, 1) for _ in range(embedding_dim)]
+        if not topics:
+            topics.extend(_unit([topic_rng.gauss(0, 1) for _ in range(embedding_dim)])
+                          for _ in range(max(1, embedding_topics)))
+        topic = topics[topic_rng.randrange(len(topics))]
+        # Noise of 0.06 per dimension: cosine similarity about 0.65 to the topic.
+        v = [t + rng.gauss(0, 0.06) for t in topic]
         norm = math.sqrt(sum(x * x for x in v)) or 1.0
         # float32 values, as Avro `float` stores them: an event equals itself read back.
         return tuple(array("f", (x / norm for x in v)).tolist())
@@ -247,27 +263,40 @@ def generate_workload(
     )
 
 
+def _unit(v: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in v)) or 1.0
+    return [x / norm for x in v]
+
+
 def produce_workload(
     bootstrap: str,
     topic: str,
     items: Sequence[Item],
     *,
     on_progress: Callable[[int], None] | None = None,
+    transactional_id: str | None = None,
 ) -> list[tuple[int, int]]:
-    """Produce ``items`` to ``topic`` keyed by agent; returns each record's (partition, offset)."""
+    """Produce ``items`` to ``topic`` keyed by agent; returns each record's (partition, offset).
+
+    With ``transactional_id`` every item goes into one Kafka transaction: ``read_committed``
+    readers see the whole workload appear at once when it commits."""
+    from contextlib import nullcontext
+
     from aosk.client._producer import DeliveringProducer, producer_config
     from aosk.events import encode
 
-    producer = DeliveringProducer(producer_config(bootstrap, client_id="aosk-workload"))
+    extra = {} if transactional_id is None else {"transactional.id": transactional_id}
+    producer = DeliveringProducer(producer_config(bootstrap, client_id="aosk-workload", **extra))
     futures = []
     try:
-        for n, item in enumerate(items, 1):
-            if isinstance(item, RawRecord):
-                futures.append(producer.produce(topic, key=item.key.encode(), value=item.value))
-            else:
-                futures.append(producer.produce(topic, key=item.agent_id.encode(), value=encode(item)))
-            if on_progress and n % 5000 == 0:
-                on_progress(n)
+        with producer.transaction() if transactional_id is not None else nullcontext():
+            for n, item in enumerate(items, 1):
+                if isinstance(item, RawRecord):
+                    futures.append(producer.produce(topic, key=item.key.encode(), value=item.value))
+                else:
+                    futures.append(producer.produce(topic, key=item.agent_id.encode(), value=encode(item)))
+                if on_progress and n % 5000 == 0:
+                    on_progress(n)
     finally:
         producer.close(120)
     positions = []

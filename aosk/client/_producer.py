@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +104,7 @@ class DeliveringProducer:
         self._cond = threading.Condition()
         self._waiters = 0
         self._closed = threading.Event()
+        self._transactions_ready = False
         self._poller = threading.Thread(target=self._poll_loop, name="aosk-producer-poll", daemon=True)
         self._poller.start()
 
@@ -149,6 +152,30 @@ class DeliveringProducer:
         while remaining and time.monotonic() < deadline:
             remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
         return int(remaining)
+
+    @contextmanager
+    def transaction(self, timeout: float = 60.0) -> Iterator[None]:
+        """Everything produced inside is committed as one Kafka transaction on a clean
+        exit (``read_committed`` consumers see all of it at once, or none), aborted on an
+        error. Needs a ``transactional.id`` in the producer's config."""
+        from confluent_kafka import KafkaException
+
+        try:
+            if not self._transactions_ready:
+                self._producer.init_transactions(timeout)
+                self._transactions_ready = True
+            self._producer.begin_transaction()
+        except KafkaException as e:
+            raise DeliveryError(f"cannot start a Kafka transaction: {e}") from e
+        try:
+            yield
+        except BaseException:
+            self._producer.abort_transaction(timeout)
+            raise
+        try:
+            self._producer.commit_transaction(timeout)
+        except KafkaException as e:
+            raise DeliveryError(f"the Kafka transaction did not commit: {e}") from e
 
     def close(self, timeout: float = 30.0) -> None:
         if self._closed.is_set():
