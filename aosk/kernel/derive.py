@@ -138,14 +138,14 @@ def derived_for(kind: str, reason: str, record: Record, tenant_id: str | None) -
     ev = record.event
     if ev is None:
         return ()
-    pos = {"partition": record.partition, "offset": record.offset, "timestamp_ms": record.timestamp}
+    p, o, t = record.partition, record.offset, record.timestamp
     if kind == "accepted":
         if type(ev) is MessageSent and tenant_id is not None:
-            return (delivery(ev, tenant_id=tenant_id, **pos),)
+            return (delivery(ev, tenant_id=tenant_id, partition=p, offset=o, timestamp_ms=t),)
         if type(ev) is SpawnRequested and tenant_id is not None:
-            return (child_spawned(ev, tenant_id=tenant_id, **pos),)
+            return (child_spawned(ev, tenant_id=tenant_id, partition=p, offset=o, timestamp_ms=t),)
     elif kind == "rejected" and type(ev) is MessageDelivered and reason in BOUNCE_REASONS and ev.origin == "kernel":
-        return (bounce(ev, reason, **pos),)
+        return (bounce(ev, reason, partition=p, offset=o, timestamp_ms=t),)
     return ()
 
 

@@ -28,12 +28,12 @@ re-derives them from the same record, byte for byte.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from aosk.errors import UnknownFingerprint
 from aosk.events import KERNEL_ONLY_TYPES, ORIGINS, Event, MessageBounced, MessageDelivered
 from aosk.kernel import lifecycle, work
+from aosk.kernel.copying import revise
 from aosk.kernel.derive import BOUNCE_REASONS, derived_for
 from aosk.kernel.hygiene import check_fields, check_uuid
 from aosk.kernel.lifecycle import BUDGET_EXHAUSTED_NOTE, LIFECYCLE, WORK_TYPES
@@ -53,6 +53,23 @@ _HANDLERS: Final[dict[str, Handler]] = {**lifecycle.HANDLERS, **work.HANDLERS}
 assert set(_HANDLERS) == set(LIFECYCLE), "one handler per event type in the lifecycle table"
 
 _CREATION: Final = frozenset({"AgentSpawned", "AgentForked"})
+
+
+class _Rule(NamedTuple):
+    """What gate 8 and the handler need to know about one event type, looked up once."""
+
+    allowed: frozenset[str]
+    """The statuses the type is allowed in (``LIFECYCLE``)."""
+    creation: bool
+    work: bool
+    """A work event: rejected while a budget is at 0."""
+    handler: Handler
+
+
+_RULES: Final[dict[str, _Rule]] = {
+    name: _Rule(allowed, name in _CREATION, name in WORK_TYPES, _HANDLERS[name]) for name, allowed in LIFECYCLE.items()
+}
+
 _SUSPEND_ON_CROSS: Final = frozenset({Status.RUNNING, Status.WAITING})
 _CHECKPOINT_STATUSES: Final = FINAL_STATUSES | {Status.SUSPENDED}
 
@@ -91,13 +108,12 @@ def apply(
     params = params_for(st.fold_version)
     seq = st.seq + 1
     cx = Cx(record, key, seq, params)
-    book: dict[str, Any] = {}
+    changes: dict[str, Any] = {}  # the judging gates' bookkeeping (dedupe memory) goes first
     ev = record.event
-    out = _judge(cx, st, ev, book)
+    out = _judge(cx, st, ev, changes)
 
-    changes = book
     if out.kind == Kind.ACCEPTED:
-        changes = {**book, **out.changes}
+        changes.update(out.changes)
         if out.consume is not None:
             out = _account(st, out, changes)
     changes["seq"] = seq
@@ -127,7 +143,7 @@ def apply(
         paged_out=out.paged_out,
         checkpoint_due=checkpoint,
     )
-    kept = verdict if not (verdict.paged_out or verdict.derived) else replace(verdict, paged_out=(), derived=())
+    kept = verdict if not (verdict.paged_out or verdict.derived) else revise(verdict, paged_out=(), derived=())
     recent = slot.recent
     cap = params.recent_verdicts
     recent = (*recent[-(cap - 1):], kept) if len(recent) >= cap else (*recent, kept)
@@ -147,14 +163,14 @@ def _switch_version(st: AgentState, version: int) -> AgentState:
     params_for(version)  # raises UnknownFoldVersion
     # Version 1 is the only version: no migration yet. A version that changes the shape or
     # the paging of the state migrates it here, step by step.
-    return replace(st, fold_version=version)
+    return evolve(st, {"fold_version": version})
 
 
 def _redelivered(slot: AgentSlot, record: Record, key: str, hash_state: bool) -> Verdict:
     original = slot.verdict_at(record.offset)
     if original is not None:
         derived = derived_for(original.kind, original.reason, record, slot.state.tenant_id)
-        return replace(original, derived=derived) if derived else original
+        return revise(original, derived=derived) if derived else original
     ev = record.event
     st = slot.state
     return Verdict(
@@ -201,8 +217,7 @@ def _judge(cx: Cx, st: AgentState, ev: Event | None, book: dict[str, Any]) -> Ou
     kernel = ev.origin == "kernel"
 
     if not kernel:
-        ids = st.dedupe.event_ids
-        if ev.event_id in ids:
+        if st.dedupe.seen(ev.event_id):
             return dup(Reason.DUPLICATE_EVENT_ID, f"event {ev.event_id} was already folded for {cx.key} "
                        "(a client retry); see its original verdict")
         book["dedupe"] = st.dedupe.with_event_id(ev.event_id, cx.params.dedupe_window)
@@ -237,7 +252,7 @@ def _ipc_judge(cx: Cx, st: AgentState, ev: MessageDelivered | MessageBounced, na
         reason = Reason.ALREADY_DELIVERED if delivered else Reason.ALREADY_BOUNCED
         return dup(reason, f"{name} from {ev.source_partition}:{ev.source_offset} was already judged for {cx.key}")
     pairs = _set_hwm(pairs, ev.source_partition, ev.source_offset)
-    book["dedupe"] = replace(dd, delivery_hwm=pairs) if delivered else replace(dd, bounce_hwm=pairs)
+    book["dedupe"] = revise(dd, delivery_hwm=pairs) if delivered else revise(dd, bounce_hwm=pairs)
     out = _gate_and_handle(cx, st, ev, name)
     if not delivered or out.kind != Kind.REJECTED:
         return out
@@ -249,9 +264,10 @@ def _ipc_judge(cx: Cx, st: AgentState, ev: MessageDelivered | MessageBounced, na
 
 
 def _gate_and_handle(cx: Cx, st: AgentState, ev: Event, name: str) -> Out:
-    allowed = LIFECYCLE[name]
+    rule = _RULES[name]
+    allowed = rule.allowed
     status = st.status
-    if name in _CREATION and status != Status.NONE:
+    if rule.creation and status != Status.NONE:
         msg = f"agent {cx.key} already exists ({status})"
         if ev.origin == "kernel":
             return dup(Reason.ALREADY_SPAWNED, msg)
@@ -264,12 +280,12 @@ def _gate_and_handle(cx: Cx, st: AgentState, ev: Event, name: str) -> Out:
                       f"tenant {ident.tenant_id!r}")
     if status not in allowed:
         return reject(Reason.ILLEGAL_TRANSITION, _illegal_message(name, st, allowed))
-    if name in WORK_TYPES:
+    if rule.work:
         exhausted = st.exhausted()
         if exhausted:
             return reject(Reason.BUDGET_EXHAUSTED, f"agent {cx.key} has no {'/'.join(exhausted)} budget left; "
                           "send BudgetUpdated with higher limits")
-    return _HANDLERS[name](cx, st, ev)
+    return rule.handler(cx, st, ev)
 
 
 def _illegal_message(name: str, st: AgentState, allowed: frozenset[str]) -> str:
@@ -284,26 +300,22 @@ def _account(st: AgentState, out: Out, changes: dict[str, Any]) -> Out:
     """Count ``out.consume`` against the budgets; the event that brings one to 0 suspends."""
     tokens, tool_calls, steps = out.consume  # type: ignore[misc]
     u = st.usage
-    new_usage = Usage(tokens=u.tokens + tokens, tool_calls=u.tool_calls + tool_calls, steps=u.steps + steps)
-    changes["usage"] = new_usage
+    changes["usage"] = Usage(tokens=u.tokens + tokens, tool_calls=u.tool_calls + tool_calls, steps=u.steps + steps)
     b = st.budgets
     assert b is not None
-    crossed = [
-        name
-        for name, limit, used, add in (
-            ("tokens", b.max_tokens, u.tokens, tokens),
-            ("tool_calls", b.max_tool_calls, u.tool_calls, tool_calls),
-            ("steps", b.max_steps, u.steps, steps),
-        )
-        if add and used < limit <= used + add
-    ]
-    if not crossed:
+    # A budget is crossed by the event that takes its use from below the limit to it or past.
+    crossed_tokens = tokens and u.tokens < b.max_tokens <= u.tokens + tokens
+    crossed_tool_calls = tool_calls and u.tool_calls < b.max_tool_calls <= u.tool_calls + tool_calls
+    crossed_steps = steps and u.steps < b.max_steps <= u.steps + steps
+    if not (crossed_tokens or crossed_tool_calls or crossed_steps):
         return out
+    crossed = [name for name, hit in (("tokens", crossed_tokens), ("tool_calls", crossed_tool_calls),
+                                      ("steps", crossed_steps)) if hit]
     status = changes.get("status", st.status)
     what = "/".join(crossed)
     if status in _SUSPEND_ON_CROSS:
         changes["status"] = Status.SUSPENDED
-        changes["life"] = replace(changes.get("life", st.life), suspend_reason=BUDGET_EXHAUSTED_NOTE, waiting_on=None)
+        changes["life"] = revise(changes.get("life", st.life), suspend_reason=BUDGET_EXHAUSTED_NOTE, waiting_on=None)
         msg = (f"accepted; agent {st.agent_id} used up its {what} budget and is now SUSPENDED (budget_exhausted); "
                "send BudgetUpdated to resume")
     else:

@@ -37,11 +37,14 @@ def fold_with_verdicts(
         v = versions.get(p)
         if v is None:
             v = partition_version(out, p)
-        key = r.agent_key
-        slot, verdict = apply(out.get(key), r, version=v, hash_state=hash_state)
-        out[key] = slot
-        if key[0] == "~" and r.key is None:
+        if r.key is not None:
+            key = r.key
+            slot, verdict = apply(out.get(key), r, version=v, hash_state=hash_state)
+        else:  # a partition marker: it may switch the partition's version
+            key = pseudo_key(p)
+            slot, verdict = apply(out.get(key), r, version=v, hash_state=hash_state)
             versions[p] = slot.state.fold_version
+        out[key] = slot
         verdicts.append(verdict)
     return out, verdicts
 

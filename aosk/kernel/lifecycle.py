@@ -30,6 +30,7 @@ from aosk.events import (
     ForkRequested,
     KernelUpgraded,
 )
+from aosk.kernel.copying import revise
 from aosk.kernel.hygiene import check_agent_id, check_budgets, check_metadata, check_name
 from aosk.kernel.outcome import Cx, Handler, Out, ok, reject
 from aosk.kernel.paging import fit, make_entry
@@ -45,6 +46,7 @@ from aosk.kernel.state import (
     Life,
     Status,
     Window,
+    evolve,
 )
 from aosk.kernel.statecodec import StateDecodeError, decode_state
 from aosk.kernel.verdict import Reason
@@ -233,12 +235,12 @@ def _started(cx: Cx, st: AgentState, ev: AgentStarted) -> Out:
 
 
 def _waiting(cx: Cx, st: AgentState, ev: AgentWaiting) -> Out:
-    return ok(status=S.WAITING, life=replace(st.life, waiting_on=_note(ev.on, cx.params)))
+    return ok(status=S.WAITING, life=revise(st.life, waiting_on=_note(ev.on, cx.params)))
 
 
 def _resumed(cx: Cx, st: AgentState, ev: AgentResumed) -> Out:
     if st.status == S.WAITING:
-        return ok(status=S.RUNNING, life=replace(st.life, waiting_on=None))
+        return ok(status=S.RUNNING, life=revise(st.life, waiting_on=None))
     exhausted = st.exhausted()
     if exhausted:
         return reject(
@@ -246,11 +248,11 @@ def _resumed(cx: Cx, st: AgentState, ev: AgentResumed) -> Out:
             f"agent {st.agent_id} is SUSPENDED ({st.life.suspend_reason}) and its "
             f"{'/'.join(exhausted)} budget is at 0; send BudgetUpdated to resume",
         )
-    return ok(status=S.READY, life=replace(st.life, suspend_reason=None))
+    return ok(status=S.READY, life=revise(st.life, suspend_reason=None))
 
 
 def _suspended(cx: Cx, st: AgentState, ev: AgentSuspended) -> Out:
-    return ok(status=S.SUSPENDED, life=replace(st.life, suspend_reason=_note(ev.reason, cx.params), waiting_on=None))
+    return ok(status=S.SUSPENDED, life=revise(st.life, suspend_reason=_note(ev.reason, cx.params), waiting_on=None))
 
 
 def _closed_calls(st: AgentState) -> Calls:
@@ -286,13 +288,13 @@ def _budget_updated(cx: Cx, st: AgentState, ev: BudgetUpdated) -> Out:
         window, paged = fitted
         changes["window"] = window
         if paged:
-            changes["counters"] = replace(st.counters, memories_stored=st.counters.memories_stored + len(paged))
+            changes["counters"] = revise(st.counters, memories_stored=st.counters.memories_stored + len(paged))
     msg = ""
     if st.status == S.SUSPENDED and st.life.suspend_reason == BUDGET_EXHAUSTED_NOTE:
-        after = replace(st, budgets=ev.budgets)
+        after = evolve(st, {"budgets": ev.budgets})
         if not after.exhausted():
             changes["status"] = S.READY
-            changes["life"] = replace(st.life, suspend_reason=None)
+            changes["life"] = revise(st.life, suspend_reason=None)
         else:
             msg = (f"BudgetUpdated accepted; agent {st.agent_id} stays SUSPENDED: its "
                    f"{'/'.join(after.exhausted())} budget is still at 0")

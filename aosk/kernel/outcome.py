@@ -1,10 +1,14 @@
-"""Internal: what a handler sees (``Cx``) and returns (``Out``)."""
+"""Internal: what a handler sees (``Cx``) and returns (``Out``).
+
+Both are named tuples, not frozen dataclasses: one of each is built per record, and a
+tuple is built in C (a frozen dataclass sets every field through ``object.__setattr__``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple
 
 from aosk.kernel.params import FoldParams
 from aosk.kernel.state import AgentState, ContextEntry
@@ -12,9 +16,11 @@ from aosk.kernel.verdict import Kind, Reason, Record
 
 __all__ = ["Cx", "Out", "ok", "reject", "dup", "Handler"]
 
+NO_CHANGES: Final[Mapping[str, Any]] = MappingProxyType({})
+"""The ``changes`` of a rejection or a duplicate (read-only, so it can be shared)."""
 
-@dataclass(frozen=True, slots=True)
-class Cx:
+
+class Cx(NamedTuple):
     """The record being folded and the rules in force."""
 
     record: Record
@@ -24,8 +30,7 @@ class Cx:
     params: FoldParams
 
 
-@dataclass(frozen=True, slots=True)
-class Out:
+class Out(NamedTuple):
     """A handler's decision. ``changes`` are replacements of ``AgentState`` fields,
     applied only when accepted; ``consume`` is (tokens, tool_calls, steps) to count.
     Derived events are not here: ``derive.derived_for`` computes them from the verdict."""
@@ -33,7 +38,7 @@ class Out:
     kind: str
     reason: str
     message: str
-    changes: dict[str, Any] = field(default_factory=dict)
+    changes: Mapping[str, Any] = NO_CHANGES
     paged_out: tuple[ContextEntry, ...] = ()
     consume: tuple[int, int, int] | None = None
 
@@ -49,7 +54,7 @@ def ok(
 
 
 def reject(reason: str, message: str) -> Out:
-    return Out(Kind.REJECTED, reason, message, {})
+    return Out(Kind.REJECTED, reason, message)
 
 
 def dup(reason: str, message: str) -> Out:

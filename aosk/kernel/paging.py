@@ -83,7 +83,6 @@ def fit(
     Returns ``(window, paged_out)`` in eviction order, or None when ``add`` cannot fit
     even after paging out every unpinned entry.
     """
-    entries = list(window.entries)
     tokens = window.tokens
     nbytes = window.nbytes
     extra = 0
@@ -92,6 +91,12 @@ def fit(
         nbytes += len(add.json_bytes())
         extra = 1
     max_entries, max_bytes, bands = params.window_max_entries, params.window_max_bytes, params.importance_bands
+    if tokens <= budget_tokens and len(window.entries) + extra <= max_entries and nbytes <= max_bytes:
+        # It fits as it is (the usual case): no victim list to build.
+        if add is None:
+            return window, ()
+        return Window(entries=(*window.entries, add), tokens=tokens, nbytes=nbytes), ()
+    entries = list(window.entries)
     paged: list[ContextEntry] = []
     while tokens > budget_tokens or len(entries) + extra > max_entries or nbytes > max_bytes:
         if not entries:

@@ -7,7 +7,6 @@ counts its ``prompt_tokens`` and ``LlmCallCompleted`` its ``completion_tokens``.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Final
 
 from aosk.events import (
@@ -27,6 +26,7 @@ from aosk.events import (
     ToolCallCompleted,
     ToolCallRequested,
 )
+from aosk.kernel.copying import revise
 from aosk.kernel.hygiene import (
     check_agent_id,
     check_budgets,
@@ -85,7 +85,7 @@ def _context_appended(cx: Cx, st: AgentState, ev: ContextAppended) -> Out:
         )
     window, paged = fitted
     if paged:
-        counters = replace(st.counters, memories_stored=st.counters.memories_stored + len(paged))
+        counters = revise(st.counters, memories_stored=st.counters.memories_stored + len(paged))
         return ok(paged_out=paged, consume=_STEP, window=window, counters=counters)
     return ok(consume=_STEP, window=window)
 
@@ -101,7 +101,7 @@ def _memory_stored(cx: Cx, st: AgentState, ev: MemoryStored) -> Out:
     )
     if problem:
         return _invalid(ev, problem)
-    return ok(consume=_STEP, counters=replace(st.counters, memories_stored=st.counters.memories_stored + 1))
+    return ok(consume=_STEP, counters=revise(st.counters, memories_stored=st.counters.memories_stored + 1))
 
 
 def _memory_embedded(cx: Cx, st: AgentState, ev: MemoryEmbedded) -> Out:
@@ -123,7 +123,7 @@ def _memory_forgotten(cx: Cx, st: AgentState, ev: MemoryForgotten) -> Out:
     problem = check_name("memory_id", ev.memory_id, cx.params)
     if problem:
         return _invalid(ev, problem)
-    return ok(counters=replace(st.counters, memories_forgotten=st.counters.memories_forgotten + 1))
+    return ok(counters=revise(st.counters, memories_forgotten=st.counters.memories_forgotten + 1))
 
 
 # --- calls ----------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def _message_sent(cx: Cx, st: AgentState, ev: MessageSent) -> Out:
     if problem:
         return _invalid(ev, problem)
     return ok(consume=_STEP,
-              counters=replace(st.counters, messages_sent=st.counters.messages_sent + 1))
+              counters=revise(st.counters, messages_sent=st.counters.messages_sent + 1))
 
 
 def _message_delivered(cx: Cx, st: AgentState, ev: MessageDelivered) -> Out:
@@ -254,12 +254,12 @@ def _message_delivered(cx: Cx, st: AgentState, ev: MessageDelivered) -> Out:
                       f"{inbox.nbytes} bytes; caps {p.inbox_cap} and {p.inbox_max_bytes}); the message bounces "
                       "to its sender. The recipient frees room with MessagesConsumed")
     return ok(inbox=Inbox(messages=(*inbox.messages, msg), nbytes=inbox.nbytes + size),
-              counters=replace(st.counters, messages_received=st.counters.messages_received + 1))
+              counters=revise(st.counters, messages_received=st.counters.messages_received + 1))
 
 
 def _message_bounced(cx: Cx, st: AgentState, ev: MessageBounced) -> Out:
     return ok(f"message {ev.message_id!r} from {st.agent_id} bounced ({ev.reason})",
-              counters=replace(st.counters, messages_bounced=st.counters.messages_bounced + 1))
+              counters=revise(st.counters, messages_bounced=st.counters.messages_bounced + 1))
 
 
 def _messages_consumed(cx: Cx, st: AgentState, ev: MessagesConsumed) -> Out:
@@ -297,7 +297,7 @@ def _spawn_requested(cx: Cx, st: AgentState, ev: SpawnRequested) -> Out:
                       f"{st.agent_id} does not have; a child gets at most its parent's capabilities")
     return ok(f"SpawnRequested accepted; the kernel writes AgentSpawned for {ev.child_id}",
               consume=_STEP,
-              counters=replace(st.counters, children_requested=st.counters.children_requested + 1))
+              counters=revise(st.counters, children_requested=st.counters.children_requested + 1))
 
 
 HANDLERS: Final[dict[str, Handler]] = {
