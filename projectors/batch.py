@@ -36,6 +36,7 @@ from aosk.kernel.state import Status
 from aosk.projectors.checkpoints import checkpoint_reason
 from aosk.projectors.memory import MemoryOp, memory_ops
 from aosk.projectors.rows import (
+    EPOCH,
     GENESIS,
     agent_row,
     audit_row,
@@ -43,6 +44,7 @@ from aosk.projectors.rows import (
     count_verdict,
     link,
     ms_of,
+    ts,
     verdict_bytes,
 )
 
@@ -135,20 +137,23 @@ def fold_batch(
     """
     out = FoldedBatch()
     overlay = out.entries
-
-    def entry(key: str) -> AgentEntry | None:
-        e = overlay.get(key)
-        return e if e is not None else get_entry(key)
-
     outcomes = out.outcomes
+    sha256 = _sha256
+    at_ms: int | None = None
+    at = EPOCH
     for p, records in partitions.items():
         pkey = pseudo_key(p)
-        pe = entry(pkey)
+        pe = _entry(overlay, get_entry, pkey)
         version = INITIAL_VERSION if pe is None else pe.slot.state.fold_version
         last: tuple[int, int] | None = None
         for rec in records:
-            key = rec.key if rec.key is not None else pkey
-            e = entry(key)
+            key = rec.key
+            if key is None:
+                key = pkey
+            # the overlay, then the cache (inline: this runs once per record)
+            e = overlay.get(key)
+            if e is None:
+                e = get_entry(key)
             if e is not None and e.partition != p:
                 out.stops.append(PartitionStop(p, rec.offset, _moved(key, e.partition, p)))
                 break
@@ -162,34 +167,40 @@ def fold_batch(
             except Exception as exc:  # UnknownFingerprint, UnknownFoldVersion, or a fold bug
                 out.stops.append(PartitionStop(p, rec.offset, f"{type(exc).__name__}: {exc}"))
                 break
-            if v.seq == 0:
+            seq = v.seq
+            if seq == 0:
                 raise Inconsistent(f"offset {rec.offset} of partition {p} was already applied to {key} "
                                    f"(last applied offset {e.slot.last_offset if e else '?'})")
+            st = slot.state
             if rec.key is None:
-                version = slot.state.fold_version
+                version = st.fold_version
             vb = verdict_bytes(v)
-            vh = _sha256(rec.value).digest()
+            vh = sha256(rec.value).digest()
+            kind = v.kind
             if e is None:
-                head = link(GENESIS, v.seq, vh, vb)
-                ne = AgentEntry(slot, head, count_verdict((0, 0, 0), v.kind), p, rec.timestamp)
+                head = link(GENESIS, seq, vh, vb)
+                ne = AgentEntry(slot, head, count_verdict((0, 0, 0), kind), p, rec.timestamp)
                 prev_status = Status.NONE
             else:
-                head = link(e.head, v.seq, vh, vb)
-                ne = AgentEntry(slot, head, count_verdict(e.counts, v.kind), p, rec.timestamp)
+                head = link(e.head, seq, vh, vb)
+                ne = AgentEntry(slot, head, count_verdict(e.counts, kind), p, rec.timestamp)
                 prev_status = e.slot.state.status
             overlay[key] = ne
-            st = slot.state
+            if v.timestamp != at_ms:  # runs of records share a LogAppendTime: one datetime each
+                at_ms = v.timestamp
+                at = ts(at_ms)
             ident = st.identity
+            tenant_id = None if ident is None else ident.tenant_id
             ev = rec.event
             reason = checkpoint_reason(prev_status, v, checkpoint_every)
             mem: tuple[MemoryOp, ...] = ()
-            if v.paged_out or (v.event_type in _MEMORY_TYPES and v.kind == "accepted"):
-                mem = memory_ops(v, ev, None if ident is None else ident.tenant_id)
+            if v.paged_out or (kind == "accepted" and v.event_type in _MEMORY_TYPES):
+                mem = memory_ops(v, ev, tenant_id, at=at)
             outcomes.append(
                 Outcome(
                     p, rec.offset, key, ne,
-                    audit_row(v, value_hash=vh, chain_hash=head, verdict_bytes=vb,
-                              tenant_id=None if ident is None else ident.tenant_id, event=ev),
+                    audit_row(v, value_hash=vh, chain_hash=head, verdict_bytes=vb, tenant_id=tenant_id, event=ev,
+                              recorded_at=at),
                     vb,
                     None if reason is None else checkpoint_row(v, reason, encode_state(st), state_hash(st)),
                     mem,
@@ -199,6 +210,12 @@ def fold_batch(
         if last is not None:
             out.ends[p] = last
     return out
+
+
+def _entry(overlay: Mapping[str, AgentEntry], get_entry: Callable[[str], AgentEntry | None],
+           key: str) -> AgentEntry | None:
+    e = overlay.get(key)
+    return e if e is not None else get_entry(key)
 
 
 def _moved(key: str, have: int, got: int) -> str:

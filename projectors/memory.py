@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 import psycopg
@@ -47,12 +48,14 @@ MemoryOp = tuple[Any, ...]
 _I: Final = {name: i for i, name in enumerate(MEMORY_COLUMNS)}
 
 
-def memory_ops(v: Verdict, event: Any, tenant_id: str | None) -> tuple[MemoryOp, ...]:
-    """The memory changes of one accepted record (``v`` its verdict)."""
+def memory_ops(v: Verdict, event: Any, tenant_id: str | None, *, at: datetime | None = None) -> tuple[MemoryOp, ...]:
+    """The memory changes of one accepted record (``v`` its verdict). ``at``:
+    ``ts(v.timestamp)`` if the caller has it already."""
     if tenant_id is None:  # only spawned agents accept memory events or page out
         return ()
     agent = storage_key(v.agent_id)
-    at = ts(v.timestamp)
+    if at is None:
+        at = ts(v.timestamp)
     ops: list[MemoryOp] = []
     name = v.event_type
     if name == "MemoryStored":

@@ -321,14 +321,16 @@ class Projector:
 
     def _records(self, msgs: list[Any]) -> dict[int, list[Record]]:
         parts: dict[int, list[Record]] = {}
+        # locals: this loop runs per message (the dicts are mutated, never rebound, meanwhile)
+        positions, stopped, pending = self._pos, self._stopped, self._pending_seek
         for m in msgs:
             err = m.error()
             if err is not None:
                 self._kafka_error(m, err)
                 continue
             p = m.partition()
-            pos = self._pos.get(p)
-            if pos is None or p in self._stopped or p in self._pending_seek:
+            pos = positions.get(p)
+            if pos is None or p in stopped or p in pending:
                 continue
             o = m.offset()
             if o < pos:
