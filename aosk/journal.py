@@ -28,8 +28,8 @@ def record_from_message(msg: Any) -> Record:
         event, error = decode(value), None
     except DecodeError as e:
         event, error = None, e
-    return Record(key=key, partition=msg.partition(), offset=msg.offset(), timestamp=msg.timestamp()[1],
-                  value=value, event=event, error=error)
+    # positional: per message, keyword arguments cost a third of building the Record
+    return Record(key, msg.partition(), msg.offset(), msg.timestamp()[1], value, event, error)
 
 
 class JournalReader:

@@ -32,6 +32,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
+from psycopg.types.string import BytesBinaryDumper
 
 from aosk.projectors.batch import FoldedBatch, Inconsistent, Outcome, last_entries
 from aosk.projectors.db import BATCH_LOCK_KEY, qualified, register_vector_dumper
@@ -102,6 +103,11 @@ def prepare_connection(conn: psycopg.Connection[Any], schema: str) -> int:
     """Per-connection set-up for writing into ``schema``: the vector dumper and the
     temporary staging tables. Returns the oid of ``vector``."""
     oid = register_vector_dumper(conn)
+    # COPY looks its dumpers up by type oid, and for bytea that finds psycopg's dbapi20
+    # ``Binary`` dumper (pure Python, registered after the bytes one). Registering the
+    # bytes dumper again makes it bytea's: the C one where psycopg has it, same bytes on
+    # the wire (three bytea columns per audit row: ~0.4 us per record).
+    conn.adapters.register_dumper(bytes, BytesBinaryDumper)
     for what, table in (("agent", "agent_state"), ("memory", "memories")):
         conn.execute(
             sql.SQL("create temp table if not exists {} (like {}) on commit delete rows").format(

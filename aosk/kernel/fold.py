@@ -41,7 +41,7 @@ from aosk.kernel.outcome import Cx, Handler, Out, dup, reject
 from aosk.kernel.params import INITIAL_VERSION, params_for
 from aosk.kernel.slot import AgentSlot
 from aosk.kernel.state import FINAL_STATUSES, AgentState, Dedupe, Status, Usage, evolve, placeholder, state_hash
-from aosk.kernel.verdict import Kind, Reason, Record, Verdict
+from aosk.kernel.verdict import Kind, Reason, Record, Verdict, new_verdict
 
 __all__ = ["apply", "KERNEL_ONLY"]
 
@@ -125,7 +125,7 @@ def apply(
         checkpoint = name == "CheckpointRequested" or (
             new.status != st.status and new.status in _CHECKPOINT_STATUSES
         )
-    verdict = Verdict(
+    verdict = new_verdict(
         kind=out.kind,
         reason=out.reason,
         message=out.message or _default_message(name, new, key),

@@ -10,7 +10,7 @@ entries (projectors turn them into memories) and whether a checkpoint is due.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Final
 
 from aosk.errors import DecodeError
@@ -25,7 +25,10 @@ __all__ = [
     "REASONS",
     "pseudo_key",
     "canonical_verdict_bytes",
+    "new_verdict",
 ]
+
+_new: Final = object.__new__
 
 
 def pseudo_key(partition: int) -> str:
@@ -180,6 +183,42 @@ class Verdict:
             fold_version=self.fold_version,
             timestamp=self.timestamp,
         )
+
+
+# The member-descriptor setters of Verdict's fields, in field order (for new_verdict).
+(_set_kind, _set_reason, _set_message, _set_agent_id, _set_partition, _set_offset, _set_timestamp, _set_event_id,
+ _set_event_type, _set_status, _set_seq, _set_state_hash, _set_fold_version, _set_derived, _set_paged_out,
+ _set_checkpoint_due) = (getattr(Verdict, f.name).__set__ for f in fields(Verdict))
+
+
+def new_verdict(
+    *, kind: str, reason: str, message: str, agent_id: str, partition: int, offset: int, timestamp: int,
+    event_id: str | None, event_type: str | None, status: str, seq: int, state_hash: bytes, fold_version: int,
+    derived: tuple[Event, ...] = (), paged_out: tuple[ContextEntry, ...] = (), checkpoint_due: bool = False,
+) -> Verdict:
+    """``Verdict(...)`` for the fold's per-record path: the frozen ``__init__`` pays an
+    ``object.__setattr__`` per field (16); writing the slots through their member
+    descriptors, one plain call each, takes a third less (~0.5 us a record). Verdict has
+    no ``__post_init__``, so the object is the one the constructor builds; the
+    parameters are its fields in order (``test_kernel_fastpaths`` checks both)."""
+    v = _new(Verdict)
+    _set_kind(v, kind)
+    _set_reason(v, reason)
+    _set_message(v, message)
+    _set_agent_id(v, agent_id)
+    _set_partition(v, partition)
+    _set_offset(v, offset)
+    _set_timestamp(v, timestamp)
+    _set_event_id(v, event_id)
+    _set_event_type(v, event_type)
+    _set_status(v, status)
+    _set_seq(v, seq)
+    _set_state_hash(v, state_hash)
+    _set_fold_version(v, fold_version)
+    _set_derived(v, derived)
+    _set_paged_out(v, paged_out)
+    _set_checkpoint_due(v, checkpoint_due)
+    return v
 
 
 def canonical_verdict_bytes(v: Verdict) -> bytes:

@@ -273,3 +273,34 @@ def test_undecodable_reasons_name_no_memory_address() -> None:
     with pytest.raises(Undecodable, match="cannot read double") as e:
         EVENTS.decode(cut)
     assert "0x" not in str(e.value)
+
+
+def test_the_one_pass_reader_builds_the_object_the_constructor_builds() -> None:
+    """``from_strict`` writes the slots instead of calling ``cls(**record)``: every
+    class must qualify (else the speed-up is silently lost) and the object must be
+    indistinguishable: same class, fields, ==, hash (where hashable) and repr."""
+    for codec in (EVENTS, TRANSITIONS):
+        for reader in codec._readers.values():
+            assert reader.shape._writes is not None, reader.version.name
+    verdict = Transition(journal_partition=1, journal_offset=2, agent_id="a", verdict="accepted", reason="ok",
+                         message="m", status="READY", seq=3, state_hash=b"h", fold_version=1, timestamp=4)
+    for event in [*example_events(), verdict]:
+        is_transition = isinstance(event, Transition)
+        data = encode_transition(event) if is_transition else encode(event)
+        codec = TRANSITIONS if is_transition else EVENTS
+        reader = codec._readers[data[2:HEADER_SIZE]]
+        assert reader.strict is not None
+        built = reader.shape.from_strict(reader.strict(data, HEADER_SIZE))
+        constructed = reader.shape.to_python(reader.strict(data, HEADER_SIZE))
+        assert type(built) is type(constructed) is type(event)
+        assert exact(built) == exact(constructed) == exact(event)
+        assert built == constructed and repr(built) == repr(constructed)
+        try:
+            want = hash(constructed)
+        except TypeError:  # a dict field (metadata): unhashable either way
+            with pytest.raises(TypeError):
+                hash(built)
+        else:
+            assert hash(built) == want
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            built.agent_id = "x"  # type: ignore[misc]

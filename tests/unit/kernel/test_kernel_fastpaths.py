@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import uuid
 
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from aosk.events import ContextAppended, MemoryStored
 from aosk.kernel.copying import revise
 from aosk.kernel.hygiene import _SPECS, check_fields
-from aosk.kernel.state import Counters, Dedupe, Life
+from aosk.kernel.state import ContextEntry, Counters, Dedupe, Life
+from aosk.kernel.verdict import Verdict, new_verdict
 
 
 def _slow_check_fields(event: object) -> str | None:
@@ -75,3 +77,31 @@ def test_dedupe_seen() -> None:
     assert not d.seen(str(uuid.uuid4()))
     decoded = Dedupe(event_ids=tuple(ids[:2]))  # no ids_json (as decoded): the tuple answers
     assert decoded.seen(ids[0]) and not decoded.seen(ids[3])
+
+
+def test_new_verdict_is_the_verdict_constructor() -> None:
+    """``new_verdict`` writes the slots instead of calling the frozen ``__init__``: its
+    parameters must be Verdict's fields (names, order, defaults) and its result the
+    object ``Verdict(...)`` builds."""
+    params = list(inspect.signature(new_verdict).parameters.values())
+    fields = dataclasses.fields(Verdict)
+    assert [p.name for p in params] == [f.name for f in fields]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params)
+    assert [p.default for p in params] == [
+        inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default for f in fields
+    ]
+    assert not hasattr(Verdict, "__post_init__")
+    entry = ContextEntry(entry_id="e", role="user", content="c", tokens=1, importance=0.5, seq=1)
+    # every field a distinct value: a setter writing the wrong slot shows
+    base = dict(kind="accepted", reason="ok", message="m", agent_id="a", partition=1, offset=2, timestamp=3,
+                event_id="e", event_type="AgentStarted", status="RUNNING", seq=4, state_hash=b"h", fold_version=5)
+    for extra in ({}, {"event_id": None}, {"derived": (_context(),), "paged_out": (entry,), "checkpoint_due": True}):
+        args = {**base, **extra}
+        built, constructed = new_verdict(**args), Verdict(**args)  # type: ignore[arg-type]
+        assert type(built) is Verdict
+        assert built == constructed and repr(built) == repr(constructed)
+        assert [getattr(built, f.name) for f in fields] == [getattr(constructed, f.name) for f in fields]
+        assert [getattr(built, f.name) for f in fields] == [args.get(f.name, f.default) for f in fields]
+        assert hash(built) == hash(constructed)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            built.kind = "rejected"  # type: ignore[misc]
