@@ -5,7 +5,7 @@
 2. Catch-up, without any lock: the journal is read with ``assign()`` (no consumer
    group, nothing committed) from the shadow's own ``projector_offsets``, folded with
    ``fold_batch`` and written by the same ``ProjectionWriter`` as a live projector
-   (batches of 20,000 records by default; states are hashed only for the rows stored).
+   (batches of 5,000 records by default; states are hashed only for the rows stored).
    ``processes`` (default 2) split the partitions between them (helper processes do
    the catch-up of their share and exit; the first process then catches up every
    partition and swaps). The shadow's HNSW index is dropped for the catch-up and built
@@ -94,8 +94,10 @@ class ReplayOptions:
     """Where to rebuild (default ``<schema>_shadow``)."""
     resume: bool = False
     """Continue the shadow an interrupted replay left (else it is an error to find one)."""
-    batch_max: int = 20_000
-    """Most records per catch-up transaction."""
+    batch_max: int = 5_000
+    """Most records per catch-up transaction. Bigger is not faster: a batch keeps every
+    record's outcome alive until it is written, and folding 20,000-record batches cost
+    ~1.5x the CPU per event of 5,000-record ones here (memory traffic)."""
     swap_gap: int = 5_000
     """Most records left to fold when the exclusive lock is taken (bounds the pause of
     the live projectors)."""
@@ -594,7 +596,10 @@ class Replay:
                 if final and self._build_deferred(conn):
                     continue  # the live projectors moved on meanwhile
                 return live
-            msgs = consumer.consume(num_messages=self.options.batch_max, timeout=0.5)
+            # consume() waits out its timeout unless num_messages arrive: never ask for
+            # more than is left (transaction markers can make the gap a few too many,
+            # hence the short timeout too)
+            msgs = consumer.consume(num_messages=min(self.options.batch_max, gap), timeout=0.1)
             parts = self._take(msgs, caps, over)
             if parts:
                 n = self._fold_write(conn, writer, parts)

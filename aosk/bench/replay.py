@@ -54,7 +54,7 @@ class ReplayBenchResult:
 
 
 def bench_replay(settings: Settings, *, events: int = 50_000, agents: int = 200, processes: int = 2,
-                 batch_max: int = 20_000, replay_processes: int = 2, seed: int = 42, progress: bool = True) -> ReplayBenchResult:
+                 batch_max: int = 5_000, replay_processes: int = 2, seed: int = 42, progress: bool = True) -> ReplayBenchResult:
     import psycopg
 
     from aosk.bench.project import _cleanup, _projected, _stop_all, _wait_group, fresh_bench_journal

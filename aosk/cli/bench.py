@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rp.add_argument("--events", type=int, default=50_000)
     rp.add_argument("--agents", type=int, default=200)
     rp.add_argument("--processes", type=int, default=2, help="live aosk project processes (default %(default)s)")
-    rp.add_argument("--batch-max", type=int, default=20_000, help="replay batch size (default %(default)s)")
+    rp.add_argument("--batch-max", type=int, default=5_000, help="replay batch size (default %(default)s)")
     rp.add_argument("--replay-processes", type=int, default=2, help="aosk replay --processes (default %(default)s)")
     rp.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"),
                     help="markdown file to update (default docs/benchmarks.md)")
