@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     project.add_argument("--events", type=int, default=50_000)
     project.add_argument("--agents", type=int, default=200)
     project.add_argument("--processes", type=int, default=2, help="aosk project processes (default %(default)s)")
+    project.add_argument("--repeat", type=int, default=3,
+                         help="runs with the journal written first; the median is reported (default %(default)s)")
     project.add_argument("--without-hnsw", action="store_true",
                          help="drop the memories' HNSW index first, to see what the rest of the pipeline costs")
     project.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"),
@@ -53,7 +55,7 @@ def _project(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.bench.report import machine_line, write_section
 
     result = bench_project(settings, events=args.events, agents=args.agents, processes=args.processes,
-                           without_hnsw=args.without_hnsw)
+                           without_hnsw=args.without_hnsw, repeat=args.repeat)
     text = report_markdown(result, machine_line())
     print(text)
     write_section(args.output, "project-without-hnsw" if args.without_hnsw else "project", text)
