@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("--discard", action="store_true", help="drop the shadow an interrupted replay left, and exit")
     p.add_argument("--drop-old", action="store_true", help="drop the replaced live schema instead of keeping it")
     p.add_argument("--batch-max", type=int, default=5_000, help="most records per transaction (default %(default)s)")
-    p.add_argument("--swap-gap", type=int, default=5_000,
+    p.add_argument("--swap-gap", type=int, default=1_000,
                    help="most records left to fold under the exclusive lock (default %(default)s)")
     p.add_argument("--processes", type=int, default=2,
                    help="processes folding the catch-up, partitions split between them (default %(default)s)")
