@@ -518,7 +518,7 @@ def report_markdown(r: ProjectResult, machine: str) -> str:
         f"| of which raw COPY of the {r.rows['memories']:,} memory rows (HNSW) | {r.copy['copy memories']:.2f} | "
         f"{e / r.copy['copy memories']:,.0f} |",
         "",
-        f"Runs with the journal written first: "
+        "Runs with the journal written first: "
         + ", ".join(f"{e / x:,.0f}" for x in r.runs) + " events/s. "
         f"AOSK (median run) / raw COPY of the same rows with the same indexes: **{all_s / r.e2e_seconds:.2f}x**.",
         "",

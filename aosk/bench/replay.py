@@ -12,13 +12,7 @@ rebuild's digests are checked against the live schema's (``aosk db digest``).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from aosk.config import Settings
 from aosk.errors import AoskError
@@ -57,46 +51,18 @@ def bench_replay(settings: Settings, *, events: int = 50_000, agents: int = 200,
                  batch_max: int = 5_000, replay_processes: int = 2, seed: int = 42, progress: bool = True) -> ReplayBenchResult:
     import psycopg
 
-    from aosk.bench.project import _cleanup, _projected, _stop_all, _wait_group, fresh_bench_journal
-    from aosk.projectors.db import migrate
+    from aosk.bench.project import _cleanup, _timed_projection, fresh_bench_journal
     from aosk.projectors.digest import digest_schema
     from aosk.projectors.replay import ReplayOptions, replay
-    from aosk.workload import produce_workload
 
     say = print if progress else (lambda *a, **k: None)
     bj = fresh_bench_journal(settings, kind="replay", events=events, agents=agents, seed=seed, say=say)
     ep, s, prefix, schema, load_before, w = bj.endpoints, bj.settings, bj.prefix, bj.schema, bj.load_before, bj.workload
-    topic = s.kafka.journal_topic
     total = len(w.items)
-    with psycopg.connect(ep.dsn) as conn:
-        migrate(conn, schema=schema, dimension=settings.memory.embedding_dimension)
-    env = dict(os.environ, AOSK_KAFKA_BOOTSTRAP=ep.bootstrap, AOSK_POSTGRESQL_DSN=ep.dsn, AOSK_TOPIC_PREFIX=prefix,
-               AOSK_KAFKA_PARTITIONS=str(s.kafka.journal_partitions))
-    logdir = Path(tempfile.mkdtemp(prefix="aosk-bench-replay-"))
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "aosk.cli", "project", "--schema", schema], env=env,
-                         stdout=open(logdir / f"projector-{i}.log", "wb"), stderr=subprocess.STDOUT)
-        for i in range(processes)
-    ]
-    poll = None
     try:
-        try:
-            say(f"live: {processes} projectors (logs in {logdir}) ...", flush=True)
-            _wait_group(ep.bootstrap, f"{prefix}.projectors.{schema}", processes, procs)
-            poll = psycopg.connect(ep.dsn, autocommit=True)
-            t0 = time.perf_counter()
-            produce_workload(ep.bootstrap, topic, w.items)
-            deadline = time.monotonic() + 900
-            while _projected(poll, schema) < total:
-                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                    raise AoskError(f"live projection did not finish; see the logs in {logdir}")
-                time.sleep(0.02)
-            live_s = time.perf_counter() - t0
-            say(f"  {total} events in {live_s:.1f}s: {total / live_s:,.0f} events/s", flush=True)
-        finally:
-            if poll is not None:
-                poll.close()
-            _stop_all(procs)
+        say(f"live: {processes} projectors ...", flush=True)
+        live_s = _timed_projection(settings, bj, processes=processes, written_first=False, without_hnsw=False,
+                                   say=say).seconds
         with psycopg.connect(ep.dsn) as conn:
             live_digest = digest_schema(conn, schema)
         say("replay: rebuilding the same journal from offset 0 ...", flush=True)
