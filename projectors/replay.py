@@ -51,7 +51,7 @@ from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import AoskError, DevStackError
 from aosk.journal import record_from_message
-from aosk.kernel import AgentSlot, Record, StateDecodeError, pseudo_key
+from aosk.kernel import AgentSlot, Record, pseudo_key
 from aosk.projectors.batch import AgentEntry, fold_batch
 from aosk.projectors.db import (
     BATCH_LOCK_KEY,
@@ -65,6 +65,7 @@ from aosk.projectors.db import (
 )
 from aosk.projectors.digest import schema_exists
 from aosk.projectors.rows import storage_key
+from aosk.projectors.stored import UndecodableState, read_stored_entries
 from aosk.projectors.runner import _tune_gc, checkpoint_every_of, ensure_journal
 from aosk.projectors.writer import Advance, Fenced, ProjectionWriter, notify_channel, prepare_connection
 
@@ -365,30 +366,15 @@ class Replay:
                     want[storage_key(key)] = (key, p)
         if not want:
             return {}
-        rows = conn.execute(
-            sql.SQL(
-                "select agent_id, journal_partition, state, last_offset, audit_head, accepted, rejected, duplicates,"
-                " updated_at from {} where agent_id = any(%s)"
-            ).format(qualified(self.shadow, "agent_state")),
-            (list(want),),
-        ).fetchall()
+        try:
+            stored = read_stored_entries(conn, self.shadow, want)
+        except UndecodableState as e:
+            raise ReplayError(f"{e} (in {self.shadow}); --discard it") from e
         if not self._in_swap:
             conn.commit()  # else the writer's transaction would be a savepoint of this one
-        found = {r[0] for r in rows}
-        for sk, (key, _p) in want.items():
-            if sk not in found:
-                self._absent.add(key)
-        moved: dict[str, int] = {}
-        for agent_id, partition, state, last_offset, head, acc, rej, dup, updated_at in rows:
-            key, p = want[agent_id]
-            if partition != p:
-                moved[key] = partition
-                continue
-            try:
-                self._entries[key] = AgentEntry.from_stored(state, last_offset, head, (acc, rej, dup), p, updated_at)
-            except StateDecodeError as e:
-                raise ReplayError(f"agent_state of {key} in {self.shadow} does not decode ({e}); --discard it") from e
-        return moved
+        self._absent.update(key for key, _p in stored.absent)
+        self._entries.update(stored.found)
+        return stored.moved
 
     def _fold_write(self, conn: psycopg.Connection[Any], writer: ProjectionWriter,
                     parts: dict[int, list[Record]]) -> int:

@@ -36,7 +36,7 @@ from psycopg import sql
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import AoskError, DevStackError
-from aosk.kernel import LATEST_VERSION, AgentSlot, Record, StateDecodeError, params_for, pseudo_key
+from aosk.kernel import LATEST_VERSION, AgentSlot, Record, params_for, pseudo_key
 from aosk.journal import record_from_message
 from aosk.projectors.batch import AgentEntry, FoldedBatch, Inconsistent, fold_batch
 from aosk.projectors.db import (
@@ -49,6 +49,7 @@ from aosk.projectors.db import (
     set_meta,
 )
 from aosk.projectors.rows import storage_key
+from aosk.projectors.stored import UndecodableState, read_stored_entries
 from aosk.projectors.writer import Advance, Fenced, ProjectionWriter, prepare_connection
 
 __all__ = ["ProjectorOptions", "Projector", "checkpoint_every_of"]
@@ -371,30 +372,17 @@ class Projector:
                     want[storage_key(key)] = (key, p)
         if not want:
             return {}
-        moved: dict[str, int] = {}
         with self._pool.connection() as conn:
-            rows = conn.execute(
-                sql.SQL(
-                    "select agent_id, journal_partition, state, last_offset, audit_head, accepted, rejected, duplicates,"
-                    " updated_at from {} where agent_id = any(%s)"
-                ).format(qualified(self.schema, "agent_state")),
-                (list(want),),
-            ).fetchall()
-        found = {r[0] for r in rows}
-        for sk, (key, p) in want.items():
-            if sk not in found:
-                self._absent.setdefault(p, set()).add(key)
-        for agent_id, partition, state, last_offset, head, acc, rej, dup, updated_at in rows:
-            key, p = want[agent_id]
-            if partition != p:
-                moved[key] = partition
-                continue
             try:
-                self._entries[key] = AgentEntry.from_stored(state, last_offset, head, (acc, rej, dup), p, updated_at)
-            except StateDecodeError as e:
-                raise Inconsistent(f"agent_state of {key} does not decode: {e}") from e
-            self._keys.setdefault(p, set()).add(key)
-        return moved
+                stored = read_stored_entries(conn, self.schema, want)
+            except UndecodableState as e:
+                raise Inconsistent(str(e)) from e
+        for key, p in stored.absent:
+            self._absent.setdefault(p, set()).add(key)
+        for key, entry in stored.found.items():
+            self._entries[key] = entry
+            self._keys.setdefault(entry.partition, set()).add(key)
+        return stored.moved
 
     def _project(self, parts: dict[int, list[Record]]) -> bool:
         """Fold and write one batch; False when it had to be retried."""
