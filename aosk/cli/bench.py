@@ -40,37 +40,36 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.bench.ingest import bench_ingest, report_markdown
-    from aosk.bench.report import machine_line, write_section
+    from aosk.bench.report import machine_line
 
     result = bench_ingest(settings, events=args.events)
-    text = report_markdown(result, machine_line())
-    print(text)
-    write_section(args.output, "ingest", text)
-    print(f"written to {args.output}")
-    return 0
+    return _publish(args.output, "ingest", report_markdown(result, machine_line()))
 
 
 def _project(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.bench.project import bench_project, report_markdown
-    from aosk.bench.report import machine_line, write_section
+    from aosk.bench.report import machine_line
 
     result = bench_project(settings, events=args.events, agents=args.agents, processes=args.processes,
                            without_hnsw=args.without_hnsw, repeat=args.repeat)
-    text = report_markdown(result, machine_line())
-    print(text)
-    write_section(args.output, "project-without-hnsw" if args.without_hnsw else "project", text)
-    print(f"written to {args.output}")
-    return 0
+    section = "project-without-hnsw" if args.without_hnsw else "project"
+    return _publish(args.output, section, report_markdown(result, machine_line()))
 
 
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.bench.replay import bench_replay, report_markdown
-    from aosk.bench.report import machine_line, write_section
+    from aosk.bench.report import machine_line
 
     result = bench_replay(settings, events=args.events, agents=args.agents, processes=args.processes,
                           batch_max=args.batch_max, replay_processes=args.replay_processes)
-    text = report_markdown(result, machine_line())
+    return _publish(args.output, "replay", report_markdown(result, machine_line()))
+
+
+def _publish(output: Path, section: str, text: str) -> int:
+    """Print a benchmark's report and rewrite its section of ``output``."""
+    from aosk.bench.report import write_section
+
     print(text)
-    write_section(args.output, "replay", text)
-    print(f"written to {args.output}")
+    write_section(output, section, text)
+    print(f"written to {output}")
     return 0
