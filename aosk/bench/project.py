@@ -41,7 +41,6 @@ class ProjectResult:
     processes: int
     embeddings: int
     e2e_seconds: float
-    produce_seconds: float
     rows: dict[str, int]
     cpu: dict[str, float]
     per_event_us: dict[str, float]
@@ -230,60 +229,64 @@ def bench_project(settings: Settings, *, events: int = 50_000, agents: int = 200
 
     ``without_hnsw``: drop the memories' HNSW index first (diagnosis: what the
     pipeline does apart from maintaining the vector index)."""
-    say = print if progress else (lambda *a, **k: None)
-    bj = fresh_bench_journal(settings, kind="project", events=events, agents=agents, seed=seed, say=say)
-    w = bj.workload
-    total = len(w.items)
-    embeddings = sum(1 for i in w.items if getattr(i, "embedding", None) is not None)
     if repeat < 1:
         raise AoskError("--repeat must be at least 1")
-    runs: list[_Timed] = []
-    for n in range(repeat):
-        say(f"run {n + 1}/{repeat}: journal written first, then projected ...", flush=True)
-        if n == 0:
-            runs.append(_timed_projection(settings, bj, processes=processes, written_first=True,
-                                          without_hnsw=without_hnsw, say=say))
-            continue  # its schema stays for the checks and the breakdown below
-        again = fresh_bench_journal(settings, kind="project", events=events, agents=agents, seed=seed, say=say,
-                                    workload=w)
+    say = print if progress else (lambda *a, **k: None)
+    bj = fresh_bench_journal(settings, kind="project", events=events, agents=agents, seed=seed, say=say)
+    dsn, w = bj.endpoints.dsn, bj.workload
+    total = len(w.items)
+
+    def timed(journal: BenchJournal, *, written_first: bool) -> tuple[_Timed, _Checked]:
+        t = _timed_projection(settings, journal, processes=processes, written_first=written_first,
+                              without_hnsw=without_hnsw, say=say)
+        return t, _check(dsn, journal.schema, total)
+
+    def timed_fresh(*, written_first: bool) -> _Timed:
+        journal = fresh_bench_journal(settings, kind="project", events=events, agents=agents, seed=seed, say=say,
+                                      workload=w)
         try:
-            runs.append(_timed_projection(settings, again, processes=processes, written_first=True,
-                                          without_hnsw=without_hnsw, say=say))
+            return timed(journal, written_first=written_first)[0]
         finally:
-            _cleanup(again.endpoints.dsn, again.endpoints.bootstrap, again.schema, again.prefix)
-    written = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
-    result = ProjectResult(
-        events=total, agents=agents, processes=processes, embeddings=embeddings, e2e_seconds=written.seconds,
-        produce_seconds=0.0, rows={}, cpu=written.cpu, per_event_us={},
-        load_before=bj.load_before, without_hnsw=without_hnsw, runs=[r.seconds for r in runs],
-    )
+            _cleanup(dsn, journal.endpoints.bootstrap, journal.schema, journal.prefix)
+
+    say(f"run 1/{repeat}: journal written first, then projected ...", flush=True)
     try:
-        _check(bj.endpoints.dsn, bj.schema, result)
+        first, checked = timed(bj, written_first=True)  # its schema stays for the breakdown below
+        runs = [first]
+        for n in range(1, repeat):
+            say(f"run {n + 1}/{repeat}: journal written first, then projected ...", flush=True)
+            runs.append(timed_fresh(written_first=True))
+        median = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
+        result = ProjectResult(
+            events=total, agents=agents, processes=processes,
+            embeddings=sum(1 for i in w.items if getattr(i, "embedding", None) is not None),
+            e2e_seconds=median.seconds, rows=checked.rows, cpu=median.cpu, per_event_us={}, verified=True,
+            index=checked.index, load_before=bj.load_before, without_hnsw=without_hnsw,
+            runs=[r.seconds for r in runs],
+        )
         say("in-process breakdown and raw COPY baseline ...", flush=True)
-        _breakdown_and_copy(bj.endpoints.dsn, bj.schema,
-                            _read_messages(bj.endpoints.bootstrap, bj.settings.kafka.journal_topic, total),
-                            result, settings.memory.embedding_dimension)
+        _breakdown_and_copy(dsn, bj.schema, _read_messages(bj.endpoints.bootstrap, bj.settings.kafka.journal_topic,
+                                                           total), result, settings.memory.embedding_dimension)
     finally:
-        _cleanup(bj.endpoints.dsn, bj.endpoints.bootstrap, bj.schema, bj.prefix)
+        _cleanup(dsn, bj.endpoints.bootstrap, bj.schema, bj.prefix)
     say("live run: produced and projected at the same time ...", flush=True)
-    live_bj = fresh_bench_journal(settings, kind="project", events=events, agents=agents, seed=seed, say=say,
-                                  workload=w)
-    try:
-        live = _timed_projection(settings, live_bj, processes=processes, written_first=False,
-                                 without_hnsw=without_hnsw, say=say)
-        with_live = ProjectResult(**{**result.__dict__, "rows": {}})
-        _check(live_bj.endpoints.dsn, live_bj.schema, with_live)
-    finally:
-        _cleanup(live_bj.endpoints.dsn, live_bj.endpoints.bootstrap, live_bj.schema, live_bj.prefix)
-    result.live_seconds, result.live_cpu, result.produce_seconds = live.seconds, live.cpu, live.produce_seconds
+    live = timed_fresh(written_first=False)
+    result.live_seconds, result.live_cpu = live.seconds, live.cpu
     return result
 
 
 @dataclass(frozen=True)
 class _Timed:
     seconds: float
-    produce_seconds: float
     cpu: dict[str, float]
+
+
+@dataclass(frozen=True)
+class _Checked:
+    rows: dict[str, int]
+    """table -> rows written."""
+    index: str
+    """The HNSW index's definition (its m and ef_construction), "" if it was dropped."""
 
 
 def _timed_projection(settings: Settings, bj: BenchJournal, *, processes: int, written_first: bool,
@@ -334,7 +337,6 @@ def _timed_projection(settings: Settings, bj: BenchJournal, *, processes: int, w
         t0 = time.perf_counter()
         if not written_first:
             produce_workload(ep.bootstrap, topic, w.items)
-        tp = time.perf_counter()
         deadline = time.monotonic() + 900
         while _projected(poll, schema) < total:
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
@@ -351,7 +353,7 @@ def _timed_projection(settings: Settings, bj: BenchJournal, *, processes: int, w
         if ok:
             shutil.rmtree(logdir, ignore_errors=True)
     say(f"  {total} events in {t1 - t0:.2f}s: {total / (t1 - t0):,.0f} events/s", flush=True)
-    return _Timed(seconds=t1 - t0, produce_seconds=tp - t0, cpu=_cpu_split(cpu0, cpu1))
+    return _Timed(seconds=t1 - t0, cpu=_cpu_split(cpu0, cpu1))
 
 
 def _cpu_split(c0: dict[str, float], c1: dict[str, float]) -> dict[str, float]:
@@ -362,20 +364,22 @@ def _cpu_split(c0: dict[str, float], c1: dict[str, float]) -> dict[str, float]:
     return d
 
 
-def _check(dsn: str, schema: str, result: ProjectResult) -> None:
+def _check(dsn: str, schema: str, events: int) -> _Checked:
+    """What a run wrote into ``schema``; raises unless it is one audit row per record and
+    ``aosk audit verify`` passes."""
     import psycopg
 
     from aosk.projectors.audit import verify
 
     with psycopg.connect(dsn) as conn:
-        for t in ("audit_log", "agent_state", "checkpoints", "memories"):
-            result.rows[t] = int(conn.execute(f"select count(*) from {schema}.{t}").fetchone()[0])  # type: ignore[index]
-        result.verified = verify(conn, schema).ok
+        rows = {t: int(conn.execute(f"select count(*) from {schema}.{t}").fetchone()[0])  # type: ignore[index]
+                for t in ("audit_log", "agent_state", "checkpoints", "memories")}
+        verified = verify(conn, schema).ok
         found = conn.execute("select indexdef from pg_indexes where schemaname = %s and indexdef ilike %s",
                              (schema, "% using hnsw %")).fetchone()
-        result.index = found[0].split(" USING ", 1)[-1] if found else ""
-    if result.rows["audit_log"] != result.events or not result.verified:
-        raise AoskError(f"benchmark projection is wrong: {result.rows}, verify ok={result.verified}")
+    if rows["audit_log"] != events or not verified:
+        raise AoskError(f"benchmark projection is wrong: {rows}, verify ok={verified}")
+    return _Checked(rows, found[0].split(" USING ", 1)[-1] if found else "")
 
 
 def _breakdown_and_copy(dsn: str, schema: str, msgs: list[Any], result: ProjectResult, dim: int) -> None:
@@ -501,7 +505,7 @@ def report_markdown(r: ProjectResult, machine: str) -> str:
         f"illegal and undecodable records; load average {r.load_before:.2f} when the run started. "
         f"Rows written: {r.rows['audit_log']:,} audit, {r.rows['memories']:,} "
         f"memories, {r.rows['checkpoints']:,} checkpoints, {r.rows['agent_state']:,} agent states "
-        f"({rows:,} in all); `aosk audit verify` passed on the result of both runs.",
+        f"({rows:,} in all); `aosk audit verify` passed on the result of every run.",
         "",
         "| what | seconds | events/s |",
         "|---|---:|---:|",
