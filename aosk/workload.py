@@ -116,7 +116,8 @@ def generate_workload(
     rng = random.Random(seed)
     # Topics come from their own generator: the fleet's events do not depend on them.
     topic_rng = random.Random(f"topics-{seed}")
-    topics: list[list[float]] = []
+    topics = [_unit([topic_rng.gauss(0, 1) for _ in range(embedding_dim)])
+              for _ in range(max(1, embedding_topics) if embeddings else 0)]
     ids = iter(uuid.UUID(int=rng.getrandbits(128), version=4) for _ in iter(int, 1))
 
     def eid() -> str:
@@ -151,15 +152,10 @@ def generate_workload(
     def embedding() -> tuple[float, ...] | None:
         if not embeddings:
             return None
-        if not topics:
-            topics.extend(_unit([topic_rng.gauss(0, 1) for _ in range(embedding_dim)])
-                          for _ in range(max(1, embedding_topics)))
         topic = topics[topic_rng.randrange(len(topics))]
         # Noise of 0.06 per dimension: cosine similarity about 0.65 to the topic.
-        v = [t + rng.gauss(0, 0.06) for t in topic]
-        norm = math.sqrt(sum(x * x for x in v)) or 1.0
         # float32 values, as Avro `float` stores them: an event equals itself read back.
-        return tuple(array("f", (x / norm for x in v)).tolist())
+        return tuple(array("f", _unit([t + rng.gauss(0, 0.06) for t in topic])).tolist())
 
     def illegal_for(a: _Agent) -> Event:
         choice = rng.randrange(5)
