@@ -82,6 +82,11 @@ class KafkaSettings(_Section):
     def dead_letters_topic(self) -> str:
         return f"{self.topic_prefix}.dead-letters"
 
+    @property
+    def worker_snapshots_topic(self) -> str:
+        """The workers' compacted snapshot topic (``aosk.streams.snapshots``)."""
+        return f"{self.topic_prefix}-worker-snapshots"
+
 
 class DevStackSettings(_Section):
     state_dir: Path = Path(".aosk")

@@ -32,7 +32,8 @@ class TopicSpec:
 
 
 def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
-    """The journal, the verdicts and the dead letters, as these settings want them."""
+    """The journal, the verdicts, the dead letters and the worker snapshots, as these
+    settings want them."""
     durable = {"min.insync.replicas": "2"} if kafka.replication_factor >= 3 else {}
     return [
         TopicSpec(
@@ -62,6 +63,16 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
             {
                 "cleanup.policy": "delete",
                 "retention.ms": "-1",
+                "max.message.bytes": str(JOURNAL_MAX_MESSAGE_BYTES),
+                **durable,
+            },
+        ),
+        TopicSpec(
+            # The workers' agent snapshots (aosk.streams.snapshots): latest per agent, so
+            # compacted; a state fits in an AgentForked, so in the journal's record limit.
+            kafka.worker_snapshots_topic, kafka.journal_partitions, kafka.replication_factor,
+            {
+                "cleanup.policy": "compact",
                 "max.message.bytes": str(JOURNAL_MAX_MESSAGE_BYTES),
                 **durable,
             },

@@ -1,6 +1,7 @@
-"""AOSK stream processors (faust); installed as aosk.streams.
+"""AOSK kernel workers; installed as aosk.streams.
 
-``aosk.streams.app.create_app(settings)`` builds the worker's faust app (``aosk worker``
-runs it); the per-record logic (``processor``, ``offsets``, ``slots``, ``timeouts``,
-``pausing``, ``forks``, ``records``, ``commits``) imports no faust. docs/workers.md.
+``aosk.streams.worker.Worker`` is the loop ``aosk worker`` runs (its only Kafka client
+code is in ``kafka``); the batch logic (``processor``, ``offsets``, ``snapshots``,
+``timeouts``, ``pausing``, ``forks``, ``records``) imports no Kafka client.
+docs/workers.md.
 """

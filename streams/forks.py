@@ -8,11 +8,8 @@ The fork carries the source's state at ``at_seq``. What the worker can do on its
   the checkpoint projection (a later issue): ``PastStates`` is the hook it plugs into.
   Without it the fork is logged as pending and not written (nothing wrong is written).
 
-Redelivery: the request's original verdict comes back from the slot, but the state
-before it does not, so the built ``AgentForked`` is kept in the worker's table under
-``~fork/<request event id>`` (written before the slot, to the same changelog
-partition, so whenever the slot survives a crash the fork does too) and produced again
-from there.
+A request judged again after a crash is folded from the same state as the first time,
+so the same ``AgentForked`` (same deterministic id) is written again.
 """
 
 from __future__ import annotations
@@ -22,9 +19,8 @@ from typing import Protocol
 
 from aosk.events import AgentForked, ForkRequested, encode
 from aosk.kernel import AgentState, Record, fork_event
-from aosk.streams.slots import FORK_PREFIX
 
-__all__ = ["PastStates", "NoPastStates", "build_fork", "fork_key"]
+__all__ = ["PastStates", "NoPastStates", "build_fork"]
 
 log = logging.getLogger("aosk.streams.forks")
 
@@ -40,10 +36,6 @@ class NoPastStates:
 
     def state_at(self, agent_id: str, seq: int) -> AgentState | None:
         return None
-
-
-def fork_key(request_event_id: str) -> str:
-    return FORK_PREFIX + request_event_id
 
 
 def build_fork(record: Record, before: AgentState, past: PastStates) -> bytes | None:

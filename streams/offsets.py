@@ -1,176 +1,89 @@
-"""The worker owns its journal offsets: records are folded strictly in offset order per
-partition, and an offset is committed only once every record produced for the records
-before it has been acknowledged by the broker.
+"""The worker's journal positions, per owned partition: the next offset to fold, the
+committed offset, and whether the partition is stopped.
 
-Why not faust's own at-least-once bookkeeping (acks + commits): the fault test showed
-faust-streaming 0.15.3 commit offsets of records no agent ever processed, around
-rebalances. Stream records are delivered while a partition's table is still being
-recovered and before the seek to the committed offset; faust acknowledges records it
-skips (flow control, stale generation) on its own, and its commit takes the first run of
-consecutive acknowledged offsets, so a skipped range could be committed. Its producer
-flush before a commit also does not wait for batches already in flight (aiokafka
-``flush`` waits only for batches still in the accumulator). Any of these loses records
-after a crash. So the journal topic is consumed with faust acks disabled and this module
-decides, per partition:
+An offset is committed only after every output of the records before it was
+acknowledged (the worker flushes its producer first); what is committed is exactly the
+offset after the last record folded, never an offset the consumer merely fetched.
+Offsets in a partition need not be consecutive: transaction markers take offsets that
+``read_committed`` consumers never see, so any offset at or past the next one is
+admitted, and anything below it (fetched again after a seek) is dropped.
 
-* ``arm(p, committed)`` after the table of ``p`` is recovered: the next offset to fold
-  is the group's committed offset (the worker then seeks there);
-* ``admit(p, offset)``: ``FOLD`` exactly the next offset; ``DONE`` for anything below
-  (folded already, or committed); ``GAP`` above it (records are missing: seek back);
-  ``UNARMED`` for a partition not (yet) owned. Only ``FOLD`` is processed; everything
-  else is dropped and fetched again after the seek;
-* ``folded(p, offset, deliveries)``: the record's outputs were handed to the producer;
-* ``commit_plan()``: per partition, the next offset and the delivery futures to await
-  before committing it (``streams.app`` awaits them, then commits).
-
-Pure bookkeeping: no faust, no Kafka, unit-tested on its own.
+Pure bookkeeping: no Kafka, unit-tested on its own.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any
+from dataclasses import dataclass
 
-__all__ = ["Admit", "Cursors", "CommitPlan"]
-
-
-class Admit(Enum):
-    FOLD = "fold"
-    DONE = "done"
-    GAP = "gap"
-    UNARMED = "unarmed"
+__all__ = ["Cursors"]
 
 
 @dataclass
 class _Cursor:
     next: int
-    committed: int
-    pending: deque[tuple[int, list[Any]]] = field(default_factory=deque)
-    """(offset, delivery futures) of folded records past ``committed``."""
-    seek_to: int | None = None
-    seek_at: float = 0.0
-
-
-@dataclass(frozen=True)
-class CommitPlan:
-    offsets: dict[int, int]
-    """partition -> offset to commit (the next offset to fold)."""
-    deliveries: list[Any]
-    """Futures to await first; a failed one means the plan must not be committed."""
+    committed: int | None
+    """The group's committed offset (None: never committed)."""
+    stopped: bool = False
 
 
 class Cursors:
-    """Per armed partition: the next offset to fold and what is not committed yet."""
+    """Per owned partition: the next offset to fold and the committed one."""
 
-    def __init__(self, *, reseek_after_s: float = 2.0) -> None:
+    def __init__(self) -> None:
         self._c: dict[int, _Cursor] = {}
-        self._reseek_after = reseek_after_s
-        self._last_fold_at = 0.0
 
-    # -- ownership ----------------------------------------------------------------------
+    def arm(self, partition: int, *, next_offset: int, committed: int | None) -> None:
+        self._c[partition] = _Cursor(next_offset, committed)
 
-    def arm(self, partition: int, next_offset: int, *, now: float = 0.0) -> None:
-        self._c[partition] = _Cursor(next=next_offset, committed=next_offset)
-        self._last_fold_at = max(self._last_fold_at, now)
+    def disarm(self, partitions: Iterable[int]) -> None:
+        for p in partitions:
+            self._c.pop(p, None)
 
-    def disarm(self, partitions: Iterable[int] | None = None) -> None:
-        if partitions is None:
-            self._c.clear()
-        else:
-            for p in partitions:
-                self._c.pop(p, None)
-
-    def armed(self) -> set[int]:
+    def owned(self) -> set[int]:
         return set(self._c)
 
     def next_offset(self, partition: int) -> int | None:
         c = self._c.get(partition)
         return None if c is None else c.next
 
-    # -- records ------------------------------------------------------------------------
-
-    def admit(self, partition: int, offset: int) -> Admit:
+    def committed_offset(self, partition: int) -> int | None:
         c = self._c.get(partition)
-        if c is None:
-            return Admit.UNARMED
-        if offset == c.next:
-            return Admit.FOLD
-        return Admit.DONE if offset < c.next else Admit.GAP
+        return None if c is None else c.committed
 
-    def folded(self, partition: int, offset: int, deliveries: list[Any], *, now: float = 0.0) -> bool:
-        """Record that ``offset`` was folded and its outputs handed over; False (and
-        nothing recorded) if the partition was disarmed or re-armed meanwhile (a
-        rebalance during the sends: the record will be fetched and folded again)."""
+    def silent(self, partition: int) -> bool:
+        """Still re-folding records whose outputs were acknowledged before a takeover."""
         c = self._c.get(partition)
-        if c is None or offset != c.next:
-            return False
-        c.next = offset + 1
-        self._last_fold_at = max(self._last_fold_at, now)
-        c.seek_to = None
-        c.pending.append((offset, deliveries))
-        return True
+        return c is not None and c.committed is not None and c.next < c.committed
 
-    def seek_due(self, partition: int, now: float) -> int | None:
-        """The offset to seek ``partition`` to, unless a seek there was made recently."""
+    def admit(self, partition: int, offset: int) -> bool:
+        """Whether a fetched record is to be folded (owned, not stopped, not folded yet)."""
         c = self._c.get(partition)
-        if c is None:
-            return None
-        if c.seek_to == c.next and now - c.seek_at < self._reseek_after:
-            return None
-        c.seek_to, c.seek_at = c.next, now
-        return c.next
+        return c is not None and not c.stopped and offset >= c.next
 
-    def idle(self, now: float, after_s: float) -> bool:
-        """Nothing was folded (on any partition) for ``after_s``."""
-        return now - self._last_fold_at >= after_s
-
-    def stalled(self, partition: int, *, highwater: int | None, now: float, after_s: float) -> bool:
-        """Records exist past the partition's next offset, yet the worker folded nothing at
-        all (on any partition) for ``after_s``: nothing is queued, so the partition's
-        records are not coming (after a rebalance faust 0.15.3 often delivers nothing for a
-        reassigned partition until it is sought again, and records it drops while its flow
-        is suspended leave a gap no later record may reveal). A busy worker is never
-        stalled: a partition's records may simply be queued behind others'."""
+    def advance(self, partition: int, next_offset: int) -> None:
         c = self._c.get(partition)
-        if c is None or highwater is None or highwater <= c.next:
-            return False
-        return self.idle(now, after_s) and now - c.seek_at >= after_s
+        if c is not None and next_offset > c.next:
+            c.next = next_offset
 
-    # -- commits ------------------------------------------------------------------------
+    def stop(self, partition: int) -> None:
+        """The partition is stopped: nothing more is folded (or committed past it)."""
+        c = self._c.get(partition)
+        if c is not None:
+            c.stopped = True
 
-    def commit_plan(self) -> CommitPlan:
-        offsets: dict[int, int] = {}
-        deliveries: list[Any] = []
-        for p, c in self._c.items():
-            if c.next > c.committed:
-                offsets[p] = c.next
-                for _, futs in c.pending:
-                    deliveries.extend(futs)
-        return CommitPlan(offsets, deliveries)
+    def commit_plan(self, partitions: Iterable[int]) -> dict[int, int]:
+        """partition -> offset to commit, for those of ``partitions`` folded past their commit."""
+        out = {}
+        for p in partitions:
+            c = self._c.get(p)
+            if c is not None and (c.committed is None or c.next > c.committed):
+                out[p] = c.next
+        return out
 
     def committed(self, offsets: dict[int, int]) -> None:
         """``offsets`` (from a plan) are committed now."""
         for p, o in offsets.items():
             c = self._c.get(p)
-            if c is None:
-                continue
-            c.committed = max(c.committed, o)
-            while c.pending and c.pending[0][0] < c.committed:
-                c.pending.popleft()
-
-    def uncommitted(self) -> int:
-        return sum(len(c.pending) for c in self._c.values())
-
-
-def failed(deliveries: list[Any]) -> BaseException | None:
-    """The first exception among done delivery futures (None: all delivered)."""
-    for f in deliveries:
-        if isinstance(f, asyncio.Future) and f.done() and not f.cancelled() and f.exception() is not None:
-            return f.exception()
-        if isinstance(f, asyncio.Future) and f.cancelled():
-            return asyncio.CancelledError("delivery cancelled")
-    return None
+            if c is not None and (c.committed is None or o > c.committed):
+                c.committed = o

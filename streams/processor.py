@@ -1,92 +1,165 @@
-"""One journal record through the worker: decode (done by ``records.record_of``),
-``apply``, and the records to produce. Synchronous and free of faust: the faust app
-(``streams.app``) feeds it records, produces its outputs and acknowledges offsets.
+"""Journal records through the worker, a batch at a time: ``apply``, and the records to
+produce. Synchronous and free of Kafka: the worker loop (``streams.worker``) feeds it
+decoded records in offset order per partition, produces its outputs and commits.
 
-Per record, in this order:
+Per record, in order:
 
-1. its partition is stopped -> ``HELD`` (not folded, not acknowledged);
-2. ``apply(slot, record, version=<the partition's fold version>)``:
-   * ``UnknownFingerprint`` / ``UnknownFoldVersion`` / any other error -> the
-     partition stops (``streams.pausing``) -> ``STOPPED``;
-   * an offset already applied to this key (a redelivery after a crash or a
-     rebalance) -> the fold hands back the ORIGINAL verdict from the slot; its outputs
-     are produced again, byte for byte -> ``REDELIVERED``. The table may be ahead of
-     what was produced before a crash (faust flushes the changelog and the other sends
-     independently until the offset commit), which is exactly the case this covers;
-   * otherwise the new slot goes into the table (after a fork's ``AgentForked``, see
-     ``streams.forks``), the deadline index is updated -> ``APPLIED``;
-3. outputs: the table's changelog records (``streams.slots``), the ``Transition``, the
-   derived events, the dead letter, the fork.
+1. its partition is stopped -> not folded (``HELD``: its offset is never committed);
+2. its agent's slot already covers the offset (a snapshot restored ahead of the record,
+   while a takeover re-folds from the snapshot floor) -> skipped (``SKIPPED``);
+3. ``apply(slot, record, version=<the partition's fold version>)``:
+   * ``UnknownFingerprint`` / ``UnknownFoldVersion`` / any other error -> the partition
+     stops (``streams.pausing``), the record is not folded (``STOPPED``);
+   * otherwise the agent's slot is replaced, marked dirty for its next snapshot
+     (``streams.snapshots``) and its deadlines updated (``FOLDED``);
+4. outputs, unless the record is below the partition's ``silent_until`` (a takeover
+   re-folding records whose outputs were acknowledged before the offsets were
+   committed): the ``Transition``, the derived events, the dead letter, the fork
+   (``streams.records``, ``streams.forks``).
+
+A record folded again after a crash (at or past the committed offset) is folded from
+the same state as the first time, so its outputs are byte-identical: the fold is
+deterministic, nothing is answered from kept verdicts.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
 from aosk.events import ForkRequested, encode
-from aosk.kernel import AgentSlot, Kind, Reason, Record, Verdict, apply, timeout_events
+from aosk.kernel import INITIAL_VERSION, AgentSlot, Kind, Record, apply, pseudo_key, timeout_events
 from aosk.partitioning import partition_for
-from aosk.streams.forks import NoPastStates, PastStates, build_fork, fork_key
+from aosk.streams.forks import NoPastStates, PastStates, build_fork
 from aosk.streams.pausing import PartitionStops, Stop, describe_stop
 from aosk.streams.records import Output, Sink, outputs
-from aosk.streams.slots import SlotStore, partition_of_key
+from aosk.streams.snapshots import DirtyAgents, SnapshotPolicy
 from aosk.streams.timeouts import DeadlineIndex, PartitionClock
 
-__all__ = ["Outcome", "Result", "Processor"]
+__all__ = ["Outcome", "Batch", "Processor"]
 
 log = logging.getLogger("aosk.streams")
 
 
 class Outcome(Enum):
-    APPLIED = "applied"
-    """Folded for the first time; the table holds the new slot."""
-    REDELIVERED = "redelivered"
-    """Folded before: the original verdict's outputs, again."""
+    FOLDED = "folded"
+    SKIPPED = "skipped"
+    """Already in its agent's restored snapshot."""
     STOPPED = "stopped"
-    """This record stopped its partition (not acknowledged)."""
+    """This record stopped its partition."""
     HELD = "held"
-    """Its partition is stopped: not folded, not acknowledged."""
-
-    @property
-    def ack(self) -> bool:
-        """Whether the record's offset may be committed."""
-        return self in (Outcome.APPLIED, Outcome.REDELIVERED)
+    """Its partition is stopped."""
 
 
-@dataclass(frozen=True)
-class Result:
-    outcome: Outcome
+@dataclass
+class Batch:
+    """What folding a batch produced."""
+
     outputs: list[Output] = field(default_factory=list)
-    verdict: Verdict | None = None
-    stop: Stop | None = None
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    """partition -> the offset after the last record folded or skipped (what may be
+    committed once ``outputs`` are acknowledged)."""
+    folded: int = 0
+    """Records folded with outputs."""
+    refolded: int = 0
+    """Records folded silently (re-fold of a takeover)."""
+    stops: list[Stop] = field(default_factory=list)
+    """Partitions this batch stopped."""
 
 
 class Processor:
-    """Folds records into a ``SlotStore`` and says what to produce."""
+    """Agent slots of the partitions a worker owns, folded a batch at a time."""
 
-    def __init__(self, slots: SlotStore, *, journal_topic: str, journal_partitions: int,
-                 past_states: PastStates | None = None) -> None:
-        self.slots = slots
+    def __init__(self, *, journal_topic: str, journal_partitions: int, past_states: PastStates | None = None,
+                 snapshot_policy: SnapshotPolicy | None = None) -> None:
         self.journal_topic = journal_topic
         self.partitions = journal_partitions
         self.past_states = past_states or NoPastStates()
+        self.slots: dict[str, AgentSlot] = {}
+        self._keys: dict[int, set[str]] = {}
+        """partition -> keys folded on it (so a revoked partition's slots can be dropped)."""
+        self._silent_until: dict[int, int] = {}
+        self.dirty = DirtyAgents(snapshot_policy or SnapshotPolicy())
         self.stops = PartitionStops()
         self.deadlines = DeadlineIndex()
         self.clock = PartitionClock()
 
-    # -- one record ---------------------------------------------------------------------
+    # -- ownership ----------------------------------------------------------------------
 
-    def process(self, record: Record, *, raw_key: bytes | None) -> Result:
+    def assign(self, partition: int, slots: dict[str, AgentSlot], *, silent_until: int) -> None:
+        """Take ``partition`` over with its restored ``slots``; records below
+        ``silent_until`` are re-folded without outputs."""
+        self.revoke([partition])
+        self.slots.update(slots)
+        self._keys[partition] = set(slots)
+        self._silent_until[partition] = silent_until
+        self.deadlines.rebuild(partition, ((k, s.state) for k, s in slots.items()))
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        ps = list(partitions)
+        for p in ps:
+            for key in self._keys.pop(p, ()):
+                self.slots.pop(key, None)
+            self._silent_until.pop(p, None)
+        self.dirty.drop(ps)
+        self.deadlines.drop(ps)
+        self.clock.drop(ps)
+        self.stops.clear(ps)
+
+    def owned(self) -> set[int]:
+        return set(self._keys)
+
+    def version(self, partition: int) -> int:
+        """The fold version in force on ``partition`` (its pseudo-agent's)."""
+        s = self.slots.get(pseudo_key(partition))
+        return INITIAL_VERSION if s is None else s.state.fold_version
+
+    # -- records ------------------------------------------------------------------------
+
+    def fold(self, records: Sequence[Record], *, now: float, raw_keys: Sequence[bytes | None] | None = None) -> Batch:
+        """Fold ``records`` (offset order within each partition); ``raw_keys``: each
+        record's key bytes as consumed (dead letters keep them byte for byte)."""
+        batch = Batch()
+        for i, record in enumerate(records):
+            raw_key = raw_keys[i] if raw_keys is not None else (None if record.key is None else record.key.encode())
+            self._one(record, raw_key, now, batch)
+        return batch
+
+    def _one(self, record: Record, raw_key: bytes | None, now: float, batch: Batch) -> Outcome:
         p = record.partition
         if self.stops.stopped(p) is not None:
-            return Result(Outcome.HELD)
+            return Outcome.HELD
+        key = record.agent_key
+        slot = self.slots.get(key)
+        if slot is not None and record.offset <= slot.last_offset:
+            batch.next_offsets[p] = record.offset + 1
+            return Outcome.SKIPPED
         try:
-            return self._process(record, raw_key)
+            new, verdict = apply(slot, record, version=self.version(p))
+            silent = record.offset < self._silent_until.get(p, 0)
+            outs: list[Output] = []
+            if not silent:
+                outs = outputs(record, verdict, raw_key=raw_key, journal_topic=self.journal_topic,
+                               journal_partitions=self.partitions)
+                if verdict.kind == Kind.ACCEPTED and isinstance(record.event, ForkRequested) and slot is not None:
+                    outs += self._fork(record, slot)
         except Exception as e:  # noqa: BLE001 - every failure stops the partition, loudly
-            return Result(Outcome.STOPPED, stop=self.stop_for(record, e))
+            batch.stops.append(self.stop_for(record, e))
+            return Outcome.STOPPED
+        self.slots[key] = new
+        self._keys.setdefault(p, set()).add(key)
+        self.dirty.folded(p, key, record.offset, now)
+        self.deadlines.update(p, key, new.state)
+        self.clock.observe(p, record.timestamp)
+        batch.next_offsets[p] = record.offset + 1
+        if silent:
+            batch.refolded += 1
+        else:
+            batch.outputs.extend(outs)
+            batch.folded += 1
+        return Outcome.FOLDED
 
     def stop_for(self, record: Record, error: BaseException) -> Stop:
         """Stop ``record``'s partition because of ``error`` (logged once, loudly)."""
@@ -96,46 +169,20 @@ class Processor:
                       if stop.reason == "error" else None)
         return stop
 
-    def _process(self, record: Record, raw_key: bytes | None) -> Result:
-        key = record.agent_key
-        p = record.partition
-        slot = self.slots.get(key)
-        redelivered = slot is not None and record.offset <= slot.last_offset
-        new, verdict = apply(slot, record, version=self.slots.version(p))
-        outs = outputs(record, verdict, raw_key=raw_key, journal_topic=self.journal_topic,
-                       journal_partitions=self.partitions)
-        forked = verdict.kind == Kind.ACCEPTED and isinstance(record.event, ForkRequested)
-        if redelivered:
-            self.clock.observe(p, record.timestamp)
-            if verdict.kind == Kind.DUPLICATE and verdict.reason == Reason.REDELIVERED:
-                # The original verdict is no longer kept (the commit lagged more than the
-                # fold keeps): never publish a second, different verdict for the record.
-                log.warning("record %s[%d]@%d was applied before and its verdict is no longer kept; "
-                            "nothing re-sent", self.journal_topic, p, record.offset)
-                return Result(Outcome.REDELIVERED, [], verdict)
-            if forked:
-                outs += self._fork_output(record, self.slots.get_raw(fork_key(record.event.event_id)))  # type: ignore[union-attr]
-            return Result(Outcome.REDELIVERED, outs, verdict)
-
-        writes: list[Output] = []
-        if forked:
-            before = slot.state if slot is not None else None
-            fork = build_fork(record, before, self.past_states) if before is not None else None
-            if fork is not None:
-                writes.append(self.slots.put_raw(fork_key(record.event.event_id), fork, partition=p))  # type: ignore[union-attr]
-                outs += self._fork_output(record, fork)
-        writes.append(self.slots.put(key, new, partition=p))
-        self.deadlines.update(p, key, new.state)
-        self.clock.observe(p, record.timestamp)
-        return Result(Outcome.APPLIED, writes + outs, verdict)
-
-    def _fork_output(self, record: Record, value: bytes | None) -> list[Output]:
-        if value is None:
-            return []
+    def _fork(self, record: Record, before: AgentSlot) -> list[Output]:
         req = record.event
         assert isinstance(req, ForkRequested)
+        value = build_fork(record, before.state, self.past_states)
+        if value is None:
+            return []
         k = req.new_agent_id.encode()
         return [Output(Sink.JOURNAL, k, partition_for(k, self.partitions), value)]
+
+    # -- snapshots ----------------------------------------------------------------------
+
+    def snapshots_due(self, partition: int, now: float, *, everything: bool = False) -> list[tuple[str, AgentSlot]]:
+        """The (key, slot) pairs of ``partition`` whose snapshot is due."""
+        return [(k, self.slots[k]) for k in self.dirty.due(partition, now, everything=everything) if k in self.slots]
 
     # -- timeouts -----------------------------------------------------------------------
 
@@ -149,25 +196,3 @@ class Processor:
             for ev in timeout_events(slot.state, time_ms):
                 out.append((ev.event_id, Output(Sink.JOURNAL, key.encode(), partition, encode(ev))))
         return out
-
-    # -- ownership ----------------------------------------------------------------------
-
-    def on_assigned(self, partitions: Iterable[int]) -> None:
-        """Rebuild the deadline index of ``partitions`` from the (recovered) table."""
-        wanted = set(partitions)
-        states: dict[int, list[tuple[str, AgentSlot]]] = {p: [] for p in wanted}
-        for key in self.slots.keys():
-            p = partition_of_key(key, self.partitions)
-            if p in wanted:
-                slot = self.slots.get(key)
-                if slot is not None:
-                    states[p].append((key, slot))
-        for p, items in states.items():
-            self.deadlines.rebuild(p, ((k, s.state) for k, s in items))
-
-    def on_revoked(self, partitions: Iterable[int]) -> None:
-        ps = set(partitions)
-        self.deadlines.drop(ps)
-        self.clock.drop(ps)
-        self.stops.clear(ps)
-        self.slots.forget()

@@ -1,5 +1,5 @@
-"""Between Kafka and the fold: a consumed message as a ``Record``, a verdict as the
-records a worker produces. No faust here, so all of it is unit-tested.
+"""Between the fold and Kafka: a verdict as the records a worker produces. No Kafka
+client here, so all of it is unit-tested.
 
 What one journal record makes a worker produce (``outputs``), in this order:
 
@@ -10,22 +10,20 @@ What one journal record makes a worker produce (``outputs``), in this order:
 3. for an undecodable record, a copy of its bytes on the dead-letter topic (original
    key, journal partition) with headers naming the reason and the source position.
 
-A redelivered record's ORIGINAL verdict (kept in the slot) yields the same outputs
-again, byte for byte: at-least-once delivery of all three.
+A record judged again after a crash is folded from the same state, so it yields the
+same outputs again, byte for byte: at-least-once delivery of all three.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 from aosk.events import encode, encode_transition
-from aosk.journal import record_from_message
 from aosk.kernel import Kind, Record, Verdict
 from aosk.partitioning import partition_for
 
-__all__ = ["Sink", "Output", "record_of", "outputs", "dead_letter_headers"]
+__all__ = ["Sink", "Output", "outputs", "dead_letter_headers"]
 
 
 class Sink(Enum):
@@ -34,8 +32,8 @@ class Sink(Enum):
     TRANSITIONS = "transitions"
     JOURNAL = "journal"
     DEAD_LETTERS = "dead-letters"
-    CHANGELOG = "changelog"
-    """The worker's table changelog (``streams.slots``)."""
+    SNAPSHOTS = "snapshots"
+    """The workers' snapshot topic (``streams.snapshots``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,38 +45,6 @@ class Output:
     partition: int
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
-
-
-class _MessageView:
-    """A faust ``ConsumerMessage`` with confluent-kafka's accessors, so the one shared
-    conversion (``aosk.journal.record_from_message``) serves the worker too."""
-
-    __slots__ = ("_m",)
-
-    def __init__(self, message: Any) -> None:
-        self._m = message
-
-    def key(self) -> bytes | None:
-        return self._m.key  # type: ignore[no-any-return]
-
-    def value(self) -> bytes | None:
-        return self._m.value  # type: ignore[no-any-return]
-
-    def partition(self) -> int:
-        return self._m.partition  # type: ignore[no-any-return]
-
-    def offset(self) -> int:
-        return self._m.offset  # type: ignore[no-any-return]
-
-    def timestamp(self) -> tuple[int, int]:
-        # faust turns aiokafka's milliseconds into float seconds; ms / 1000 is correctly
-        # rounded, so rounding back recovers the exact integer.
-        return (int(self._m.timestamp_type or 0), round(self._m.timestamp * 1000))
-
-
-def record_of(message: Any) -> Record:
-    """A consumed faust message as the fold's input (decoded, or with its decode error)."""
-    return record_from_message(_MessageView(message))
 
 
 def dead_letter_headers(record: Record, *, topic: str) -> tuple[tuple[str, bytes], ...]:

@@ -25,7 +25,7 @@ from aosk.events import (
 from aosk.journal import JournalReader
 from aosk.kernel import AOSK_NAMESPACE, derived_event_id, fold_journal, state_hash
 from aosk.partitioning import partition_for
-from aosk.streams.app import app_id
+from aosk.streams.kafka import group_id
 from aosk.topics import ensure_topics
 from aosk.waiting import wait_for
 from worker_harness import Workers, end_offsets, group_assignment, read_topic
@@ -45,7 +45,7 @@ def _start(workers: Workers, settings, node: str = "w1") -> None:
     workers.start(node)
     k = settings.kafka
     wait_for(lambda: workers.procs[node].alive() and
-             (a := group_assignment(k.bootstrap_servers, app_id(settings), k.journal_topic)) is not None
+             (a := group_assignment(k.bootstrap_servers, group_id(settings.kafka.topic_prefix), k.journal_topic)) is not None
              and sum(len(p) for p in a.values()) == k.journal_partitions
              and "aosk worker" in workers.procs[node].log(),
              timeout=120, what=f"worker {node} to own the journal")
@@ -214,7 +214,7 @@ def test_unknown_fingerprint_stops_only_its_partition(settings, tmp_path) -> Non
             assert "partition STOPPED" in log and UNKNOWN[2:10].hex() in log
             assert f"[3] at offset {bad_offset}" in log
             assert workers.stop(node) == 0
-            committed = _committed(bootstrap, app_id(s), k.journal_topic)
+            committed = _committed(bootstrap, group_id(s.kafka.topic_prefix), k.journal_topic)
             assert committed[3] == bad_offset, committed
             assert all(committed.get(p, 0) == e for p, e in ends.items() if p != 3), (committed, ends)
 

@@ -32,7 +32,7 @@ import pytest
 
 from aosk.events import MessageBounced, MessageDelivered, MessageSent
 from aosk.kernel import Kind, expired_calls, fold_journal, state_hash
-from aosk.streams.app import app_id
+from aosk.streams.kafka import group_id
 from aosk.topics import ensure_topics
 from aosk.waiting import wait_for
 from aosk.workload import generate_workload, produce_workload
@@ -86,7 +86,7 @@ def run_kill_scenario(settings, state_dir, size: Size) -> dict[str, float]:
                              unfinished_timeout_ms=2_000, terminate_fraction=0.03)
     assert work.illegal_event_ids and work.garbage and work.child_spawns
     nodes = [f"w{i}" for i in range(1, size.workers + 1)]
-    group = app_id(settings)
+    group = group_id(settings.kafka.topic_prefix)
     coverage = Coverage(bootstrap, k.transitions_topic)
     t0 = time.monotonic()
     with Workers(settings, state_dir) as workers:
@@ -143,7 +143,7 @@ def run_kill_scenario(settings, state_dir, size: Size) -> dict[str, float]:
                 restart(victim)
                 if size.kill_while_rejoining and i == len(size.kill_at) - 1:
                     other = nodes[0] if victim != nodes[0] else nodes[1]
-                    wait_for(lambda: "Executing _on_partitions_assigned" in workers.procs[victim].log(),
+                    wait_for(lambda: "re-folding from" in workers.procs[victim].log(),
                              timeout=120, what="the restarted worker to start a rebalance")
                     kill(other)
                     wait_for(lambda: joined(len(running)), timeout=120, what="the group to settle without it")
@@ -250,7 +250,7 @@ def _check(settings, work) -> dict[str, float]:
     last = last_hash_by_agent(report)
     want = {a: state_hash(s.state) for a, s in slots.items()}
     assert last == want
-    table = changelog_slots(k.bootstrap_servers, f"{app_id(settings)}-slots-changelog")
+    table = changelog_slots(k.bootstrap_servers, settings.kafka.worker_snapshots_topic)
     assert {a: state_hash(s.state) for a, s in table.items()} == want
     assert {a: s.last_offset for a, s in table.items()} == {a: s.last_offset for a, s in slots.items()}
     return {"journal_records": len(report.records), "repeated_verdicts": report.repeated,

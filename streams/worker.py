@@ -1,0 +1,416 @@
+"""``Worker``: one kernel worker process, folding the journal in batches.
+
+The loop, per batch (``docs/workers.md`` has the why of each step):
+
+1. take up to ``batch_max`` records, waiting at most ``batch_wait_s`` once the first has
+   arrived (so a lone record is judged at once and a burst is judged in bulk);
+2. fold them per partition in offset order with the one ``apply``
+   (``streams.processor``) and hand every output to the producer;
+3. every ``commit_interval_s``: wait until the broker acknowledged every output so far,
+   then commit the next offsets, then write the snapshots that are due and the floor
+   markers (``streams.snapshots``: a snapshot is never ahead of the committed offset);
+4. every ``timeout_tick_s``: write ``CallTimedOut`` for calls past their deadline.
+
+Rebalances are librdkafka callbacks that run inside ``consume``: on revocation the
+worker commits and snapshots everything of the revoked partitions (best effort within
+its timeouts; the next owner re-folds from the floor anyway); on assignment it restores
+the partitions' snapshots and seeks to their floor, re-folding silently up to the
+committed offset. A lost assignment (session expired) drops the partitions' state.
+
+Stop: ``stop()`` (SIGTERM / SIGINT) ends the loop; the final commit and snapshots run
+with what is left of ``stop_timeout_s``, and a watchdog ends the process when that is
+spent (e.g. the broker is gone): nothing was committed that was not acknowledged, so
+the next owner simply folds from the last commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aosk.config import Settings
+from aosk.endpoints import resolve_endpoints
+from aosk.journal import record_from_message
+from aosk.streams.forks import PastStates
+from aosk.streams.kafka import (
+    OFFSET_BEGINNING,
+    consumer_config,
+    group_id,
+    read_partitions,
+    worker_producer_config,
+)
+from aosk.streams.offsets import Cursors
+from aosk.streams.processor import Processor
+from aosk.streams.records import Output, Sink
+from aosk.streams.snapshots import SnapshotPolicy, encode_floor, encode_snapshot, floor_key, restore, snapshot_topic
+from aosk.streams.timeouts import SentTimeouts, caught_up
+
+__all__ = ["WorkerOptions", "Worker", "EXIT_DELIVERY_FAILED", "EXIT_STOP_TIMEOUT"]
+
+log = logging.getLogger("aosk.streams")
+
+EXIT_DELIVERY_FAILED = 75
+"""Exit status (EX_TEMPFAIL) when the broker refused a record the worker produced: the
+worker stops like a ``kill -9`` and its uncommitted records are folded again."""
+EXIT_STOP_TIMEOUT = 70
+"""Exit status when a stop could not finish its final commit within ``stop_timeout_s``."""
+
+_NO_OFFSET = -1001  # librdkafka: no committed offset
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerOptions:
+    """How one worker process runs (the cluster-wide settings are in ``Settings``)."""
+
+    node_id: str | None = None
+    """This worker's name (default ``settings.node_id``): its consumer client id."""
+    batch_max: int = 2_000
+    """Most records folded in one batch."""
+    batch_wait_s: float = 0.002
+    """How long a batch keeps filling once its first record arrived (bounds the latency
+    a batch adds to a verdict)."""
+    commit_interval_s: float = 0.5
+    """How often outputs are awaited, offsets committed and due snapshots written."""
+    snapshots: SnapshotPolicy = field(default_factory=SnapshotPolicy)
+    """When agent snapshots are written (``streams.snapshots``)."""
+    timeout_tick_s: float = 0.5
+    """How often calls past their deadline are looked for."""
+    stop_timeout_s: float = 12.0
+    """A stop ends the process within this, whatever the broker does."""
+    flush_timeout_s: float = 30.0
+    """Longest wait for acknowledgements before a commit (the commit is skipped, not
+    forced, when they do not come)."""
+    past_states: PastStates | None = None
+    """Where fork sources older than the current state come from (``streams.forks``)."""
+
+
+class Worker:
+    """One worker process's loop (see the module doc). ``consumer``/``producer`` are
+    built from the settings unless given (unit tests pass fakes with the same methods)."""
+
+    def __init__(self, settings: Settings, options: WorkerOptions | None = None, *,
+                 consumer: Any = None, producer: Any = None,
+                 read_snapshots: Callable[[list[int]], dict[int, list[tuple[bytes | None, bytes | None]]]] | None = None
+                 ) -> None:
+        self.settings = settings
+        self.options = opts = options or WorkerOptions()
+        k = settings.kafka
+        self.node = opts.node_id or settings.node_id
+        self.journal = k.journal_topic
+        self.snapshots_topic = snapshot_topic(settings)
+        self._topics = {Sink.TRANSITIONS: k.transitions_topic, Sink.JOURNAL: k.journal_topic,
+                        Sink.DEAD_LETTERS: k.dead_letters_topic, Sink.SNAPSHOTS: self.snapshots_topic}
+        self._bootstrap = resolve_endpoints(settings).bootstrap if consumer is None or producer is None else ""
+        self.processor = Processor(journal_topic=k.journal_topic, journal_partitions=k.journal_partitions,
+                                   past_states=opts.past_states, snapshot_policy=opts.snapshots)
+        self.cursors = Cursors()
+        self._floors: dict[int, int] = {}
+        self._sent_timeouts = SentTimeouts()
+        self._stop = threading.Event()
+        self._consumer = consumer
+        self._producer = producer
+        self._read_snapshots = read_snapshots or (
+            lambda ps: read_partitions(self._bootstrap, self.snapshots_topic, ps))
+        self._delivery_error: str | None = None
+        self._last_commit = 0.0
+        self._last_tick = 0.0
+        self.folded = 0
+        self.refolded = 0
+
+    # -- set-up --------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        from confluent_kafka import Consumer, Producer
+
+        k = self.settings.kafka
+        if self._producer is None:
+            self._producer = Producer(worker_producer_config(self._bootstrap, client_id=f"aosk-worker-{self.node}"))
+        if self._consumer is None:
+            self._consumer = Consumer(consumer_config(
+                self._bootstrap, group=group_id(k.topic_prefix), client_id=f"aosk-worker-{self.node}",
+                session_timeout_ms=k.session_timeout_ms))
+        self._consumer.subscribe([self.journal], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_lost)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to end (safe from a signal handler); see the module doc."""
+        if not self._stop.is_set():
+            self._stop.set()
+            timer = threading.Timer(self.options.stop_timeout_s, self._stop_timed_out)
+            timer.daemon = True
+            timer.start()
+
+    def _stop_timed_out(self) -> None:
+        log.error("worker %s: the stop did not finish within %.0fs (broker unreachable?); exiting with status %d. "
+                  "Nothing unacknowledged was committed: the next owner folds from the last commit.",
+                  self.node, self.options.stop_timeout_s, EXIT_STOP_TIMEOUT)
+        logging.shutdown()
+        os._exit(EXIT_STOP_TIMEOUT)
+
+    def run(self) -> int:
+        """Fold until ``stop()``; returns the exit status."""
+        self._connect()
+        c = self._consumer
+        opts = self.options
+        last_report = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                msgs = c.consume(1, timeout=0.1)
+                if msgs and opts.batch_max > 1:
+                    msgs.extend(c.consume(opts.batch_max - 1, timeout=opts.batch_wait_s))
+                if msgs:
+                    self._handle(msgs)
+                self._producer.poll(0)
+                self._check_deliveries()
+                now = time.monotonic()
+                if now - self._last_commit >= opts.commit_interval_s:
+                    self._commit(now)
+                if now - self._last_tick >= opts.timeout_tick_s:
+                    self._last_tick = now
+                    self._timeouts()
+                if now - last_report >= 10:
+                    self._report(now - last_report)
+                    last_report = now
+        finally:
+            self._shutdown()
+        return 0
+
+    def _handle(self, msgs: list[Any]) -> None:
+        records = []
+        raw_keys = []
+        cursors = self.cursors
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                self._kafka_error(err)
+                continue
+            if not cursors.admit(m.partition(), m.offset()):
+                continue
+            records.append(record_from_message(m))
+            raw_keys.append(m.key())
+        if not records:
+            return
+        batch = self.processor.fold(records, now=time.monotonic(), raw_keys=raw_keys)
+        for o in batch.outputs:
+            self._send(o)
+        for p, offset in batch.next_offsets.items():
+            cursors.advance(p, offset)
+        for stop in batch.stops:
+            self._pause(stop.partition)
+        self.folded += batch.folded
+        self.refolded += batch.refolded
+
+    def _send(self, o: Output) -> None:
+        p = self._producer
+        topic = self._topics[o.sink]
+        while True:
+            try:
+                p.produce(topic, value=o.value, key=o.key, partition=o.partition,
+                          headers=list(o.headers) if o.headers else None, on_delivery=self._delivered)
+                return
+            except BufferError:  # the local queue is full: let librdkafka send some first
+                p.poll(0.05)
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None and self._delivery_error is None:
+            self._delivery_error = f"{msg.topic()}[{msg.partition()}]: {err.str()}"
+
+    def _check_deliveries(self) -> None:
+        if self._delivery_error is not None:
+            log.critical("the broker refused a record this worker produced (%s); exiting with status %d so the "
+                         "uncommitted records are folded again from the last commit",
+                         self._delivery_error, EXIT_DELIVERY_FAILED)
+            logging.shutdown()
+            os._exit(EXIT_DELIVERY_FAILED)
+
+    def _kafka_error(self, err: Any) -> None:
+        if err.fatal():
+            log.critical("fatal Kafka client error: %s; exiting", err.str())
+            logging.shutdown()
+            os._exit(EXIT_DELIVERY_FAILED)
+        log.warning("Kafka: %s", err.str())
+
+    # -- commits and snapshots -----------------------------------------------------------
+
+    def _commit(self, now: float, partitions: set[int] | None = None, *, everything: bool = False,
+                flush_timeout: float | None = None) -> bool:
+        """Await every output, commit the next offsets, then write the due snapshots and
+        floors (of ``partitions``, default all owned). False if nothing could be committed."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        self._last_commit = now
+        parts = self.cursors.owned() if partitions is None else partitions & self.cursors.owned()
+        timeout = self.options.flush_timeout_s if flush_timeout is None else flush_timeout
+        left = self._producer.flush(timeout)
+        self._check_deliveries()
+        if left:
+            log.warning("%d outputs not acknowledged within %.1fs; offsets not committed", left, timeout)
+            return False
+        plan = self.cursors.commit_plan(parts)
+        if plan:
+            try:
+                self._consumer.commit(offsets=[TopicPartition(self.journal, p, o) for p, o in plan.items()],
+                                      asynchronous=False)
+            except KafkaException as e:
+                log.warning("offset commit failed (%s); the partitions' snapshots wait for the next commit",
+                            e.args[0].str() if e.args else e)
+                return False
+            self.cursors.committed(plan)
+        self._write_snapshots(parts, now, everything=everything)
+        return True
+
+    def _write_snapshots(self, parts: set[int], now: float, *, everything: bool) -> None:
+        proc = self.processor
+        for p in sorted(parts):
+            due = proc.snapshots_due(p, now, everything=everything)
+            for key, slot in due:
+                self._send(Output(Sink.SNAPSHOTS, key.encode(), p, encode_snapshot(slot)))
+            proc.dirty.written(p, (k for k, _ in due))
+            committed = self.cursors.committed_offset(p)
+            if committed is None:
+                continue
+            floor = proc.dirty.floor(p, committed)
+            if self._floors.get(p) != floor:
+                self._send(Output(Sink.SNAPSHOTS, floor_key(p), p, encode_floor(floor)))
+                self._floors[p] = floor
+
+    # -- rebalancing (librdkafka calls these inside consume) -----------------------------
+
+    def _on_assign(self, consumer: Any, tps: list[Any]) -> None:
+        from confluent_kafka import TopicPartition
+
+        ps = sorted(tp.partition for tp in tps)
+        committed = self._committed_offsets(consumer, ps)
+        t0 = time.monotonic()
+        snapshots = self._read_snapshots([p for p in ps if committed.get(p) is not None])
+        starts = {}
+        for p in ps:
+            c = committed.get(p)
+            if c is None:
+                # Never committed: fold from the beginning with outputs (snapshots, if any,
+                # cannot be placed against a commit that is not there).
+                self.processor.assign(p, {}, silent_until=0)
+                self.cursors.arm(p, next_offset=0, committed=None)
+                starts[p] = OFFSET_BEGINNING
+                self._floors.pop(p, None)
+                continue
+            restored = restore(p, snapshots.get(p, []))
+            # No floor marker (none written yet, or a snapshot unreadable): re-fold from
+            # the beginning; the snapshots still say which records each agent has.
+            start = 0 if restored.floor is None else min(restored.floor, c)
+            ahead = [k for k, s in restored.slots.items() if s.last_offset >= c]
+            if ahead:
+                log.error("%s[%d]: snapshots of %s are ahead of the committed offset %d (a zombie worker wrote "
+                          "after a rebalance); their records from %d are not judged again", self.journal, p,
+                          ahead[:5], c, c)
+            self.processor.assign(p, restored.slots, silent_until=c)
+            self.cursors.arm(p, next_offset=start, committed=c)
+            self._floors[p] = start
+            starts[p] = start if start > 0 else OFFSET_BEGINNING
+        consumer.assign([TopicPartition(self.journal, p, starts[p]) for p in ps])
+        log.info("aosk worker %s folds %s partitions %s: committed %s, re-folding from %s (%.2fs to restore)",
+                 self.node, self.journal, ps, {p: committed.get(p) for p in ps},
+                 {p: self.cursors.next_offset(p) for p in ps}, time.monotonic() - t0)
+
+    def _committed_offsets(self, consumer: Any, ps: list[int]) -> dict[int, int | None]:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        delay = 0.2
+        while True:
+            try:
+                got = consumer.committed([TopicPartition(self.journal, p) for p in ps], timeout=10)
+                return {tp.partition: (None if tp.offset == _NO_OFFSET or tp.offset < 0 else tp.offset) for tp in got}
+            except KafkaException as e:
+                if self._stop.is_set():
+                    raise
+                log.warning("committed offsets unavailable (%s); retrying", e.args[0].str() if e.args else e)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _on_revoke(self, consumer: Any, tps: list[Any]) -> None:
+        ps = {tp.partition for tp in tps if tp.topic == self.journal}
+        if ps:
+            try:
+                self._commit(time.monotonic(), ps, everything=True, flush_timeout=min(10.0, self.options.flush_timeout_s))
+            except Exception as e:  # noqa: BLE001 - best effort: the next owner re-folds from the floor
+                log.warning("commit on revocation failed: %r", e)
+            self._drop(ps)
+            log.info("partitions %s revoked", sorted(ps))
+        consumer.unassign()
+
+    def _on_lost(self, consumer: Any, tps: list[Any]) -> None:
+        ps = {tp.partition for tp in tps if tp.topic == self.journal}
+        self._drop(ps)
+        log.warning("partitions %s lost (session expired); their state is dropped uncommitted", sorted(ps))
+        consumer.unassign()
+
+    def _drop(self, ps: set[int]) -> None:
+        self.processor.revoke(ps)
+        self.cursors.disarm(ps)
+        for p in ps:
+            self._floors.pop(p, None)
+
+    def _pause(self, p: int) -> None:
+        from confluent_kafka import TopicPartition
+
+        self.cursors.stop(p)
+        try:
+            self._consumer.pause([TopicPartition(self.journal, p)])
+        except Exception as e:  # noqa: BLE001 - already-fetched records are held by the processor anyway
+            log.warning("pausing partition %d failed: %r", p, e)
+
+    # -- timeouts ------------------------------------------------------------------------
+
+    def _timeouts(self) -> None:
+        from confluent_kafka import TopicPartition
+
+        proc = self.processor
+        now = time.time()
+        for p in sorted(self.cursors.owned()):
+            if proc.stops.stopped(p) is not None or proc.deadlines.earliest(p) is None or self.cursors.silent(p):
+                continue
+            try:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(self.journal, p), cached=True)
+            except Exception:  # noqa: BLE001 - not fetched yet
+                high = None
+            done = caught_up(self.cursors.next_offset(p), high if high is not None and high >= 0 else None)
+            t = proc.clock.time_ms(p, caught_up=done, now_ms=int(now * 1000))
+            if t is None:
+                continue
+            for event_id, o in proc.timeouts_due(p, t):
+                if self._sent_timeouts.should_send(event_id, now):
+                    self._send(o)
+        self._sent_timeouts.prune(now)
+
+    # -- stop ----------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        if self._consumer is None:
+            return
+        left = max(1.0, self.options.stop_timeout_s - 3.0)
+        try:
+            if self.cursors.owned():
+                self._commit(time.monotonic(), everything=True, flush_timeout=min(left, self.options.flush_timeout_s))
+                self._producer.flush(min(left, 5.0))
+        except Exception as e:  # noqa: BLE001 - the next owner folds from the last commit
+            log.warning("final commit failed: %r", e)
+        try:
+            self._consumer.close()
+        except Exception as e:  # noqa: BLE001
+            log.warning("closing the consumer failed: %r", e)
+        self._report(None)
+
+    def _report(self, interval: float | None) -> None:
+        rate = "" if not interval else f" ({self.folded / interval:.0f}/s)"
+        log.info("aosk worker %s: %d records judged%s, %d re-folded, %d agents, %d partitions, %d stopped",
+                 self.node, self.folded, rate, self.refolded, len(self.processor.slots),
+                 len(self.cursors.owned()), len(self.processor.stops))
+        if interval:
+            self.folded = 0
