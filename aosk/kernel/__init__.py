@@ -21,7 +21,7 @@ What ``apply`` must never touch, and how that is enforced:
 ``tests/unit/kernel/test_kernel_determinism.py`` patches ``time.time``, ``uuid.uuid4`` and
 ``random`` to raise while folding, folds the golden journals in subprocesses with
 different ``PYTHONHASHSEED`` values, and checks that importing this package loads none of
-faust, psycopg or confluent_kafka.
+faust, psycopg, confluent_kafka or fastavro and reads no schema file.
 
 Hash choice: ``state_hash(s)`` is exactly ``sha256(encode_state(s))`` for every record
 (no hash chain standing in for it), so an ``AgentForked`` or a checkpoint can be checked
@@ -30,7 +30,7 @@ bytes and the fold replaces only the parts an event changes: per record the cost
 sha256 pass over the joined bytes (~0.5 us/KiB), not a re-encoding.
 
 Layers: this package imports only the standard library, ``aosk.errors`` and the event
-classes of ``aosk.events``.
+classes of ``aosk.events`` (whose codec loads on first use, never with the kernel).
 """
 
 from __future__ import annotations

@@ -184,6 +184,15 @@ def test_public_api_is_pinned() -> None:
     assert all(getattr(ev, n) is not None for n in ev.__all__)
 
 
+def test_codec_names_load_lazily_from_their_modules() -> None:
+    from aosk.events import _avro, _schemas, codec
+
+    assert (ev.Codec, ev.load_schemas, ev.SCHEMAS, ev.decode) == (
+        _avro.Codec, _schemas.load_schemas, codec.SCHEMAS, codec.decode)
+    assert set(ev.__all__) <= set(dir(ev))
+    assert not hasattr(ev, "no_such_name")
+
+
 def test_events_package_imports_no_infrastructure() -> None:
     code = (
         "import sys, aosk.events\n"

@@ -1,5 +1,5 @@
 """The fold touches no clock, no randomness, no hash-order-dependent iteration, and
-``import aosk.kernel`` drags in no Kafka, PostgreSQL or faust client."""
+``import aosk.kernel`` drags in no Kafka, PostgreSQL or faust client, nor the Avro codec."""
 
 from __future__ import annotations
 
@@ -31,15 +31,36 @@ def _load(path: Path) -> list:
     return [record_from_plain(r) for r in json.loads(path.read_text())["records"]]
 
 
-def test_importing_the_kernel_loads_no_broker_database_or_stream_client() -> None:
-    code = (
-        "import sys, aosk.kernel\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('faust', 'psycopg', 'psycopg2', 'confluent_kafka', 'aiokafka', 'mode'))\n"
-        "print(','.join(bad))\n"
+_IMPORT_PROBE = """
+import sys
+opened = []
+sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" and args else None)
+import aosk.kernel
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in {banned!r} or m in {codec!r})
+schemas = sorted(p for p in opened if p.endswith(".avsc"))
+print(",".join(loaded + schemas))
+"""
+
+
+def test_importing_the_kernel_loads_no_broker_database_stream_client_or_codec() -> None:
+    # The codec (fastavro, every .avsc parsed and checked) loads on first use of
+    # aosk.events.decode & co.; the fold needs the event classes only.
+    code = _IMPORT_PROBE.format(
+        banned=("faust", "psycopg", "psycopg2", "confluent_kafka", "aiokafka", "mode", "fastavro"),
+        codec=("aosk.events._avro", "aosk.events._schemas", "aosk.events.codec", "aosk.schemas"),
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    assert out.stdout.strip() == "", f"aosk.kernel loaded {out.stdout.strip()}"
+    assert out.stdout.strip() == "", f"import aosk.kernel loaded or read {out.stdout.strip()}"
+
+
+def test_the_probe_sees_the_codec_when_it_loads() -> None:
+    # Guards the probe above: the same check after touching the codec must report it.
+    code = _IMPORT_PROBE.format(banned=("fastavro",), codec=("aosk.events.codec",)).replace(
+        "import aosk.kernel", "import aosk.kernel\nfrom aosk.events import decode")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    found = out.stdout.strip().split(",")
+    assert "fastavro" in found and "aosk.events.codec" in found
+    assert any(p.endswith("v1.avsc") for p in found), found
 
 
 def test_kernel_sources_import_no_clock_or_randomness() -> None:
