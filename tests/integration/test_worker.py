@@ -28,7 +28,7 @@ from aosk.partitioning import partition_for
 from aosk.streams.kafka import group_id
 from aosk.topics import ensure_topics
 from aosk.waiting import wait_for
-from worker_harness import Workers, end_offsets, group_assignment, read_topic
+from worker_harness import Workers, committed_offsets, end_offsets, group_assignment, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -214,15 +214,6 @@ def test_unknown_fingerprint_stops_only_its_partition(settings, tmp_path) -> Non
             assert "partition STOPPED" in log and UNKNOWN[2:10].hex() in log
             assert f"[3] at offset {bad_offset}" in log
             assert workers.stop(node) == 0
-            committed = _committed(bootstrap, group_id(s.kafka.topic_prefix), k.journal_topic)
+            committed = committed_offsets(bootstrap, group_id(s.kafka.topic_prefix), k.journal_topic)
             assert committed[3] == bad_offset, committed
             assert all(committed.get(p, 0) == e for p, e in ends.items() if p != 3), (committed, ends)
-
-
-def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    from confluent_kafka import ConsumerGroupTopicPartitions
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
-    res = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result()
-    return {tp.partition: tp.offset for tp in res.topic_partitions if tp.topic == topic}

@@ -23,6 +23,7 @@ events, are marked ``chaos`` (``make chaos``).
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import Counter, defaultdict
@@ -39,6 +40,7 @@ from aosk.workload import generate_workload, produce_workload
 from worker_harness import (
     Coverage,
     Workers,
+    committed_offsets,
     changelog_slots,
     check_run,
     group_assignment,
@@ -89,7 +91,9 @@ def run_kill_scenario(settings, state_dir, size: Size) -> dict[str, float]:
     group = group_id(settings.kafka.topic_prefix)
     coverage = Coverage(bootstrap, k.transitions_topic)
     t0 = time.monotonic()
-    with Workers(settings, state_dir) as workers:
+    # Commits every 2 s: a kill then always leaves judged records past the last commit,
+    # whose verdicts the next owner must send again, byte-identical.
+    with Workers(settings, state_dir, args=("--commit-interval-ms", "2000")) as workers:
         running = set(nodes)
 
         def all_alive() -> None:
@@ -100,6 +104,18 @@ def run_kill_scenario(settings, state_dir, size: Size) -> dict[str, float]:
             all_alive()
             a = group_assignment(bootstrap, group, k.journal_topic)
             return a is not None and len(a) == count and sum(len(p) for p in a.values()) == k.journal_partitions
+
+        def frozen_ahead_of_commit(node: str, parts: set[int]) -> bool:
+            """Freezes ``node``; True (it stays frozen, for the kill) once it has published
+            verdicts past its committed offsets, so the kill leaves records the next owner
+            must judge again; else thaws it."""
+            workers.freeze(node)
+            committed = committed_offsets(bootstrap, group, k.journal_topic)
+            seen = coverage.last_offsets(parts)
+            if any(o >= committed.get(p, 0) for p, o in seen.items()):
+                return True
+            workers.thaw(node)
+            return False
 
         def kill(node: str) -> None:
             running.discard(node)
@@ -127,6 +143,8 @@ def run_kill_scenario(settings, state_dir, size: Size) -> dict[str, float]:
                 victim_parts = before.get(f"aosk-worker-{victim}", set())
                 wait_for(lambda: coverage.distinct() >= len(work.items) * fraction, timeout=size.timeout,
                          what=f"{fraction:.0%} of the verdicts")
+                wait_for(lambda: frozen_ahead_of_commit(victim, victim_parts), timeout=size.timeout, interval=0.2,
+                         what=f"{victim} to have published verdicts past its last commit")
                 timings[f"kill{i + 1}_at_verdicts"] = coverage.distinct()
                 kill(victim)
                 t_kill = time.monotonic()
@@ -267,3 +285,37 @@ def test_kill_one_worker_mid_run(settings, tmp_path) -> None:
 def test_repeated_kills(settings, tmp_path) -> None:
     timings = run_kill_scenario(_own_settings(settings, "chaos"), tmp_path, CHAOS)
     print("timings", {k: round(v, 1) for k, v in timings.items()})
+
+
+def test_sigterm_with_the_broker_down_stops_within_15s_and_nothing_is_lost(stack, settings, tmp_path) -> None:
+    """The broker goes away mid-run; SIGTERM still ends the worker within 15 s, and after
+    restarting everything every record has its verdict exactly as the plain fold says."""
+    s = _own_settings(settings, "brokerdown")
+    k = s.kafka
+    bootstrap = k.bootstrap_servers
+    ensure_topics(bootstrap, k)
+    work = generate_workload(agents=40, events=4_000, seed=5, illegal_every=50, garbage_every=333)
+    produce_workload(bootstrap, k.journal_topic, work.items)
+    broker = stack.stack.kafka
+    coverage = Coverage(bootstrap, k.transitions_topic)
+    try:
+        with Workers(s, tmp_path, args=("--commit-interval-ms", "1000")) as workers:
+            w1 = workers.start("w1")
+            wait_for(lambda: coverage.distinct() >= len(work.items) // 4, timeout=120, what="a quarter of the verdicts")
+            broker.stop()
+            try:
+                t0 = time.monotonic()
+                w1.proc.send_signal(signal.SIGTERM)
+                w1.proc.wait(60)
+                stopped_in = time.monotonic() - t0
+            finally:
+                broker.start()
+            assert stopped_in < 15, f"the worker took {stopped_in:.1f}s to stop:\n{w1.log()[-3000:]}"
+            workers.start("w2")
+            wait_settled(bootstrap, k.journal_topic, coverage, quiet_s=3.0, timeout=300,
+                         alive=lambda: workers.procs["w2"].alive() or pytest.fail(workers.logs()))
+            assert workers.stop("w2") == 0
+    finally:
+        coverage.close()
+    report = check_run(s)
+    assert not report.problems, "\n".join(report.problems)

@@ -65,6 +65,8 @@ class Workers:
     settings: Settings
     state_dir: Path
     loglevel: str = "info"
+    args: tuple[str, ...] = ()
+    """Extra ``aosk worker`` arguments for every process."""
     procs: dict[str, WorkerProcess] = field(default_factory=dict)
     _generation: Counter[str] = field(default_factory=Counter)
 
@@ -74,13 +76,21 @@ class Workers:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         out = open(log_path, "wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "aosk.cli", "worker", "--node-id", node_id, "--loglevel", self.loglevel],
+            [sys.executable, "-m", "aosk.cli", "worker", "--node-id", node_id, "--log-level", self.loglevel,
+             *self.args],
             env=worker_env(self.settings, self.state_dir), stdout=out, stderr=subprocess.STDOUT,
         )
         out.close()
         wp = WorkerProcess(node_id, proc, log_path)
         self.procs[node_id] = wp
         return wp
+
+    def freeze(self, node_id: str) -> None:
+        """SIGSTOP: the process keeps its sockets but does nothing until ``thaw``."""
+        self.procs[node_id].proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self, node_id: str) -> None:
+        self.procs[node_id].proc.send_signal(signal.SIGCONT)
 
     def kill(self, node_id: str) -> None:
         """SIGKILL: no flush, no commit, no goodbye to the group."""
@@ -195,6 +205,16 @@ def group_assignment(bootstrap: str, group: str, topic: str) -> dict[str, set[in
     return out
 
 
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The consumer group's committed offsets of ``topic`` by partition."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    res = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result()
+    return {tp.partition: tp.offset for tp in res.topic_partitions if tp.topic == topic and tp.offset >= 0}
+
+
 class Coverage:
     """Follows the verdict topic in a thread: which journal offsets have a verdict."""
 
@@ -225,6 +245,11 @@ class Coverage:
                         self.count += 1
         finally:
             self._c.close()
+
+    def last_offsets(self, partitions: set[int]) -> dict[int, int]:
+        """The highest journal offset with a verdict, per partition of ``partitions`` that has one."""
+        with self._lock:
+            return {p: max(self.offsets[p]) for p in partitions if self.offsets.get(p)}
 
     def distinct(self) -> int:
         with self._lock:
@@ -263,14 +288,14 @@ def wait_settled(bootstrap: str, journal: str, coverage: Coverage, *, quiet_s: f
 
 
 def changelog_slots(bootstrap: str, topic: str) -> dict[str, Any]:
-    """The latest table value per key in a worker changelog topic, decoded."""
+    """The latest snapshot per agent key in the workers' snapshot topic, decoded."""
     from aosk.kernel import decode_slot
 
     latest: dict[bytes, bytes | None] = {}
     for m in read_topic(bootstrap, topic):
         if m.key is not None:
             latest[m.key] = m.value
-    return {k.decode(): decode_slot(v) for k, v in latest.items() if v is not None and not k.startswith(b"~fork/")}
+    return {k.decode(): decode_slot(v) for k, v in latest.items() if v is not None and not k.startswith((b"~fork/", b"~floor/"))}
 
 
 # --- checking a run -----------------------------------------------------------------------
@@ -336,5 +361,6 @@ def last_hash_by_agent(report: RunReport) -> dict[str, bytes]:
 
 
 __all__ = ["Workers", "WorkerProcess", "read_topic", "read_journal", "end_offsets", "check_run", "RunReport",
+           "committed_offsets",
            "group_assignment", "Coverage", "wait_settled", "changelog_slots",
            "last_hash_by_agent"]
