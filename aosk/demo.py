@@ -145,7 +145,7 @@ class _Processes:
 
 
 def _section_kernel(settings: Settings, ep: Endpoints, procs: _Processes) -> dict[str, object]:
-    _heading("4. the kernel judges every event (a faust worker folds the journal)")
+    _heading("4. the kernel judges every event (a kernel worker folds the journal)")
     from aosk.client import KernelClient
     from aosk.events import (
         AgentStarted,

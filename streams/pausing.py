@@ -7,11 +7,11 @@ would fold it, and the two histories would disagree. So the worker
 
 * does not acknowledge it (its offset is never committed; the next owner of the
   partition starts at or before it),
-* pauses fetching from its partition (faust ``Consumer.pause_partitions``),
+* pauses fetching from its partition (the consumer's ``pause``),
 * drops, unacknowledged, every later record of that partition already fetched,
 * logs one loud error naming the partition, offset, fingerprint and what to do,
 
-while every other partition goes on. After a rebalance faust resumes all assigned
+while every other partition goes on. After a rebalance the new owner resumes all assigned
 partitions and re-reads from the committed offsets: the record is met again and the
 partition stops again, until a worker with the newer schemas / fold version takes it.
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from aosk.events import encode, encode_transition
+from aosk.events import encode, encode_transition_fields
 from aosk.kernel import Kind, Record, Verdict
 from aosk.partitioning import partition_for
 
@@ -64,9 +64,11 @@ def outputs(record: Record, verdict: Verdict, *, raw_key: bytes | None, journal_
             journal_partitions: int) -> list[Output]:
     """Everything the worker produces for ``record`` judged by ``verdict`` (see module doc);
     ``raw_key`` is the record's key as consumed (the dead letter keeps it byte for byte)."""
+    v = verdict
     out = [
-        Output(Sink.TRANSITIONS, verdict.agent_id.encode(), record.partition,
-               encode_transition(verdict.to_transition()))
+        Output(Sink.TRANSITIONS, v.agent_id.encode(), record.partition, encode_transition_fields(
+            v.partition, v.offset, v.agent_id, v.event_id, v.event_type, v.kind, v.reason, v.message, v.status,
+            v.seq, v.state_hash, v.fold_version, v.timestamp))
     ]
     for event in verdict.derived:
         key = event.agent_id.encode()

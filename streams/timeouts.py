@@ -16,8 +16,8 @@ The time a worker compares deadlines with is the *partition's time*:
   with its own clock, so a worker whose clock runs ahead of the broker's by ``d``
   times calls out up to ``d`` early (keep clocks in sync, as for any Kafka deployment).
 
-Nothing here touches faust: ``DeadlineIndex`` and ``PartitionClock`` are plain objects
-the faust app feeds (and the unit tests drive directly).
+Nothing here touches Kafka: ``DeadlineIndex`` and ``PartitionClock`` are plain objects
+the worker loop feeds (and the unit tests drive directly).
 """
 
 from __future__ import annotations

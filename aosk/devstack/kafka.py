@@ -41,7 +41,7 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=4
 group.initial.rebalance.delay.ms=0
-# Topics are created explicitly (aosk topics ensure, faust's admin calls); a typo in a
+# Topics are created explicitly (aosk topics ensure); a typo in a
 # topic name should fail loudly instead of creating a stray topic.
 auto.create.topics.enable=false
 message.max.bytes=2097152

@@ -59,7 +59,14 @@ from aosk.events.types import (
 if TYPE_CHECKING:
     from aosk.events._avro import Codec
     from aosk.events._schemas import InvalidSchemas, SchemaSet, SchemaVersion, load_schemas
-    from aosk.events.codec import SCHEMAS, decode, decode_transition, encode, encode_transition
+    from aosk.events.codec import (
+        SCHEMAS,
+        decode,
+        decode_transition,
+        encode,
+        encode_transition,
+        encode_transition_fields,
+    )
 
 #: Codec names and the private module each comes from, imported on first access.
 _CODEC_NAMES: Final = {
@@ -72,6 +79,7 @@ _CODEC_NAMES: Final = {
     "encode": "aosk.events.codec",
     "decode": "aosk.events.codec",
     "encode_transition": "aosk.events.codec",
+    "encode_transition_fields": "aosk.events.codec",
     "decode_transition": "aosk.events.codec",
 }
 
@@ -94,6 +102,7 @@ __all__ = [
     "encode",
     "decode",
     "encode_transition",
+    "encode_transition_fields",
     "decode_transition",
     "Codec",
     "SCHEMAS",

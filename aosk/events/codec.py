@@ -10,15 +10,17 @@ from typing import Final
 
 from aosk.events._avro import Codec
 from aosk.events._schemas import SchemaSet, load_schemas
+from aosk.events._transition import transition_writer
 from aosk.events.types import EVENT_TYPES, Event, Transition
 
-__all__ = ["SCHEMAS", "decode", "decode_transition", "encode", "encode_transition"]
+__all__ = ["SCHEMAS", "decode", "decode_transition", "encode", "encode_transition", "encode_transition_fields"]
 
 #: Every version of every schema in schemas/, loaded and checked at import.
 SCHEMAS: Final[SchemaSet] = load_schemas()
 
 _EVENTS: Final = Codec(SCHEMAS, EVENT_TYPES, family="event")
 _TRANSITIONS: Final = Codec(SCHEMAS, {"Transition": Transition}, family="transition")
+_FAST_TRANSITION: Final = transition_writer(SCHEMAS)
 
 
 def encode(event: Event) -> bytes:
@@ -39,7 +41,26 @@ def decode(data: bytes) -> Event:
 
 def encode_transition(transition: Transition) -> bytes:
     """Avro single-object encoding of a verdict for topic aosk.agent-transitions."""
-    return _TRANSITIONS.encode(transition)
+    t = transition
+    return encode_transition_fields(t.journal_partition, t.journal_offset, t.agent_id, t.event_id, t.event_type,
+                                    t.verdict, t.reason, t.message, t.status, t.seq, t.state_hash, t.fold_version,
+                                    t.timestamp)
+
+
+def encode_transition_fields(journal_partition: int, journal_offset: int, agent_id: str, event_id: str | None,
+                             event_type: str | None, verdict: str, reason: str, message: str, status: str, seq: int,
+                             state_hash: bytes, fold_version: int, timestamp: int) -> bytes:
+    """``encode_transition`` of the ``Transition`` with these fields (in schema order),
+    without building it when the one-pass writer (``_transition``) applies."""
+    if _FAST_TRANSITION is not None:
+        data = _FAST_TRANSITION(journal_partition, journal_offset, agent_id, event_id, event_type, verdict, reason,
+                                message, status, seq, state_hash, fold_version, timestamp)
+        if data is not None:
+            return data
+    return _TRANSITIONS.encode(Transition(
+        journal_partition=journal_partition, journal_offset=journal_offset, agent_id=agent_id, event_id=event_id,
+        event_type=event_type, verdict=verdict, reason=reason, message=message, status=status, seq=seq,
+        state_hash=state_hash, fold_version=fold_version, timestamp=timestamp))
 
 
 def decode_transition(data: bytes) -> Transition:

@@ -1,6 +1,6 @@
 """The kernel: one pure, deterministic fold ``apply(slot, record) -> (slot, verdict)``.
 
-Shared by the faust worker, the projectors, point-in-time queries and the tests: the
+Shared by the kernel workers, the projectors, point-in-time queries and the tests: the
 same journal folds into the same states, byte for byte, on any machine and any
 ``PYTHONHASHSEED``. docs/kernel.md has the rules, reason codes and policies.
 

@@ -99,7 +99,7 @@ class FoldParams:
 
     state_max_bytes: int = 786_432
     """The bound the caps above keep the canonical state under (tested), so a state fits
-    in an ``AgentForked`` record and a faust table value (1,000,000 bytes)."""
+    in an ``AgentForked`` record and a worker snapshot (the journal's 2 MiB record limit)."""
 
 
 INITIAL_VERSION: Final = 1

@@ -1,7 +1,7 @@
 """What a folding process keeps per agent key: the state, and beside it (outside the hash)
 the last applied offset and the recent verdicts.
 
-``AgentSlot`` is the value of a worker's faust table (``encode_slot`` / ``decode_slot``)
+``AgentSlot`` is what a worker snapshots (``encode_slot`` / ``decode_slot``)
 and what ``apply`` takes and returns. A record at an offset <= ``last_offset`` was
 applied before (a redelivery after a crash): ``apply`` returns the slot unchanged and
 the original verdict from ``recent`` so the worker can send it again, with its derived

@@ -1,6 +1,6 @@
 """Decoding canonical state bytes back into an ``AgentState``.
 
-Strict on purpose: the bytes come from checkpoints, faust tables and ``AgentForked``
+Strict on purpose: the bytes come from checkpoints, worker snapshots and ``AgentForked``
 records, and a state that decodes must re-encode to exactly the same bytes (so its hash
 is the hash that was carried). Anything else raises ``StateDecodeError``.
 """

@@ -176,7 +176,7 @@ def test_fingerprints_are_computed_from_the_file_alone() -> None:
 
 def test_public_api_is_pinned() -> None:
     assert sorted(ev.__all__) == sorted([
-        "encode", "decode", "encode_transition", "decode_transition", "Codec", "SCHEMAS",
+        "encode", "decode", "encode_transition", "encode_transition_fields", "decode_transition", "Codec", "SCHEMAS",
         "SchemaSet", "SchemaVersion", "InvalidSchemas", "load_schemas", "EVENT_TYPES",
         "KERNEL_ONLY_TYPES", "ORIGINS", "VERDICT_KINDS", "Event", "Budgets", "Transition",
         *EVENT_TYPES,
