@@ -136,6 +136,7 @@ class Worker:
                 session_timeout_ms=k.session_timeout_ms))
         self._consumer.subscribe([self.journal], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)
+        log.info("aosk worker %s joins group %s on %s", self.node, group_id(k.topic_prefix), self.journal)
 
     # -- the loop ------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ events, are marked ``chaos`` (``make chaos``).
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -68,6 +69,9 @@ class Size:
 FULL = Size(workers=3, agents=100, events=20_000, unfinished=20, kill_at=(0.35,))
 """The issue's done-when: 3 workers over 12 partitions, 100 agents, 20,000 events, one
 worker SIGKILLed mid-run and restarted (~50 s here, so it is the default)."""
+STRESS = Size(workers=3, agents=100, events=20_000, unfinished=20, kill_at=(0.35,), kill_while_rejoining=True)
+"""One run of the 20-run loop under ``stress-ng --cpu 2`` (``make chaos``): a kill mid-run,
+its restart, and a second kill while the group rebalances for the restart."""
 CHAOS = Size(workers=3, agents=150, events=40_000, unfinished=30, kill_at=(0.2, 0.45, 0.7),
              kill_while_rejoining=True, timeout=900)
 """Three kills of different workers, plus one during a rebalance (``make chaos``)."""
@@ -161,7 +165,7 @@ def run_kill_scenario(settings, state_dir, size: Size) -> dict[str, float]:
                 restart(victim)
                 if size.kill_while_rejoining and i == len(size.kill_at) - 1:
                     other = nodes[0] if victim != nodes[0] else nodes[1]
-                    wait_for(lambda: "re-folding from" in workers.procs[victim].log(),
+                    wait_for(lambda: "joins group" in workers.procs[victim].log(),
                              timeout=120, what="the restarted worker to start a rebalance")
                     kill(other)
                     wait_for(lambda: joined(len(running)), timeout=120, what="the group to settle without it")
@@ -278,6 +282,31 @@ def _check(settings, work) -> dict[str, float]:
 
 def test_kill_one_worker_mid_run(settings, tmp_path) -> None:
     timings = run_kill_scenario(_own_settings(settings, "kill"), tmp_path, FULL)
+    print("timings", {k: round(v, 1) for k, v in timings.items()})
+
+
+@pytest.fixture
+def cpu_load():
+    """Both cores busy (``stress-ng --cpu 2``) for the duration of a test."""
+    import shutil
+    import subprocess
+
+    if shutil.which("stress-ng") is None:
+        pytest.fail("stress-ng is not installed (`make chaos` installs it: apt-get install stress-ng)")
+    proc = subprocess.Popen(["stress-ng", "--cpu", "2", "--timeout", "1800s", "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("run", range(1, 21))
+def test_kills_and_rebalances_under_cpu_load(settings, tmp_path, cpu_load, run) -> None:
+    """The worker fault scenario 20 times in a row with the machine's CPUs saturated."""
+    timings = run_kill_scenario(_own_settings(settings, f"stress{run}"), tmp_path, STRESS)
     print("timings", {k: round(v, 1) for k, v in timings.items()})
 
 
