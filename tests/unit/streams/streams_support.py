@@ -135,10 +135,15 @@ class FakeBroker:
     """Every commit, in order: partition -> offset."""
     violations: list[str] = field(default_factory=list)
     """Broken promises seen by the fakes (checked by the tests)."""
+    clock_ms: int = 1_800_000_000_000
+    """The broker's clock (LogAppendTime of what producers append)."""
 
-    def append(self, topic: str, partition: int, key: bytes | None, value: bytes | None, *, timestamp: int = 0,
-               headers: list[tuple[str, bytes]] | None = None) -> FakeMessage:
+    def append(self, topic: str, partition: int, key: bytes | None, value: bytes | None, *,
+               timestamp: int | None = None, headers: list[tuple[str, bytes]] | None = None) -> FakeMessage:
         log = self.topics[topic][partition]
+        if timestamp is None:
+            self.clock_ms += 1
+            timestamp = self.clock_ms
         m = FakeMessage(topic, partition, len(log), key, value, timestamp, headers)
         log.append(m)
         return m
