@@ -82,9 +82,10 @@ def _journal_records(broker: FakeBroker) -> list[Record]:
     return [record_from_message(m) for m in broker.messages(JOURNAL)]
 
 
-def _check(broker: FakeBroker, final: Worker) -> None:
+def _check(broker: FakeBroker, final: Worker, journal: Journal) -> None:
     """Every journal record has transitions, all identical to the plain fold's verdict;
-    the final worker holds the plain fold's states; no promise was broken."""
+    the final worker holds the plain fold's states; every derived event and dead letter
+    was written; no promise was broken."""
     assert broker.violations == []
     records = _journal_records(broker)
     slots, verdicts = fold_with_verdicts(records)
@@ -101,15 +102,10 @@ def _check(broker: FakeBroker, final: Worker) -> None:
         {k: (s.state, s.last_offset) for k, s in slots.items()}
     dead = {(m.partition(), m.value()) for m in broker.messages(DEAD)}
     assert dead == {(r.partition, r.value) for r in records if r.error is not None}
-
-
-def _derived_ids(broker: FakeBroker, journal: Journal) -> tuple[set[str], set[str]]:
-    records = _journal_records(broker)
-    _, verdicts = fold_with_verdicts(records)
-    want = {e.event_id for v in verdicts for e in v.derived}
+    derived = {e.event_id for v in verdicts for e in v.derived}
     original = {(r.partition, r.offset) for r in journal.records}
-    got = {r.event.event_id for r in records if (r.partition, r.offset) not in original and r.event is not None}
-    return want, got
+    written = {r.event.event_id for r in records if (r.partition, r.offset) not in original and r.event is not None}
+    assert derived and written == derived
 
 
 # --- commits wait for every acknowledgement ------------------------------------------------
@@ -120,9 +116,8 @@ def test_a_single_worker_folds_everything_and_commits_only_acknowledged_outputs(
     w, c, _ = _worker(broker)
     c.rebalance("assign", range(PARTS))
     _drive(w, c)
-    _check(broker, w)
-    want, got = _derived_ids(broker, journal)
-    assert want and got == want  # every derived event written (once: nothing crashed)
+    _check(broker, w, journal)
+    assert len(broker.messages(TRANSITIONS)) == len(_journal_records(broker))  # nothing crashed: once each
     assert broker.committed == {(JOURNAL, p): len(broker.topics[JOURNAL][p]) for p in range(PARTS)}
     assert len(broker.commits) > 5
 
@@ -240,3 +235,110 @@ def test_stop_ends_run_with_a_final_commit_and_snapshots(journal: Journal) -> No
         committed = broker.committed[(JOURNAL, p)]
         assert committed == w.cursors.next_offset(p) >= journal.offsets[p]
         assert restore(p, broker.read_snapshots(SNAPS)([p])[p]).floor == committed
+
+
+# --- crash recovery -----------------------------------------------------------------------
+
+CRASHES = [
+    # (how, when, snapshot policy every_records)
+    ("after_commit_acked", 2, 5),  # right after a commit, its snapshots acknowledged
+    ("after_commit_unacked", 2, 5),  # right after a commit, before its snapshots were acknowledged
+    ("after_commit_unacked", 7, 40),
+    ("produce", 41, 5),  # in the middle of the first batch: nothing committed yet
+    ("produce", 200, 5),  # in the middle of a batch
+    ("produce", 777, 5),
+    ("produce", 2_345, 40),
+    ("produce", 3_100, 1),
+    ("commit_call", 4, 5),  # inside the commit, before the broker stored it
+]
+
+
+def _crash(broker: FakeBroker, how: str, when: int, every: int, seed: int) -> None:
+    """Worker A folds until it dies as ``how``/``when`` says; what its producer had not
+    acknowledged is partly delivered (a random prefix per topic partition) and the rest lost."""
+    policy = SnapshotPolicy(every_records=every, every_s=3600)
+    w, c, prod = _worker(broker, policy=policy, crash_at=when if how == "produce" else None)
+    c.rebalance("assign", range(PARTS))
+    if how == "commit_call":
+        c.crash_on_commit = when
+    try:
+        n = 0
+        while True:
+            msgs = c.consume(40, 0)
+            assert msgs, "the crash point is past the end of the journal"
+            w._handle(msgs)
+            n += 1
+            if n % 3 == 0:
+                w._commit(time.monotonic())
+                if how.startswith("after_commit") and len(broker.commits) == when:
+                    if how == "after_commit_acked":
+                        prod.flush()
+                    prod.pending = []  # lost with the process
+                    return
+    except Crash:
+        prod.ack_some(random.Random(seed))
+
+
+@pytest.mark.parametrize(("how", "when", "every"), CRASHES)
+def test_a_takeover_after_a_crash_publishes_the_plain_folds_verdicts(journal: Journal, how: str, when: int,
+                                                                     every: int) -> None:
+    broker = _broker(journal)
+    _crash(broker, how, when, every, seed=when)
+    b, cb, _ = _worker(broker, policy=SnapshotPolicy(every_records=7, every_s=3600), chunk=5)
+    cb.rebalance("assign", range(PARTS))
+    _drive(b, cb, batch=33, commit_every=2)
+    assert b.refolded + b.folded > 0
+    _check(broker, b, journal)
+
+
+def test_a_takeover_re_folds_silently_from_the_floor(journal: Journal) -> None:
+    broker = _broker(journal)
+    _crash(broker, "after_commit_acked", 5, 10_000, seed=0)  # snapshots never due: the floor stays low
+    committed = {p: broker.committed[(JOURNAL, p)] for p in range(PARTS)}
+    transitions = len(broker.messages(TRANSITIONS))
+    b, cb, _ = _worker(broker)
+    cb.rebalance("assign", range(PARTS))
+    assert {p: b.cursors.next_offset(p) for p in range(PARTS)} == {p: 0 for p in range(PARTS)}
+    assert all(b.cursors.silent(p) for p in range(PARTS))
+    while any(b.cursors.silent(p) for p in range(PARTS)):
+        b._handle(cb.consume(10, 0))
+    assert len(broker.messages(TRANSITIONS)) == transitions  # nothing judged again below the commit
+    assert b.refolded == sum(committed.values()) and cb.commit_calls == 0
+
+
+def test_a_second_takeover_during_the_re_fold_loses_nothing(journal: Journal) -> None:
+    """B takes over, commits (its loop commits on its first turn) and dies before
+    re-folding up to the committed offset; C takes over from what B left behind."""
+    broker = _broker(journal)
+    _crash(broker, "after_commit_acked", 5, 10_000, seed=0)  # the floors stay at 0
+    b, cb, pb = _worker(broker)
+    cb.rebalance("assign", range(PARTS))
+    assert {p: b.cursors.next_offset(p) for p in range(PARTS)} == {p: 0 for p in range(PARTS)}
+    b._commit(time.monotonic())
+    pb.flush()
+    del b  # dies
+    for p in range(PARTS):
+        floor = restore(p, broker.read_snapshots(SNAPS)([p])[p]).floor
+        assert floor == 0, f"partition {p}: floor {floor} is past what the dying worker had re-folded (0)"
+    c, cc, _ = _worker(broker)
+    cc.rebalance("assign", range(PARTS))
+    _drive(c, cc)
+    _check(broker, c, journal)
+
+
+def test_revoked_during_the_re_fold_the_floor_stays_below_what_was_re_folded(journal: Journal) -> None:
+    broker = _broker(journal)
+    _crash(broker, "after_commit_acked", 5, 10_000, seed=0)
+    b, cb, pb = _worker(broker)
+    cb.rebalance("assign", range(PARTS))
+    b._handle(cb.consume(30, 0))
+    nexts = {p: b.cursors.next_offset(p) for p in range(PARTS)}
+    cb.rebalance("revoke", range(PARTS))
+    pb.flush()
+    for p in range(PARTS):
+        floor = restore(p, broker.read_snapshots(SNAPS)([p])[p]).floor
+        assert floor is not None and floor <= nexts[p] < broker.committed[(JOURNAL, p)]
+    c, cc, _ = _worker(broker)
+    cc.rebalance("assign", range(PARTS))
+    _drive(c, cc)
+    _check(broker, c, journal)
