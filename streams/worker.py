@@ -277,7 +277,11 @@ class Worker:
             committed = self.cursors.committed_offset(p)
             if committed is None:
                 continue
-            floor = proc.dirty.floor(p, committed)
+            # While a takeover re-folds below the commit, agents whose records lie between
+            # the re-fold position and the commit are not dirty yet: the floor must not
+            # pass that position, or the next owner would never re-fold those records.
+            nxt = self.cursors.next_offset(p)
+            floor = proc.dirty.floor(p, committed if nxt is None else min(committed, nxt))
             if self._floors.get(p) != floor:
                 self._send(Output(Sink.SNAPSHOTS, floor_key(p), p, encode_floor(floor)))
                 self._floors[p] = floor

@@ -1,5 +1,6 @@
-"""Small pure parts of the worker: the deadline index and partition time, the slot
-cache, dead-letter headers, stop messages, and the layering (no faust at import)."""
+"""Small pure parts of the worker: the deadline index and partition time, sent timeouts,
+dead-letter headers, stop messages, a consumed message as a fold input, and the layering
+(the processing modules import no Kafka client)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,10 @@ import sys
 from dataclasses import replace
 
 from aosk.errors import Undecodable, UnknownFingerprint, UnknownFoldVersion
-from aosk.kernel import AgentSlot, OpenCall, Record, placeholder
+from aosk.kernel import OpenCall, Record, placeholder
 from aosk.kernel.state import Calls
-from aosk.partitioning import partition_for
 from aosk.streams.pausing import PartitionStops, describe_stop
 from aosk.streams.records import dead_letter_headers
-from aosk.streams.slots import SlotStore, partition_of_key
 from aosk.streams.timeouts import DeadlineIndex, PartitionClock, SentTimeouts, caught_up
 
 
@@ -55,24 +54,6 @@ def test_sent_timeouts_are_not_repeated_every_tick() -> None:
     assert sent.should_send("e", 0.0) and not sent.should_send("e", 10.0) and sent.should_send("e", 31.0)
 
 
-def test_slot_cache_follows_the_table() -> None:
-    table: dict = {}
-    store = SlotStore(table)
-    slot = AgentSlot(placeholder("a", 1), last_offset=4)
-    out = store.put("a", slot, partition=3)
-    assert (out.key, out.partition, out.value) == (b"a", 3, table[b"a"])
-    assert store.get("a") is slot
-    table[b"a"] = bytes(bytearray(table[b"a"]))  # replaced (e.g. recovered from the changelog): decoded again
-    assert store.get("a") is not slot and store.get("a").last_offset == 4
-    assert store.get("missing") is None and store.version(0) == 1
-
-
-def test_partition_of_key() -> None:
-    assert partition_of_key("~p7", 12) == 7
-    assert partition_of_key("~fork/x", 12) is None
-    assert partition_of_key("agent-1", 12) == partition_for("agent-1", 12)
-
-
 def test_dead_letter_headers_and_stop_messages() -> None:
     r = Record("k", 2, 9, 1234, b"x", None, Undecodable("not single-object encoded"))
     h = dict(dead_letter_headers(r, topic="j"))
@@ -88,25 +69,32 @@ def test_dead_letter_headers_and_stop_messages() -> None:
     assert stops.stopped(2) is None
 
 
-def test_processing_modules_do_not_import_faust() -> None:
-    code = ("import sys, aosk.streams.processor, aosk.streams.offsets, aosk.streams.commits;"
-            "print('faust' in sys.modules)")
+PROCESSING = ("processor", "offsets", "snapshots", "records", "timeouts", "pausing", "forks")
+
+
+def test_processing_modules_import_no_kafka_client() -> None:
+    code = ("import sys;" + ";".join(f"import aosk.streams.{m}" for m in PROCESSING) +
+            ";print(sorted(m for m in ('confluent_kafka', 'faust', 'aiokafka') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"
 
 
-def test_a_faust_message_becomes_the_shared_record() -> None:
-    from types import SimpleNamespace
+def test_sent_timeouts_are_forgotten_after_resend_after() -> None:
+    sent = SentTimeouts(resend_after_s=30)
+    assert sent.should_send("a", 0.0) and sent.should_send("b", 20.0)
+    sent.prune(35.0)  # "a" forgotten, "b" still recent
+    assert not sent.should_send("b", 36.0) and sent.should_send("a", 36.0)
 
+
+def test_a_consumed_message_becomes_the_shared_record() -> None:
     from aosk.events import AgentStarted, encode
-    from aosk.streams.records import record_of
+    from aosk.journal import record_from_message
+    from streams_support import FakeMessage
 
     ev = AgentStarted(event_id="00000000-0000-4000-8000-000000000001", agent_id="a", tenant_id="t",
                       occurred_at=0, origin="client", correlation_id=None, causation_id=None)
     ts_ms = 1_795_597_176_801
-    msg = SimpleNamespace(key=b"a", value=encode(ev), partition=4, offset=17, timestamp=ts_ms / 1000.0,
-                          timestamp_type=1)
-    r = record_of(msg)
-    assert (r.key, r.partition, r.offset, r.timestamp, r.event) == ("a", 4, 17, ts_ms, ev)
-    garbage = record_of(SimpleNamespace(key=None, value=None, partition=1, offset=0, timestamp=1.0, timestamp_type=1))
+    r = record_from_message(FakeMessage("j", 4, 17, b"a", encode(ev), ts_ms))
+    assert (r.key, r.partition, r.offset, r.timestamp, r.event, r.error) == ("a", 4, 17, ts_ms, ev, None)
+    garbage = record_from_message(FakeMessage("j", 1, 0, None, None, 1))
     assert garbage.key is None and garbage.event is None and garbage.error is not None and garbage.agent_key == "~p1"
