@@ -112,6 +112,7 @@ class Worker:
         self._floors: dict[int, int] = {}
         self._sent_timeouts = SentTimeouts()
         self._stop = threading.Event()
+        self._watchdog: threading.Timer | None = None
         self._consumer = consumer
         self._producer = producer
         self._read_snapshots = read_snapshots or (
@@ -144,9 +145,9 @@ class Worker:
         """Ask the loop to end (safe from a signal handler); see the module doc."""
         if not self._stop.is_set():
             self._stop.set()
-            timer = threading.Timer(self.options.stop_timeout_s, self._stop_timed_out)
-            timer.daemon = True
-            timer.start()
+            self._watchdog = threading.Timer(self.options.stop_timeout_s, self._stop_timed_out)
+            self._watchdog.daemon = True
+            self._watchdog.start()
 
     def _stop_timed_out(self) -> None:
         log.error("worker %s: the stop did not finish within %.0fs (broker unreachable?); exiting with status %d. "
@@ -181,6 +182,8 @@ class Worker:
                     last_report = now
         finally:
             self._shutdown()
+            if self._watchdog is not None:  # stopped in time: the process may go on
+                self._watchdog.cancel()
         return 0
 
     def _handle(self, msgs: list[Any]) -> None:
