@@ -16,15 +16,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from aosk.kernel import VERSIONS
-
 __all__ = ["CommitGate", "DEFAULT_CAP"]
 
 log = logging.getLogger("aosk.streams")
 
-DEFAULT_CAP = min(p.recent_verdicts for p in VERSIONS.values()) // 2
-"""Half of what the fold keeps: a margin for the record in flight and for faust's own
-bookkeeping."""
+DEFAULT_CAP = 32
+"""Half of the 64 verdicts the worker keeps per agent: a margin for the record in flight
+and for faust's own bookkeeping."""
 
 
 class CommitGate:
