@@ -68,7 +68,7 @@ def fold_with_verdicts(
         slot, verdict = apply(out.get(key), r, version=version, partitions=partitions, hash_state=hash_state,
                               keep_verdicts=keep_verdicts)
         out[key] = slot
-        if key[0] == "~" and key == pseudo_key(p):  # a marker may switch the partition's rules
+        if key[:1] == "~" and key == pseudo_key(p):  # a marker may switch the partition's rules
             rules[p] = fold_args(slot.state)
         verdicts.append(verdict)
     return out, verdicts
