@@ -173,11 +173,13 @@ def apply(
         checkpoint_due=checkpoint,
     )
     kept = verdict if not (verdict.paged_out or verdict.derived) else revise(verdict, paged_out=(), derived=())
+    recent: tuple[Verdict, ...] = slot.recent
     if keep_verdicts <= 0:
-        recent: tuple[Verdict, ...] = ()
-    else:
-        recent = slot.recent
-        recent = (*recent[-(keep_verdicts - 1):], kept) if len(recent) >= keep_verdicts else (*recent, kept)
+        recent = ()
+    elif len(recent) < keep_verdicts:
+        recent = (*recent, kept)
+    else:  # the newest keep_verdicts - 1, then this one (recent[-0:] would be all of them)
+        recent = (*recent[len(recent) - keep_verdicts + 1:], kept)
     return AgentSlot(new, record.offset, recent), verdict
 
 

@@ -199,6 +199,10 @@ def test_kept_verdicts_are_the_callers_setting_and_change_no_hash() -> None:
     assert [v.offset for v in kept.recent] == [7, 8, 9] and none.recent == ()
     assert kept.state == none.state
     assert apply(kept, rec(ev("AgentStarted", A), offset=8), keep_verdicts=3)[1] == kept.recent[1]
+    one = None
+    for off in range(5):
+        one, v = apply(one, rec(ev("AgentStarted", A), offset=off), keep_verdicts=1)
+        assert one.recent == (v,)
 
 
 def test_client_retry_with_the_same_event_id_is_a_duplicate_within_k() -> None:
