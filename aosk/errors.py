@@ -8,6 +8,7 @@
      |    |                         that does not decode with its (known) schema
      |    +-- UnknownFingerprint    written with a schema this process does not have
      +-- UnknownFoldVersion     the journal asks for a fold version this code lacks
+ +-- PartitionCountChanged  the journal's partition count is not the one its markers recorded
      +-- EventRejected          the SDK refused an event before producing it
      +-- DeliveryError          the broker did not acknowledge a produced event
 
@@ -71,6 +72,24 @@ class UnknownFoldVersion(AoskError):
         super().__init__(
             f"fold version {version} is unknown here (this code knows {list(known)}); "
             "deploy the newer aosk on every worker and projector and restart"
+        )
+
+
+class PartitionCountChanged(AoskError):
+    """The journal has another partition count than the one a fold-version-2
+    ``KernelUpgraded`` marker recorded for a partition. Keys would route to other
+    partitions than the fold assumes, so every reader stops (never re-routes silently).
+    docs/recovery.md ("A changed partition count") has the remedy."""
+
+    def __init__(self, partition: int, recorded: int, live: int) -> None:
+        self.partition = partition
+        self.recorded = recorded
+        self.live = live
+        super().__init__(
+            f"the journal has {live} partitions but the KernelUpgraded marker on partition {partition} recorded "
+            f"{recorded}: its partition count changed, so agents no longer live where the fold routes them. "
+            f"Processing stops. Restore the journal to {recorded} partitions (or copy it to a new journal with "
+            "`aosk topics ensure`), see docs/recovery.md \"A changed partition count\""
         )
 
 

@@ -6,6 +6,13 @@ settings that matter and raises :class:`TopicMismatch` naming each difference: t
 partition count of the journal must never change (agents would move between
 partitions and lose their order), and e.g. ``CreateTime`` timestamps would make time
 travel depend on client clocks.
+
+``ensure_topics(..., mark_new_journal=True)`` (what ``aosk topics ensure`` does) also
+writes a ``KernelUpgraded`` marker of the latest fold version, with the partition count,
+on every partition of a journal it CREATES (never on an existing one), so a new journal
+starts under the latest rules, the partition rule of fold version 2 included
+(``write_partition_markers``; docs/kernel.md). ``aosk kernel upgrade`` writes the same
+markers on an existing journal.
 """
 
 from __future__ import annotations
@@ -84,10 +91,44 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
 class EnsureResult:
     created: list[str]
     existing: list[str]
+    markers: list[tuple[int, int]] = field(default_factory=list)
+    """(partition, offset) of the ``KernelUpgraded`` markers written on a new journal."""
 
 
-def ensure_topics(bootstrap: str, kafka: KafkaSettings, *, timeout: float = 30.0) -> EnsureResult:
-    """Create missing AOSK topics; check existing ones. Raises TopicMismatch on a difference."""
+def write_partition_markers(bootstrap: str, topic: str, *, fold_version: int, partitions: int,
+                            client_id: str = "aosk-kernel-upgrade") -> list[tuple[int, int]]:
+    """Produce ``KernelUpgraded(fold_version, partitions)`` without a key (origin kernel,
+    tenant ``~kernel``) to each of the ``partitions`` partitions of ``topic``; returns
+    the (partition, offset) of each once the broker acknowledged all of them."""
+    import time
+    import uuid
+
+    from aosk.client._producer import DeliveringProducer, producer_config
+    from aosk.events import KernelUpgraded, encode
+
+    producer = DeliveringProducer(producer_config(bootstrap, client_id=client_id))
+    futures = []
+    try:
+        for p in range(partitions):
+            marker = KernelUpgraded(event_id=str(uuid.uuid4()), agent_id=f"~p{p}", tenant_id="~kernel",
+                                    occurred_at=time.time_ns() // 1000, origin="kernel",
+                                    fold_version=fold_version, partitions=partitions)
+            futures.append(producer.produce(topic, key=None, value=encode(marker), partition=p))
+    finally:
+        producer.close()
+    out = []
+    for f in futures:
+        d = f.result(0)
+        out.append((d.partition, d.offset))
+    return out
+
+
+def ensure_topics(bootstrap: str, kafka: KafkaSettings, *, timeout: float = 30.0,
+                  mark_new_journal: bool = False) -> EnsureResult:
+    """Create missing AOSK topics; check existing ones. Raises TopicMismatch on a difference.
+
+    ``mark_new_journal``: if this call created the journal, write the latest fold
+    version's ``KernelUpgraded`` marker (with the partition count) on every partition."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
@@ -144,4 +185,11 @@ def ensure_topics(bootstrap: str, kafka: KafkaSettings, *, timeout: float = 30.0
                 problems.append(f"{spec.name}: {key}={have}, expected {want}")
     if problems:
         raise TopicMismatch("topics differ from what AOSK needs:\n  " + "\n  ".join(problems))
-    return EnsureResult(created=created, existing=[s.name for s in specs if s.name not in created])
+    markers: list[tuple[int, int]] = []
+    if mark_new_journal and kafka.journal_topic in created:
+        from aosk.kernel import LATEST_VERSION
+
+        count = len(metadata.topics[kafka.journal_topic].partitions)
+        markers = write_partition_markers(bootstrap, kafka.journal_topic, fold_version=LATEST_VERSION,
+                                          partitions=count, client_id="aosk-topics-ensure")
+    return EnsureResult(created=created, existing=[s.name for s in specs if s.name not in created], markers=markers)

@@ -23,13 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aosk.kernel import (
-    INITIAL_VERSION,
     AgentSlot,
     Record,
     apply,
+    check_partition_count,
     decode_state,
     encode_state,
+    fold_args,
     pseudo_key,
+    route,
     state_hash,
 )
 from aosk.kernel.state import Status
@@ -129,11 +131,20 @@ def fold_batch(
     *,
     checkpoint_every: int,
     owner_of: Callable[[str], int | None] | None = None,
+    live_partitions: int | None = None,
 ) -> FoldedBatch:
     """Fold each partition's records (offset order) on top of ``get_entry`` (the cache).
 
+    Each record folds into the key ``aosk.kernel.fold_key`` names (the rule every reader
+    shares): from fold version 2 on, a keyed record off its key's murmur2 partition goes
+    to the partition's pseudo-agent, rejected ``wrong_partition``.
+
     ``owner_of(key)`` tells which partition a cached or stored key lives on (None:
-    unknown); a key seen on a second partition stops that partition.
+    unknown); a key seen on a second partition stops that partition (under version 1).
+
+    ``live_partitions`` is the journal's partition count now; if a partition's marker
+    recorded another, ``PartitionCountChanged`` is raised (never caught here: the whole
+    batch stops, loudly).
     """
     out = FoldedBatch()
     overlay = out.entries
@@ -144,12 +155,17 @@ def fold_batch(
     for p, records in partitions.items():
         pkey = pseudo_key(p)
         pe = _entry(overlay, get_entry, pkey)
-        version = INITIAL_VERSION if pe is None else pe.slot.state.fold_version
+        pstate = None if pe is None else pe.slot.state
+        if live_partitions is not None:
+            check_partition_count(pstate, live_partitions)
+        version, partitions = fold_args(pstate)
         last: tuple[int, int] | None = None
         for rec in records:
             key = rec.key
             if key is None:
                 key = pkey
+            elif partitions:
+                key = route(rec, version, partitions).key
             # the overlay, then the cache (inline: this runs once per record)
             e = overlay.get(key)
             if e is None:
@@ -163,7 +179,8 @@ def fold_batch(
                     out.stops.append(PartitionStop(p, rec.offset, _moved(key, other, p)))
                     break
             try:
-                slot, v = apply(None if e is None else e.slot, rec, version=version, hash_state=False)
+                slot, v = apply(None if e is None else e.slot, rec, version=version, partitions=partitions,
+                                hash_state=False)
             except Exception as exc:  # UnknownFingerprint, UnknownFoldVersion, or a fold bug
                 out.stops.append(PartitionStop(p, rec.offset, f"{type(exc).__name__}: {exc}"))
                 break
@@ -172,8 +189,10 @@ def fold_batch(
                 raise Inconsistent(f"offset {rec.offset} of partition {p} was already applied to {key} "
                                    f"(last applied offset {e.slot.last_offset if e else '?'})")
             st = slot.state
-            if rec.key is None:
-                version = st.fold_version
+            if key == pkey:  # a marker may switch the partition's rules
+                version, partitions = fold_args(st)
+                if live_partitions is not None:
+                    check_partition_count(st, live_partitions)
             vb = verdict_bytes(v)
             vh = sha256(rec.value).digest()
             kind = v.kind
@@ -220,7 +239,9 @@ def _entry(overlay: Mapping[str, AgentEntry], get_entry: Callable[[str], AgentEn
 
 def _moved(key: str, have: int, got: int) -> str:
     return (f"agent key {key!r} lives on partition {have} but a record for it is on partition {got}: "
-            "a producer does not use the murmur2 partitioner, or the journal's partition count changed")
+            "a producer does not use the murmur2 partitioner, or the journal's partition count changed; "
+            "from fold version 2 on (aosk kernel upgrade --to-version 2) such records are rejected wrong_partition "
+            "instead (docs/recovery.md)")
 
 
 def last_entries(outcomes: Iterable[Outcome]) -> dict[str, AgentEntry]:

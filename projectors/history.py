@@ -4,6 +4,14 @@ The nearest checkpoint at or before the point, plus the agent's records after it
 folded with the same ``apply``. The journal is kept forever, so every point stays
 reachable even after checkpoints are thinned (without one the fold starts at offset 0).
 Equal, by construction and by test, to folding the whole prefix of the journal.
+
+Records are picked with the rule every reader shares (``aosk.kernel.route`` /
+``fold_key``): from fold version 2 on, a record with the agent's key that is not on the
+agent's murmur2 partition belongs to that partition's pseudo-agent, so it is left out
+here exactly as the worker and the projector leave it out of the agent's state. The
+rules in force at the checkpoint come from the checkpoint's state (its version) and the
+partition's pseudo-agent (the count its version 2 marker recorded, which never changes);
+without them the fold starts at offset 0.
 """
 
 from __future__ import annotations
@@ -16,9 +24,26 @@ import psycopg
 
 from aosk.errors import AoskError
 from aosk.journal import JournalReader
-from aosk.kernel import INITIAL_VERSION, AgentSlot, AgentState, Record, apply, placeholder, pseudo_key, state_hash
+from psycopg import sql
+
+from aosk.kernel import (
+    INITIAL_VERSION,
+    AgentSlot,
+    AgentState,
+    Record,
+    StateDecodeError,
+    apply,
+    decode_state,
+    params_for,
+    placeholder,
+    pseudo_key,
+    route,
+    state_hash,
+)
 from aosk.partitioning import partition_for
-from aosk.projectors.checkpoints import nearest_checkpoint
+from aosk.projectors.checkpoints import Checkpoint, nearest_checkpoint
+from aosk.projectors.db import qualified
+from aosk.projectors.rows import storage_key
 
 __all__ = ["PointInTime", "HistoryError", "state_at", "state_at_seq", "CheckpointPastStates"]
 
@@ -42,24 +67,60 @@ class PointInTime:
 
 
 def _fold_range(reader: JournalReader, agent_id: str, partition: int, start_slot: AgentSlot | None,
-                version: int, start: int, stop: int, *, until_seq: int | None = None) -> tuple[AgentSlot | None, int]:
-    """Fold ``agent_id``'s records in [start, stop) on top of ``start_slot``; keyless
-    ``KernelUpgraded`` markers in the range switch the version as they do live."""
+                version: int, start: int, stop: int, *, partitions: int = 0,
+                until_seq: int | None = None) -> tuple[AgentSlot | None, int]:
+    """Fold ``agent_id``'s records in [start, stop) on top of ``start_slot``, with fold
+    ``version`` and the recorded partition count ``partitions`` in force at ``start``;
+    keyless ``KernelUpgraded`` markers in the range switch them as they do live."""
     slot = start_slot
-    marker = AgentSlot(placeholder(pseudo_key(partition), version))
+    marker = AgentSlot(AgentState(agent_id=pseudo_key(partition), fold_version=version, partitions=partitions))
     folded = 0
     records: Iterator[Record] = reader.read(partition, start, stop)
     for r in records:
+        st = marker.state
         if r.key is None:
-            marker, _ = apply(marker, r, version=marker.state.fold_version)
+            marker, _ = apply(marker, r, version=st.fold_version, partitions=st.partitions)
             continue
-        if r.key != agent_id:
-            continue
+        if r.key != agent_id or route(r, st.fold_version, st.partitions).key != agent_id:
+            continue  # another key's, or misrouted: the partition's pseudo-agent's (fold_key)
         if until_seq is not None and slot is not None and slot.state.seq >= until_seq:
             break
-        slot, _ = apply(slot, r, version=marker.state.fold_version, hash_state=False)
+        slot, _ = apply(slot, r, version=st.fold_version, partitions=st.partitions, hash_state=False)
         folded += 1
     return slot, folded
+
+
+def _recorded_partitions(conn: psycopg.Connection[Any], schema: str, partition: int) -> int:
+    """The partition count ``partition``'s pseudo-agent recorded (0: none, or unknown here)."""
+    try:
+        row = conn.execute(
+            sql.SQL("select state from {} where agent_id = %s").format(qualified(schema, "agent_state")),
+            (storage_key(pseudo_key(partition)),),
+        ).fetchone()
+    except psycopg.errors.UndefinedTable:
+        conn.rollback()
+        return 0
+    if row is None:
+        return 0
+    try:
+        return decode_state(bytes(row[0])).partitions
+    except StateDecodeError:
+        return 0
+
+
+def _start(conn: psycopg.Connection[Any] | None, schema: str, partition: int,
+           cp: Checkpoint | None) -> tuple[AgentSlot | None, int, int, int]:
+    """Where to start folding: (slot, version, recorded partition count, offset). From the
+    checkpoint when the partition's rules at it are known, else from offset 0."""
+    if cp is None:
+        return None, INITIAL_VERSION, 0, 0
+    version = cp.state.fold_version
+    partitions = 0
+    if params_for(version).routes_by_partition:
+        partitions = _recorded_partitions(conn, schema, partition) if conn is not None else 0
+        if partitions == 0:  # the count is not known here: fold the whole prefix instead
+            return None, INITIAL_VERSION, 0, 0
+    return AgentSlot(cp.state, last_offset=cp.offset), version, partitions, cp.offset + 1
 
 
 def state_at(conn: psycopg.Connection[Any], schema: str, reader: JournalReader, agent_id: str, *,
@@ -77,12 +138,10 @@ def state_at(conn: psycopg.Connection[Any], schema: str, reader: JournalReader, 
     if offset >= end:
         raise HistoryError(f"offset {offset} is past the end of partition {p} (next offset {end})")
     cp = nearest_checkpoint(conn, schema, agent_id, at_offset=offset) if offset >= 0 else None
-    if cp is not None:
-        start_slot: AgentSlot | None = AgentSlot(cp.state, last_offset=cp.offset)
-        version, start = cp.state.fold_version, cp.offset + 1
-    else:
-        start_slot, version, start = None, INITIAL_VERSION, 0
-    slot, folded = _fold_range(reader, agent_id, p, start_slot, version, start, offset + 1)
+    start_slot, version, partitions, start = _start(conn, schema, p, cp)
+    if start_slot is None:
+        cp = None
+    slot, folded = _fold_range(reader, agent_id, p, start_slot, version, start, offset + 1, partitions=partitions)
     state = slot.state if slot is not None else placeholder(agent_id, version)
     return PointInTime(agent_id, p, offset, state, state_hash(state), cp.seq if cp else None, folded)
 
@@ -95,12 +154,9 @@ def state_at_seq(conn: psycopg.Connection[Any] | None, schema: str, reader: Jour
     cp = nearest_checkpoint(conn, schema, agent_id, at_seq=seq) if conn is not None else None
     if cp is not None and cp.seq == seq:
         return cp.state
-    if cp is not None:
-        start_slot: AgentSlot | None = AgentSlot(cp.state, last_offset=cp.offset)
-        version, start = cp.state.fold_version, cp.offset + 1
-    else:
-        start_slot, version, start = None, INITIAL_VERSION, 0
-    slot, _ = _fold_range(reader, agent_id, p, start_slot, version, start, reader.end_offset(p), until_seq=seq)
+    start_slot, version, partitions, start = _start(conn, schema, p, cp)
+    slot, _ = _fold_range(reader, agent_id, p, start_slot, version, start, reader.end_offset(p),
+                          partitions=partitions, until_seq=seq)
     if slot is None or slot.state.seq != seq:
         return None
     return slot.state

@@ -380,7 +380,8 @@ class Replay:
                     parts: dict[int, list[Record]]) -> int:
         moved = self._load(conn, parts)
         batch = fold_batch(parts, self._entries.get, checkpoint_every=self.checkpoint_every,
-                           owner_of=moved.get if moved else None)
+                           owner_of=moved.get if moved else None,
+                           live_partitions=self.settings.kafka.journal_partitions)  # checked by ensure_journal
         advances = [Advance(p, self._pos[p], end, last_ms) for p, (end, last_ms) in batch.ends.items()]
         if advances:
             try:

@@ -11,6 +11,11 @@ partitions are dropped, and they are re-read and re-sought from the database. So
 crash, a restart or a paused process resuming after a rebalance ("zombie") neither
 loses nor duplicates a row.
 
+The journal's live partition count is read on every assignment; if it differs from the
+count a partition's fold version 2 marker recorded, ``PartitionCountChanged`` ends the
+process (docs/recovery.md, "A changed partition count"): keys no longer live where the
+fold routes them, and no partition may be projected under the wrong count.
+
 Sessions run with ``synchronous_commit = off``: a commit PostgreSQL loses in a crash
 takes its offsets with it, and the journal is re-read from there (nothing is lost, the
 journal is the source of truth). ``transaction_timeout`` (PostgreSQL 17+) and
@@ -35,7 +40,7 @@ from psycopg import sql
 
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
-from aosk.errors import AoskError, DevStackError
+from aosk.errors import AoskError, DevStackError, PartitionCountChanged
 from aosk.kernel import LATEST_VERSION, AgentSlot, Record, params_for, pseudo_key
 from aosk.journal import record_from_message
 from aosk.projectors.batch import AgentEntry, FoldedBatch, Inconsistent, fold_batch
@@ -117,6 +122,9 @@ class Projector:
         self._pos: dict[int, int] = {}
         """Owned partitions -> the next_offset this process believes is stored (the CAS start)."""
         self._stopped: dict[int, str] = {}
+        self._live_partitions: int | None = None
+        """The journal's partition count, read on every assignment (a changed count
+        raises ``PartitionCountChanged`` from the fold)."""
         self._pending_seek: set[int] = set()
         self._stats = _Stats()
         self._batches_done = 0
@@ -228,6 +236,12 @@ class Projector:
 
     def _on_assign(self, consumer: Any, parts: list[Any]) -> None:
         ps = [tp.partition for tp in parts]
+        try:
+            topic = consumer.list_topics(self.topic, timeout=10).topics[self.topic]
+            if not topic.error and topic.partitions:
+                self._live_partitions = len(topic.partitions)
+        except Exception as e:  # noqa: BLE001 - keep the count read at the last assignment
+            log.warning("could not read the partition count of %s: %s", self.topic, e)
         stored = self._read_offsets(ps)
         for tp in parts:
             off = stored[tp.partition]
@@ -313,6 +327,9 @@ class Projector:
                 if now - last_report >= 10:
                     self._report(now)
                     last_report = now
+        except PartitionCountChanged as e:
+            log.critical("projector STOPPED: %s", e)
+            raise
         finally:
             self._report(time.monotonic())
             try:
@@ -390,7 +407,8 @@ class Projector:
         t0 = time.perf_counter()
         try:
             moved = self._load(parts)
-            batch = fold_batch(parts, self._entries.get, checkpoint_every=self.checkpoint_every, owner_of=moved.get)
+            batch = fold_batch(parts, self._entries.get, checkpoint_every=self.checkpoint_every, owner_of=moved.get,
+                               live_partitions=self._live_partitions)
         except Inconsistent as e:
             log.error("cache inconsistent with the journal: %s", e)
             self._resync(list(parts), "inconsistent cache")

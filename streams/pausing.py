@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from aosk.errors import UnknownFingerprint, UnknownFoldVersion
+from aosk.errors import PartitionCountChanged, UnknownFingerprint, UnknownFoldVersion
 
 __all__ = ["Stop", "PartitionStops", "describe_stop"]
 
@@ -35,7 +35,7 @@ class Stop:
     partition: int
     offset: int
     reason: str
-    """``unknown_fingerprint`` | ``unknown_fold_version`` | ``error``."""
+    """``unknown_fingerprint`` | ``unknown_fold_version`` | ``partition_count_changed`` | ``error``."""
     message: str
 
 
@@ -54,6 +54,9 @@ def describe_stop(topic: str, partition: int, offset: int, error: BaseException)
                     f"partition STOPPED: record {where} needs fold version {error.version}, this "
                     f"worker knows {list(error.known)}; deploy the newer aosk to every worker and "
                     "projector and restart. The record was not skipped; other partitions go on.")
+    if isinstance(error, PartitionCountChanged):
+        return Stop(partition, offset, "partition_count_changed",
+                    f"partition STOPPED at {where}: {error} The record was not skipped; other partitions go on.")
     return Stop(partition, offset, "error",
                 f"partition STOPPED: folding record {where} failed with {type(error).__name__}: "
                 f"{error}; this is a bug (see the traceback). The record was not skipped and its "

@@ -29,8 +29,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from aosk.events import ForkRequested, encode
-from aosk.kernel import INITIAL_VERSION, AgentSlot, Kind, Record, apply, pseudo_key, timeout_events
+from aosk.events import ForkRequested, KernelUpgraded, encode
+from aosk.kernel import (
+    INITIAL_VERSION,
+    AgentSlot,
+    Kind,
+    Record,
+    apply,
+    check_partition_count,
+    fold_args,
+    pseudo_key,
+    route,
+    timeout_events,
+)
 from aosk.partitioning import partition_for
 from aosk.streams.forks import NoPastStates, PastStates, build_fork
 from aosk.streams.pausing import PartitionStops, Stop, describe_stop
@@ -111,6 +122,16 @@ class Processor:
     def owned(self) -> set[int]:
         return set(self._keys)
 
+    def check_partition_count(self, partition: int, live_count: int) -> Stop | None:
+        """Stop ``partition`` (loudly) if its marker recorded another partition count than
+        the journal's ``live_count`` (``PartitionCountChanged``)."""
+        pseudo = self.slots.get(pseudo_key(partition))
+        try:
+            check_partition_count(None if pseudo is None else pseudo.state, live_count)
+        except Exception as e:  # noqa: BLE001 - PartitionCountChanged
+            return self._stop_at(partition, -1 if pseudo is None else pseudo.last_offset + 1, e)
+        return None
+
     def version(self, partition: int) -> int:
         """The fold version in force on ``partition`` (its pseudo-agent's)."""
         s = self.slots.get(pseudo_key(partition))
@@ -131,13 +152,23 @@ class Processor:
         p = record.partition
         if self.stops.stopped(p) is not None:
             return Outcome.HELD
-        key = record.agent_key
+        pseudo = self.slots.get(pseudo_key(p))
+        try:
+            # The fold's routing (fold version 2): a record off its key's murmur2 partition
+            # belongs to the partition's pseudo-agent, in every reader alike.
+            version, partitions = fold_args(None if pseudo is None else pseudo.state)
+            key = route(record, version, partitions).key
+        except Exception as e:  # noqa: BLE001 - an unknown fold version: stop, never skip
+            batch.stops.append(self.stop_for(record, e))
+            return Outcome.STOPPED
         slot = self.slots.get(key)
         if slot is not None and record.offset <= slot.last_offset:
             batch.next_offsets[p] = record.offset + 1
             return Outcome.SKIPPED
         try:
-            new, verdict = apply(slot, record, version=self.version(p))
+            new, verdict = apply(slot, record, version=version, partitions=partitions)
+            if record.key is None and isinstance(record.event, KernelUpgraded):
+                check_partition_count(new.state, self.partitions)
             silent = record.offset < self._silent_until.get(p, 0)
             outs: list[Output] = []
             if not silent:
@@ -163,7 +194,10 @@ class Processor:
 
     def stop_for(self, record: Record, error: BaseException) -> Stop:
         """Stop ``record``'s partition because of ``error`` (logged once, loudly)."""
-        stop = describe_stop(self.journal_topic, record.partition, record.offset, error)
+        return self._stop_at(record.partition, record.offset, error)
+
+    def _stop_at(self, partition: int, offset: int, error: BaseException) -> Stop:
+        stop = describe_stop(self.journal_topic, partition, offset, error)
         if self.stops.stop(stop):
             log.error("%s", stop.message, exc_info=(type(error), error, error.__traceback__)
                       if stop.reason == "error" else None)

@@ -7,8 +7,10 @@ What one journal record makes a worker produce (``outputs``), in this order:
    partition, so verdicts keep journal order per partition);
 2. the verdict's derived events on the journal (key: their ``agent_id``; partition:
    murmur2 of the key, exactly what every other AOSK producer picks);
-3. for an undecodable record, a copy of its bytes on the dead-letter topic (original
-   key, journal partition) with headers naming the reason and the source position.
+3. for an undecodable record, and for a record rejected ``wrong_partition`` (fold
+   version 2: a producer put it off its key's murmur2 partition), a copy of its bytes on
+   the dead-letter topic (original key, journal partition) with headers naming the reason
+   (``aosk-reason: undecodable`` / ``wrong_partition``) and the source position.
 
 A record judged again after a crash is folded from the same state, so it yields the
 same outputs again, byte for byte: at-least-once delivery of all three.
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from aosk.events import encode, encode_transition_fields
-from aosk.kernel import Kind, Record, Verdict
+from aosk.kernel import Kind, Reason, Record, Verdict
 from aosk.partitioning import partition_for
 
 __all__ = ["Sink", "Output", "outputs", "dead_letter_headers"]
@@ -47,11 +49,16 @@ class Output:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-def dead_letter_headers(record: Record, *, topic: str) -> tuple[tuple[str, bytes], ...]:
-    """Headers of a dead letter: why, and where the original sits in the journal."""
-    detail = getattr(record.error, "reason", None) or str(record.error)
+def dead_letter_headers(record: Record, *, topic: str, verdict: Verdict | None = None) -> tuple[tuple[str, bytes], ...]:
+    """Headers of a dead letter: why, and where the original sits in the journal.
+    ``aosk-reason`` is ``wrong_partition`` when ``verdict`` rejected the record so (its
+    message is the detail), ``undecodable`` otherwise."""
+    if verdict is not None and verdict.reason == Reason.WRONG_PARTITION:
+        reason, detail = Reason.WRONG_PARTITION, verdict.message
+    else:
+        reason, detail = Reason.UNDECODABLE, getattr(record.error, "reason", None) or str(record.error)
     return (
-        ("aosk-reason", b"undecodable"),
+        ("aosk-reason", reason.encode()),
         ("aosk-detail", detail.encode("utf-8", "replace")),
         ("aosk-source-topic", topic.encode()),
         ("aosk-source-partition", str(record.partition).encode()),
@@ -73,7 +80,7 @@ def outputs(record: Record, verdict: Verdict, *, raw_key: bytes | None, journal_
     for event in verdict.derived:
         key = event.agent_id.encode()
         out.append(Output(Sink.JOURNAL, key, partition_for(key, journal_partitions), encode(event)))
-    if record.error is not None and verdict.kind == Kind.REJECTED:
+    if verdict.kind == Kind.REJECTED and (record.error is not None or verdict.reason == Reason.WRONG_PARTITION):
         out.append(Output(Sink.DEAD_LETTERS, raw_key, record.partition, record.value,
-                          dead_letter_headers(record, topic=journal_topic)))
+                          dead_letter_headers(record, topic=journal_topic, verdict=verdict)))
     return out

@@ -322,10 +322,27 @@ class Worker:
             self.cursors.arm(p, next_offset=start, committed=c)
             self._floors[p] = start
             starts[p] = start if start > 0 else OFFSET_BEGINNING
+        live = self._live_partitions(consumer)
+        for p in ps:
+            stop = self.processor.check_partition_count(p, live) if live else None
+            if stop is not None:
+                self.cursors.stop(p)
         consumer.assign([TopicPartition(self.journal, p, starts[p]) for p in ps])
+        for p in ps:
+            if self.processor.stops.stopped(p) is not None:
+                self._pause(p)
         log.info("aosk worker %s folds %s partitions %s: committed %s, re-folding from %s (%.2fs to restore)",
                  self.node, self.journal, ps, {p: committed.get(p) for p in ps},
                  {p: self.cursors.next_offset(p) for p in ps}, time.monotonic() - t0)
+
+    def _live_partitions(self, consumer: Any) -> int | None:
+        """The journal's partition count now (None if the metadata cannot be had)."""
+        try:
+            md = consumer.list_topics(self.journal, timeout=10).topics.get(self.journal)
+            return len(md.partitions) if md is not None and md.error is None else None
+        except Exception as e:  # noqa: BLE001 - checked again at the next assignment
+            log.warning("journal metadata unavailable (%r); partition count not checked", e)
+            return None
 
     def _committed_offsets(self, consumer: Any, ps: list[int]) -> dict[int, int | None]:
         from confluent_kafka import KafkaException, TopicPartition

@@ -1,7 +1,8 @@
 """``aosk kernel upgrade --to-version N``: switch the fold version, partition by partition.
 
 Writes one ``KernelUpgraded`` marker without a key (origin ``kernel``) to every journal
-partition. From its offset on, that partition folds under version N; everything before
+partition, carrying the journal's live partition count (fold version 2 records it and
+routes keys by murmur2 over it). From its offset on, that partition folds under version N; everything before
 keeps the verdicts it was given. Deploy workers and projectors that know version N
 first: a reader that does not know it stops the partition at the marker (loudly,
 nothing skipped) until it is upgraded. docs/recovery.md ("A fold change").
@@ -10,8 +11,6 @@ nothing skipped) until it is upgraded. docs/recovery.md ("A fold change").
 from __future__ import annotations
 
 import argparse
-import time
-import uuid
 
 from aosk.config import Settings
 
@@ -26,11 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _upgrade(settings: Settings, args: argparse.Namespace) -> int:
-    from aosk.client._producer import DeliveringProducer, producer_config
     from aosk.endpoints import resolve_endpoints
-    from aosk.events import KernelUpgraded, encode
     from aosk.journal import JournalReader
     from aosk.kernel import VERSIONS
+    from aosk.topics import write_partition_markers
 
     ep = resolve_endpoints(settings)
     if args.to_version not in VERSIONS:
@@ -41,14 +39,8 @@ def _upgrade(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     with JournalReader(ep.bootstrap, settings.kafka.journal_topic) as reader:
         partitions = reader.partitions()
-    producer = DeliveringProducer(producer_config(ep.bootstrap, client_id="aosk-kernel-upgrade"))
-    futures = []
-    for p in range(partitions):
-        marker = KernelUpgraded(event_id=str(uuid.uuid4()), agent_id=f"~p{p}", tenant_id="~kernel",
-                                occurred_at=time.time_ns() // 1000, origin="kernel", fold_version=args.to_version)
-        futures.append(producer.produce(settings.kafka.journal_topic, key=None, value=encode(marker), partition=p))
-    producer.close()
-    for f in futures:
-        d = f.result(0)
-        print(f"KernelUpgraded(fold_version={args.to_version}) at {d.partition}:{d.offset}")
+    written = write_partition_markers(ep.bootstrap, settings.kafka.journal_topic, fold_version=args.to_version,
+                                      partitions=partitions)
+    for p, offset in written:
+        print(f"KernelUpgraded(fold_version={args.to_version}, partitions={partitions}) at {p}:{offset}")
     return 0

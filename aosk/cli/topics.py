@@ -1,4 +1,5 @@
-"""``aosk topics ensure``: create the journal, verdict and dead-letter topics, or check them."""
+"""``aosk topics ensure``: create the journal, verdict and dead-letter topics, or check them.
+A journal it creates gets the latest fold version's marker on every partition."""
 
 from __future__ import annotations
 
@@ -18,9 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _ensure(settings: Settings, args: argparse.Namespace) -> int:
-    result = ensure_topics(resolve_endpoints(settings).bootstrap, settings.kafka)
+    result = ensure_topics(resolve_endpoints(settings).bootstrap, settings.kafka, mark_new_journal=True)
     for name in result.created:
         print(f"created  {name}")
     for name in result.existing:
         print(f"ok       {name}")
+    if result.markers:
+        from aosk.kernel import LATEST_VERSION
+
+        print(f"marked   {settings.kafka.journal_topic}: KernelUpgraded(fold_version={LATEST_VERSION}, "
+              f"partitions={len(result.markers)}) on every partition")
     return 0

@@ -42,6 +42,8 @@ def decode(data: bytes) -> Event:
 def encode_transition(transition: Transition) -> bytes:
     """Avro single-object encoding of a verdict for topic aosk.agent-transitions."""
     t = transition
+    if type(t) is not Transition:
+        return _TRANSITIONS.encode(t)  # raises EventRejected naming the type
     return encode_transition_fields(t.journal_partition, t.journal_offset, t.agent_id, t.event_id, t.event_type,
                                     t.verdict, t.reason, t.message, t.status, t.seq, t.state_hash, t.fold_version,
                                     t.timestamp)

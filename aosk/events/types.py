@@ -360,6 +360,9 @@ class KernelUpgraded(Event):
     """From this record on, the partition folds under ``fold_version``."""
 
     fold_version: int
+    partitions: int = 0
+    """The journal's partition count when the marker was written (schema v2); 0 means
+    unknown, which is what every v1 record decodes to. Fold version 2 needs it."""
 
 
 # --- verdicts ---------------------------------------------------------------------------

@@ -29,8 +29,9 @@ with a plain sha256. It stays cheap because each part of the state caches its ca
 bytes and the fold replaces only the parts an event changes: per record the cost is one
 sha256 pass over the joined bytes (~0.5 us/KiB), not a re-encoding.
 
-Layers: this package imports only the standard library, ``aosk.errors`` and the event
-classes of ``aosk.events`` (whose codec loads on first use, never with the kernel).
+Layers: this package imports only the standard library, ``aosk.errors``,
+``aosk.partitioning`` (pure murmur2) and the event classes of ``aosk.events`` (whose
+codec loads on first use, never with the kernel).
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ from aosk.kernel.derive import (
     timeout_events,
 )
 from aosk.kernel.fold import KERNEL_ONLY, apply
-from aosk.kernel.journal import fold_journal, fold_with_verdicts, partition_version
+from aosk.kernel.journal import fold_journal, fold_with_verdicts, partition_state, partition_version
 from aosk.kernel.lifecycle import COMPLETION_TYPES, LIFECYCLE, WORK_TYPES, fork_state
 from aosk.kernel.paging import fit as page_window
+from aosk.kernel.routing import FoldArgs, Route, check_partition_count, fold_args, fold_key, home_partition, route
 from aosk.kernel.plain import event_from_plain, event_to_plain
 from aosk.kernel.params import INITIAL_VERSION, LATEST_VERSION, VERSIONS, FoldParams, params_for
 from aosk.kernel.slot import AgentSlot, decode_slot, encode_slot
@@ -117,6 +119,15 @@ __all__ = [
     "fold_journal",
     "fold_with_verdicts",
     "partition_version",
+    "partition_state",
+    # routing: which key a record folds into (fold version 2 and later)
+    "fold_key",
+    "fold_args",
+    "FoldArgs",
+    "route",
+    "Route",
+    "home_partition",
+    "check_partition_count",
     # events as plain JSON
     "event_to_plain",
     "event_from_plain",

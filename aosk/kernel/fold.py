@@ -2,9 +2,12 @@
 
 The gates every record passes, in order (the first that fails decides):
 
+0. the route (``aosk.kernel.routing``): from fold version 2 on, a keyed record that is not
+   on its key's murmur2 partition folds into ``~p<partition>`` (never its key);
 1. offset already applied to this key -> the slot unchanged and the ORIGINAL verdict;
-2. (from here on the record takes the key's next ``seq``)
-   undecodable -> ``undecodable``; malformed event id or origin -> ``invalid_payload``;
+   (from here on the record takes the key's next ``seq``)
+   a misrouted record (step 0) -> ``wrong_partition``, whatever it holds;
+2. undecodable -> ``undecodable``; malformed event id or origin -> ``invalid_payload``;
 3. client event id among the key's last K -> ``duplicate`` (the id is remembered even
    when the record is then rejected, so a retry of a rejected event is a duplicate too);
 4. key / agent_id disagree -> ``key_mismatch``; ``KernelUpgraded`` with a key ->
@@ -39,6 +42,7 @@ from aosk.kernel.hygiene import check_fields, check_uuid
 from aosk.kernel.lifecycle import BUDGET_EXHAUSTED_NOTE, LIFECYCLE, WORK_TYPES
 from aosk.kernel.outcome import Cx, Handler, Out, dup, reject
 from aosk.kernel.params import INITIAL_VERSION, params_for
+from aosk.kernel.routing import route
 from aosk.kernel.slot import AgentSlot
 from aosk.kernel.state import FINAL_STATUSES, AgentState, Dedupe, Status, Usage, evolve, placeholder, state_hash
 from aosk.kernel.verdict import Kind, Reason, Record, Verdict, new_verdict
@@ -75,7 +79,8 @@ _CHECKPOINT_STATUSES: Final = FINAL_STATUSES | {Status.SUSPENDED}
 
 
 def apply(
-    slot: AgentSlot | None, record: Record, *, version: int | None = None, hash_state: bool = True
+    slot: AgentSlot | None, record: Record, *, version: int | None = None, partitions: int = 0,
+    hash_state: bool = True, keep_verdicts: int = 0,
 ) -> tuple[AgentSlot, Verdict]:
     """Fold ``record`` into ``slot`` (None: the key has no record yet).
 
@@ -83,6 +88,18 @@ def apply(
     ``partition_version`` of the partition's pseudo-agent (``aosk.kernel.journal``).
     None means the version the slot's state already has (``INITIAL_VERSION`` for a new
     key), which is right until a ``KernelUpgraded`` marker is in the journal.
+
+    ``partitions`` is the journal's partition count recorded on the record's partition
+    (the pseudo-agent's ``AgentState.partitions``; 0: none recorded). Together with
+    ``version`` it decides the key the record folds into (``aosk.kernel.routing.route``,
+    the rule ``fold_key`` shares): under a version that routes by partition, a keyed
+    record off its key's murmur2 partition folds into ``~p<partition>`` and is rejected
+    ``wrong_partition``. ``slot`` must be the slot of that key (``fold_key``); a slot of
+    another key raises ``ValueError``, so a misrouted record can never land in its key's
+    state by accident. ``fold_args(partition_state)`` gives both arguments.
+
+    ``keep_verdicts`` is how many verdicts the returned slot keeps in ``recent`` (for
+    redeliveries: a worker's setting, outside the hash; 0 keeps none, as projectors do).
 
     ``hash_state=False`` leaves ``verdict.state_hash`` empty (``b""``) instead of hashing
     the new state: for batch folders (projectors) that need the hash only of some states
@@ -92,11 +109,23 @@ def apply(
     ``UnknownFingerprint`` (the record's error) and ``UnknownFoldVersion``: both mean
     this process cannot fold the partition and must stop it, not skip the record.
     """
-    key = record.key if record.key is not None else f"~p{record.partition}"
+    if record.key is None and not partitions:  # the common cases first: no routing to decide
+        key, home = f"~p{record.partition}", None
+    elif not partitions:
+        key, home = record.key, None
+    else:
+        in_force = version if version is not None else (slot.state.fold_version if slot else INITIAL_VERSION)
+        key, home = route(record, in_force, partitions)
     if slot is None:
         slot = AgentSlot(placeholder(key, INITIAL_VERSION if version is None else version))
-    elif record.offset <= slot.last_offset:
-        return slot, _redelivered(slot, record, key, hash_state)
+    else:
+        if slot.state.agent_id != key:
+            raise ValueError(
+                f"record {record.partition}:{record.offset} folds into {key!r}, not into the slot of "
+                f"{slot.state.agent_id!r}; pick the slot with aosk.kernel.fold_key"
+            )
+        if record.offset <= slot.last_offset:
+            return slot, _redelivered(slot, record, key, hash_state)
     if isinstance(record.error, UnknownFingerprint):
         raise record.error
     if (record.event is None) == (record.error is None):
@@ -110,7 +139,7 @@ def apply(
     cx = Cx(record, key, seq, params)
     changes: dict[str, Any] = {}  # the judging gates' bookkeeping (dedupe memory) goes first
     ev = record.event
-    out = _judge(cx, st, ev, changes)
+    out = _judge(cx, st, ev, changes) if home is None else _misrouted(record, home, partitions)
 
     if out.kind == Kind.ACCEPTED:
         changes.update(out.changes)
@@ -144,10 +173,25 @@ def apply(
         checkpoint_due=checkpoint,
     )
     kept = verdict if not (verdict.paged_out or verdict.derived) else revise(verdict, paged_out=(), derived=())
-    recent = slot.recent
-    cap = params.recent_verdicts
-    recent = (*recent[-(cap - 1):], kept) if len(recent) >= cap else (*recent, kept)
+    recent: tuple[Verdict, ...] = slot.recent
+    if keep_verdicts <= 0:
+        recent = ()
+    elif len(recent) < keep_verdicts:
+        recent = (*recent, kept)
+    else:  # the newest keep_verdicts - 1, then this one (recent[-0:] would be all of them)
+        recent = (*recent[len(recent) - keep_verdicts + 1:], kept)
     return AgentSlot(new, record.offset, recent), verdict
+
+
+def _misrouted(record: Record, home: int, partitions: int) -> Out:
+    """A keyed record off its key's murmur2 partition: rejected on the partition's
+    pseudo-agent (nothing but its ``seq`` moves), whatever the record holds."""
+    ev = record.event
+    what = type(ev).__name__ if ev is not None else "an undecodable record"
+    return reject(Reason.WRONG_PARTITION, f"{what} with key {record.key!r} is on partition {record.partition}, but "
+                  f"that key belongs to partition {home} of {partitions} (murmur2); the producer must use the murmur2 "
+                  "partitioner (the AOSK SDK does: partitioner=murmur2_random). Rejected and kept in the journal on "
+                  f"~p{record.partition}, a copy goes to the dead-letter topic; produce it again through the SDK")
 
 
 def _default_message(name: str | None, st: AgentState, key: str) -> str:

@@ -345,11 +345,30 @@ def _kernel_upgraded(cx: Cx, st: AgentState, ev: KernelUpgraded) -> Out:
     if v < st.fold_version:
         return reject(Reason.VERSION_DOWNGRADE, f"KernelUpgraded to {v} ignored: partition {cx.record.partition} "
                       f"already folds under version {st.fold_version} (versions never go back)")
-    params_for(v)  # raises UnknownFoldVersion: this process must stop, not guess
-    if v == st.fold_version:
-        return ok(f"partition {cx.record.partition} already folds under version {v}")
-    return ok(f"partition {cx.record.partition} folds under version {v} from offset {cx.record.offset + 1} on",
-              fold_version=v)
+    target = params_for(v)  # raises UnknownFoldVersion: this process must stop, not guess
+    p = cx.record.partition
+    if not target.routes_by_partition:  # version 1: the partition count is neither needed nor recorded
+        if v == st.fold_version:
+            return ok(f"partition {p} already folds under version {v}")
+        return ok(f"partition {p} folds under version {v} from offset {cx.record.offset + 1} on", fold_version=v)
+    # Versions that route keys by partition need the journal's partition count, recorded
+    # once per partition and never changed by a later marker (keys would move silently).
+    n = ev.partitions
+    if n < 1:
+        return reject(Reason.INVALID_PAYLOAD, f"KernelUpgraded to {v} rejected: fold version {v} needs the journal's "
+                      "partition count (partitions >= 1); write the marker with `aosk kernel upgrade`, which "
+                      "puts in the live count")
+    if p >= n:
+        return reject(Reason.INVALID_PAYLOAD, f"KernelUpgraded to {v} rejected: partitions={n} but the marker is on "
+                      f"partition {p}; the count is not this journal's")
+    if st.partitions and n != st.partitions:
+        return reject(Reason.INVALID_PAYLOAD, f"KernelUpgraded to {v} rejected: partition {p} recorded "
+                      f"{st.partitions} partitions, the marker says {n}; a recorded count never changes "
+                      "(docs/recovery.md, \"A changed partition count\")")
+    if v == st.fold_version and n == st.partitions:
+        return ok(f"partition {p} already folds under version {v} with {n} partitions")
+    return ok(f"partition {p} folds under version {v} with {n} partitions from offset {cx.record.offset + 1} on",
+              fold_version=v, partitions=n)
 
 
 HANDLERS: Final[dict[str, Handler]] = {

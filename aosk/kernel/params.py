@@ -5,6 +5,10 @@ a machine setting: two workers with different config files must still fold the s
 journal into the same bytes. A new semantics ships as a new entry in ``VERSIONS`` and is
 switched on by a ``KernelUpgraded`` marker written (without a key) to every partition;
 history before the marker keeps folding under the version it was written with.
+
+How many verdicts a folding process keeps beside a state (for redeliveries) is not a
+fold parameter: it changes no verdict and no hash, so it is the caller's setting
+(``apply(..., keep_verdicts=n)``).
 """
 
 from __future__ import annotations
@@ -25,14 +29,15 @@ class FoldParams:
     version: int
     """The fold version these parameters belong to."""
 
+    routes_by_partition: bool = False
+    """Version 2 on: a keyed record that is not on its key's murmur2 partition (of the
+    count the partition's ``KernelUpgraded`` marker recorded) belongs to the pseudo-agent
+    ``~p<partition>`` and is rejected ``wrong_partition``; a marker switching to such a
+    version must carry the partition count (``aosk.kernel.routing``)."""
+
     dedupe_window: int = 128
     """K: how many recent client ``event_id`` values an agent remembers; a client event
     whose id is among them gets verdict ``duplicate``."""
-
-    recent_verdicts: int = 64
-    """Verdicts kept beside the state (outside the hash) so a redelivered offset can be
-    answered with its original verdict and derived events. Workers must commit their
-    consumer offsets at least this often per agent."""
 
     embedding_dim: int = 384
     """Length every embedding must have (``MemoryStored``, ``MemoryEmbedded``)."""
@@ -105,8 +110,12 @@ class FoldParams:
 INITIAL_VERSION: Final = 1
 """The version every partition starts with (before any ``KernelUpgraded``)."""
 
-VERSIONS: Final[Mapping[int, FoldParams]] = MappingProxyType({1: FoldParams(version=1)})
-"""Every fold version this code can apply, by number."""
+VERSIONS: Final[Mapping[int, FoldParams]] = MappingProxyType({
+    1: FoldParams(version=1),
+    2: FoldParams(version=2, routes_by_partition=True),
+})
+"""Every fold version this code can apply, by number. Version 2 = version 1 plus the
+partition rule (``routes_by_partition``); every other constant is the same."""
 
 LATEST_VERSION: Final = max(VERSIONS)
 

@@ -8,7 +8,9 @@ the original verdict from ``recent`` so the worker can send it again, with its d
 events re-derived from the redelivered record (``derive.derived_for``: byte-identical).
 ``recent`` keeps verdicts without derived events and without ``paged_out`` entries
 (projectors, the only users of those, never see redeliveries: they store offsets
-transactionally), so a slot stays small: the state plus ~64 x 400 bytes.
+transactionally), so a slot stays small: the state plus ~400 bytes per kept verdict. How
+many are kept is the caller's setting (``apply(..., keep_verdicts=n)``), not a fold
+parameter: it changes no verdict and no hash.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class AgentSlot:
     last_offset: int = -1
     """Offset of the last record applied to this key (-1: none)."""
     recent: tuple[Verdict, ...] = ()
-    """The last ``recent_verdicts`` verdicts, oldest first, without ``derived`` / ``paged_out``."""
+    """The last ``keep_verdicts`` verdicts (``apply``), oldest first, without ``derived`` / ``paged_out``."""
 
     def verdict_at(self, offset: int) -> Verdict | None:
         for v in reversed(self.recent):

@@ -438,6 +438,11 @@ class AgentState:
     inbox: Inbox = _EMPTY_INBOX
     calls: Calls = _EMPTY_CALLS
     dedupe: Dedupe = _EMPTY_DEDUPE
+    partitions: int = 0
+    """The journal's partition count as recorded by a fold-version-2 ``KernelUpgraded``
+    marker; only ever set on a partition's pseudo-agent ``~p<n>`` (0: unknown, the key
+    routing rule is off). In the canonical bytes only when set, so every state without
+    it (all of version 1's) keeps its bytes and its hash."""
     _bytes: bytes | None = field(default=None, init=False, repr=False, compare=False)
     _hash: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -557,6 +562,7 @@ def encode_state(state: AgentState) -> bytes:
                 state.inbox.json_bytes(),
                 b',"life":',
                 state.life.json_bytes(),
+                b',"partitions":%d' % state.partitions if state.partitions else b"",
                 b',"seq":%d,"status":"' % state.seq,
                 state.status.encode("ascii"),
                 b'","usage":',

@@ -139,15 +139,20 @@ def decode_state(data: bytes) -> AgentState:
     return state
 
 
+_STATE_KEYS: tuple[str, ...] = (
+    "agent_id", "budgets", "calls", "capabilities", "counters", "dedupe", "fold_version",
+    "identity", "inbox", "life", "seq", "status", "usage", "window",
+)
+
+
 def _from_plain(v: Any) -> AgentState:
-    d = _obj(
-        v,
-        (
-            "agent_id", "budgets", "calls", "capabilities", "counters", "dedupe", "fold_version",
-            "identity", "inbox", "life", "seq", "status", "usage", "window",
-        ),
-        "state",
-    )
+    keys: tuple[str, ...] = _STATE_KEYS
+    if type(v) is dict and "partitions" in v:  # only a pseudo-agent's state under fold version >= 2
+        keys = _STATE_KEYS + ("partitions",)
+    d = _obj(v, keys, "state")
+    partitions = _int(d.get("partitions", 0), "partitions")
+    if partitions < 0:
+        raise _fail("partitions must be >= 0")
     version = _int(d["fold_version"], "fold_version")
     params = params_for(version)
     status = _str(d["status"], "status")
@@ -265,4 +270,5 @@ def _from_plain(v: Any) -> AgentState:
             delivery_hwm=_pairs(dd["delivery_hwm"], "dedupe.delivery_hwm"),
             bounce_hwm=_pairs(dd["bounce_hwm"], "dedupe.bounce_hwm"),
         ),
+        partitions=partitions,
     )

@@ -96,6 +96,7 @@ class Reason:
     INVALID_FORK: Final = "invalid_fork"
     NOT_PARTITION_MARKER: Final = "not_partition_marker"
     VERSION_DOWNGRADE: Final = "version_downgrade"
+    WRONG_PARTITION: Final = "wrong_partition"
 
 
 REASONS: Final[dict[str, str]] = {
@@ -128,6 +129,8 @@ REASONS: Final[dict[str, str]] = {
     Reason.INVALID_FORK: "AgentForked whose state does not decode or does not match its hash / source",
     Reason.NOT_PARTITION_MARKER: "KernelUpgraded produced with a key (it must have none)",
     Reason.VERSION_DOWNGRADE: "KernelUpgraded to a version older than the one in force",
+    Reason.WRONG_PARTITION: "fold version 2: a keyed record not on its key's murmur2 partition (it belongs to "
+    "~p<partition>; workers copy it to dead letters)",
 }
 """Every reason code with what it means (docs/kernel.md has the full rules)."""
 

@@ -1,4 +1,7 @@
-"""Builds the golden journals of fold version 1: ``python tests/golden/make_golden.py``.
+"""Builds the golden journals: ``python tests/golden/make_golden.py``.
+
+``v1_*.json`` pin fold version 1 (journals without a version 2 marker), ``v2_*.json``
+version 2 (the partition rule) together with the version 1 history before its markers.
 
 Each scenario is played through the worker-like simulator of the kernel tests (so
 derived events are in the journal where a worker would have written them) and saved
@@ -14,13 +17,15 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "unit" / "kernel"))
 
 from aosk.events import Budgets  # noqa: E402
-from aosk.kernel import LATEST_VERSION, encode_state  # noqa: E402
+from aosk.kernel import encode_state  # noqa: E402
+from aosk.partitioning import partition_for  # noqa: E402
 from kernel_support import (  # noqa: E402
     EMB,
     Sim,
@@ -149,23 +154,68 @@ def random_mix() -> Sim:
     return random_journal(1, 250)
 
 
-SCENARIOS: dict[str, Callable[[], Sim]] = {
-    "lifecycle": lifecycle,
-    "budgets_and_paging": budgets_and_paging,
-    "ipc_calls_and_duplicates": ipc_calls_and_duplicates,
-    "random_mix": random_mix,
+def _key_on(partition: int, partitions: int, prefix: str) -> str:
+    return next(k for k in (f"{prefix}{i}" for i in range(1000)) if partition_for(k, partitions) == partition)
+
+
+def wrong_partition() -> Sim:
+    """Version 1 history (a misrouted record folded into its key, as version 1 does), then
+    version 2 markers with the partition count on every partition (one repeated, one
+    without a count, one with another count: rejected), then correctly routed records
+    and misrouted ones: for agents that live on their home partition (their state stays
+    untouched), for a key never spawned, undecodable, a misrouted spawn."""
+    n = 3
+    sim = Sim(n, murmur2=True)
+    a, b, c = _key_on(0, n, "a"), _key_on(1, n, "b"), _key_on(2, n, "c")
+    spawn_running(sim, a)
+    spawn_running(sim, b)
+    sim.produce(ev("ContextAppended", a, entry_id="before"), partition=1)  # version 1: folds into a
+    for p in range(n):
+        sim.produce(ev("KernelUpgraded", f"~p{p}", fold_version=2, partitions=n), key=None, partition=p)
+    sim.produce(ev("KernelUpgraded", "~p0", fold_version=2, partitions=n), key=None, partition=0)
+    sim.produce(ev("KernelUpgraded", "~p1", fold_version=2, partitions=0), key=None, partition=1)
+    sim.produce(ev("KernelUpgraded", "~p2", fold_version=2, partitions=n + 1), key=None, partition=2)
+    sim.produce(ev("ContextAppended", a, entry_id="home"))
+    sim.produce(ev("ContextAppended", a, entry_id="stray"), partition=1)
+    sim.produce(ev("AgentSuspended", a), partition=2)
+    sim.produce(ev("AgentSuspended", b), partition=0)
+    sim.produce(None, key=b, partition=2, error="garbage on the wrong partition")
+    sim.produce(ev("AgentSpawned", c), partition=0)
+    spawn_running(sim, c)
+    sim.produce(ev("MessageSent", c, message_id="m1", to_agent_id=a, body="hi"))
+    sim.produce(ev("AgentStarted", "ghost-0"), partition=(partition_for("ghost-0", n) + 1) % n)
+    sim.produce(ev("AgentSuspended", b))
+    return sim
+
+
+SCENARIOS: dict[str, tuple[int, Callable[[], Sim]]] = {
+    "lifecycle": (1, lifecycle),
+    "budgets_and_paging": (1, budgets_and_paging),
+    "ipc_calls_and_duplicates": (1, ipc_calls_and_duplicates),
+    "random_mix": (1, random_mix),
+    "wrong_partition": (2, wrong_partition),
 }
+
+
+def _as_written(record: dict[str, Any]) -> dict[str, Any]:
+    """A marker without a partition count as KernelUpgraded v1 wrote it (no ``partitions``
+    field; it reads as 0), so the version 1 journals stay byte for byte what they were."""
+    e = record["event"]
+    if e is not None and e["type"] == "KernelUpgraded" and e.get("partitions") == 0:
+        record = {**record, "event": {k: v for k, v in e.items() if k != "partitions"}}
+    return record
 
 
 def build(name: str) -> dict[str, object]:
     reset_ids()
-    make = SCENARIOS[name]
+    version, make = SCENARIOS[name]
     sim = make()
     return {
         "about": (make.__doc__ or "").strip(),
-        "fold_version": LATEST_VERSION,
+        "fold_version": version,
         "regenerate": "python tests/golden/make_golden.py; review the diff: it is a semantic change of the fold",
-        "records": [{**record_to_plain(r), "expect": verdict_to_plain(v)} for r, v in zip(sim.records, sim.verdicts)],
+        "records": [{**_as_written(record_to_plain(r)), "expect": verdict_to_plain(v)}
+                    for r, v in zip(sim.records, sim.verdicts)],
         "final": {
             key: {"state_hash": hashlib.sha256(encode_state(slot.state)).hexdigest(),
                   "state": json.loads(encode_state(slot.state))}
@@ -184,8 +234,8 @@ def dumps(doc: dict[str, object]) -> str:
 
 
 def main() -> None:
-    for name in SCENARIOS:
-        path = HERE / f"v1_{name}.json"
+    for name, (version, _) in SCENARIOS.items():
+        path = HERE / f"v{version}_{name}.json"
         text = dumps(build(name))
         assert json.loads(text)
         path.write_text(text)

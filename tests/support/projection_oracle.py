@@ -16,7 +16,17 @@ from typing import Any
 import psycopg
 
 from aosk.journal import JournalReader, record_from_message
-from aosk.kernel import AgentSlot, Record, Verdict, apply, canonical_verdict_bytes, encode_state, partition_version
+from aosk.kernel import (
+    AgentSlot,
+    Record,
+    Verdict,
+    apply,
+    canonical_verdict_bytes,
+    encode_state,
+    fold_args,
+    fold_key,
+    partition_state,
+)
 
 GENESIS = bytes(32)
 
@@ -67,8 +77,9 @@ def expected_projection(records: list[Record]) -> Expected:
     exp = Expected()
     running = exp.slots
     for rec in records:  # fold_with_verdicts, one record at a time (states are needed per seq)
-        key = rec.agent_key
-        slot, v = apply(running.get(key), rec, version=partition_version(running, rec.partition))
+        ps = partition_state(running, rec.partition)
+        key = fold_key(rec, ps)
+        slot, v = apply(running.get(key), rec, **fold_args(ps)._asdict())
         running[key] = slot
         pos = (rec.partition, rec.offset)
         exp.verdicts[pos] = v

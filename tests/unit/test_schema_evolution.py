@@ -301,3 +301,22 @@ def test_named_type_defined_in_a_dropped_field_still_resolves() -> None:
         {"name": "old", "type": budgets}, {"name": "new", "type": "B"}]}
     reader = {"type": "record", "name": "R", "fields": [{"name": "new", "type": budgets}]}
     assert incompatibilities(writer, reader) == []
+
+
+# --- real evolutions ------------------------------------------------------------------------
+
+
+def test_kernel_upgraded_v1_records_read_with_an_unknown_partition_count() -> None:
+    """KernelUpgraded v2 adds ``partitions`` (int, default 0 = unknown): markers written
+    before it decode with 0, so fold version 1 history folds exactly as it did."""
+    from aosk.events import KernelUpgraded, decode, encode
+
+    assert [sv.version for sv in SCHEMAS.versions["KernelUpgraded"]] == [1, 2]
+    v1 = {"event_id": "00000000-0000-4000-8000-000000000001", "agent_id": "~p3", "tenant_id": "~kernel",
+          "occurred_at": 7, "origin": "kernel", "correlation_id": None, "causation_id": None, "fold_version": 1}
+    old = decode(_encode_with(SCHEMAS, "KernelUpgraded", 1, v1))
+    assert type(old) is KernelUpgraded and (old.fold_version, old.partitions) == (1, 0)
+    new = KernelUpgraded(**{**v1, "fold_version": 2}, partitions=12)
+    data = encode(new)
+    assert data[2:10] == SCHEMAS.current("KernelUpgraded").fingerprint
+    assert decode(data) == new

@@ -23,10 +23,13 @@ from aosk.kernel import (
     Record,
     Verdict,
     apply,
+    fold_args,
+    fold_key,
     fork_event,
-    partition_version,
+    partition_state,
     timeout_events,
 )
+from aosk.partitioning import partition_for
 
 NS = uuid.UUID("00000000-0000-4000-8000-00000000a05c")
 TENANT = "t1"
@@ -100,11 +103,19 @@ def rec(event: Event | None, *, key: str | None = "", partition: int = 0, offset
                   Undecodable(error) if error is not None else None)
 
 
-class Sim:
-    """A journal with ``partitions`` partitions and a worker folding it as it grows."""
+KEEP_VERDICTS = 64
+"""What the simulated worker keeps per agent for redeliveries."""
 
-    def __init__(self, partitions: int = 3, start_ms: int = 1_000_000) -> None:
+
+class Sim:
+    """A journal with ``partitions`` partitions and a worker folding it as it grows.
+
+    ``murmur2=False`` (the default, what the version 1 golden journals were built with)
+    puts keys on partitions by CRC32; ``murmur2=True`` the way every AOSK producer does."""
+
+    def __init__(self, partitions: int = 3, start_ms: int = 1_000_000, *, murmur2: bool = False) -> None:
         self.n = partitions
+        self.murmur2 = murmur2
         self.now = start_ms
         self.offsets = [0] * partitions
         self.records: list[Record] = []
@@ -114,6 +125,8 @@ class Sim:
         self.before: list[AgentState | None] = []
 
     def partition_of(self, key: str) -> int:
+        if self.murmur2:
+            return partition_for(key, self.n)
         return zlib.crc32(key.encode()) % self.n
 
     def state(self, key: str) -> AgentState:
@@ -136,10 +149,11 @@ class Sim:
 
     def _fold(self, r: Record) -> Verdict:
         self.records.append(r)
-        k = r.agent_key
+        ps = partition_state(self.slots, r.partition)
+        k = fold_key(r, ps)
         prev = self.slots.get(k)
         self.before.append(prev.state if prev else None)
-        slot, v = apply(prev, r, version=partition_version(self.slots, r.partition))
+        slot, v = apply(prev, r, **fold_args(ps)._asdict(), keep_verdicts=KEEP_VERDICTS)
         self.slots[k] = slot
         self.history.setdefault(k, {})[slot.state.seq] = slot.state
         self.verdicts.append(v)
@@ -164,7 +178,8 @@ class Sim:
     def redeliver(self, index: int) -> tuple[AgentSlot, Verdict]:
         """Fold record ``index`` again (a crash redelivery); the slots stay as they are."""
         r = self.records[index]
-        return apply(self.slots[r.agent_key], r, version=partition_version(self.slots, r.partition))
+        ps = partition_state(self.slots, r.partition)
+        return apply(self.slots[fold_key(r, ps)], r, **fold_args(ps)._asdict(), keep_verdicts=KEEP_VERDICTS)
 
 
 def semantic(st: AgentState | None) -> AgentState | None:

@@ -23,7 +23,7 @@ from test_kernel_properties import random_journal
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
-GOLDEN = sorted((ROOT / "tests" / "golden").glob("v1_*.json"))
+GOLDEN = sorted((ROOT / "tests" / "golden").glob("v[0-9]*_*.json"))
 KERNEL_SRC = ROOT / "aosk" / "kernel"
 
 

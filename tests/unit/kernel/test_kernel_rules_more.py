@@ -183,10 +183,26 @@ def test_redelivered_offset_returns_the_original_verdict_and_derived_events() ->
 def test_redelivery_beyond_the_kept_verdicts_is_a_plain_duplicate() -> None:
     st_slot = None
     for off in range(70):
-        st_slot, _ = apply(st_slot, rec(ev("AgentStarted", A), offset=off))
+        st_slot, _ = apply(st_slot, rec(ev("AgentStarted", A), offset=off), keep_verdicts=64)
     assert len(st_slot.recent) == 64
-    same, v = apply(st_slot, rec(ev("AgentStarted", A), offset=2))
+    same, v = apply(st_slot, rec(ev("AgentStarted", A), offset=2), keep_verdicts=64)
     assert same is st_slot and (v.kind, v.reason, v.seq) == (Kind.DUPLICATE, Reason.REDELIVERED, 0)
+
+
+def test_kept_verdicts_are_the_callers_setting_and_change_no_hash() -> None:
+    kept = none = None
+    for off in range(10):
+        r = rec(ev("AgentStarted", A), offset=off)
+        kept, vk = apply(kept, r, keep_verdicts=3)
+        none, vn = apply(none, r)
+        assert vk == vn
+    assert [v.offset for v in kept.recent] == [7, 8, 9] and none.recent == ()
+    assert kept.state == none.state
+    assert apply(kept, rec(ev("AgentStarted", A), offset=8), keep_verdicts=3)[1] == kept.recent[1]
+    one = None
+    for off in range(5):
+        one, v = apply(one, rec(ev("AgentStarted", A), offset=off), keep_verdicts=1)
+        assert one.recent == (v,)
 
 
 def test_client_retry_with_the_same_event_id_is_a_duplicate_within_k() -> None:

@@ -4,6 +4,7 @@ changes, and that how a journal is cut into batches never changes a row."""
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import uuid
 from typing import Any
@@ -308,3 +309,50 @@ def test_the_fast_canonical_verdict_encoder_is_in_use() -> None:
     from aosk.projectors import rows
 
     assert rows.verdict_bytes is rows._fast_verdict_bytes
+
+
+# --- fold version 2: routing in batches --------------------------------------------------------
+
+
+def _golden_v2() -> list[Record]:
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "unit" / "kernel"))
+    from kernel_support import record_from_plain
+
+    doc = json.loads((root / "golden" / "v2_wrong_partition.json").read_text())
+    records = [record_from_plain(r) for r in doc["records"]]
+    # Without the record misrouted before the markers: version 1 folds it into its key,
+    # which a projector refuses (the key lives on another partition: it stops there).
+    return [r for r in records if getattr(r.event, "entry_id", None) != "before"]
+
+
+@pytest.mark.parametrize("cuts", [[], [1, 5, 9], list(range(1, 40))])
+def test_fold_batch_routes_misrouted_records_like_the_fold(cuts: list[int]) -> None:
+    records = sorted(_golden_v2(), key=lambda r: (r.partition, r.offset))
+    _, verdicts = fold_with_verdicts(records)
+    want = {(v.partition, v.offset): (v.agent_id, v.seq, v.kind, v.reason) for v in verdicts}
+    cache: dict[str, Any] = {}
+    got = {}
+    for parts in _batches(records, cuts):
+        b = fold_batch(parts, cache.get, checkpoint_every=100, live_partitions=3)
+        assert not b.stops
+        for o in b.outcomes:
+            v = json.loads(o.verdict_bytes)  # the audit row's canonical verdict
+            assert v["agent_id"] == o.key
+            got[(o.partition, o.offset)] = (o.key, v["seq"], v["kind"], v["reason"])
+        cache.update(b.entries)
+    assert got == want
+    assert sum(1 for a in want.values() if a[3] == "wrong_partition") >= 5
+
+
+def test_fold_batch_stops_on_a_changed_partition_count() -> None:
+    from aosk.errors import PartitionCountChanged
+
+    records = sorted(_golden_v2(), key=lambda r: (r.partition, r.offset))
+    cache: dict[str, Any] = {}
+    with pytest.raises(PartitionCountChanged, match="recorded 3"):
+        fold_batch({0: [r for r in records if r.partition == 0]}, cache.get, checkpoint_every=100,
+                   live_partitions=4)

@@ -12,7 +12,8 @@ from aosk.errors import Undecodable, UnknownFingerprint, UnknownFoldVersion
 from aosk.kernel import OpenCall, Record, placeholder
 from aosk.kernel.state import Calls
 from aosk.streams.pausing import PartitionStops, describe_stop
-from aosk.streams.records import dead_letter_headers
+from aosk.partitioning import partition_for
+from aosk.streams.records import Sink, dead_letter_headers, outputs
 from aosk.streams.timeouts import DeadlineIndex, PartitionClock, SentTimeouts, caught_up
 
 
@@ -67,6 +68,46 @@ def test_dead_letter_headers_and_stop_messages() -> None:
     assert stops.stop(s) and not stops.stop(s) and stops.stopped(2) is s
     stops.clear({2})
     assert stops.stopped(2) is None
+
+
+def _judged(record: Record, partitions: int):
+    from aosk.events import KernelUpgraded
+    from aosk.kernel import apply, fold_args, fold_key
+
+    marker = Record(None, record.partition, 0, 1, b"m", KernelUpgraded(
+        event_id="00000000-0000-4000-8000-000000000001", agent_id=f"~p{record.partition}", tenant_id="~kernel",
+        occurred_at=0, origin="kernel", fold_version=2, partitions=partitions))
+    ps, _ = apply(None, marker, version=1)
+    return apply(None, record, **fold_args(ps.state)._asdict()), fold_key(record, ps.state)
+
+
+def test_wrong_partition_and_undecodable_records_are_dead_lettered() -> None:
+    from aosk.events import AgentStarted
+
+    n = 4
+    key = next(k for k in (f"a{i}" for i in range(100)) if partition_for(k, n) != 1)
+    started = AgentStarted(event_id="00000000-0000-4000-8000-000000000002", agent_id=key, tenant_id="t",
+                           occurred_at=0, origin="client")
+    misrouted = Record(key, 1, 5, 77, b"bytes", started)
+    (_, v), routed_to = _judged(misrouted, n)
+    assert (v.reason, routed_to, v.agent_id) == ("wrong_partition", "~p1", "~p1")
+    out = outputs(misrouted, v, raw_key=b"raw-key", journal_topic="j", journal_partitions=n)
+    assert [o.sink for o in out] == [Sink.TRANSITIONS, Sink.DEAD_LETTERS]
+    dl = out[1]
+    assert (dl.key, dl.partition, dl.value) == (b"raw-key", 1, b"bytes")
+    h = dict(dl.headers)
+    assert h["aosk-reason"] == b"wrong_partition" and f"partition {partition_for(key, n)}".encode() in h["aosk-detail"]
+    assert (h["aosk-source-topic"], h["aosk-source-partition"], h["aosk-source-offset"]) == (b"j", b"1", b"5")
+    home = Record(key, partition_for(key, n), 5, 77, b"bytes", started)  # on its partition: not_spawned, kept
+    (_, v2), _ = _judged(home, n)
+    assert v2.reason == "not_spawned"
+    assert [o.sink for o in outputs(home, v2, raw_key=b"k", journal_topic="j", journal_partitions=n)] == [
+        Sink.TRANSITIONS]
+    bad = Record(key, partition_for(key, n), 6, 78, b"junk", None, Undecodable("truncated"))
+    (_, v3), _ = _judged(bad, n)
+    dl3 = outputs(bad, v3, raw_key=b"k", journal_topic="j", journal_partitions=n)[-1]
+    assert dl3.sink == Sink.DEAD_LETTERS and dict(dl3.headers)["aosk-reason"] == b"undecodable"
+
 
 
 PROCESSING = ("processor", "offsets", "snapshots", "records", "timeouts", "pausing", "forks")
