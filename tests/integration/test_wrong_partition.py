@@ -204,3 +204,41 @@ def test_expected_verdicts_for_a_worker(journal: Journal, projected: list) -> No
     for pos in journal.misrouted:
         v = exp.verdicts[pos]
         assert (v.agent_id, v.reason, v.fold_version) == (f"~p{pos[0]}", Reason.WRONG_PARTITION, 2)
+
+
+def test_a_worker_rejects_misrouted_records_and_dead_letters_them(journal: Journal, projected: list,
+                                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The worker's verdicts on the same journal equal the fold's (and so the projector's):
+    misrouted records rejected ``wrong_partition`` on ``~p<partition>`` and copied to the
+    dead letters with ``aosk-reason: wrong_partition``; every other record of those
+    partitions gets its verdict; no partition stops."""
+    from aosk.events import decode_transition, encode_transition
+    from aosk.waiting import wait_for
+    from worker_harness import Workers, read_topic
+
+    s = journal.settings
+    k = s.kafka
+    records = read_journal(k.bootstrap_servers, k.journal_topic)
+    exp = expected_projection(records)
+    with Workers(s, tmp_path_factory.mktemp("workers")) as workers:
+        w = workers.start("w1")
+
+        def transitions() -> dict[tuple[int, int], bytes]:
+            assert w.alive(), w.log()[-3000:]
+            return {(t.journal_partition, t.journal_offset): m.value for m in read_topic(k.bootstrap_servers,
+                    k.transitions_topic) for t in [decode_transition(m.value)]}
+
+        wait_for(lambda: len(transitions()) >= len(records), timeout=180, what="a verdict for every journal record")
+        got = transitions()
+        assert "partition STOPPED" not in w.log()
+        assert workers.stop("w1") == 0
+    for r in records:
+        want = encode_transition(exp.verdicts[(r.partition, r.offset)].to_transition())
+        assert got[(r.partition, r.offset)] == want, (r.partition, r.offset)
+    for pos in journal.misrouted:
+        t = decode_transition(got[pos])
+        assert (t.agent_id, t.reason) == (f"~p{pos[0]}", Reason.WRONG_PARTITION)
+    dead = read_topic(k.bootstrap_servers, k.dead_letters_topic)
+    wrong = {(int(dict(m.headers)["aosk-source-partition"]), int(dict(m.headers)["aosk-source-offset"]))
+             for m in dead if dict(m.headers)["aosk-reason"] == b"wrong_partition"}
+    assert wrong == set(journal.misrouted)
