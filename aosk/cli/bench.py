@@ -36,6 +36,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rp.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"),
                     help="markdown file to update (default docs/benchmarks.md)")
     rp.set_defaults(run=_replay)
+    wk = kinds.add_parser("worker", help="aosk worker's verdicts/s and latency vs. the in-process fold and a "
+                                         "Kafka pass-through")
+    wk.add_argument("--events", type=int, default=50_000)
+    wk.add_argument("--agents", type=int, default=200)
+    wk.add_argument("--repeat", type=int, default=3,
+                    help="runs with 1 and with 2 workers each; the median is reported (default %(default)s)")
+    wk.add_argument("--rates", type=_rates, default=(300.0, 1_000.0, 2_000.0), metavar="R1,R2,...",
+                    help="offered rates (events/s) of the open-loop latency runs (default 300,1000,2000)")
+    wk.add_argument("--latency-seconds", type=float, default=20.0,
+                    help="how long each latency run offers its rate (default %(default)s)")
+    wk.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"),
+                    help="markdown file to update (default docs/benchmarks.md)")
+    wk.add_argument("--plot", type=Path, default=None,
+                    help="latency plot (PNG; default worker-latency.png next to --output)")
+    wk.set_defaults(run=_worker)
 
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
@@ -63,6 +78,37 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
     result = bench_replay(settings, events=args.events, agents=args.agents, processes=args.processes,
                           batch_max=args.batch_max, replay_processes=args.replay_processes)
     return _publish(args.output, "replay", report_markdown(result, machine_line()))
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        rates = ()
+    if not rates or any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive events/s separated by commas, e.g. 300,1000")
+    return rates
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+
+    from aosk.bench.plot import INSTALL_HINT, latency_plot
+    from aosk.bench.report import machine_line
+    from aosk.bench.worker import bench_worker, report_markdown
+
+    result = bench_worker(settings, events=args.events, agents=args.agents, repeat=args.repeat, rates=args.rates,
+                          latency_seconds=args.latency_seconds)
+    machine = machine_line()
+    plot_path = args.plot or args.output.with_name("worker-latency.png")
+    title = f"aosk worker, one process: produce -> verdict, {result.events:,} events\n{machine}"
+    drawn = latency_plot(result, plot_path, title=title)
+    if drawn:
+        print(f"latency plot written to {plot_path}")
+    else:
+        print(f"no latency plot: matplotlib is missing ({INSTALL_HINT})")
+    relative = os.path.relpath(plot_path, args.output.parent) if drawn else None
+    return _publish(args.output, "worker", report_markdown(result, machine, plot=relative))
 
 
 def _publish(output: Path, section: str, text: str) -> int:

@@ -1,5 +1,6 @@
-"""The benchmarks stay runnable: ``aosk bench project`` and ``aosk bench replay`` at a
-small size on the real stack produce a verified projection and a report. (Their figures
+"""The benchmarks stay runnable: ``aosk bench project``, ``aosk bench replay`` and
+``aosk bench worker`` at a small size on the real stack produce a verified projection
+(or every verdict) and a report. (Their figures
 are not asserted: speed targets live in docs/benchmarks.md, never in timed tests.)"""
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from aosk.bench.project import bench_project
 from aosk.bench.project import report_markdown as project_report
 from aosk.bench.replay import bench_replay
 from aosk.bench.replay import report_markdown as replay_report
+from aosk.bench.worker import bench_worker
+from aosk.bench.worker import report_markdown as worker_report
 from aosk.config import Settings
 
 pytestmark = pytest.mark.integration
@@ -30,3 +33,34 @@ def test_bench_replay_small(settings: Settings) -> None:
                      progress=False)
     assert r.digests_equal
     assert "Rebuild / live" in replay_report(r, "test machine")
+
+
+def test_bench_worker_small(settings: Settings, tmp_path) -> None:
+    import math
+
+    from aosk.bench.plot import have_matplotlib, latency_plot
+    from aosk.bench.report import write_section
+
+    r = bench_worker(settings, events=2_000, agents=20, repeat=1, rates=(200,), latency_seconds=3, progress=False)
+    one, two = r.median(1), r.median(2)
+    assert one.records >= r.events and two.records == one.records  # the workload plus derived records
+    assert one.seconds > 0 and two.seconds > 0 and one.worker_cpu > 0
+    assert one.journal_bytes > 0 and one.changelog_bytes > 0
+    assert r.fold is not None and r.fold.records == one.records
+    assert r.passthrough is not None and r.passthrough.records == one.records and r.passthrough.seconds > 0
+    (lt,) = r.latency
+    assert lt.offered == 200 and lt.sent > 0 and lt.missing == 0 and 0 < lt.p50 <= lt.p90 <= lt.p99 < math.inf
+    assert lt.journal_bytes > 0 and lt.changelog_bytes > 0
+
+    out = tmp_path / "benchmarks.md"
+    plot = tmp_path / "worker-latency.png"
+    drawn = latency_plot(r, plot, title="test")
+    assert drawn == have_matplotlib() and plot.exists() == drawn
+    text = worker_report(r, "test machine", plot="worker-latency.png" if drawn else None)
+    write_section(out, "worker", text)
+    written = out.read_text()
+    for field in ("<!-- bench:worker -->", "aosk bench worker --events", "test machine", "1 worker / in-process fold",
+                  "2 workers / 1 worker", "1 worker / pass-through", "p99 ms", "changelog bytes / journal byte",
+                  "CPU µs/record", "one worker process"):
+        assert field in written, field
+    assert ("worker-latency.png" in written) == drawn
