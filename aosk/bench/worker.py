@@ -2,18 +2,15 @@
 
 Throughput (the headline): the workload (``aosk.workload``) is written to a fresh journal
 first and acknowledged; then 1 or 2 ``aosk worker`` processes are started with
-a fresh topic prefix (so their consumer group and changelog are fresh too). Timed from
+a fresh topic prefix (so their consumer group and snapshot topic are fresh too). Timed from
 starting the processes (start-up included, as after a deploy) until the last journal
 record -- including the records the workers derive into the journal (children's
 spawns, message deliveries) -- has its verdict read back from the transitions topic;
 the run is over when the journal has stopped growing and every record has a verdict.
 Each is run ``repeat`` times; the run of median duration is reported.
 
-Not in a Kafka transaction (as ``aosk bench project`` writes it): no worker runs while
-the journal is written, so atomicity adds nothing, and the faust worker (as of
-2026-12) never gets past a transaction's commit marker once it has derived records
-behind it: the marker takes an offset that is never delivered, its cursor sees the next
-record as a gap (``streams.offsets``, ``Admit.GAP``) and seeks back to the marker forever.
+In one Kafka transaction, as ``aosk bench project`` writes it: the transaction's commit
+marker takes an offset no consumer sees, which the worker must (and does) step over.
 
 Baselines in the same run, on the same journal (the first 1-worker run's, derived
 records included):
@@ -27,7 +24,7 @@ records included):
 Latency (``aosk.bench.latency``): one worker, a fresh prefix per offered rate, events
 sent open-loop at the offered rate; produce -> verdict percentiles.
 
-Also per run: the changelog's bytes per journal byte (what the worker's state costs the
+Also per run: the snapshot topic's bytes per journal byte (what the worker's state costs the
 broker) and CPU per record from /proc (the worker processes; the broker's JVM when the
 dev stack runs it -- other users of the same broker count too).
 """
@@ -63,13 +60,10 @@ WARMUP_EVENTS = 50
 
 
 def changelog_topic(settings: Settings) -> str:
-    """The topic holding the workers' state: ``aosk.streams.snapshots.snapshot_topic`` when
-    the worker has one, else the faust table's changelog."""
-    try:
-        from aosk.streams.snapshots import snapshot_topic  # type: ignore[import-not-found]
-    except ImportError:
-        return f"{settings.kafka.topic_prefix}-worker-slots-changelog"
-    return str(snapshot_topic(settings))
+    """The topic holding the workers' state (their snapshots)."""
+    from aosk.streams.snapshots import snapshot_topic
+
+    return snapshot_topic(settings)
 
 
 # --- results ------------------------------------------------------------------------------
@@ -156,7 +150,7 @@ class WorkerBenchResult:
 
 
 class _FreshRun:
-    """A fresh topic prefix (journal, verdicts, consumer group, changelog) and the worker
+    """A fresh topic prefix (journal, verdicts, consumer group, snapshots) and the worker
     processes started on it; on exit the workers are stopped and every topic of the
     prefix deleted (the workers' logs are kept when the run failed)."""
 
@@ -255,7 +249,8 @@ def _timed_workers(settings: Settings, w: Workload, *, processes: int, say: Call
     with _FreshRun(settings, w, say) as run:
         k = run.settings.kafka
         say(f"  journal: {len(w.items):,} records ...", flush=True)
-        produce_workload(run.bootstrap, k.journal_topic, w.items)  # acknowledged before any worker starts
+        # one transaction, committed before any worker starts
+        produce_workload(run.bootstrap, k.journal_topic, w.items, transactional_id=f"{k.topic_prefix}-workload")
         coverage = Coverage(run.bootstrap, k.transitions_topic)
         try:
             _, broker = _stack_pids(Path(settings.dev.state_dir))
@@ -439,7 +434,7 @@ def report_markdown(r: WorkerBenchResult, machine: str, *, plot: str | None = No
         f"to the journal, {one.records:,} records in all.",
         "",
         "| what | records | seconds | records/s | CPU µs/record (process) | CPU µs/record (broker) | "
-        "changelog bytes / journal byte |",
+        "snapshot bytes / journal byte |",
         "|---|---:|---:|---:|---:|---:|---:|",
         f"| in-process: `record_from_message` + `fold_with_verdicts` (state hashing on), one core | "
         f"{fold.records:,} | {fold.decode_seconds + fold.fold_seconds:.2f} | {fold.per_s:,.0f} | "
@@ -464,7 +459,7 @@ def report_markdown(r: WorkerBenchResult, machine: str, *, plot: str | None = No
         "Every run (verdicts/s): " + "; ".join(
             f"{p} worker{'s' if p > 1 else ''}: " + ", ".join(f"{x.per_s:,.0f}" for x in runs)
             for p, runs in sorted(r.runs.items())) + ". "
-        "Start-up (imports, group join, changelog recovery) is inside the timing; a run ends at the last new "
+        "Start-up (imports, group join, snapshot restore) is inside the timing; a run ends at the last new "
         "verdict, once the journal has stopped growing and every record has one. Broker CPU counts everything "
         "the broker did meanwhile.",
         "",
@@ -473,7 +468,7 @@ def report_markdown(r: WorkerBenchResult, machine: str, *, plot: str | None = No
         f"{r.latency_seconds:g}s per rate, a fresh journal each, after a warm-up of {WARMUP_EVENTS} events:",
         "",
         "| offered events/s | sent | sending took s | p50 ms | p90 ms | p99 ms | no verdict | "
-        "worker CPU µs/record | changelog bytes / journal byte |",
+        "worker CPU µs/record | snapshot bytes / journal byte |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *[f"| {lt.offered:,.0f} | {lt.sent:,} | {lt.send_seconds:.1f} | {_ms(lt.p50)} | {_ms(lt.p90)} | "
           f"{_ms(lt.p99)} | {lt.missing:,}{f' after {lt.waited:.0f}s' if lt.missing else ''} | "

@@ -60,7 +60,7 @@ def test_bench_worker_small(settings: Settings, tmp_path) -> None:
     write_section(out, "worker", text)
     written = out.read_text()
     for field in ("<!-- bench:worker -->", "aosk bench worker --events", "test machine", "1 worker / in-process fold",
-                  "2 workers / 1 worker", "1 worker / pass-through", "p99 ms", "changelog bytes / journal byte",
+                  "2 workers / 1 worker", "1 worker / pass-through", "p99 ms", "snapshot bytes / journal byte",
                   "CPU µs/record", "one worker process"):
         assert field in written, field
     assert ("worker-latency.png" in written) == drawn
