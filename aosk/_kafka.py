@@ -28,3 +28,17 @@ def high_watermark(consumer: Any, topic: str, partition: int, *, timeout: float 
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.1)  # the broker is electing a leader; ask again shortly
+
+
+def consume_ready(consumer: Any, max_records: int, *, timeout: float, linger: float = 0.0) -> list[Any]:
+    """Up to ``max_records`` records: waits at most ``timeout`` for the first one, then at
+    most ``linger`` more for others to fill the batch.
+
+    ``consume(n, timeout)`` alone returns only when n records arrived or the timeout
+    passed, so a lone record would wait out the whole timeout: a consumer that answers
+    (or measures) in real time must not ask for a batch that way.
+    """
+    msgs: list[Any] = consumer.consume(1, timeout=timeout)
+    if msgs and max_records > 1:
+        msgs.extend(consumer.consume(max_records - 1, timeout=linger))
+    return msgs

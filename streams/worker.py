@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aosk._kafka import consume_ready
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.journal import record_from_message
@@ -164,9 +165,7 @@ class Worker:
         last_report = time.monotonic()
         try:
             while not self._stop.is_set():
-                msgs = c.consume(1, timeout=0.1)
-                if msgs and opts.batch_max > 1:
-                    msgs.extend(c.consume(opts.batch_max - 1, timeout=opts.batch_wait_s))
+                msgs = consume_ready(c, opts.batch_max, timeout=0.1, linger=opts.batch_wait_s)
                 if msgs:
                     self._handle(msgs)
                 self._producer.poll(0)

@@ -29,7 +29,7 @@ from collections import OrderedDict
 from types import TracebackType
 from typing import Any
 
-from aosk._kafka import high_watermark
+from aosk._kafka import consume_ready, high_watermark
 from aosk.config import KafkaSettings
 from aosk.errors import AoskError, DecodeError
 from aosk.events import Transition, decode_transition
@@ -83,7 +83,7 @@ class VerdictWatcher:
     def _run(self) -> None:
         try:
             while not self._closed.is_set():
-                msgs = self._consumer.consume(1000, timeout=self._poll_interval)
+                msgs = consume_ready(self._consumer, 1000, timeout=self._poll_interval)
                 if not msgs:
                     continue
                 got: list[Transition] = []
