@@ -38,6 +38,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from aosk._gc import tune_gc
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import AoskError, DevStackError, PartitionCountChanged
@@ -305,7 +306,7 @@ class Projector:
         """Set up, then project until ``stop()`` (or SIGTERM / SIGINT from the CLI)."""
         if self._writer is None:
             self.setup()
-        _tune_gc()
+        tune_gc()
         self._consumer = self._make_consumer()
         last_report = time.monotonic()
         backoff = 0.0
@@ -524,17 +525,6 @@ def ensure_journal(bootstrap: str, settings: Settings, *, attempts: int = 5) -> 
             if "missing after create" not in str(e) or i == attempts - 1:
                 raise
             time.sleep(0.5 * (i + 1))
-
-
-def _tune_gc() -> None:
-    """Fewer cyclic garbage collections. A batch allocates a few hundred thousand
-    short-lived, acyclic objects (states, verdicts, rows) freed by reference counting;
-    with the default thresholds the collector rescans the cached agent states thousands
-    of times per second, which measured here as ~40% of the fold's time."""
-    import gc
-
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1000)
 
 
 class _Fault:

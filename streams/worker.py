@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aosk._gc import tune_gc
 from aosk._kafka import consume_ready
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
@@ -123,6 +124,8 @@ class Worker:
         self._last_tick = 0.0
         self.folded = 0
         self.refolded = 0
+        self._busy = {"wait": 0.0, "fold": 0.0, "commit": 0.0}
+        """Seconds the loop spent waiting for records, folding and sending, committing."""
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -160,23 +163,29 @@ class Worker:
     def run(self) -> int:
         """Fold until ``stop()``; returns the exit status."""
         self._connect()
+        tune_gc()
         c = self._consumer
         opts = self.options
         last_report = time.monotonic()
         try:
             while not self._stop.is_set():
+                t0 = time.monotonic()
                 msgs = consume_ready(c, opts.batch_max, timeout=0.1, linger=opts.batch_wait_s)
+                t1 = time.monotonic()
+                self._busy["wait"] += t1 - t0
                 if msgs:
                     self._handle(msgs)
                 self._producer.poll(0)
                 self._check_deliveries()
                 now = time.monotonic()
+                self._busy["fold"] += now - t1
                 if now - self._last_commit >= opts.commit_interval_s:
                     self._commit(now)
+                    self._busy["commit"] += time.monotonic() - now
                 if now - self._last_tick >= opts.timeout_tick_s:
                     self._last_tick = now
                     self._timeouts()
-                if now - last_report >= 10:
+                if now - last_report >= 5:
                     self._report(now - last_report)
                     last_report = now
         finally:
@@ -433,8 +442,10 @@ class Worker:
 
     def _report(self, interval: float | None) -> None:
         rate = "" if not interval else f" ({self.folded / interval:.0f}/s)"
-        log.info("aosk worker %s: %d records judged%s, %d re-folded, %d agents, %d partitions, %d stopped",
+        busy = ", ".join(f"{k} {v:.1f}s" for k, v in self._busy.items())
+        log.info("aosk worker %s: %d records judged%s, %d re-folded, %d agents, %d partitions, %d stopped (%s)",
                  self.node, self.folded, rate, self.refolded, len(self.processor.slots),
-                 len(self.cursors.owned()), len(self.processor.stops))
+                 len(self.cursors.owned()), len(self.processor.stops), busy)
         if interval:
             self.folded = 0
+            self._busy = dict.fromkeys(self._busy, 0.0)

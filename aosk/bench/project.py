@@ -406,8 +406,9 @@ def _breakdown_and_copy(dsn: str, schema: str, msgs: list[Any], result: ProjectR
     from aosk.projectors.writer import prepare_connection
 
     n = len(msgs)
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1000)  # as the projector runs
+    from aosk._gc import tune_gc
+
+    tune_gc()  # as the projector runs
     t = time.perf_counter()
     records = [record_from_message(m) for m in msgs]
     result.per_event_us["decode (codec)"] = (time.perf_counter() - t) / n * 1e6

@@ -13,6 +13,7 @@ return None too, so the generic writer raises its precise ``EventRejected``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Final
 
 from aosk.events._schemas import SchemaSet
@@ -41,10 +42,10 @@ _SMALL: Final = tuple(
 )
 
 
-def _long(n: int) -> bytes:
-    """Avro's zig-zag varint of a long in range (checked by the caller)."""
-    if -64 <= n < 64:
-        return _SMALL[n + 64]
+@lru_cache(maxsize=8192)
+def _big(n: int) -> bytes:
+    """The varint of a long past one byte; cached: broker timestamps repeat from record
+    to record, and small counts (lengths, seqs) recur."""
     z = (n << 1) ^ (n >> 63)
     out = bytearray()
     while z >= 0x80:
@@ -52,6 +53,13 @@ def _long(n: int) -> bytes:
         z >>= 7
     out.append(z)
     return bytes(out)
+
+
+def _long(n: int) -> bytes:
+    """Avro's zig-zag varint of a long in range (checked by the caller)."""
+    if -64 <= n < 64:
+        return _SMALL[n + 64]
+    return _big(n)
 
 
 def _str(s: str) -> bytes:
