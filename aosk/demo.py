@@ -93,9 +93,19 @@ def _section_events(settings: Settings, ep: Endpoints) -> None:
     from aosk.events import AgentStarted, Budgets, ContextAppended, ToolCallRequested
     from aosk.topics import ensure_topics
 
-    made = ensure_topics(ep.bootstrap, settings.kafka)
+    made = ensure_topics(ep.bootstrap, settings.kafka, mark_new_journal=True)
     print(f"  topics: {', '.join(made.created) or 'all present'} "
           f"({'created' if made.created else 'checked'}: LogAppendTime, infinite retention)")
+    if settings.kafka.journal_topic not in made.created:
+        # A journal from an earlier run: switch it to the latest fold version too (a marker
+        # repeating the version and partition count in force changes nothing).
+        from aosk.kernel import LATEST_VERSION
+        from aosk.topics import write_partition_markers
+
+        write_partition_markers(ep.bootstrap, settings.kafka.journal_topic, fold_version=LATEST_VERSION,
+                                partitions=settings.kafka.journal_partitions)
+    print(f"  every journal partition runs the latest fold version, which knows the partition count "
+          f"({settings.kafka.journal_partitions})")
     run = uuid.uuid4().hex[:4]
     agents = [f"demo-{run}-{name}" for name in ("planner", "researcher", "writer")]
     budgets = Budgets(max_tokens=50_000, max_tool_calls=20, max_steps=200, context_window_tokens=2_000)
@@ -195,6 +205,21 @@ def _section_kernel(settings: Settings, ep: Endpoints, procs: _Processes) -> dic
             response="...", completion_tokens=500, latency_ms=800)
         act(f"{bob}: another LlmCallRequested", LlmCallRequested, bob, call_id="l2", model="m",
             prompt_hash="p", prompt_tokens=10, timeout_ms=60_000)
+        # A producer that does not hash keys like AOSK (librdkafka's default partitioner)
+        # puts a record on another partition than its agent's: rejected, dead-lettered.
+        from confluent_kafka import Producer
+
+        from aosk.events import encode
+        from aosk.partitioning import partition_for
+
+        stray = kernel.new_event(AgentStarted, agent_id=alice, tenant_id="acme")
+        wrong = (partition_for(alice, settings.kafka.journal_partitions) + 1) % settings.kafka.journal_partitions
+        raw = Producer({"bootstrap.servers": ep.bootstrap, "log_level": 3})
+        raw.produce(settings.kafka.journal_topic, key=alice.encode(), value=encode(stray), partition=wrong)
+        raw.flush(30)
+        v = kernel.wait_for_verdict(stray.event_id, timeout=120)
+        print(f"  {alice + ': AgentStarted on partition ' + str(wrong):52s} -> {v.verdict:8s} {v.reason:22s} "
+              f"judged as {v.agent_id}, copied to {settings.kafka.dead_letters_topic}")
     return {"alice": alice, "bob": bob, "last": last, "dim": dim}
 
 

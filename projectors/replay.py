@@ -47,6 +47,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from aosk._gc import tune_gc
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import AoskError, DevStackError
@@ -66,7 +67,7 @@ from aosk.projectors.db import (
 from aosk.projectors.digest import schema_exists
 from aosk.projectors.rows import storage_key
 from aosk.projectors.stored import UndecodableState, read_stored_entries
-from aosk.projectors.runner import _tune_gc, checkpoint_every_of, ensure_journal
+from aosk.projectors.runner import checkpoint_every_of, ensure_journal
 from aosk.projectors.writer import Advance, Fenced, ProjectionWriter, notify_channel, prepare_connection
 
 __all__ = ["ReplayError", "ReplayOptions", "ReplayResult", "Replay", "replay", "discard_shadow", "shadow_name"]
@@ -452,7 +453,7 @@ class Replay:
         from tqdm import tqdm
 
         ensure_journal(self._bootstrap, self.settings)
-        _tune_gc()  # the projectors' measured setting: far fewer cyclic collections while folding
+        tune_gc()  # the projectors' measured setting: far fewer cyclic collections while folding
         helper = self.options.partitions is not None
         conn = _connect(self._dsn)
         try:
