@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aosk._kafka import consume_ready
+from aosk._kafka import consume_ready, high_watermark
 from aosk.config import Settings
 
 if TYPE_CHECKING:
@@ -71,12 +71,11 @@ def scratch_consumer(bootstrap: str, **overrides: Any) -> Any:
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    from confluent_kafka import TopicPartition
-
+    """Each partition's end offset now (retried while a leader is being elected)."""
     c = scratch_consumer(bootstrap)
     try:
         md = c.list_topics(topic, timeout=10).topics[topic]
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions}
+        return {p: high_watermark(c, topic, p) for p in md.partitions}
     finally:
         c.close()
 

@@ -17,10 +17,11 @@ def test_ensure_creates_then_checks(settings) -> None:
     bootstrap = settings.kafka.bootstrap_servers
     first = ensure_topics(bootstrap, settings.kafka)
     assert sorted(first.created) == sorted(
-        [settings.kafka.journal_topic, settings.kafka.transitions_topic, settings.kafka.dead_letters_topic]
+        [settings.kafka.journal_topic, settings.kafka.transitions_topic, settings.kafka.dead_letters_topic,
+         settings.kafka.worker_snapshots_topic]
     )
     again = ensure_topics(bootstrap, settings.kafka)
-    assert again.created == [] and len(again.existing) == 3
+    assert again.created == [] and len(again.existing) == 4
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     md = admin.list_topics(timeout=10)
