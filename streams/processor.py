@@ -31,7 +31,6 @@ from enum import Enum
 
 from aosk.events import ForkRequested, KernelUpgraded, encode
 from aosk.kernel import (
-    INITIAL_VERSION,
     AgentSlot,
     Kind,
     Record,
@@ -131,11 +130,6 @@ class Processor:
         except Exception as e:  # noqa: BLE001 - PartitionCountChanged
             return self._stop_at(partition, -1 if pseudo is None else pseudo.last_offset + 1, e)
         return None
-
-    def version(self, partition: int) -> int:
-        """The fold version in force on ``partition`` (its pseudo-agent's)."""
-        s = self.slots.get(pseudo_key(partition))
-        return INITIAL_VERSION if s is None else s.state.fold_version
 
     # -- records ------------------------------------------------------------------------
 
