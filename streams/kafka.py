@@ -86,7 +86,6 @@ def worker_producer_config(bootstrap: str, *, client_id: str) -> dict[str, Any]:
         # Only failures call back into Python (one call per output otherwise); the
         # worker learns of successes from flush() before each commit.
         "delivery.report.only.error": True,
-        "message.timeout.ms": 60_000,
         "message.max.bytes": _FETCH_MAX + 64 * 1024,
     })
 
