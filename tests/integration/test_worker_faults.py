@@ -112,12 +112,15 @@ def run_kill_scenario(settings, state_dir, size: Size) -> dict[str, float]:
         def frozen_ahead_of_commit(node: str, parts: set[int]) -> bool:
             """Freezes ``node``; True (it stays frozen, for the kill) once it has published
             verdicts past its committed offsets, so the kill leaves records the next owner
-            must judge again; else thaws it."""
+            must judge again (or once its partitions have nothing left to judge); else
+            thaws it."""
             workers.freeze(node)
             committed = committed_offsets(bootstrap, group, k.journal_topic)
             seen = coverage.last_offsets(parts)
             if any(o >= committed.get(p, 0) for p, o in seen.items()):
                 return True
+            if coverage.covers({p: e for p, e in _ends(bootstrap, k.journal_topic).items() if p in parts}):
+                return True  # nothing left for it to judge: a kill now tests the takeover only
             workers.thaw(node)
             return False
 
