@@ -3,7 +3,7 @@
 The fold is deterministic, so a worker that takes over a partition does not need every
 state the previous owner went through: an older state of each agent plus the journal
 after it gives exactly the same states again. The snapshot topic
-(``<topic prefix>-worker-snapshots``, compacted, one partition per journal partition)
+(``kafka.worker_snapshots_topic``: ``<topic prefix>-worker-snapshots``, compacted, one partition per journal partition)
 holds, per journal partition ``p``:
 
 * per agent key folded on ``p``: ``encode_slot`` of its state and the offset of the last
@@ -38,20 +38,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
-from aosk.config import Settings
 from aosk.kernel import AgentSlot, decode_slot, encode_slot
 
-__all__ = ["snapshot_topic", "SnapshotPolicy", "DirtyAgents", "Restored", "restore", "floor_key",
+__all__ = ["SnapshotPolicy", "DirtyAgents", "Restored", "restore", "floor_key",
            "encode_floor", "decode_floor", "encode_snapshot"]
 
 FLOOR_PREFIX: Final = "~floor/"
 _FLOOR: Final = struct.Struct(">4sq")
 _FLOOR_MAGIC: Final = b"AKF1"
-
-
-def snapshot_topic(settings: Settings) -> str:
-    """The worker snapshot topic of ``settings``' cluster."""
-    return settings.kafka.worker_snapshots_topic
 
 
 def floor_key(partition: int) -> bytes:

@@ -49,7 +49,7 @@ from aosk.streams.kafka import (
 from aosk.streams.offsets import Cursors
 from aosk.streams.processor import Processor
 from aosk.streams.records import Output, Sink
-from aosk.streams.snapshots import SnapshotPolicy, encode_floor, encode_snapshot, floor_key, restore, snapshot_topic
+from aosk.streams.snapshots import SnapshotPolicy, encode_floor, encode_snapshot, floor_key, restore
 from aosk.streams.timeouts import SentTimeouts, caught_up
 
 __all__ = ["WorkerOptions", "Worker", "EXIT_DELIVERY_FAILED", "EXIT_STOP_TIMEOUT"]
@@ -104,7 +104,7 @@ class Worker:
         k = settings.kafka
         self.node = opts.node_id or settings.node_id
         self.journal = k.journal_topic
-        self.snapshots_topic = snapshot_topic(settings)
+        self.snapshots_topic = k.worker_snapshots_topic
         self._topics = {Sink.TRANSITIONS: k.transitions_topic, Sink.JOURNAL: k.journal_topic,
                         Sink.DEAD_LETTERS: k.dead_letters_topic, Sink.SNAPSHOTS: self.snapshots_topic}
         self._bootstrap = resolve_endpoints(settings).bootstrap if consumer is None or producer is None else ""

@@ -59,13 +59,6 @@ SETTLE_TIMEOUT_S = 1800.0
 WARMUP_EVENTS = 50
 
 
-def changelog_topic(settings: Settings) -> str:
-    """The topic holding the workers' state (their snapshots)."""
-    from aosk.streams.snapshots import snapshot_topic
-
-    return snapshot_topic(settings)
-
-
 # --- results ------------------------------------------------------------------------------
 
 
@@ -81,7 +74,7 @@ class WorkerRun:
     worker_cpu: float
     broker_cpu: float
     journal_bytes: int
-    changelog_bytes: int
+    snapshot_bytes: int
 
     @property
     def per_s(self) -> float:
@@ -125,7 +118,7 @@ class LatencyRun:
     """Journal records folded while the schedule ran (warm-up excluded)."""
     worker_cpu: float
     journal_bytes: int
-    changelog_bytes: int
+    snapshot_bytes: int
 
 
 @dataclass
@@ -242,7 +235,7 @@ def _timed_workers(settings: Settings, w: Workload, *, processes: int, say: Call
                    then: Callable[[_FreshRun, list[Any]], None] | None = None) -> WorkerRun:
     """One run: journal written first, ``processes`` workers started, timed until settled.
     ``then(run, raw_journal_messages)`` runs on the same topics before they are dropped."""
-    from aosk.bench.follow import Coverage, read_topic, wait_settled
+    from aosk.bench.follow import Coverage, read_topic, topic_bytes, wait_settled
     from aosk.bench.project import _cpu_seconds, _stack_pids
     from aosk.workload import produce_workload
 
@@ -268,19 +261,13 @@ def _timed_workers(settings: Settings, w: Workload, *, processes: int, say: Call
         run.stop()
         raw = read_topic(run.bootstrap, k.journal_topic, raw=True)
         journal_bytes = sum(len(m.key() or b"") + len(m.value() or b"") for m in raw)
-        changelog_bytes = _topic_bytes(run.bootstrap, changelog_topic(run.settings))
+        snapshot_bytes = topic_bytes(run.bootstrap, run.settings.kafka.worker_snapshots_topic)
         result = WorkerRun(processes=processes, records=len(raw), seconds=seconds, worker_cpu=worker_cpu,
-                           broker_cpu=broker_cpu, journal_bytes=journal_bytes, changelog_bytes=changelog_bytes)
+                           broker_cpu=broker_cpu, journal_bytes=journal_bytes, snapshot_bytes=snapshot_bytes)
         say(f"  {result.records:,} verdicts in {seconds:.1f}s: {result.per_s:,.0f}/s", flush=True)
         if then is not None:
             then(run, raw)
     return result
-
-
-def _topic_bytes(bootstrap: str, topic: str) -> int:
-    from aosk.bench.follow import topic_bytes
-
-    return topic_bytes(bootstrap, topic)
 
 
 def _fold_baseline(raw: list[Any]) -> FoldBaseline:
@@ -320,7 +307,7 @@ def _pass_through(run: _FreshRun, records: int) -> PassThroughRun:
 
 def _latency_run(settings: Settings, w: Workload, encoded: list[tuple[bytes, bytes, str | None]], *,
                  rate: float, seconds: float, say: Callable[..., None]) -> LatencyRun:
-    from aosk.bench.follow import Coverage, read_topic
+    from aosk.bench.follow import Coverage, read_topic, topic_bytes
     from aosk.bench.latency import VerdictClock, open_loop
     from aosk.bench.project import _cpu_seconds
 
@@ -349,11 +336,11 @@ def _latency_run(settings: Settings, w: Workload, encoded: list[tuple[bytes, byt
             coverage.close()
         run.stop()
         journal = read_topic(run.bootstrap, k.journal_topic)
-        changelog_bytes = _topic_bytes(run.bootstrap, changelog_topic(run.settings))
+        snapshot_bytes = topic_bytes(run.bootstrap, run.settings.kafka.worker_snapshots_topic)
     result = LatencyRun(offered=rate, sent=r.sent, send_seconds=r.send_seconds, p50=r.percentile(0.5),
                         p90=r.percentile(0.9), p99=r.percentile(0.99), missing=r.missing, waited=r.waited,
                         records=folded, worker_cpu=worker_cpu, journal_bytes=_bytes(journal, covered),
-                        changelog_bytes=changelog_bytes)
+                        snapshot_bytes=snapshot_bytes)
     say(f"  p50 {_ms(result.p50)}, p90 {_ms(result.p90)}, p99 {_ms(result.p99)} ms", flush=True)
     return result
 
@@ -449,7 +436,7 @@ def report_markdown(r: WorkerBenchResult, machine: str, *, plot: str | None = No
             f"| AOSK: {run.processes} `aosk worker` process{'es' if run.processes > 1 else ''}, journal written "
             f"first, from process start to the last verdict (median of {len(r.runs[run.processes])}) | "
             f"{run.records:,} | {run.seconds:.2f} | **{run.per_s:,.0f}** | {_us(run.worker_cpu, run.records)} | "
-            f"{_us(run.broker_cpu, run.records)} | {_ratio(run.changelog_bytes, run.journal_bytes)} |")
+            f"{_us(run.broker_cpu, run.records)} | {_ratio(run.snapshot_bytes, run.journal_bytes)} |")
     lines += [
         "",
         f"1 worker / in-process fold: **{one.per_s / fold.per_s:.2f}x**; 2 workers / 1 worker: "
@@ -474,7 +461,7 @@ def report_markdown(r: WorkerBenchResult, machine: str, *, plot: str | None = No
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *[f"| {lt.offered:,.0f} | {lt.sent:,} | {lt.send_seconds:.1f} | {_ms(lt.p50)} | {_ms(lt.p90)} | "
           f"{_ms(lt.p99)} | {lt.missing:,}{f' after {lt.waited:.0f}s' if lt.missing else ''} | "
-          f"{_us(lt.worker_cpu, lt.records)} | {_ratio(lt.changelog_bytes, lt.journal_bytes)} |" for lt in r.latency],
+          f"{_us(lt.worker_cpu, lt.records)} | {_ratio(lt.snapshot_bytes, lt.journal_bytes)} |" for lt in r.latency],
         "",
         "A rate above what one worker sustains shows up as latency growing over the run (queueing), not as a "
         "slower schedule; \"no verdict\" counts events still unanswered when the wait after the last send ended.",

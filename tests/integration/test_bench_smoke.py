@@ -45,12 +45,12 @@ def test_bench_worker_small(settings: Settings, tmp_path) -> None:
     one, two = r.median(1), r.median(2)
     assert one.records >= r.events and two.records == one.records  # the workload plus derived records
     assert one.seconds > 0 and two.seconds > 0 and one.worker_cpu > 0
-    assert one.journal_bytes > 0 and one.changelog_bytes > 0
+    assert one.journal_bytes > 0 and one.snapshot_bytes > 0
     assert r.fold is not None and r.fold.records == one.records
     assert r.passthrough is not None and r.passthrough.records == one.records and r.passthrough.seconds > 0
     (lt,) = r.latency
     assert lt.offered == 200 and lt.sent > 0 and lt.missing == 0 and 0 < lt.p50 <= lt.p90 <= lt.p99 < math.inf
-    assert lt.journal_bytes > 0 and lt.changelog_bytes > 0
+    assert lt.journal_bytes > 0 and lt.snapshot_bytes > 0
 
     out = tmp_path / "benchmarks.md"
     plot = tmp_path / "worker-latency.png"

@@ -16,7 +16,6 @@ from aosk.streams.snapshots import (
     encode_snapshot,
     floor_key,
     restore,
-    snapshot_topic,
 )
 from streams_support import settings
 
@@ -66,7 +65,7 @@ def test_floor_markers_round_trip_and_are_not_slots() -> None:
         decode_floor(b"XXXX" + encode_floor(5)[4:])
     with pytest.raises(struct.error):
         decode_floor(b"short")
-    assert snapshot_topic(settings(prefix="x")) == "x-worker-snapshots"
+    assert settings(prefix="x").kafka.worker_snapshots_topic == "x-worker-snapshots"
 
 
 def test_encode_snapshot_drops_kept_verdicts() -> None:
