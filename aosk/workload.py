@@ -18,9 +18,9 @@ the memory index measure a workload nobody runs.
 from __future__ import annotations
 
 import math
-from array import array
 import random
 import uuid
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from aosk.errors import AoskError
 from aosk.journal import JournalReader
-from psycopg import sql
-
 from aosk.kernel import (
     INITIAL_VERSION,
     AgentSlot,

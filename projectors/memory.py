@@ -210,7 +210,7 @@ def _queries(schema: str, lineage_size: int) -> tuple[sql.Composed, sql.Composed
     where = sql.SQL("tenant_id = %(tenant)s and embedding is not null")
     if lineage_size:
         # The agent's own memories up to a bound, and a fork's ancestors' up to the fork point.
-        each = [sql.SQL("(agent_id = %(a{i})s and journal_offset <= %(b{i})s)".format(i=i)) for i in range(lineage_size)]
+        each = [sql.SQL(f"(agent_id = %(a{i})s and journal_offset <= %(b{i})s)") for i in range(lineage_size)]
         where += sql.SQL(" and (") + sql.SQL(" or ").join(each) + sql.SQL(")")
     ann = sql.SQL(
         "with nearest as materialized (select {cols}, embedding <=> %(q)s::vector as distance from {t} where {w}"

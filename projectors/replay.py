@@ -66,8 +66,8 @@ from aosk.projectors.db import (
 )
 from aosk.projectors.digest import schema_exists
 from aosk.projectors.rows import storage_key
-from aosk.projectors.stored import UndecodableState, read_stored_entries
 from aosk.projectors.runner import checkpoint_every_of, ensure_journal
+from aosk.projectors.stored import UndecodableState, read_stored_entries
 from aosk.projectors.writer import Advance, Fenced, ProjectionWriter, notify_channel, prepare_connection
 
 __all__ = ["ReplayError", "ReplayOptions", "ReplayResult", "Replay", "replay", "discard_shadow", "shadow_name"]

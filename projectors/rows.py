@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta, timezone
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring as _jstr  # type: ignore[attr-defined]
 from typing import Any, Final
 
@@ -41,7 +41,7 @@ __all__ = [
     "subject_of",
 ]
 
-EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 GENESIS: Final = bytes(32)
 """The ``prev_hash`` of every agent's first audit row."""
 _MS: Final = timedelta(milliseconds=1)
@@ -349,7 +349,7 @@ def _fast_verdict_bytes(v: Verdict) -> bytes:
         f'"paged_out":[{",".join([_jstr(e.entry_id) for e in paged_out]) if paged_out else ""}],'
         f'"partition":{r(v.partition)},"reason":{_jstr(v.reason)},"seq":{r(v.seq)},'
         f'"status":{_jstr(v.status)},"timestamp":{r(v.timestamp)}}}'
-    ).encode("utf-8")
+    ).encode()
 
 
 def _samples() -> list[Verdict]:

@@ -42,8 +42,8 @@ from aosk._gc import tune_gc
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import AoskError, DevStackError, PartitionCountChanged
-from aosk.kernel import LATEST_VERSION, AgentSlot, Record, params_for, pseudo_key
 from aosk.journal import record_from_message
+from aosk.kernel import LATEST_VERSION, AgentSlot, Record, params_for, pseudo_key
 from aosk.projectors.batch import AgentEntry, FoldedBatch, Inconsistent, fold_batch
 from aosk.projectors.db import (
     DEFAULT_SCHEMA,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import psycopg
@@ -173,7 +173,7 @@ class ProjectionWriter:
         when another process moved one of the partitions. ``after_cas`` runs once the
         partitions are locked (fault injection in tests)."""
         refused: list[Refusal] = []
-        now = datetime.now(timezone.utc)  # operational column only (committed_at), never a projection's time
+        now = datetime.now(UTC)  # operational column only (committed_at), never a projection's time
         with conn.transaction():
             conn.execute("select pg_advisory_xact_lock_shared(%s)", (BATCH_LOCK_KEY,))
             with conn.cursor() as cur:

@@ -21,9 +21,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aosk.config import Settings
@@ -383,7 +383,6 @@ def _check(dsn: str, schema: str, events: int) -> _Checked:
 
 
 def _breakdown_and_copy(dsn: str, schema: str, msgs: list[Any], result: ProjectResult, dim: int) -> None:
-    import gc
 
     import psycopg
     from psycopg.types.json import Jsonb

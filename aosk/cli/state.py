@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
@@ -32,7 +32,7 @@ def parse_broker_time(text: str) -> int:
     except ValueError as e:
         raise ConfigError("--at-time", f"{text!r} is neither epoch milliseconds nor ISO-8601") from e
     if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
+        t = t.replace(tzinfo=UTC)
     return int(t.timestamp() * 1000)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
-from aosk.client._producer import Delivery, DeliveringProducer, DeliveryFuture, producer_config
+from aosk.client._producer import DeliveringProducer, Delivery, DeliveryFuture, producer_config
 from aosk.client.verdicts import VerdictWatcher
 from aosk.config import KafkaSettings, Settings
 from aosk.errors import AoskError, EventRejected

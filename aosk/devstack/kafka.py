@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aosk.devstack._process import pid_alive, port_in_use, read_pid, terminate
-from aosk.waiting import wait_for
 from aosk.errors import DevStackError
+from aosk.waiting import wait_for
 
 KAFKA_VERSION = "3.9.1"
 OPS_DIR = Path(__file__).resolve().parents[2] / "ops" / "kafka"

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aosk.devstack._process import port_in_use
-from aosk.waiting import wait_for
 from aosk.errors import DevStackError
+from aosk.waiting import wait_for
 
 SYSTEM_USER = "embedded_postgres"
 

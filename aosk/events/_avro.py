@@ -267,7 +267,7 @@ def _slot_writers(cls: type[Any]) -> tuple[Callable[[object, Any], None], ...] |
     return tuple(getattr(cls, f.name).__set__ for f in fields)
 
 
-def _float_array(v: Any) -> "array[float]":
+def _float_array(v: Any) -> array[float]:
     return array("f", v)
 
 

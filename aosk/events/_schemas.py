@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from types import MappingProxyType
-from typing import Any, Final, Mapping
+from typing import Any, Final
 
 from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form

@@ -13,9 +13,10 @@ codec, Kafka or PostgreSQL: this module is the bottom layer.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final, Mapping
+from typing import Final
 
 __all__ = [
     "ORIGINS",

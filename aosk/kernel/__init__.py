@@ -49,9 +49,9 @@ from aosk.kernel.fold import KERNEL_ONLY, apply
 from aosk.kernel.journal import fold_journal, fold_with_verdicts, partition_state, partition_version
 from aosk.kernel.lifecycle import COMPLETION_TYPES, LIFECYCLE, WORK_TYPES, fork_state
 from aosk.kernel.paging import fit as page_window
-from aosk.kernel.routing import FoldArgs, Route, check_partition_count, fold_args, fold_key, home_partition, route
-from aosk.kernel.plain import event_from_plain, event_to_plain
 from aosk.kernel.params import INITIAL_VERSION, LATEST_VERSION, VERSIONS, FoldParams, params_for
+from aosk.kernel.plain import event_from_plain, event_to_plain
+from aosk.kernel.routing import FoldArgs, Route, check_partition_count, fold_args, fold_key, home_partition, route
 from aosk.kernel.slot import AgentSlot, decode_slot, encode_slot
 from aosk.kernel.state import (
     FINAL_STATUSES,

@@ -9,9 +9,10 @@ the status the event leads to; ``aosk.kernel.work`` has the work, call and IPC e
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any, Final, Mapping, cast
+from typing import Any, Final, cast
 
 from aosk.events import (
     AgentFailed,

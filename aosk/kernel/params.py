@@ -13,9 +13,10 @@ fold parameter: it changes no verdict and no hash, so it is the caller's setting
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final, Mapping
+from typing import Final
 
 from aosk.errors import UnknownFoldVersion
 

@@ -17,15 +17,12 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "unit" / "kernel"))
 
-from aosk.events import Budgets  # noqa: E402
-from aosk.kernel import encode_state  # noqa: E402
-from aosk.partitioning import partition_for  # noqa: E402
 from kernel_support import (  # noqa: E402
     EMB,
     Sim,
@@ -35,6 +32,10 @@ from kernel_support import (  # noqa: E402
     spawn_running,
     verdict_to_plain,
 )
+
+from aosk.events import Budgets  # noqa: E402
+from aosk.kernel import encode_state  # noqa: E402
+from aosk.partitioning import partition_for  # noqa: E402
 
 SMALL = Budgets(max_tokens=100, max_tool_calls=2, max_steps=12, context_window_tokens=50)
 

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from avro_java import SCHEMAS_DIR, from_avro_json, missing_tools, run
-from event_strategies import NESTED, any_event, example_events, transitions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aosk.events import EVENT_TYPES, SCHEMAS, Transition, encode, encode_transition
+from avro_java import SCHEMAS_DIR, from_avro_json, missing_tools, run
+from event_strategies import NESTED, any_event, example_events, transitions
 
 pytestmark = [
     pytest.mark.integration,

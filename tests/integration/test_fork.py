@@ -14,7 +14,7 @@ import pytest
 from aosk.client import KernelClient, ProjectionReader
 from aosk.events import AgentStarted, AgentTerminated, Budgets, ContextAppended, MemoryStored
 from aosk.journal import JournalReader
-from aosk.kernel import derived_event_id, fold_journal, state_hash
+from aosk.kernel import fold_journal, state_hash
 from aosk.topics import ensure_topics
 from projector_harness import Projectors, run_cli
 from worker_harness import Workers

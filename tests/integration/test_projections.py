@@ -15,7 +15,6 @@ from confluent_kafka import Producer
 
 from aosk.client import KernelClient, ProjectionReader
 from aosk.config import Settings
-from aosk.events import encode
 from aosk.events import (
     AgentStarted,
     AgentSuspended,
@@ -26,6 +25,7 @@ from aosk.events import (
     MemoryForgotten,
     MemoryStored,
     ToolCallRequested,
+    encode,
 )
 from aosk.projectors.db import BATCH_LOCK_KEY, MigrationError, ProjectionConfigError, migrate
 from aosk.projectors.memory import RecallError

@@ -41,9 +41,9 @@ from aosk.workload import generate_workload, produce_workload
 from worker_harness import (
     Coverage,
     Workers,
-    committed_offsets,
     changelog_slots,
     check_run,
+    committed_offsets,
     group_assignment,
     last_hash_by_agent,
     read_topic,

@@ -15,7 +15,6 @@ Regenerate the committed fixtures after editing their *.json inputs:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import struct

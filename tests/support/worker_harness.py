@@ -35,7 +35,6 @@ from aosk.events import decode_transition, encode_transition
 from aosk.journal import record_from_message
 from aosk.kernel import Record, Verdict, fold_with_verdicts
 
-
 # --- processes ----------------------------------------------------------------------------
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from avro_java import FIXTURES_DIR, from_avro_json
-from event_strategies import NESTED
 
 from aosk.events import EVENT_TYPES, SCHEMAS, Transition, decode, decode_transition, encode, encode_transition
+from avro_java import FIXTURES_DIR, from_avro_json
+from event_strategies import NESTED
 
 CASES = sorted(p.stem for p in FIXTURES_DIR.glob("*.json"))
 

@@ -8,15 +8,14 @@ import struct
 from io import BytesIO
 
 import pytest
-from event_strategies import any_event, example_events, transitions
 from fastavro import schemaless_writer
 from hypothesis import HealthCheck, given, settings
 
 from aosk.errors import EventRejected, Undecodable, UnknownFingerprint
 from aosk.events import (
     SCHEMAS,
-    AgentStarted,
     AgentSpawned,
+    AgentStarted,
     Budgets,
     Event,
     KernelUpgraded,
@@ -27,6 +26,7 @@ from aosk.events import (
     encode,
     encode_transition,
 )
+from event_strategies import any_event, example_events, transitions
 
 HEADER = dict(event_id="e", agent_id="a", tenant_id="t", occurred_at=1, origin="client")
 

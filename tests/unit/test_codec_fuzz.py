@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from event_strategies import example_events
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +28,7 @@ from aosk.events import (
     encode,
     encode_transition,
 )
+from event_strategies import example_events
 
 N = int(os.environ.get("AOSK_FUZZ_N", "100000"))
 SEED = int(os.environ.get("AOSK_FUZZ_SEED", "20261125"))

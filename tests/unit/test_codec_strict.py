@@ -23,7 +23,6 @@ import struct
 from typing import Any
 
 import pytest
-from event_strategies import any_event, example_events, transitions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,6 +37,7 @@ from aosk.events import (
     encode_transition,
 )
 from aosk.events._avro import HEADER_SIZE, _Reader
+from event_strategies import any_event, example_events, transitions
 
 N = int(os.environ.get("AOSK_FUZZ_N", "20000"))
 SEED = int(os.environ.get("AOSK_FUZZ_SEED", "20261126"))

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from event_strategies import datum
 from fastavro import schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,6 +29,7 @@ from hypothesis import strategies as st
 from aosk.errors import Undecodable
 from aosk.events import EVENT_TYPES, SCHEMAS, Codec, InvalidSchemas, SchemaSet, load_schemas
 from aosk.events._compat import incompatibilities
+from event_strategies import datum
 
 MAGIC = b"\xc3\x01"
 

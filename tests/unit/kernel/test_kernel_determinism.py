@@ -16,10 +16,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from aosk.kernel import fold_with_verdicts
 from kernel_support import journal_digest, record_from_plain, record_to_plain
 from test_kernel_properties import random_journal
+
+from aosk.kernel import fold_with_verdicts
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+from kernel_support import record_from_plain, verdict_to_plain
 
 from aosk.kernel import encode_state, fold_with_verdicts
-from kernel_support import record_from_plain, verdict_to_plain
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden"
 FILES = sorted(GOLDEN.glob("v[0-9]*_*.json"))

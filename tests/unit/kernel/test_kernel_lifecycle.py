@@ -7,10 +7,10 @@ The table is copied here by hand (not imported from the kernel), so a change to
 from __future__ import annotations
 
 import pytest
+from kernel_support import Sim, ev, semantic, spawn_running
 
 from aosk.events import EVENT_TYPES
 from aosk.kernel import LIFECYCLE, Kind, Reason, Status, fork_event
-from kernel_support import Sim, ev, semantic, spawn_running
 
 R, RU, W, SU, T, E, N = (Status.READY, Status.RUNNING, Status.WAITING, Status.SUSPENDED,
                          Status.TERMINATED, Status.ERROR, Status.NONE)

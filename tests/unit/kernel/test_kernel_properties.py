@@ -8,6 +8,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kernel_support import EMB, Sim, ev, semantic
 
 from aosk.events import AgentSpawned, Budgets
 from aosk.kernel import (
@@ -22,7 +23,6 @@ from aosk.kernel import (
     fold_with_verdicts,
     state_hash,
 )
-from kernel_support import EMB, Sim, ev, semantic
 
 P = VERSIONS[1]
 ROOTS = ["a", "b", "c"]

@@ -4,10 +4,10 @@ kernel-only events, quotas, and the context window as virtual memory."""
 from __future__ import annotations
 
 import pytest
+from kernel_support import BIG, Sim, ev, semantic, spawn_running
 
 from aosk.events import Budgets
 from aosk.kernel import Kind, Reason, Status, derived_event_id
-from kernel_support import BIG, Sim, ev, semantic, spawn_running
 
 A, B = "a-1", "b-1"
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 import pytest
+from kernel_support import EMB, Sim, ev, rec, semantic, spawn_running
 
 import aosk.kernel.params as params_mod
 from aosk.errors import UnknownFingerprint, UnknownFoldVersion
@@ -28,7 +29,6 @@ from aosk.kernel import (
     state_hash,
     timeout_events,
 )
-from kernel_support import EMB, Sim, ev, rec, semantic, spawn_running
 
 A, B = "a-1", "b-1"
 

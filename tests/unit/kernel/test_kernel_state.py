@@ -7,14 +7,15 @@ import json
 from dataclasses import replace
 
 import pytest
+from kernel_support import EMB, Sim, ev, spawn_running
 
 import aosk.kernel as kernel
 from aosk.events import Budgets
 from aosk.kernel import (
+    VERSIONS,
     AgentState,
     Kind,
     StateDecodeError,
-    VERSIONS,
     canonical_verdict_bytes,
     decode_slot,
     decode_state,
@@ -26,7 +27,6 @@ from aosk.kernel import (
     state_hash,
 )
 from aosk.kernel.canonical import canonical_json
-from kernel_support import EMB, Sim, ev, spawn_running
 
 A, B = "a-1", "b-1"
 P = VERSIONS[1]

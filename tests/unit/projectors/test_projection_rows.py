@@ -13,17 +13,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aosk.events import Budgets, encode
 from aosk.events import (
     AgentResumed,
     AgentSpawned,
     AgentStarted,
     AgentSuspended,
+    Budgets,
     CheckpointRequested,
     ContextAppended,
     MemoryEmbedded,
     MemoryForgotten,
     MemoryStored,
+    encode,
 )
 from aosk.journal import record_from_message
 from aosk.kernel import Record, canonical_verdict_bytes, fold_with_verdicts

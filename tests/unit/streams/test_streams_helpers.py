@@ -11,8 +11,8 @@ from dataclasses import replace
 from aosk.errors import Undecodable, UnknownFingerprint, UnknownFoldVersion
 from aosk.kernel import OpenCall, Record, placeholder
 from aosk.kernel.state import Calls
-from aosk.streams.pausing import PartitionStops, describe_stop
 from aosk.partitioning import partition_for
+from aosk.streams.pausing import PartitionStops, describe_stop
 from aosk.streams.records import Sink, dead_letter_headers, outputs
 from aosk.streams.timeouts import DeadlineIndex, PartitionClock, SentTimeouts, caught_up
 
@@ -128,9 +128,10 @@ def test_sent_timeouts_are_forgotten_after_resend_after() -> None:
 
 
 def test_a_consumed_message_becomes_the_shared_record() -> None:
+    from streams_support import FakeMessage
+
     from aosk.events import AgentStarted, encode
     from aosk.journal import record_from_message
-    from streams_support import FakeMessage
 
     ev = AgentStarted(event_id="00000000-0000-4000-8000-000000000001", agent_id="a", tenant_id="t",
                       occurred_at=0, origin="client", correlation_id=None, causation_id=None)

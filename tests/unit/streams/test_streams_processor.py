@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from streams_support import PARTITIONS, Journal
 
 from aosk.events import (
     AgentForked,
@@ -23,7 +24,6 @@ from aosk.kernel import AOSK_NAMESPACE, AgentSlot, Kind, fold_with_verdicts
 from aosk.streams.processor import Processor
 from aosk.streams.records import Sink
 from aosk.workload import generate_workload
-from streams_support import PARTITIONS, Journal
 
 BUDGETS = Budgets(max_tokens=10_000, max_tool_calls=10, max_steps=100, context_window_tokens=1_000)
 UNKNOWN = b"\xc3\x01" + b"\xfe" * 8 + b"body"

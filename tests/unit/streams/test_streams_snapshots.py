@@ -6,6 +6,7 @@ import struct
 from dataclasses import replace
 
 import pytest
+from streams_support import settings
 
 from aosk.kernel import AgentSlot, Kind, Reason, Verdict, decode_slot, encode_slot, placeholder
 from aosk.streams.snapshots import (
@@ -17,7 +18,6 @@ from aosk.streams.snapshots import (
     floor_key,
     restore,
 )
-from streams_support import settings
 
 
 def _slot(key: str, last: int, seq: int = 1) -> AgentSlot:

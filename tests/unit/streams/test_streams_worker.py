@@ -12,6 +12,7 @@ import time
 from collections import defaultdict
 
 import pytest
+from streams_support import Crash, FakeBroker, FakeConsumer, FakeProducer, Journal, settings
 
 import aosk.streams.worker as worker_mod
 from aosk.events import decode_transition, encode_transition
@@ -20,7 +21,6 @@ from aosk.kernel import Record, fold_with_verdicts
 from aosk.streams.snapshots import SnapshotPolicy, restore
 from aosk.streams.worker import EXIT_DELIVERY_FAILED, Worker, WorkerOptions
 from aosk.workload import generate_workload
-from streams_support import Crash, FakeBroker, FakeConsumer, FakeProducer, Journal, settings
 
 PARTS = 4
 SETTINGS = settings(PARTS)
