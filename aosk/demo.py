@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from aosk.config import Settings
 from aosk.endpoints import Endpoints, resolve_endpoints
@@ -65,9 +66,10 @@ def _section_smoke(settings: Settings, ep: Endpoints) -> None:
         for msg in consumer.consume(1000, timeout=0.5):
             if msg.error():
                 continue
-            seq = int(msg.value())
-            in_order &= last.get(msg.key(), -1) == seq - 1
-            last[msg.key()] = seq
+            key, value = msg.key() or b"", msg.value() or b"0"
+            seq = int(value)
+            in_order &= last.get(key, -1) == seq - 1
+            last[key] = seq
             got += 1
     consumer.close()
     admin.delete_topics([topic])
@@ -81,6 +83,7 @@ def _section_smoke(settings: Settings, ep: Endpoints) -> None:
             "(2, '[0,1,0]'::vector), (3, '[0.9,0.1,0]'::vector)) v(id, e) where v.id <> 1 "
             "order by v.e <=> '[1,0,0]' limit 1"
         ).fetchone()
+        assert row is not None  # a VALUES list of three rows always has a nearest neighbour
     print(f"  pgvector {version[0] if version else '?'}: nearest to [1,0,0] besides itself -> "
           f"item {row[0]} (cosine distance {row[1]})")
 
@@ -175,7 +178,7 @@ def _section_kernel(settings: Settings, ep: Endpoints, procs: _Processes) -> dic
     small = Budgets(max_tokens=1_000, max_tool_calls=5, max_steps=100, context_window_tokens=2_000)
     dim = settings.memory.embedding_dimension
     with KernelClient.from_settings(settings, watch_verdicts=True) as kernel:
-        def act(label: str, event_type: type, agent: str, **fields: object) -> object:
+        def act(label: str, event_type: type[Any], agent: str, **fields: Any) -> object:
             ev = kernel.new_event(event_type, agent_id=agent, tenant_id="acme", **fields)
             kernel.send(ev)
             v = kernel.wait_for_verdict(ev.event_id, timeout=120)
@@ -233,7 +236,8 @@ def _section_projections(settings: Settings, ep: Endpoints, ctx: dict[str, objec
     from aosk.workload import generate_workload, produce_workload
 
     ensure_topics(ep.bootstrap, settings.kafka)
-    wl = generate_workload(agents=20, events=3_000, seed=int(time.time()) % 1000, prefix=f"fleet-{uuid.uuid4().hex[:4]}",
+    wl = generate_workload(agents=20, events=3_000, seed=int(time.time()) % 1000,
+                           prefix=f"fleet-{uuid.uuid4().hex[:4]}",
                            embedding_dim=int(ctx["dim"]))  # type: ignore[call-overload]
     t0 = time.monotonic()
     positions = produce_workload(ep.bootstrap, settings.kafka.journal_topic, wl.items)
@@ -246,7 +250,8 @@ def _section_projections(settings: Settings, ep: Endpoints, ctx: dict[str, objec
         print(f"  a fleet of 20 agents wrote {len(wl.items)} events; projected in {time.monotonic() - t0:.1f}s "
               f"({len(wl.illegal_event_ids)} illegal ones among them)")
         queries = [
-            ("agents by status", "select status, sum(agents) from aosk.agents_by_status group by status order by 2 desc"),
+            ("agents by status",
+             "select status, sum(agents) from aosk.agents_by_status group by status order by 2 desc"),
             ("token spend per tenant", "select tenant_id, agents, tokens_used, tool_calls_used from "
              "aosk.token_spend_per_tenant order by tenant_id"),
             ("denied tool calls (latest 3)", "select agent_id, tool, seq from aosk.denied_tool_calls "
@@ -266,7 +271,8 @@ def _section_projections(settings: Settings, ep: Endpoints, ctx: dict[str, objec
         vec = [0.0] * int(ctx["dim"])  # type: ignore[call-overload]
         vec[0], vec[1] = 0.9, 0.1
         hits = reader.recall(vec, k=3, agent_id=bob)
-        print(f"  recall for {bob} (pgvector HNSW, cosine): " + ", ".join(f"{h.text!r} ({h.distance:.3f})" for h in hits))
+        found = ", ".join(f"{h.text!r} ({h.distance:.3f})" for h in hits)
+        print(f"  recall for {bob} (pgvector HNSW, cosine): {found}")
         view = reader.agent_state(bob)
         if view is not None:
             print(f"  {bob}: status {view.status}, tokens used {view.tokens_used}, left {view.tokens_left}")

@@ -85,14 +85,17 @@ class JournalReader:
         try:
             while True:
                 for msg in self._consumer.consume(1000, timeout=1.0):
-                    if msg.error():
-                        if msg.error().code() == -191:  # _PARTITION_EOF
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == -191:  # _PARTITION_EOF
                             return
-                        raise AoskError(f"reading {self._topic}[{partition}]: {msg.error().str()}")
-                    if msg.offset() >= end:
+                        raise AoskError(f"reading {self._topic}[{partition}]: {err.str()}")
+                    offset = msg.offset()
+                    assert offset is not None  # a record without an error has one
+                    if offset >= end:
                         return
                     yield record_from_message(msg)
-                    if msg.offset() + 1 >= end:
+                    if offset + 1 >= end:
                         return
         finally:
             self._consumer.unassign()

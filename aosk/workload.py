@@ -23,6 +23,7 @@ import uuid
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aosk.events import (
     AgentResumed,
@@ -135,9 +136,9 @@ def generate_workload(
     t0 = 1_700_000_000_000_000
     remaining_unfinished = unfinished_calls
 
-    def header(a: _Agent, **kw: object) -> dict[str, object]:
+    def header(a: _Agent, **kw: Any) -> dict[str, Any]:
         a.n += 1
-        h: dict[str, object] = dict(event_id=eid(), agent_id=a.agent_id, tenant_id=a.tenant_id,
+        h: dict[str, Any] = dict(event_id=eid(), agent_id=a.agent_id, tenant_id=a.tenant_id,
                                     occurred_at=t0 + len(items), origin="client")
         h.update(kw)
         return h

@@ -117,7 +117,7 @@ def _audit_rows(conn: psycopg.Connection[Any], schema: str, agent: str | None) -
         cur.itersize = _FETCH
         cur.execute(q, (agent,) if agent is not None else None)
         for row in cur:
-            yield dict(zip(_AUDIT_COLS, row))
+            yield dict(zip(_AUDIT_COLS, row, strict=True))
 
 
 def _heads(conn: psycopg.Connection[Any], schema: str, agent: str | None) -> dict[str, tuple[int, bytes, bool]]:
@@ -196,7 +196,8 @@ def _compare_head(res: VerifyResult, agent: str, seq: int, head: bytes, stored: 
         return
     s_seq, s_head, state_ok = stored
     if s_seq > seq:
-        res.breaks.append(Break(agent, seq + 1, f"audit rows after seq {seq} are missing (agent_state is at seq {s_seq})"))
+        missing = f"audit rows after seq {seq} are missing (agent_state is at seq {s_seq})"
+        res.breaks.append(Break(agent, seq + 1, missing))
     elif s_seq < seq:
         res.breaks.append(Break(agent, s_seq + 1, f"agent_state is at seq {s_seq} but the chain goes on to seq {seq}"))
     elif s_head != head:

@@ -3,9 +3,10 @@
 Per record: ``apply`` (the shared fold), then the audit chain link, the checkpoint
 policy and the memory changes. The fold runs with ``hash_state=False``: a state is
 hashed only when it is stored (an agent's state at the end of a batch, a checkpoint),
-not after every record -- the audit chain does not cover state hashes. Per-agent entries (slot, chain head, verdict counts) come
-from a cache the caller owns; the fold writes into an overlay on top of it, so a batch
-that is not committed (fenced, failed) leaves the cache untouched.
+not after every record -- the audit chain does not cover state hashes. Per-agent entries
+(slot, chain head, verdict counts) come from a cache the caller owns; the fold writes into
+an overlay on top of it, so a batch that is not committed (fenced, failed) leaves the
+cache untouched.
 
 A partition whose record cannot be folded here (an unknown schema fingerprint, an
 unknown fold version, an agent key that already lives on another partition) stops at
@@ -158,14 +159,14 @@ def fold_batch(
         pstate = None if pe is None else pe.slot.state
         if live_partitions is not None:
             check_partition_count(pstate, live_partitions)
-        version, partitions = fold_args(pstate)
+        version, partition_count = fold_args(pstate)
         last: tuple[int, int] | None = None
         for rec in records:
             key = rec.key
             if key is None:
                 key = pkey
-            elif partitions:
-                key = route(rec, version, partitions).key
+            elif partition_count:
+                key = route(rec, version, partition_count).key
             # the overlay, then the cache (inline: this runs once per record)
             e = overlay.get(key)
             if e is None:
@@ -179,7 +180,7 @@ def fold_batch(
                     out.stops.append(PartitionStop(p, rec.offset, _moved(key, other, p)))
                     break
             try:
-                slot, v = apply(None if e is None else e.slot, rec, version=version, partitions=partitions,
+                slot, v = apply(None if e is None else e.slot, rec, version=version, partitions=partition_count,
                                 hash_state=False)
             except Exception as exc:  # UnknownFingerprint, UnknownFoldVersion, or a fold bug
                 out.stops.append(PartitionStop(p, rec.offset, f"{type(exc).__name__}: {exc}"))
@@ -190,7 +191,7 @@ def fold_batch(
                                    f"(last applied offset {e.slot.last_offset if e else '?'})")
             st = slot.state
             if key == pkey:  # a marker may switch the partition's rules
-                version, partitions = fold_args(st)
+                version, partition_count = fold_args(st)
                 if live_partitions is not None:
                     check_partition_count(st, live_partitions)
             vb = verdict_bytes(v)

@@ -100,7 +100,7 @@ def nearest_checkpoint(
     """The latest checkpoint of ``agent_id`` at or before ``at_seq`` / ``at_offset``
     (the latest of all without either), verified; fold the journal after its offset to
     reach any later point."""
-    cond = sql.SQL("")
+    cond: sql.Composable = sql.SQL("")
     params: list[Any] = [storage_key(agent_id)]
     if at_seq is not None:
         cond += sql.SQL(" and seq <= %s")

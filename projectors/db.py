@@ -221,15 +221,6 @@ def pack_vector(values: Sequence[float]) -> PackedVector:
     return PackedVector(struct.pack(">HH", len(a), 0) + a.tobytes())
 
 
-def unpack_vector(data: bytes) -> list[float]:
-    dim, _ = struct.unpack_from(">HH", data)
-    a = array("f")
-    a.frombytes(data[4 : 4 + 4 * dim])
-    if not _BIG_ENDIAN:
-        a.byteswap()
-    return a.tolist()
-
-
 def register_vector_dumper(conn: psycopg.Connection[Any]) -> int:
     """Let ``conn`` send ``PackedVector`` values (parameters and binary COPY) as
     ``vector``; returns the type's oid."""

@@ -207,14 +207,15 @@ def _queries(schema: str, lineage_size: int) -> tuple[sql.Composed, sql.Composed
     tenant), each bounded by a journal offset. Plain OR'ed conditions rather than a join
     with the lineage, so the planner still orders by the HNSW index and filters."""
     t = qualified(schema, "memories")
-    where = sql.SQL("tenant_id = %(tenant)s and embedding is not null")
+    where: sql.Composable = sql.SQL("tenant_id = %(tenant)s and embedding is not null")
     if lineage_size:
         # The agent's own memories up to a bound, and a fork's ancestors' up to the fork point.
         each = [sql.SQL(f"(agent_id = %(a{i})s and journal_offset <= %(b{i})s)") for i in range(lineage_size)]
         where += sql.SQL(" and (") + sql.SQL(" or ").join(each) + sql.SQL(")")
     ann = sql.SQL(
         "with nearest as materialized (select {cols}, embedding <=> %(q)s::vector as distance from {t} where {w}"
-        " order by embedding <=> %(q)s::vector limit %(k)s) select * from nearest order by distance, agent_id, memory_id"
+        " order by embedding <=> %(q)s::vector limit %(k)s)"
+        " select * from nearest order by distance, agent_id, memory_id"
     ).format(cols=sql.SQL(_SELECT), t=t, w=where)
     exact = sql.SQL(
         "with scoped as materialized (select {cols}, embedding from {t} where {w})"
@@ -226,12 +227,14 @@ def _queries(schema: str, lineage_size: int) -> tuple[sql.Composed, sql.Composed
 
 def _lineage_params(agents: list[str], bounds: list[int]) -> dict[str, Any]:
     params: dict[str, Any] = {}
-    for i, (a, b) in enumerate(zip(agents, bounds)):
+    for i, (a, b) in enumerate(zip(agents, bounds, strict=True)):
         params[f"a{i}"], params[f"b{i}"] = a, b
     return params
 
 
-def _scope(conn: psycopg.Connection[Any], schema: str, tenant_id: str | None, agent_id: str | None) -> tuple[str, str | None]:
+def _scope(
+    conn: psycopg.Connection[Any], schema: str, tenant_id: str | None, agent_id: str | None
+) -> tuple[str, str | None]:
     if agent_id is None:
         if tenant_id is None:
             raise RecallError("recall needs a tenant_id or an agent_id: memories are scoped by tenant")

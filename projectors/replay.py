@@ -308,7 +308,9 @@ class Replay:
 
     # -- targets ------------------------------------------------------------------------
 
-    def _targets(self, conn: psycopg.Connection[Any], consumer: Any, *, fresh: bool = False) -> tuple[dict[int, int], bool]:
+    def _targets(
+        self, conn: psycopg.Connection[Any], consumer: Any, *, fresh: bool = False
+    ) -> tuple[dict[int, int], bool]:
         """Where each partition must get to: the live offsets, else the journal's end."""
         from confluent_kafka import TopicPartition
 
@@ -389,10 +391,10 @@ class Replay:
                 writer.write(conn, batch, advances)
             except Fenced as e:
                 raise ReplayError(f"{e}: another process writes {self.shadow}") from e
-        for key, e in batch.entries.items():
-            if e.slot.recent:
-                e = replace(e, slot=AgentSlot(e.slot.state, e.slot.last_offset, ()))
-            self._entries[key] = e
+        for key, entry in batch.entries.items():
+            if entry.slot.recent:
+                entry = replace(entry, slot=AgentSlot(entry.slot.state, entry.slot.last_offset, ()))
+            self._entries[key] = entry
         for a in advances:
             self._pos[a.partition] = a.end
         for s in batch.stops:
@@ -655,7 +657,9 @@ class Replay:
                     consumer.pause([TopicPartition(self.topic, p)])
         return {p: r for p, r in parts.items() if r}
 
-    def _swap(self, conn: psycopg.Connection[Any], writer: ProjectionWriter, consumer: Any) -> tuple[str | None, int, float]:
+    def _swap(
+        self, conn: psycopg.Connection[Any], writer: ProjectionWriter, consumer: Any
+    ) -> tuple[str | None, int, float]:
         s, sh = sql.Identifier(self.schema), sql.Identifier(self.shadow)
         swapped = 0
         with conn.transaction():
@@ -689,7 +693,9 @@ class Replay:
                     sql.SQL(
                         "update {sh} s set high_watermark = l.high_watermark, last_record_at = l.last_record_at, "
                         "committed_at = l.committed_at, owner = l.owner from {lv} l where s.partition = l.partition"
-                    ).format(sh=qualified(self.shadow, "projector_offsets"), lv=qualified(self.schema, "projector_offsets"))
+                    ).format(
+                        sh=qualified(self.shadow, "projector_offsets"), lv=qualified(self.schema, "projector_offsets")
+                    )
                 )
                 if self.options.drop_old:
                     conn.execute(sql.SQL("drop schema {} cascade").format(s))
@@ -704,7 +710,8 @@ class Replay:
         return old, swapped, lock_ms
 
     def _old_name(self, conn: psycopg.Connection[Any]) -> str:
-        rows = conn.execute("select nspname from pg_namespace where nspname like %s", (f"{self.schema}\\_old\\_%",)).fetchall()
+        like = f"{self.schema}\\_old\\_%"
+        rows = conn.execute("select nspname from pg_namespace where nspname like %s", (like,)).fetchall()
         prefix = f"{self.schema}_old_"
         ns = [int(r[0][len(prefix):]) for r in rows if r[0][len(prefix):].isdigit()]
         return check_schema_name(f"{prefix}{max(ns, default=0) + 1}")

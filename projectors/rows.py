@@ -10,10 +10,9 @@ Column lists here and the tables in ``migrations/0001_projections.sql`` must agr
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from json.encoder import encode_basestring as _jstr  # type: ignore[attr-defined]
+from json.encoder import encode_basestring as _jstr
 from typing import Any, Final
 
 from aosk.kernel import AgentState, Verdict, canonical_verdict_bytes
@@ -325,11 +324,6 @@ def memory_types(vector_oid: int) -> tuple[Any, ...]:
     )
 
 
-def metadata_json(md: dict[str, Any]) -> str:
-    """Canonical JSON text of a metadata map (sorted keys)."""
-    return json.dumps(md, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 # --- the canonical verdict, fast ----------------------------------------------------------
 
 
@@ -358,8 +352,9 @@ def _samples() -> list[Verdict]:
 
     ev = ContextAppended(event_id="e\u00e9\"\\\n1", agent_id="a", tenant_id="t", occurred_at=0, origin="client",
                          entry_id="x", role="r", content="c", tokens=1, importance=0.5)
-    base = dict(kind="accepted", reason="ok", message="m", agent_id="ag\u00fc\u2028\"\t", partition=3, offset=12345678901,
-                timestamp=1_700_000_000_123, status="RUNNING", seq=7, state_hash=b"\1" * 32, fold_version=1)
+    base = dict(kind="accepted", reason="ok", message="m", agent_id="ag\u00fc\u2028\"\t", partition=3,
+                offset=12345678901, timestamp=1_700_000_000_123, status="RUNNING", seq=7, state_hash=b"\1" * 32,
+                fold_version=1)
     entry = ContextEntry(entry_id="p\u00ff\x01", role="user", content="c", tokens=1, importance=0.5, seq=1)
     return [
         Verdict(**base, event_id=None, event_type=None),  # type: ignore[arg-type]

@@ -187,7 +187,9 @@ class Projector:
         self._pool = open_pool(self._dsn, pg, name=f"aosk-projector-{self.schema}", min_size=1,
                                max_size=max(2, min(4, pg.pool_size)), configure=self._configure)
         with self._pool.connection() as conn:
-            oid = int(conn.execute("select 'vector'::regtype::oid").fetchone()[0])  # type: ignore[index]
+            row = conn.execute("select 'vector'::regtype::oid").fetchone()
+            assert row is not None  # regtype resolves or raises
+            oid = int(row[0])
         self._writer = ProjectionWriter(self.schema, vector_oid=oid, owner=self.owner)
 
     def _make_consumer(self) -> Any:

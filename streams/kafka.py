@@ -125,21 +125,24 @@ def read_partitions(bootstrap: str, topic: str, partitions: list[int], *, timeou
         deadline = time.monotonic() + timeout_s
         while ends:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} partitions {sorted(ends)} to their ends took over {timeout_s:.0f}s")
+                raise TimeoutError(
+                    f"reading {topic} partitions {sorted(ends)} to their ends took over {timeout_s:.0f}s"
+                )
             for m in c.consume(10_000, timeout=0.2):
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        ends.pop(m.partition(), None)
+                        ends.pop(m.partition(), None)  # type: ignore[arg-type]  # EOF events name their partition
                         continue
                     raise RuntimeError(f"reading {topic}[{m.partition()}]: {err.str()}")
-                p = m.partition()
-                end = ends.get(p)
-                if end is None or m.offset() >= end:
+                part, offset = m.partition(), m.offset()
+                assert part is not None and offset is not None  # a record without an error has both
+                stop_at = ends.get(part)
+                if stop_at is None or offset >= stop_at:
                     continue
-                out[p].append((m.key(), m.value()))
-                if m.offset() + 1 >= end:
-                    del ends[p]
+                out[part].append((m.key(), m.value()))
+                if offset + 1 >= stop_at:
+                    del ends[part]
         return out
     finally:
         c.close()

@@ -22,7 +22,7 @@ the record or crash-looping every worker would not.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from aosk.errors import PartitionCountChanged, UnknownFingerprint, UnknownFoldVersion
@@ -88,7 +88,7 @@ class PartitionStops:
             for p in partitions:
                 self._stops.pop(p, None)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Stop]:
         return iter(sorted(self._stops.values(), key=lambda s: s.partition))
 
     def __len__(self) -> int:

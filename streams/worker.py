@@ -371,7 +371,8 @@ class Worker:
         ps = {tp.partition for tp in tps if tp.topic == self.journal}
         if ps:
             try:
-                self._commit(time.monotonic(), ps, everything=True, flush_timeout=min(10.0, self.options.flush_timeout_s))
+                flush_timeout = min(10.0, self.options.flush_timeout_s)
+                self._commit(time.monotonic(), ps, everything=True, flush_timeout=flush_timeout)
             except Exception as e:  # noqa: BLE001 - best effort: the next owner re-folds from the floor
                 log.warning("commit on revocation failed: %r", e)
             self._drop(ps)
@@ -436,7 +437,7 @@ class Worker:
             log.warning("final commit failed: %r", e)
         try:
             self._consumer.close()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - closing is best effort: the group evicts a silent member anyway
             log.warning("closing the consumer failed: %r", e)
         self._report(None)
 

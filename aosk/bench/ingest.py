@@ -64,7 +64,9 @@ def _drop_topics(bootstrap: str, names: list[str]) -> None:
             pass  # a leftover benchmark topic is harmless
 
 
-def run_baseline(settings: Settings, bootstrap: str, topic: str, *, records: int, record_size: int) -> tuple[float, str]:
+def run_baseline(
+    settings: Settings, bootstrap: str, topic: str, *, records: int, record_size: int
+) -> tuple[float, str]:
     lib = fetch_jars(kafka_lib_dir(settings.dev.cache_dir))
     cmd = [
         require_java(), "-Xmx512m", "-cp", str(lib / "*"), "-Dlog4j.configuration=file:/dev/null",

@@ -16,7 +16,7 @@ INSTALL_HINT = "pip install -e '.[bench]'"
 
 def have_matplotlib() -> bool:
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401 - imported only to see whether it is installed
     except ImportError:
         return False
     return True

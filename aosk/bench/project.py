@@ -420,7 +420,9 @@ def _breakdown_and_copy(dsn: str, schema: str, msgs: list[Any], result: ProjectR
         (time.perf_counter() - t) / n * 1e6
     )
     cache: dict[str, Any] = {}
-    audit, cps, mem = [], [], MemoryChanges()
+    audit: list[Any] = []
+    cps: list[Any] = []
+    mem = MemoryChanges()
     t = time.perf_counter()
     for i in range(0, n, 5000):
         parts: dict[int, list[Any]] = {}
@@ -461,8 +463,8 @@ def _breakdown_and_copy(dsn: str, schema: str, msgs: list[Any], result: ProjectR
                     )
                     with cur.copy(stmt) as cp:
                         cp.set_types(types)
-                        for r in rows:
-                            cp.write_row(r)
+                        for row in rows:
+                            cp.write_row(row)
                 conn.commit()
                 dt = time.perf_counter() - t
                 total += dt
@@ -499,7 +501,8 @@ def report_markdown(r: ProjectResult, machine: str) -> str:
     lines = [
         title,
         "",
-        f"`aosk bench project --events {e} --agents {r.agents} --processes {r.processes} --repeat {len(r.runs)}{flag}` on {machine}; "
+        f"`aosk bench project --events {e} --agents {r.agents} --processes {r.processes} "
+        f"--repeat {len(r.runs)}{flag}` on {machine}; "
         f"the embedded dev stack (one broker, 12 partitions; PostgreSQL 18 + pgvector 0.8). Workload: "
         f"`aosk.workload`, {r.embeddings} {index}, "
         f"illegal and undecodable records; load average {r.load_before:.2f} when the run started. "

@@ -48,7 +48,8 @@ class ReplayBenchResult:
 
 
 def bench_replay(settings: Settings, *, events: int = 50_000, agents: int = 200, processes: int = 2,
-                 batch_max: int = 5_000, replay_processes: int = 2, seed: int = 42, progress: bool = True) -> ReplayBenchResult:
+                 batch_max: int = 5_000, replay_processes: int = 2, seed: int = 42,
+                 progress: bool = True) -> ReplayBenchResult:
     import psycopg
 
     from aosk.bench.project import _cleanup, _timed_projection, fresh_bench_journal
@@ -93,7 +94,8 @@ def report_markdown(r: ReplayBenchResult, machine: str) -> str:
         f"the embedded dev stack; the `aosk bench project` workload (memories with 384-d embeddings, HNSW-indexed); "
         f"load average {r.load_before:.2f} when the run started. Same journal, same run: first {r.processes} live "
         f"`aosk project` processes project it as it is produced, then `aosk replay` ({r.replay_processes} processes, "
-        f"batches of {r.replay_batch_max:,}, HNSW index built once at the end) rebuilds it into a shadow schema and swaps it in "
+        f"batches of {r.replay_batch_max:,}, HNSW index built once at the end) rebuilds it into a shadow schema "
+        "and swaps it in "
         f"({r.swap_records:,} records folded under the exclusive lock, held {r.lock_ms:.0f} ms). "
         f"Digests of the rebuild equal the live schema's: {'yes' if r.digests_equal else '**NO**'}.",
         "",
@@ -101,7 +103,8 @@ def report_markdown(r: ReplayBenchResult, machine: str) -> str:
         "|---|---:|---:|",
         f"| live: {r.processes} `aosk project` processes, produce + project | {r.live_seconds:.2f} | "
         f"{r.live_per_s:,.0f} |",
-        f"| rebuild: `aosk replay`, {r.replay_processes} processes, catch-up + index build + swap | {r.replay_seconds:.2f} | "
+        f"| rebuild: `aosk replay`, {r.replay_processes} processes, catch-up + index build + swap "
+        f"| {r.replay_seconds:.2f} | "
         f"**{r.replay_per_s:,.0f}** |",
         "",
         f"Rebuild / live: **{r.ratio:.2f}x** (goal: at least {GOAL_RATIO}x, {verdict}).",

@@ -127,7 +127,7 @@ class DeliveringProducer:
                 self._waiters -= 1
 
     def produce(
-        self, topic: str, *, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None,
+        self, topic: str, *, key: bytes | None, value: bytes, headers: list[tuple[str, str | bytes | None]] | None = None,
         partition: int | None = None,
     ) -> DeliveryFuture:
         if self._closed.is_set():

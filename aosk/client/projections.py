@@ -109,7 +109,8 @@ class ProjectionReader:
         if row is None:
             return None
         *cols, state_hash, head, state = row
-        return AgentView(agent_id, *cols, bytes(state_hash), bytes(head), decode_state(bytes(state)))
+        # the row's columns in AgentView's field order (mypy cannot count a starred row)
+        return AgentView(agent_id, *cols, bytes(state_hash), bytes(head), decode_state(bytes(state)))  # type: ignore[call-arg]
 
     def recall(
         self,

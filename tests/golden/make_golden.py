@@ -23,7 +23,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "unit" / "kernel"))
 
-from kernel_support import (  # noqa: E402
+from kernel_support import (  # noqa: E402 - after sys.path gains tests/unit/kernel
     EMB,
     Sim,
     ev,
@@ -33,9 +33,9 @@ from kernel_support import (  # noqa: E402
     verdict_to_plain,
 )
 
-from aosk.events import Budgets  # noqa: E402
-from aosk.kernel import encode_state  # noqa: E402
-from aosk.partitioning import partition_for  # noqa: E402
+from aosk.events import Budgets  # noqa: E402 - kept below kernel_support's import
+from aosk.kernel import encode_state  # noqa: E402 - kept below kernel_support's import
+from aosk.partitioning import partition_for  # noqa: E402 - kept below kernel_support's import
 
 SMALL = Budgets(max_tokens=100, max_tool_calls=2, max_steps=12, context_window_tokens=50)
 
@@ -216,7 +216,7 @@ def build(name: str) -> dict[str, object]:
         "fold_version": version,
         "regenerate": "python tests/golden/make_golden.py; review the diff: it is a semantic change of the fold",
         "records": [{**_as_written(record_to_plain(r)), "expect": verdict_to_plain(v)}
-                    for r, v in zip(sim.records, sim.verdicts)],
+                    for r, v in zip(sim.records, sim.verdicts, strict=True)],
         "final": {
             key: {"state_hash": hashlib.sha256(encode_state(slot.state)).hexdigest(),
                   "state": json.loads(encode_state(slot.state))}
@@ -227,7 +227,7 @@ def build(name: str) -> dict[str, object]:
 
 def dumps(doc: dict[str, object]) -> str:
     """JSON with one record (and one final state) per line: small files, readable diffs."""
-    c = lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":"))  # noqa: E731
+    c = lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":"))  # noqa: E731 - a one-line local shorthand
     head = ",\n".join(f" {c(k)}: {c(v)}" for k, v in doc.items() if k not in ("records", "final"))
     records = ",\n".join(f"  {c(r)}" for r in doc["records"])  # type: ignore[attr-defined]
     final = ",\n".join(f"  {c(k)}: {c(v)}" for k, v in doc["final"].items())  # type: ignore[attr-defined]

@@ -42,7 +42,7 @@ def _java_decode(tmp: Path, objects: list[Any]) -> list[dict[str, Any]]:
 def _check(tmp: Path, objects: list[Any]) -> None:
     lines = _java_decode(tmp, objects)
     assert len(lines) == len(objects)
-    for obj, line in zip(objects, lines):
+    for obj, line in zip(objects, lines, strict=True):
         assert "error" not in line, f"Java could not decode {type(obj).__name__}: {line['error']}"
         name = type(obj).__name__
         assert line["schema"] == name and line["version"] == SCHEMAS.current(name).version

@@ -23,7 +23,7 @@ def test_ranges_times_and_plain_fold(settings) -> None:
         assert len(records) == len(wl.items)
         assert sum(1 for r in records if r.error is not None) == wl.garbage > 0
         by_pos = {(r.partition, r.offset): r for r in records}
-        for item, pos in zip(wl.items, positions):
+        for item, pos in zip(wl.items, positions, strict=True):
             r = by_pos[pos]
             if isinstance(item, RawRecord):
                 assert r.event is None and r.value == item.value

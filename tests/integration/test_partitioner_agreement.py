@@ -26,9 +26,9 @@ def test_sdk_partitions_match_aiokafka_for_10000_keys(stack, topic_prefix: str) 
     aiokafka = DefaultPartitioner()
     mismatches = [
         (k, f.result().partition)
-        for k, f in zip(keys, futures)
+        for k, f in zip(keys, futures, strict=True)
         if f.result().partition != aiokafka(k, partitions, partitions)
     ]
     assert mismatches == []
-    assert all(f.result().partition == partition_for(k, 12) for k, f in zip(keys, futures))
+    assert all(f.result().partition == partition_for(k, 12) for k, f in zip(keys, futures, strict=True))
     assert len({f.result().partition for f in futures}) == 12

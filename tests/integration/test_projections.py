@@ -71,7 +71,8 @@ def test_migrations_are_versioned_idempotent_and_in_their_schema(settings: Setti
     with psycopg.connect(database) as conn:
         assert migrate(conn, schema="m_test") == ["0001_projections", "0002_views"]
         assert migrate(conn, schema="m_test") == []
-        tables = {r[0] for r in conn.execute("select table_name from information_schema.tables where table_schema = 'm_test'")}
+        listed = conn.execute("select table_name from information_schema.tables where table_schema = 'm_test'")
+        tables = {r[0] for r in listed}
         assert {"agent_state", "audit_log", "checkpoints", "memories", "projector_offsets", "recent_audit",
                 "projector_lag", "agents_by_status"} <= tables
         assert not conn.execute("select 1 from information_schema.tables where table_schema = 'public'"
@@ -159,7 +160,9 @@ def test_read_your_writes_memories_and_checkpoints(settings: Settings, reader: P
 def test_refused_row_is_bisected_out_and_the_partition_goes_on(settings: Settings, reader: ProjectionReader) -> None:
     dsn = settings.storage.postgresql.dsn
     with psycopg.connect(dsn, autocommit=True) as conn:  # a constraint the fold knows nothing about
-        conn.execute("alter table aosk.memories add constraint no_poison check (text is null or text not like '%poison%')")
+        conn.execute(
+            "alter table aosk.memories add constraint no_poison check (text is null or text not like '%poison%')"
+        )
     try:
         with KernelClient.from_settings(settings) as kernel:
             kernel.spawn(agent_id="poisoned", tenant_id="acme", name="p", budgets=BUDGETS)
@@ -174,7 +177,9 @@ def test_refused_row_is_bisected_out_and_the_partition_goes_on(settings: Setting
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("alter table aosk.memories drop constraint no_poison")
     with psycopg.connect(dsn) as conn:
-        refused = conn.execute("select seq, event_type, refusal from aosk.refused_records where agent_id = 'poisoned'").fetchall()
+        refused = conn.execute(
+            "select seq, event_type, refusal from aosk.refused_records where agent_id = 'poisoned'"
+        ).fetchall()
         assert len(refused) == 1
         seq, event_type, refusal = refused[0]
         assert (seq, event_type) == (20, "MemoryStored") and "no_poison" in refusal

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.integration
     ("point", "proof"),
     [("before_write", "fenced: partition"), ("in_transaction", "batch not written")],
 )
-def test_paused_projector_resumes_without_duplicates(settings: Settings, tmp_path: Path, point: str, proof: str) -> None:
+def test_paused_projector_resumes_without_duplicates(
+    settings: Settings, tmp_path: Path, point: str, proof: str
+) -> None:
     s = settings.model_copy(update={"kafka": settings.kafka.model_copy(
         update={"topic_prefix": f"{settings.kafka.topic_prefix}-{point.replace('_', '')}"})})
     schema = f"zombie_{point}"

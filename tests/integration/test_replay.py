@@ -219,7 +219,7 @@ def test_interrupted_replay_resumes_or_is_discarded(settings: Settings, tmp_path
     for name in ("resume", "discard"):
         proc = _start_faulted_replay(s, tmp_path, name, "live_i")
         try:
-            wait_for(lambda: proc.poll() is not None or _proc_state(proc.pid) == "T", timeout=60, interval=0.05,
+            wait_for(lambda: proc.poll() is not None or _proc_state(proc.pid) == "T", timeout=60, interval=0.05,  # noqa: B023 - wait_for calls it within this iteration
                      what="the replay to stop itself mid-way")
             assert proc.poll() is None, (tmp_path / f"{name}.log").read_text()
             done = sum(projected(dsn, "live_i_shadow").values())

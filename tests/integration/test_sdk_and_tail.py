@@ -55,7 +55,7 @@ def test_sdk_events_come_back_in_per_agent_order(journal) -> None:
                 sent[a].append(p.event_id)
                 pendings.append(p)
     deliveries = [p.result() for p in pendings]
-    assert all(d.partition == partition_for(p.event.agent_id, 12) for d, p in zip(deliveries, pendings))
+    assert all(d.partition == partition_for(p.event.agent_id, 12) for d, p in zip(deliveries, pendings, strict=True))
 
     total = sum(len(v) for v in sent.values())
     views = _tail(journal, "--from-beginning", "--max", str(total))

@@ -31,7 +31,7 @@ def journal(settings, tmp_path_factory):
     solo = generate_workload(agents=1, events=10_200, seed=11, prefix="long", messages=False,
                              children=False, embeddings=False, terminate_fraction=0.0)
     others = generate_workload(agents=24, events=2_000, seed=12, embeddings=False)
-    items = [x for pair in zip(solo.items, others.items) for x in pair] + solo.items[len(others.items):]
+    items = [x for pair in zip(solo.items, others.items, strict=False) for x in pair] + solo.items[len(others.items):]
     produce_workload(bootstrap, settings.kafka.journal_topic, items)
     ends = end_offsets(bootstrap, settings.kafka.journal_topic)
     procs = Projectors(settings, tmp_path_factory.mktemp("proj"), schema=SCHEMA)

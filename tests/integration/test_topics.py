@@ -38,7 +38,8 @@ def test_existing_topic_with_other_settings_is_named(settings) -> None:
     kafka = settings.kafka.model_copy(update={"topic_prefix": settings.kafka.topic_prefix + "-odd"})
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
     admin.create_topics(
-        [NewTopic(kafka.journal_topic, num_partitions=3, replication_factor=1, config={"message.timestamp.type": "CreateTime"})]
+        [NewTopic(kafka.journal_topic, num_partitions=3, replication_factor=1,
+                  config={"message.timestamp.type": "CreateTime"})]
     )[kafka.journal_topic].result(30)
     with pytest.raises(TopicMismatch) as e:
         ensure_topics(settings.kafka.bootstrap_servers, kafka)

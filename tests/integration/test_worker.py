@@ -45,7 +45,8 @@ def _start(workers: Workers, settings, node: str = "w1") -> None:
     workers.start(node)
     k = settings.kafka
     wait_for(lambda: workers.procs[node].alive() and
-             (a := group_assignment(k.bootstrap_servers, group_id(settings.kafka.topic_prefix), k.journal_topic)) is not None
+             (a := group_assignment(k.bootstrap_servers, group_id(settings.kafka.topic_prefix),
+                                    k.journal_topic)) is not None
              and sum(len(p) for p in a.values()) == k.journal_partitions
              and "aosk worker" in workers.procs[node].log(),
              timeout=120, what=f"worker {node} to own the journal")
@@ -207,7 +208,7 @@ def test_unknown_fingerprint_stops_only_its_partition(settings, tmp_path) -> Non
             node = f"w{round_}"
             _start(workers, s, node)
             wanted = {(p, o) for p, e in ends.items() if p != 3 for o in range(e)} | {(3, o) for o in range(bad_offset)}
-            wait_for(lambda: wanted <= verdict_positions(), timeout=120, what="verdicts on the other partitions")
+            wait_for(lambda: wanted <= verdict_positions(), timeout=120, what="verdicts on the other partitions")  # noqa: B023 - wait_for calls it within this iteration
             got = verdict_positions()
             assert not {(3, o) for o in range(bad_offset, ends[3])} & got, "records at/after the unknown one"
             log = workers.procs[node].log()

@@ -148,9 +148,9 @@ def run_kill_scenario(settings, state_dir, size: Size) -> dict[str, float]:
                 victim = nodes[-1 - i % len(nodes)]
                 before = group_assignment(bootstrap, group, k.journal_topic) or {}
                 victim_parts = before.get(f"aosk-worker-{victim}", set())
-                wait_for(lambda: coverage.distinct() >= len(work.items) * fraction, timeout=size.timeout,
+                wait_for(lambda: coverage.distinct() >= len(work.items) * fraction, timeout=size.timeout,  # noqa: B023 - wait_for calls it within this iteration
                          what=f"{fraction:.0%} of the verdicts")
-                wait_for(lambda: frozen_ahead_of_commit(victim, victim_parts), timeout=size.timeout, interval=0.2,
+                wait_for(lambda: frozen_ahead_of_commit(victim, victim_parts), timeout=size.timeout, interval=0.2,  # noqa: B023 - wait_for calls it within this iteration
                          what=f"{victim} to have published verdicts past its last commit")
                 timings[f"kill{i + 1}_at_verdicts"] = coverage.distinct()
                 kill(victim)
@@ -161,14 +161,14 @@ def run_kill_scenario(settings, state_dir, size: Size) -> dict[str, float]:
                 timings[f"kill{i + 1}_failover"] = time.monotonic() - t_kill
                 # The survivors make progress on the victim's partitions (table restored from the changelog).
                 mark = {p: len(coverage.offsets.get(p, ())) for p in victim_parts}
-                wait_for(lambda: any(len(coverage.offsets.get(p, ())) > mark[p] for p in victim_parts) or
+                wait_for(lambda: any(len(coverage.offsets.get(p, ())) > mark[p] for p in victim_parts) or  # noqa: B023 - wait_for calls it within this iteration
                          coverage.covers({p: e for p, e in _ends(bootstrap, k.journal_topic).items()
-                                          if p in victim_parts}),
+                                          if p in victim_parts}),  # noqa: B023 - wait_for calls it within this iteration
                          timeout=120, what="progress on the killed worker's partitions")
                 restart(victim)
                 if size.kill_while_rejoining and i == len(size.kill_at) - 1:
                     other = nodes[0] if victim != nodes[0] else nodes[1]
-                    wait_for(lambda: "joins group" in workers.procs[victim].log(),
+                    wait_for(lambda: "joins group" in workers.procs[victim].log(),  # noqa: B023 - wait_for calls it within this iteration
                              timeout=120, what="the restarted worker to start a rebalance")
                     kill(other)
                     wait_for(lambda: joined(len(running)), timeout=120, what="the group to settle without it")
@@ -207,7 +207,7 @@ def _check(settings, work) -> dict[str, float]:
     assert not report.problems, "\n".join(report.problems)
     assert report.repeated > 0, "no record was processed twice: the kill did not test redelivery"
 
-    pairs = list(zip(report.records, report.verdicts))
+    pairs = list(zip(report.records, report.verdicts, strict=True))
     # Rejections: exactly the illegal client events, the garbage, and bounced deliveries.
     rejected_client = {r.event.event_id for r, v in pairs
                        if v.kind == Kind.REJECTED and r.event is not None and r.event.origin == "client"}

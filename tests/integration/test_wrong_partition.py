@@ -63,7 +63,9 @@ def _event(cls: type[Event], agent: str, tenant: str, **payload: object) -> Even
                **payload)
 
 
-def _produce_default_partitioner(bootstrap: str, topic: str, items: list[tuple[str, bytes]]) -> list[tuple[str, int, int]]:
+def _produce_default_partitioner(
+    bootstrap: str, topic: str, items: list[tuple[str, bytes]]
+) -> list[tuple[str, int, int]]:
     """Produce (key, value) pairs with librdkafka's default partitioner; their positions."""
     from confluent_kafka import Producer
 

@@ -150,7 +150,9 @@ def assert_projection_matches(dsn: str, schema: str, records: list[Record]) -> E
                 f"select agent_id, state, seq, last_offset, audit_head, state_hash from {schema}.agent_state"
             )
         }
-        assert set(states) == set(exp.slots), (sorted(set(exp.slots) - set(states))[:5], sorted(set(states) - set(exp.slots))[:5])
+        assert set(states) == set(exp.slots), (
+            sorted(set(exp.slots) - set(states))[:5], sorted(set(states) - set(exp.slots))[:5]
+        )
         for a, slot in exp.slots.items():
             st, seq, lo, head, sh = states[a]
             assert st == encode_state(slot.state), f"agent_state of {a} differs from the fold"
@@ -179,5 +181,5 @@ def assert_projection_matches(dsn: str, schema: str, records: list[Record]) -> E
             assert m == {kk: vv for kk, vv in want.items() if kk != "embedding"}, k
             assert (emb is None) == (want_emb is None), k
             if emb is not None:
-                assert max(abs(a - b) for a, b in zip(emb, want_emb)) < 1e-6, k
+                assert max(abs(a - b) for a, b in zip(emb, want_emb, strict=True)) < 1e-6, k
     return exp

@@ -76,7 +76,7 @@ class Projectors:
     def stop_all(self, timeout: float = 60) -> dict[str, int]:
         """SIGTERM every live process; their exit codes."""
         codes = {}
-        for name, proc in self.procs.items():
+        for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGCONT)
                 proc.send_signal(signal.SIGTERM)
@@ -116,7 +116,9 @@ def projected_total(dsn: str, schema: str) -> int:
     return sum(projected(dsn, schema).values())
 
 
-def wait_caught_up(dsn: str, schema: str, ends: dict[int, int], *, timeout: float, procs: Projectors | None = None) -> None:
+def wait_caught_up(
+    dsn: str, schema: str, ends: dict[int, int], *, timeout: float, procs: Projectors | None = None
+) -> None:
     """Until every partition is projected up to ``ends`` (next_offset >= end)."""
 
     def done() -> bool:

@@ -140,7 +140,11 @@ def changelog_slots(bootstrap: str, topic: str) -> dict[str, Any]:
     for m in read_topic(bootstrap, topic):
         if m.key is not None:
             latest[m.key] = m.value
-    return {k.decode(): decode_slot(v) for k, v in latest.items() if v is not None and not k.startswith((b"~fork/", b"~floor/"))}
+    return {
+        k.decode(): decode_slot(v)
+        for k, v in latest.items()
+        if v is not None and not k.startswith((b"~fork/", b"~floor/"))
+    }
 
 
 # --- checking a run -----------------------------------------------------------------------
@@ -175,7 +179,7 @@ def check_run(settings: Settings, *, max_problems: int = 20) -> RunReport:
         t = decode_transition(m.value)
         transitions[(t.journal_partition, t.journal_offset)].append(m.value)
     problems: list[str] = []
-    for r, v in zip(records, verdicts):
+    for r, v in zip(records, verdicts, strict=True):
         got = transitions.get((r.partition, r.offset))
         want = encode_transition(v.to_transition())
         if not got:

@@ -40,7 +40,10 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
 
 
 def test_dsn_wins(tmp_path: Path) -> None:
-    s = load_settings(environ={"AOSK_POSTGRESQL_DSN": "postgresql://x@y/z", "AOSK_POSTGRESQL_HOST": "h", "AOSK_KAFKA_BOOTSTRAP": "b:1"})
+    s = load_settings(
+        environ={"AOSK_POSTGRESQL_DSN": "postgresql://x@y/z", "AOSK_POSTGRESQL_HOST": "h",
+                 "AOSK_KAFKA_BOOTSTRAP": "b:1"}
+    )
     assert resolve_endpoints(s).dsn == "postgresql://x@y/z"
 
 

@@ -56,7 +56,7 @@ def _check_class(cls: type, schema: dict[str, Any]) -> None:
     assert [f.name for f in py_fields] == [f["name"] for f in schema["fields"]], (
         f"{cls.__name__}: field names/order differ from schemas/{schema['name']}"
     )
-    for pf, af in zip(py_fields, schema["fields"]):
+    for pf, af in zip(py_fields, schema["fields"], strict=True):
         where = f"{cls.__name__}.{pf.name}"
         assert hints[pf.name] == _expected_annotation(af["type"]), (
             f"{where}: class says {hints[pf.name]}, schema says {af['type']}"

@@ -37,8 +37,10 @@ BIG = Budgets(max_tokens=1_000_000, max_tool_calls=1_000, max_steps=10_000, cont
 EMB = tuple(0.25 for _ in range(384))
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "AgentSpawned": dict(parent_id=None, name="agent", priority=50, capabilities=("search", "calc"), budgets=BIG, metadata={}),
-    "SpawnRequested": dict(child_id="kid", name="child", priority=50, capabilities=("search",), budgets=BIG, metadata={}),
+    "AgentSpawned": dict(parent_id=None, name="agent", priority=50, capabilities=("search", "calc"), budgets=BIG,
+                         metadata={}),
+    "SpawnRequested": dict(child_id="kid", name="child", priority=50, capabilities=("search",), budgets=BIG,
+                           metadata={}),
     "AgentStarted": {},
     "AgentWaiting": dict(on="call"),
     "AgentSuspended": dict(reason="operator"),
@@ -64,7 +66,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "CapabilityRevoked": dict(capability="search"),
     "BudgetUpdated": dict(budgets=BIG),
     "KernelUpgraded": dict(fold_version=1),
-    "MessageDelivered": dict(message_id="m", from_agent_id="x", from_tenant_id=TENANT, body="hi", source_partition=0, source_offset=0),
+    "MessageDelivered": dict(message_id="m", from_agent_id="x", from_tenant_id=TENANT, body="hi", source_partition=0,
+                             source_offset=0),
     "MessageBounced": dict(message_id="m", reason="inbox_full", source_partition=0, source_offset=0),
     "AgentForked": dict(source_agent_id="x", source_seq=1, source_state_hash=b"\0" * 32, state=b"{}"),
 }

@@ -29,7 +29,7 @@ def test_golden_journal_folds_to_the_saved_verdicts_and_states(path: Path) -> No
     records = [record_from_plain(r) for r in doc["records"]]
     slots, verdicts = fold_with_verdicts(records)
     diffs = []
-    for i, (r, v) in enumerate(zip(doc["records"], verdicts)):
+    for i, (r, v) in enumerate(zip(doc["records"], verdicts, strict=True)):
         got = verdict_to_plain(v)
         if got != r["expect"]:
             changed = {k: (r["expect"][k], got[k]) for k in got if got[k] != r["expect"].get(k)}

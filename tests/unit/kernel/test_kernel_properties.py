@@ -72,7 +72,7 @@ prelude = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 1)), min_size=3, 
 def run(actions: list[tuple[Any, ...]], roots: list[tuple[int, int]] | None = None) -> Sim:
     """Spawn and start the roots (caps / budgets chosen by ``roots``), then play ``actions``."""
     sim = Sim()
-    for name, (caps, budgets) in zip(ROOTS, roots or []):
+    for name, (caps, budgets) in zip(ROOTS, roots or [], strict=False):
         sim.produce(ev("AgentSpawned", name, capabilities=CAPSETS[caps], budgets=BUDGETS[budgets]))
         sim.produce(ev("AgentStarted", name))
     calls: dict[str, list[str]] = {a: [] for a in AGENTS}
@@ -135,7 +135,7 @@ def run(actions: list[tuple[Any, ...]], roots: list[tuple[int, int]] | None = No
 
 def check_invariants(sim: Sim) -> None:
     seqs: dict[str, int] = {}
-    for r, v, before in zip(sim.records, sim.verdicts, sim.before):
+    for r, v, before in zip(sim.records, sim.verdicts, sim.before, strict=True):
         key = r.agent_key
         after = sim.history[key][v.seq]
         # every record takes the key's next seq, accepted or not
@@ -198,7 +198,7 @@ def test_folding_a_prefix_twice_changes_nothing(actions: list[tuple[Any, ...]], 
     assert verdicts == sim.verdicts[:k]
     again, re_sent = fold_with_verdicts(records[:k], slots)
     assert again == slots and all(again[key] is slots[key] for key in slots)
-    for v, orig in zip(re_sent, verdicts):  # the originals again (or a plain duplicate if no longer kept)
+    for v, orig in zip(re_sent, verdicts, strict=True):  # the originals again (or a plain duplicate if no longer kept)
         assert v == replace(orig, paged_out=()) or (v.kind == Kind.DUPLICATE and v.seq == 0)
     final, rest = fold_with_verdicts(records[k:], again)
     assert rest == sim.verdicts[k:]

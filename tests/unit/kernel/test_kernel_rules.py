@@ -7,7 +7,7 @@ import pytest
 from kernel_support import BIG, Sim, ev, semantic, spawn_running
 
 from aosk.events import Budgets
-from aosk.kernel import Kind, Reason, Status, derived_event_id
+from aosk.kernel import Kind, Reason, Status, Verdict, derived_event_id
 
 A, B = "a-1", "b-1"
 
@@ -207,7 +207,7 @@ def test_budgets_must_be_positive(field: str) -> None:
 # --- context window as virtual memory -------------------------------------------------------
 
 
-def _append(sim: Sim, entry: str, tokens: int, importance: float):  # noqa: ANN202
+def _append(sim: Sim, entry: str, tokens: int, importance: float) -> Verdict:
     return sim.produce(ev("ContextAppended", A, entry_id=entry, tokens=tokens, importance=importance,
                           content=f"content of {entry}"))
 

@@ -216,7 +216,7 @@ def test_client_retry_with_the_same_event_id_is_a_duplicate_within_k() -> None:
     bad = ev("ToolCallRequested", A, tool="shell")
     assert sim.produce(bad).reason == Reason.CAPABILITY_DENIED
     assert sim.produce(bad).kind == Kind.DUPLICATE  # retrying a rejected event too
-    for i in range(128):
+    for _ in range(128):
         sim.produce(ev("CheckpointRequested", A))
     assert sim.produce(e).kind == Kind.ACCEPTED  # beyond the last K ids: new again
     assert sim.state(A).counters.memories_stored == 2

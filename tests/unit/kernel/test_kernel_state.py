@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -74,7 +75,7 @@ def test_a_small_state_encodes_to_these_exact_bytes() -> None:
 
 def test_hash_is_sha256_of_the_bytes_and_every_verdict_carries_the_state_after_it() -> None:
     sim = busy_sim()
-    for r, v in zip(sim.records, sim.verdicts):
+    for r, v in zip(sim.records, sim.verdicts, strict=True):
         st = sim.history[r.agent_key][v.seq]
         assert v.state_hash == hashlib.sha256(encode_state(st)).digest() == state_hash(st)
 
@@ -108,7 +109,7 @@ def test_decode_round_trips_every_state_of_a_journal() -> None:
         lambda b: b"[]",
     ],
 )
-def test_decode_refuses_what_is_not_canonical(mutate) -> None:  # noqa: ANN001
+def test_decode_refuses_what_is_not_canonical(mutate: Callable[[bytes], bytes]) -> None:
     sim = Sim()
     spawn_running(sim, A)
     sim.produce(ev("ContextAppended", A, importance=0.5))
@@ -196,7 +197,7 @@ def test_worst_case_state_stays_under_its_bound() -> None:
                        prompt_hash="h" * 256))
     sim.produce(ev("AgentWaiting", A, on="\x03" * 5000))
     sim.produce(ev("AgentSuspended", A, reason="\x04" * 5000))
-    for i in range(64):
+    for _ in range(64):
         sim.produce(ev("CheckpointRequested", A))
     st = sim.state(A)
     assert len(st.inbox.messages) < 32 and len(st.calls.open) == 32 and len(st.capabilities) == 64

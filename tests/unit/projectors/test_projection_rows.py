@@ -7,6 +7,7 @@ import hashlib
 import json
 import random
 import uuid
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -130,7 +131,7 @@ def mixed_journal(events: int) -> list[Record]:
 def _batches(records: list[Record], cuts: list[int]) -> list[dict[int, list[Record]]]:
     out = []
     bounds = [0, *sorted(set(c for c in cuts if 0 < c < len(records))), len(records)]
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in pairwise(bounds):
         parts: dict[int, list[Record]] = {}
         for r in records[a:b]:
             parts.setdefault(r.partition, []).append(r)
@@ -220,7 +221,7 @@ def test_audit_rows_rebuild_the_canonical_verdict() -> None:
     batch = fold_batch(parts, cache.get, checkpoint_every=100)
     by_pos = {(v.partition, v.offset): v for v in verdicts}
     for o in batch.outcomes:
-        row = dict(zip(AUDIT_COLUMNS, o.audit))
+        row = dict(zip(AUDIT_COLUMNS, o.audit, strict=True))
         v = by_pos[(o.partition, o.offset)]
         assert canonical_verdict_bytes(verdict_from_row(row)) == canonical_verdict_bytes(v) == o.verdict_bytes
         assert row["verdict_bytes"] is None

@@ -129,7 +129,9 @@ class Crash(BaseException):
 class FakeBroker:
     """Topics in memory: topic -> partition -> messages (offset = index)."""
 
-    topics: dict[str, dict[int, list[FakeMessage]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+    topics: dict[str, dict[int, list[FakeMessage]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
     commits: list[dict[int, int]] = field(default_factory=list)
     """Every commit, in order: partition -> offset."""

@@ -69,7 +69,7 @@ def test_verdicts_equal_the_plain_fold_in_batches_of_any_size(workload_journal: 
     transitions = [o for o in outs if o.sink is Sink.TRANSITIONS]
     assert [o.value for o in transitions] == [encode_transition(v.to_transition()) for v in verdicts]
     assert [(o.key, o.partition) for o in transitions] == [(v.agent_id.encode(), r.partition)
-                                                           for v, r in zip(verdicts, records)]
+                                                           for v, r in zip(verdicts, records, strict=True)]
     derived = [o for o in outs if o.sink is Sink.JOURNAL]
     want = [e for v in verdicts for e in v.derived]
     assert want and [decode(o.value) for o in derived] == want

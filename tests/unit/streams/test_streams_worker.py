@@ -94,7 +94,9 @@ def _check(broker: FakeBroker, final: Worker, journal: Journal) -> None:
         t = decode_transition(m.value())
         assert m.partition() == t.journal_partition and m.key() == t.agent_id.encode()
         got[(t.journal_partition, t.journal_offset)].add(m.value())
-    want = {(r.partition, r.offset): encode_transition(v.to_transition()) for r, v in zip(records, verdicts)}
+    want = {
+        (r.partition, r.offset): encode_transition(v.to_transition()) for r, v in zip(records, verdicts, strict=True)
+    }
     assert set(got) == set(want)
     wrong = [k for k in want if got[k] != {want[k]}]
     assert wrong == []
