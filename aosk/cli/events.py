@@ -43,7 +43,7 @@ def record_view(msg: Any) -> dict[str, Any]:
                     detail=str(record.error))
     elif record.error is not None:
         view.update(type=None, error="undecodable", detail=str(record.error))
-    else:
+    elif record.event is not None:
         view["type"] = type(record.event).__name__
         view["event"] = _jsonable(dataclasses.asdict(record.event))
     return view
@@ -96,14 +96,15 @@ def tail_records(settings: Settings, *, agent: str | None, from_beginning: bool,
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
-            if msg.error():
-                if msg.error().code() == -191:  # _PARTITION_EOF
-                    at_end.add(msg.partition())
+            err, partition = msg.error(), msg.partition()
+            if err is not None:
+                if err.code() == -191 and partition is not None:  # _PARTITION_EOF names its partition
+                    at_end.add(partition)
                     if not follow and at_end >= set(parts):
                         return
                     continue
-                raise AoskError(f"reading {topic}: {msg.error().str()}")
-            at_end.discard(msg.partition())
+                raise AoskError(f"reading {topic}: {err.str()}")
+            at_end.discard(partition)
             if agent is not None and (msg.key() or b"").decode("utf-8", "replace") != agent:
                 continue
             yield record_view(msg)
