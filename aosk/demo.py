@@ -170,7 +170,7 @@ def _section_kernel(settings: Settings, ep: Endpoints, procs: _Processes) -> dic
         ToolCallRequested,
     )
 
-    procs.start("worker", "worker", "--node-id", "demo-worker", "--loglevel", "warn")
+    procs.start("worker", "worker", "--node-id", "demo-worker", "--log-level", "warning")
     procs.start("projector", "project")
     print(f"  started `aosk worker` and `aosk project` in the background (logs: {procs.log_dir})")
     run = uuid.uuid4().hex[:4]

@@ -12,7 +12,7 @@ rebuild's digests are checked against the live schema's (``aosk db digest``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aosk.config import Settings
 from aosk.errors import AoskError
@@ -48,8 +48,9 @@ class ReplayBenchResult:
 
 
 def bench_replay(settings: Settings, *, events: int = 50_000, agents: int = 200, processes: int = 2,
-                 batch_max: int = 5_000, replay_processes: int = 2, seed: int = 42,
+                 batch_max: int | None = None, replay_processes: int | None = None, seed: int = 42,
                  progress: bool = True) -> ReplayBenchResult:
+    """``batch_max`` and ``replay_processes``: ``aosk replay``'s (``ReplayOptions``) unless given."""
     import psycopg
 
     from aosk.bench.project import _cleanup, _timed_projection, fresh_bench_journal
@@ -67,8 +68,12 @@ def bench_replay(settings: Settings, *, events: int = 50_000, agents: int = 200,
         with psycopg.connect(ep.dsn) as conn:
             live_digest = digest_schema(conn, schema)
         say("replay: rebuilding the same journal from offset 0 ...", flush=True)
-        r = replay(s, ReplayOptions(schema=schema, batch_max=batch_max, drop_old=True, progress=progress,
-                                      processes=replay_processes))
+        options = ReplayOptions(schema=schema, drop_old=True, progress=progress)
+        if batch_max is not None:
+            options = replace(options, batch_max=batch_max)
+        if replay_processes is not None:
+            options = replace(options, processes=replay_processes)
+        r = replay(s, options)
         if r.records != total:
             raise AoskError(f"the replay folded {r.records} records, the journal has {total}")
         with psycopg.connect(ep.dsn) as conn:
@@ -79,8 +84,8 @@ def bench_replay(settings: Settings, *, events: int = 50_000, agents: int = 200,
         with psycopg.connect(ep.dsn, autocommit=True) as conn:
             conn.execute(f"drop schema if exists {schema}_shadow cascade")
     return ReplayBenchResult(events=total, agents=agents, processes=processes, live_seconds=live_s,
-                             replay_seconds=r.seconds, replay_batch_max=batch_max,
-                             replay_processes=replay_processes, swap_records=r.swap_records,
+                             replay_seconds=r.seconds, replay_batch_max=options.batch_max,
+                             replay_processes=options.processes, swap_records=r.swap_records,
                              lock_ms=r.lock_ms, digests_equal=equal, load_before=load_before)
 
 
@@ -94,8 +99,8 @@ def report_markdown(r: ReplayBenchResult, machine: str) -> str:
         f"the embedded dev stack; the `aosk bench project` workload (memories with 384-d embeddings, HNSW-indexed); "
         f"load average {r.load_before:.2f} when the run started. Same journal, same run: first {r.processes} live "
         f"`aosk project` processes project it as it is produced, then `aosk replay` ({r.replay_processes} processes, "
-        f"batches of {r.replay_batch_max:,}, HNSW index built once at the end) rebuilds it into a shadow schema "
-        "and swaps it in "
+        f"batches of {r.replay_batch_max:,}, HNSW index built once at the end) rebuilds it into a shadow schema and "
+        "swaps it in "
         f"({r.swap_records:,} records folded under the exclusive lock, held {r.lock_ms:.0f} ms). "
         f"Digests of the rebuild equal the live schema's: {'yes' if r.digests_equal else '**NO**'}.",
         "",
@@ -103,8 +108,8 @@ def report_markdown(r: ReplayBenchResult, machine: str) -> str:
         "|---|---:|---:|",
         f"| live: {r.processes} `aosk project` processes, produce + project | {r.live_seconds:.2f} | "
         f"{r.live_per_s:,.0f} |",
-        f"| rebuild: `aosk replay`, {r.replay_processes} processes, catch-up + index build + swap "
-        f"| {r.replay_seconds:.2f} | "
+        f"| rebuild: `aosk replay`, {r.replay_processes} processes, catch-up + index build + swap | "
+        f"{r.replay_seconds:.2f} | "
         f"**{r.replay_per_s:,.0f}** |",
         "",
         f"Rebuild / live: **{r.ratio:.2f}x** (goal: at least {GOAL_RATIO}x, {verdict}).",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from aosk.cli._flags import add_agent, add_schema
 from aosk.config import Settings
-from aosk.projectors.db import DEFAULT_SCHEMA
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -16,8 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "verify",
         help="recompute every hash chain and compare each head with agent_state; exit 1 naming the first break",
     )
-    v.add_argument("--agent", metavar="ID", help="only this agent's chain")
-    v.add_argument("--schema", default=DEFAULT_SCHEMA)
+    add_agent(v, help="only this agent's chain")
+    add_schema(v)
     v.set_defaults(run=_verify)
 
 
@@ -32,7 +32,8 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
         if args.agent and res.rows == 0:
             print(f"agent {args.agent} has no audit rows", file=sys.stderr)
             return 1
-        extra = f"; {res.refused} records whose rows PostgreSQL refused (see view refused_records)" if res.refused else ""
+        extra = (f"; {res.refused} records whose rows PostgreSQL refused (see view refused_records)"
+                 if res.refused else "")
         print(f"audit chains intact: {scope}, {res.rows} rows{extra}")
         return 0
     first = res.first

@@ -5,50 +5,71 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from aosk.cli._flags import (
+    add_agents,
+    add_batch_max,
+    add_events,
+    add_no_progress,
+    add_output,
+    add_processes,
+    add_repeat,
+    field_default,
+    param_default,
+)
 from aosk.config import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from aosk.bench.ingest import bench_ingest
+    from aosk.bench.project import bench_project
+    from aosk.bench.replay import bench_replay
+    from aosk.bench.worker import bench_worker
+    from aosk.projectors.replay import ReplayOptions
+
     bench = sub.add_parser("bench", help="run a benchmark and record it in docs/benchmarks.md")
     kinds = bench.add_subparsers(dest="kind", metavar="NAME", required=True)
     ingest = kinds.add_parser("ingest", help="SDK encode+produce vs. Kafka's ProducerPerformance")
-    ingest.add_argument("--events", type=int, default=200_000)
-    ingest.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"),
-                        help="markdown file to update (default docs/benchmarks.md)")
+    add_events(ingest, default=param_default(bench_ingest, "events"))
+    add_no_progress(ingest)
+    add_output(ingest)
     ingest.set_defaults(run=_ingest)
     project = kinds.add_parser("project", help="journal -> every projection end to end vs. raw COPY of the same rows")
-    project.add_argument("--events", type=int, default=50_000)
-    project.add_argument("--agents", type=int, default=200)
-    project.add_argument("--processes", type=int, default=2, help="aosk project processes (default %(default)s)")
-    project.add_argument("--repeat", type=int, default=3,
-                         help="runs with the journal written first; the median is reported (default %(default)s)")
+    add_events(project, default=param_default(bench_project, "events"))
+    add_agents(project, default=param_default(bench_project, "agents"))
+    add_processes(project, default=param_default(bench_project, "processes"), help="aosk project processes")
+    add_repeat(project, default=param_default(bench_project, "repeat"),
+               help="runs with the journal written first; the median is reported")
     project.add_argument("--without-hnsw", action="store_true",
                          help="drop the memories' HNSW index first, to see what the rest of the pipeline costs")
-    project.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"),
-                         help="markdown file to update (default docs/benchmarks.md)")
+    add_no_progress(project)
+    add_output(project)
     project.set_defaults(run=_project)
     rp = kinds.add_parser("replay", help="aosk replay's rebuild rate vs. the live projection rate, same journal")
-    rp.add_argument("--events", type=int, default=50_000)
-    rp.add_argument("--agents", type=int, default=200)
-    rp.add_argument("--processes", type=int, default=2, help="live aosk project processes (default %(default)s)")
-    rp.add_argument("--batch-max", type=int, default=5_000, help="replay batch size (default %(default)s)")
-    rp.add_argument("--replay-processes", type=int, default=2, help="aosk replay --processes (default %(default)s)")
-    rp.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"),
-                    help="markdown file to update (default docs/benchmarks.md)")
+    add_events(rp, default=param_default(bench_replay, "events"))
+    add_agents(rp, default=param_default(bench_replay, "agents"))
+    # --processes counts the live aosk project processes, as in `aosk bench project`.
+    add_processes(rp, default=param_default(bench_replay, "processes"), help="live aosk project processes")
+    add_batch_max(rp, default=field_default(ReplayOptions, "batch_max"), help="aosk replay --batch-max")
+    rp.add_argument("--replay-processes", type=int, default=field_default(ReplayOptions, "processes"), metavar="N",
+                    help="aosk replay --processes (default %(default)s)")
+    add_no_progress(rp)
+    add_output(rp)
     rp.set_defaults(run=_replay)
     wk = kinds.add_parser("worker", help="aosk worker's verdicts/s and latency vs. the in-process fold and a "
                                          "Kafka pass-through")
-    wk.add_argument("--events", type=int, default=50_000)
-    wk.add_argument("--agents", type=int, default=200)
-    wk.add_argument("--repeat", type=int, default=3,
-                    help="runs with 1 and with 2 workers each; the median is reported (default %(default)s)")
-    wk.add_argument("--rates", type=_rates, default=(300.0, 1_000.0, 2_000.0), metavar="R1,R2,...",
-                    help="offered rates (events/s) of the open-loop latency runs (default 300,1000,2000)")
-    wk.add_argument("--latency-seconds", type=float, default=20.0,
-                    help="how long each latency run offers its rate (default %(default)s)")
-    wk.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"),
-                    help="markdown file to update (default docs/benchmarks.md)")
-    wk.add_argument("--plot", type=Path, default=None,
+    add_events(wk, default=param_default(bench_worker, "events"))
+    add_agents(wk, default=param_default(bench_worker, "agents"))
+    add_repeat(wk, default=param_default(bench_worker, "repeat"),
+               help="runs with 1 and with 2 workers each; the median is reported")
+    rates = param_default(bench_worker, "rates")
+    wk.add_argument("--rates", type=_rates, default=rates, metavar="R1,R2,...",
+                    help="offered rates (events/s) of the open-loop latency runs (default "
+                         f"{','.join(f'{r:g}' for r in rates)})")
+    wk.add_argument("--latency-seconds", type=float, default=param_default(bench_worker, "latency_seconds"),
+                    metavar="SECONDS", help="how long each latency run offers its rate (default %(default)s)")
+    add_no_progress(wk)
+    add_output(wk)
+    wk.add_argument("--plot", type=Path, default=None, metavar="PATH",
                     help="latency plot (PNG; default worker-latency.png next to --output)")
     wk.set_defaults(run=_worker)
 
@@ -57,7 +78,7 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.bench.ingest import bench_ingest, report_markdown
     from aosk.bench.report import machine_line
 
-    result = bench_ingest(settings, events=args.events)
+    result = bench_ingest(settings, events=args.events, progress=not args.no_progress)
     return _publish(args.output, "ingest", report_markdown(result, machine_line()))
 
 
@@ -66,7 +87,7 @@ def _project(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.bench.report import machine_line
 
     result = bench_project(settings, events=args.events, agents=args.agents, processes=args.processes,
-                           without_hnsw=args.without_hnsw, repeat=args.repeat)
+                           without_hnsw=args.without_hnsw, repeat=args.repeat, progress=not args.no_progress)
     section = "project-without-hnsw" if args.without_hnsw else "project"
     return _publish(args.output, section, report_markdown(result, machine_line()))
 
@@ -76,7 +97,8 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.bench.report import machine_line
 
     result = bench_replay(settings, events=args.events, agents=args.agents, processes=args.processes,
-                          batch_max=args.batch_max, replay_processes=args.replay_processes)
+                          batch_max=args.batch_max, replay_processes=args.replay_processes,
+                          progress=not args.no_progress)
     return _publish(args.output, "replay", report_markdown(result, machine_line()))
 
 
@@ -98,7 +120,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.bench.worker import bench_worker, report_markdown
 
     result = bench_worker(settings, events=args.events, agents=args.agents, repeat=args.repeat, rates=args.rates,
-                          latency_seconds=args.latency_seconds)
+                          latency_seconds=args.latency_seconds, progress=not args.no_progress)
     machine = machine_line()
     plot_path = args.plot or args.output.with_name("worker-latency.png")
     title = f"aosk worker, one process: produce -> verdict, {result.events:,} events\n{machine}"

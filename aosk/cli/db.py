@@ -4,30 +4,34 @@ from __future__ import annotations
 
 import argparse
 
+from aosk.cli._flags import add_format, add_schema, param_default
 from aosk.config import Settings
-from aosk.projectors.db import DEFAULT_SCHEMA
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from aosk.projectors.checkpoints import thin
+
     db = sub.add_parser("db", help="the projection database (PostgreSQL)")
     actions = db.add_subparsers(dest="action", metavar="ACTION", required=True)
     m = actions.add_parser("migrate", help="apply pending migrations (projectors also do it at start)")
-    m.add_argument("--schema", default=DEFAULT_SCHEMA, help="projection schema (default %(default)s)")
+    add_schema(m)
     m.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="checkpoint every N records of an agent (stored with the schema; default: the fold's 100)")
     m.set_defaults(run=_migrate)
     s = actions.add_parser("status", help="applied migrations and how far each journal partition is projected")
-    s.add_argument("--schema", default=DEFAULT_SCHEMA)
+    add_schema(s)
     s.set_defaults(run=_status)
     t = actions.add_parser("thin-checkpoints", help="delete old interval checkpoints (the journal keeps every point)")
-    t.add_argument("--schema", default=DEFAULT_SCHEMA)
-    t.add_argument("--keep-last", type=int, default=10, help="newest checkpoints kept per agent (default %(default)s)")
-    t.add_argument("--keep-every", type=int, default=1000, help="also keep those whose seq is a multiple (default %(default)s)")
+    add_schema(t)
+    t.add_argument("--keep-last", type=int, default=param_default(thin, "keep_last"), metavar="N",
+                   help="newest checkpoints kept per agent (default %(default)s)")
+    t.add_argument("--keep-every", type=int, default=param_default(thin, "keep_every"), metavar="N",
+                   help="also keep those whose seq is a multiple (default %(default)s)")
     t.set_defaults(run=_thin)
     d = actions.add_parser("digest", help="sha256 per projection table over its deterministic columns "
                            "(equal after a rebuild from the journal)")
-    d.add_argument("--schema", default=DEFAULT_SCHEMA, help="projection schema (default %(default)s)")
-    d.add_argument("--format", choices=("text", "json"), default="text", help="output (default %(default)s)")
+    add_schema(d)
+    add_format(d)
     d.set_defaults(run=_digest)
 
 
@@ -72,9 +76,8 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
         print(f"checkpoint every {checkpoint_every_of(conn, args.schema)} records")
         print(f"{'partition':>9} {'next_offset':>12} {'lag':>8}  last record                 owner")
         for p, nxt, lag, last, owner in conn.execute(
-            sql.SQL("select partition, next_offset, lag_records, last_record_at, owner from {} order by partition").format(
-                qualified(args.schema, "projector_lag")
-            )
+            sql.SQL("select partition, next_offset, lag_records, last_record_at, owner from {} "
+                    "order by partition").format(qualified(args.schema, "projector_lag"))
         ):
             print(f"{p:>9} {nxt:>12} {lag:>8}  {str(last or '-'):26.26}  {owner or '-'}")
     return 0

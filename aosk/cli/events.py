@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from aosk.cli._flags import add_agent, add_format
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import AoskError, UnknownFingerprint
@@ -21,11 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     events = sub.add_parser("events", help="read the journal")
     actions = events.add_subparsers(dest="action", metavar="ACTION", required=True)
     tail = actions.add_parser("tail", help="print decoded journal records (follows new ones)")
-    tail.add_argument("--agent", metavar="ID", help="only this agent (reads only its partition)")
+    add_agent(tail, help="only this agent (reads only its partition)")
     tail.add_argument("--from-beginning", action="store_true", help="start at the oldest record, not the newest")
     tail.add_argument("--max", type=int, metavar="N", help="stop after N records")
     tail.add_argument("--no-follow", action="store_true", help="stop once caught up with the end of the journal")
-    tail.add_argument("--format", choices=("json", "text"), default="text")
+    add_format(tail)
     tail.set_defaults(run=_tail)
 
 

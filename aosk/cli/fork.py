@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from aosk.cli._flags import add_tenant
 from aosk.config import Settings
 from aosk.errors import AoskError
 
@@ -13,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("agent", metavar="AGENT")
     p.add_argument("--at-seq", type=int, required=True, metavar="N", help="the source's state after its N-th record")
     p.add_argument("--new-id", metavar="ID", help="id of the new agent (default: AGENT-fork-<random>)")
-    p.add_argument("--tenant", help="the source's tenant (default: read from the projection)")
+    add_tenant(p, help="the source's tenant (default: read from the projection)")
     p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
                    help="wait this long for the kernel's verdicts (0: do not wait)")
     p.set_defaults(run=_run)

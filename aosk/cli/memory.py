@@ -6,25 +6,27 @@ import argparse
 import json
 from pathlib import Path
 
+from aosk.cli._flags import add_agent, add_format, add_schema, add_tenant, param_default
 from aosk.config import Settings
 from aosk.errors import AoskError
-from aosk.projectors.db import DEFAULT_SCHEMA
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from aosk.projectors.memory import recall
+
     mem = sub.add_parser("memory", help="agent memories (pgvector)")
     actions = mem.add_subparsers(dest="action", metavar="ACTION", required=True)
     s = actions.add_parser("search", help="the k memories nearest to a query embedding (cosine)")
-    s.add_argument("--tenant", help="tenant scope (required unless --agent is given)")
-    s.add_argument("--agent", help="only this agent's memories")
-    s.add_argument("-k", type=int, default=10, help="how many (default %(default)s)")
+    add_tenant(s, help="tenant scope (required unless --agent is given)")
+    add_agent(s, help="only this agent's memories")
+    s.add_argument("-k", type=int, default=param_default(recall, "k"), help="how many (default %(default)s)")
     q = s.add_mutually_exclusive_group(required=True)
     q.add_argument("--vector", metavar="JSON", help="the query embedding as a JSON array")
     q.add_argument("--vector-file", type=Path, metavar="PATH", help="a file holding the JSON array")
     q.add_argument("--like", metavar="MEMORY_ID", help="use this memory's embedding as the query (needs --agent)")
-    s.add_argument("--format", choices=("text", "json"), default="text")
+    add_format(s)
     s.add_argument("--explain", action="store_true", help="print PostgreSQL's plan instead of results")
-    s.add_argument("--schema", default=DEFAULT_SCHEMA)
+    add_schema(s)
     s.set_defaults(run=_search)
 
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 
+from aosk.cli._flags import add_batch_max, add_log_level, add_schema, configure_logging, field_default
 from aosk.config import Settings
-from aosk.projectors.db import DEFAULT_SCHEMA
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from aosk.projectors.runner import ProjectorOptions
+
     p = sub.add_parser(
         "project",
         help="project the journal into PostgreSQL (agent_state, audit_log, checkpoints, memories)",
@@ -18,24 +19,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "apply and write the projections exactly once (rows and offsets in one transaction, fenced by a "
         "compare-and-set). Run several to scale; migrations are applied at start.",
     )
-    p.add_argument("--schema", default=DEFAULT_SCHEMA, help="projection schema (default %(default)s)")
-    p.add_argument("--group", help="consumer group (default <topic prefix>.projectors.<schema>)")
-    p.add_argument("--batch-max", type=int, default=5000, help="most records per transaction (default %(default)s)")
-    p.add_argument("--poll-ms", type=int, default=100,
-                   help="how long a batch waits to fill up, in ms (default %(default)s)")
-    p.add_argument("--transaction-timeout", type=float, default=30.0, metavar="SECONDS",
+    add_schema(p)
+    p.add_argument("--group", metavar="NAME", help="consumer group (default <topic prefix>.projectors.<schema>)")
+    add_batch_max(p, default=field_default(ProjectorOptions, "batch_max"), help="most records per transaction")
+    p.add_argument("--poll-ms", type=float, default=field_default(ProjectorOptions, "poll_timeout_s") * 1000,
+                   metavar="MS", help="how long a batch waits to fill up, in ms (default %(default)s)")
+    p.add_argument("--transaction-timeout", type=float,
+                   default=field_default(ProjectorOptions, "transaction_timeout_s"), metavar="SECONDS",
                    help="PostgreSQL ends batch transactions older than this, e.g. of a paused process "
                    "(default %(default)s)")
-    p.add_argument("--max-cached-agents", type=int, default=50_000, metavar="N",
-                   help="agent states kept in memory between batches (default %(default)s)")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--max-cached-agents", type=int, default=field_default(ProjectorOptions, "max_cached_agents"),
+                   metavar="N", help="agent states kept in memory between batches (default %(default)s)")
+    # A long-running daemon: its start, partition assignments and stops are worth seeing.
+    add_log_level(p, default="info")
     p.set_defaults(run=_run)
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.projectors.runner import Projector, ProjectorOptions, install_signal_handlers
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    configure_logging(args.log_level)
     options = ProjectorOptions(
         schema=args.schema,
         group_id=args.group,

@@ -4,14 +4,23 @@ swap it in while the live projectors keep writing (see aosk.projectors.replay)."
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 
+from aosk.cli._flags import (
+    add_batch_max,
+    add_log_level,
+    add_no_progress,
+    add_processes,
+    add_schema,
+    configure_logging,
+    field_default,
+)
 from aosk.config import Settings
-from aosk.projectors.db import DEFAULT_SCHEMA
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from aosk.projectors.replay import ReplayOptions
+
     p = sub.add_parser(
         "replay",
         help="rebuild every projection from offset 0 into a shadow schema, then swap it in",
@@ -21,27 +30,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "transaction (the live one becomes <schema>_old_<n>, or is dropped with --drop-old). If the live schema "
         "does not exist (PostgreSQL lost), the shadow is built to the journal's end and renamed.",
     )
-    p.add_argument("--schema", default=DEFAULT_SCHEMA, help="live projection schema (default %(default)s)")
-    p.add_argument("--shadow", help="schema to rebuild into (default <schema>_shadow)")
+    add_schema(p, help="live projection schema")
+    p.add_argument("--shadow", metavar="NAME", help="schema to rebuild into (default <schema>_shadow)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the shadow an interrupted replay left")
     g.add_argument("--discard", action="store_true", help="drop the shadow an interrupted replay left, and exit")
     p.add_argument("--drop-old", action="store_true", help="drop the replaced live schema instead of keeping it")
-    p.add_argument("--batch-max", type=int, default=5_000, help="most records per transaction (default %(default)s)")
-    p.add_argument("--swap-gap", type=int, default=1_000,
+    add_batch_max(p, default=field_default(ReplayOptions, "batch_max"), help="most records per transaction")
+    p.add_argument("--swap-gap", type=int, default=field_default(ReplayOptions, "swap_gap"), metavar="N",
                    help="most records left to fold under the exclusive lock (default %(default)s)")
-    p.add_argument("--processes", type=int, default=2,
-                   help="processes folding the catch-up, partitions split between them (default %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    add_processes(p, default=field_default(ReplayOptions, "processes"),
+                  help="processes folding the catch-up, partitions split between them")
+    add_no_progress(p)
+    # A one-shot tool with a progress bar: info lines would break the bar up.
+    add_log_level(p, default="warning")
     p.set_defaults(run=_run)
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.projectors.replay import ReplayOptions, discard_shadow, replay, shadow_name
 
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    configure_logging(args.log_level)
     shadow = args.shadow or shadow_name(args.schema)
     if args.discard:
         dropped = discard_shadow(settings, args.schema, shadow)
@@ -54,5 +63,6 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     ))
     print(f"replayed {r.records} records into {r.shadow} in {r.seconds:.1f}s ({r.events_per_s:,.0f} events/s); "
           f"swapped in as {r.schema} ({r.swap_records} records under the lock, held {r.lock_ms:.0f} ms)"
-          + (f"; the replaced schema is {r.old}" if r.old else ("" if r.live_existed else "; there was no live schema")))
+          + (f"; the replaced schema is {r.old}" if r.old
+             else ("" if r.live_existed else "; there was no live schema")))
     return 0

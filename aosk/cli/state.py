@@ -6,6 +6,7 @@ import argparse
 import json
 from datetime import UTC, datetime
 
+from aosk.cli._flags import add_format, add_schema
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import ConfigError
@@ -18,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     at.add_argument("--at-offset", type=int, metavar="N", help="after the record at offset N of the agent's partition")
     at.add_argument("--at-time", metavar="T", help="after the last record with broker time <= T "
                     "(epoch milliseconds or ISO-8601, e.g. 2026-11-25T08:30:00Z)")
-    p.add_argument("--format", choices=("json", "text"), default="text")
-    p.add_argument("--schema", default="aosk", help="projection schema holding the checkpoints")
+    add_format(p)
+    add_schema(p, help="projection schema holding the checkpoints")
     p.set_defaults(run=_run)
 
 

@@ -1,0 +1,179 @@
+"""Every ``aosk`` command spells a shared flag the same way, old spellings still parse
+(hidden), and the CLI's defaults are the options dataclasses' (aosk/cli/_flags.py)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from aosk.cli import build_parser
+from aosk.cli._flags import FORMATS, HIDDEN_ALIASES, LOG_LEVELS
+from aosk.projectors.db import DEFAULT_SCHEMA
+from aosk.projectors.replay import ReplayOptions
+from aosk.projectors.runner import ProjectorOptions
+from aosk.streams.worker import WorkerOptions
+
+# dest -> the only option strings that may show for it, in any command.
+CANONICAL = {
+    "schema": ("--schema",),
+    "log_level": ("--log-level", "-l"),
+    "batch_max": ("--batch-max",),
+    "processes": ("--processes",),
+    "no_progress": ("--no-progress",),
+    "format": ("--format",),
+    "agent": ("--agent",),
+    "tenant": ("--tenant",),
+    "events": ("--events",),
+    "agents": ("--agents",),
+    "repeat": ("--repeat",),
+    "output": ("--output",),
+}
+# Spellings of those concepts that must never show (an alias may parse, hidden).
+SYNONYMS = (
+    "--loglevel", "--log_level", "--verbosity", "--batch-size", "--batch_max", "--batchmax", "--max-batch",
+    "--procs", "--nprocs", "--num-processes", "--jobs", "-j", "--noprogress", "--no-progress-bar", "--quiet",
+    "--output-format", "--fmt", "--json", "--agent-id", "--tenant-id", "--schema-name", "--db-schema", "--out",
+)
+# A value each hidden alias is parsed with, and what it must come out as.
+ALIAS_SAMPLES = {"--loglevel": ("warn", "warning")}
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+              ) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every command parser with the words that reach it, nested subcommands included."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+    for a in subs:
+        for name, child in a.choices.items():
+            yield from _commands(child, (*path, name))
+
+
+def _options(parser: argparse.ArgumentParser, *, visible: bool) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and (a.help != argparse.SUPPRESS) == visible]
+
+
+COMMANDS = list(_commands(build_parser()))
+IDS = [" ".join(path) for path, _ in COMMANDS]
+
+
+def test_every_command_is_walked() -> None:
+    names = set(IDS)
+    assert {"worker", "project", "replay", "db migrate", "bench project", "bench replay", "memory search",
+            "state", "events tail"} <= names, names
+
+
+@pytest.mark.parametrize(("path", "parser"), COMMANDS, ids=IDS)
+def test_shared_concepts_show_only_their_canonical_spelling(path: tuple[str, ...],
+                                                           parser: argparse.ArgumentParser) -> None:
+    help_text = parser.format_help()
+    for action in _options(parser, visible=True):
+        if action.dest in CANONICAL:
+            assert tuple(action.option_strings) == CANONICAL[action.dest], (path, action.option_strings)
+        for spelling in action.option_strings:
+            assert spelling not in SYNONYMS, (path, spelling)
+            assert spelling not in HIDDEN_ALIASES, (path, spelling)
+    for spelling in (*SYNONYMS, *HIDDEN_ALIASES):
+        assert not re.search(rf"(?<![\w-]){re.escape(spelling)}(?![\w-])", help_text), (path, spelling)
+
+
+@pytest.mark.parametrize(("path", "parser"), COMMANDS, ids=IDS)
+def test_shared_concepts_take_the_same_values(path: tuple[str, ...], parser: argparse.ArgumentParser) -> None:
+    for action in _options(parser, visible=True):
+        if action.dest == "schema":
+            assert action.default == DEFAULT_SCHEMA, path
+        elif action.dest == "format":
+            assert (tuple(action.choices or ()), action.default) == (FORMATS, "text"), path
+        elif action.dest == "log_level":
+            assert tuple(action.choices or ()) == LOG_LEVELS, path
+        elif action.dest in ("agent", "tenant"):
+            assert action.metavar == "ID", path
+        elif action.dest == "no_progress":
+            assert isinstance(action, argparse._StoreTrueAction), path
+
+
+def test_no_option_is_spelled_two_ways_across_commands() -> None:
+    """Two visible spellings equal but for dashes, underscores and case are one concept."""
+    by_key: dict[str, set[str]] = {}
+    for _path, parser in COMMANDS:
+        for action in _options(parser, visible=True):
+            for spelling in action.option_strings:
+                by_key.setdefault(re.sub(r"[-_]", "", spelling.lower()), set()).add(spelling)
+    assert {k: v for k, v in by_key.items() if len(v) > 1} == {}
+
+
+def test_hidden_aliases_parse_to_the_canonical_dest() -> None:
+    assert set(ALIAS_SAMPLES) == set(HIDDEN_ALIASES)
+    seen = 0
+    for path, parser in COMMANDS:
+        hidden = {s: a for a in _options(parser, visible=False) for s in a.option_strings}
+        shown = {s: a for a in _options(parser, visible=True) for s in a.option_strings}
+        for alias, canonical in HIDDEN_ALIASES.items():
+            if canonical not in shown:
+                assert alias not in hidden, (path, alias)
+                continue
+            assert hidden[alias].dest == shown[canonical].dest, (path, alias)
+            value, parsed = ALIAS_SAMPLES[alias]
+            args = build_parser().parse_args([*path, alias, value])
+            assert getattr(args, shown[canonical].dest) == parsed, (path, alias)
+            # Not given: the canonical option's default holds.
+            default = build_parser().parse_args(list(path))
+            assert getattr(default, shown[canonical].dest) == shown[canonical].default, path
+            seen += 1
+    assert seen >= 3  # worker, project, replay
+
+
+@pytest.mark.parametrize("cmd", ["worker", "project", "replay"])
+def test_log_level_spellings(cmd: str) -> None:
+    parse = build_parser().parse_args
+    assert parse([cmd, "--log-level", "DEBUG"]).log_level == "debug"
+    assert parse([cmd, "-l", "crit"]).log_level == "critical"
+    assert parse([cmd, "--loglevel", "error"]).log_level == "error"
+    with pytest.raises(SystemExit):
+        parse([cmd, "--log-level", "loud"])
+
+
+def test_defaults_are_the_options_dataclasses() -> None:
+    parse = build_parser().parse_args
+    p, r, w = ProjectorOptions(), ReplayOptions(), WorkerOptions()
+
+    project = parse(["project"])
+    assert (project.schema, project.batch_max, project.poll_ms / 1000, project.transaction_timeout,
+            project.max_cached_agents) == (p.schema, p.batch_max, p.poll_timeout_s, p.transaction_timeout_s,
+                                           p.max_cached_agents)
+    assert project.log_level == "info"
+
+    replay = parse(["replay"])
+    assert (replay.schema, replay.batch_max, replay.swap_gap, replay.processes, not replay.no_progress) == (
+        r.schema, r.batch_max, r.swap_gap, r.processes, r.progress)
+    assert replay.log_level == "warning"
+
+    worker = parse(["worker"])
+    assert (worker.batch_max, worker.batch_wait_ms / 1000, worker.commit_interval_ms / 1000) == (
+        w.batch_max, w.batch_wait_s, w.commit_interval_s)
+    assert worker.log_level == "info"
+
+    bench = parse(["bench", "replay"])
+    assert (bench.batch_max, bench.replay_processes) == (r.batch_max, r.processes)
+
+
+def test_bench_defaults_are_the_benchmark_functions() -> None:
+    import inspect
+
+    from aosk.bench.ingest import bench_ingest
+    from aosk.bench.project import bench_project
+    from aosk.bench.replay import bench_replay
+    from aosk.bench.worker import bench_worker
+
+    parse = build_parser().parse_args
+    for name, func in (("ingest", bench_ingest), ("project", bench_project), ("replay", bench_replay),
+                       ("worker", bench_worker)):
+        args = parse(["bench", name])
+        params = inspect.signature(func).parameters
+        for dest in ("events", "agents", "processes", "repeat", "latency_seconds", "rates"):
+            if hasattr(args, dest):
+                assert getattr(args, dest) == params[dest].default, (name, dest)
+        assert args.no_progress is False
