@@ -9,7 +9,7 @@ from aosk.cli._flags import add_agent, add_schema
 from aosk.config import Settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit = sub.add_parser("audit", help="the tamper-evident audit log")
     actions = audit.add_subparsers(dest="action", metavar="ACTION", required=True)
     v = actions.add_parser(

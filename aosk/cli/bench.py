@@ -19,7 +19,7 @@ from aosk.cli._flags import (
 from aosk.config import Settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from aosk.bench.ingest import bench_ingest
     from aosk.bench.project import bench_project
     from aosk.bench.replay import bench_replay

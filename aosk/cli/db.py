@@ -8,7 +8,7 @@ from aosk.cli._flags import add_format, add_schema, param_default
 from aosk.config import Settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from aosk.projectors.checkpoints import thin
 
     db = sub.add_parser("db", help="the projection database (PostgreSQL)")

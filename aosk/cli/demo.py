@@ -7,7 +7,7 @@ import argparse
 from aosk.config import Settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="start the embedded stack and walk through what AOSK does")
     p.set_defaults(run=_run)
 

@@ -8,7 +8,7 @@ from aosk.config import Settings
 from aosk.devstack.stack import dev_stack
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dev = sub.add_parser("dev", help="run the embedded Kafka broker and PostgreSQL locally")
     actions = dev.add_subparsers(dest="action", metavar="ACTION", required=True)
     actions.add_parser("up", help="start (or report) the stack; waits until both answer").set_defaults(run=_up)

@@ -18,7 +18,7 @@ from aosk.errors import AoskError, UnknownFingerprint
 from aosk.journal import record_from_message
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     events = sub.add_parser("events", help="read the journal")
     actions = events.add_subparsers(dest="action", metavar="ACTION", required=True)
     tail = actions.add_parser("tail", help="print decoded journal records (follows new ones)")

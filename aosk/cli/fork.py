@@ -9,7 +9,7 @@ from aosk.config import Settings
 from aosk.errors import AoskError
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("fork", help="fork an agent from any point of its history")
     p.add_argument("agent", metavar="AGENT")
     p.add_argument("--at-seq", type=int, required=True, metavar="N", help="the source's state after its N-th record")
@@ -34,7 +34,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     with KernelClient.from_settings(settings, watch_verdicts=args.wait > 0) as kernel:
         pending = kernel.fork(args.agent, tenant_id=tenant, at_seq=args.at_seq, new_agent_id=args.new_id)
         d = pending.result()
-        new_id = pending.event.new_agent_id  # type: ignore[attr-defined]
+        new_id = pending.event.new_agent_id  # type: ignore[attr-defined]  # kernel.fork sends a ForkRequested
         print(f"ForkRequested {pending.event_id} at {d.partition}:{d.offset}: {args.agent}@{args.at_seq} -> {new_id}")
         if args.wait <= 0:
             return 0

@@ -15,7 +15,7 @@ import argparse
 from aosk.config import Settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kernel = sub.add_parser("kernel", help="kernel-wide operations on the journal")
     actions = kernel.add_subparsers(dest="action", metavar="ACTION", required=True)
     up = actions.add_parser("upgrade", help="write a KernelUpgraded marker to every journal partition")

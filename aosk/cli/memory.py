@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aosk.cli._flags import add_agent, add_format, add_schema, add_tenant, param_default
 from aosk.config import Settings
 from aosk.errors import AoskError
 
+if TYPE_CHECKING:
+    import psycopg
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from aosk.projectors.memory import recall
 
     mem = sub.add_parser("memory", help="agent memories (pgvector)")
@@ -30,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.set_defaults(run=_search)
 
 
-def _query(conn, args: argparse.Namespace) -> list[float]:  # type: ignore[no-untyped-def]
+def _query(conn: psycopg.Connection[Any], args: argparse.Namespace) -> list[float]:
     from psycopg import sql
 
     from aosk.projectors.db import qualified

@@ -9,7 +9,7 @@ from aosk.cli._flags import add_batch_max, add_log_level, add_schema, configure_
 from aosk.config import Settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from aosk.projectors.runner import ProjectorOptions
 
     p = sub.add_parser(

@@ -18,7 +18,7 @@ from aosk.cli._flags import (
 from aosk.config import Settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from aosk.projectors.replay import ReplayOptions
 
     p = sub.add_parser(

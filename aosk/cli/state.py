@@ -12,7 +12,7 @@ from aosk.endpoints import resolve_endpoints
 from aosk.errors import ConfigError
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("state", help="an agent's state at a journal offset or broker time (time travel)")
     p.add_argument("agent", metavar="AGENT")
     at = p.add_mutually_exclusive_group(required=True)

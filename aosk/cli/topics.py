@@ -10,7 +10,7 @@ from aosk.endpoints import resolve_endpoints
 from aosk.topics import ensure_topics
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     topics = sub.add_parser("topics", help="the Kafka topics AOSK owns")
     actions = topics.add_subparsers(dest="action", metavar="ACTION", required=True)
     actions.add_parser(
