@@ -138,7 +138,8 @@ def ensure_topics(bootstrap: str, kafka: KafkaSettings, *, timeout: float = 30.0
     created: list[str] = []
     if missing:
         futures = admin.create_topics(
-            [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication, config=s.config) for s in missing],
+            [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication, config=s.config)
+             for s in missing],
             request_timeout=timeout,
         )
         for name, fut in futures.items():
@@ -167,7 +168,7 @@ def ensure_topics(bootstrap: str, kafka: KafkaSettings, *, timeout: float = 30.0
     problems: list[str] = []
     resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in specs]
     configs = admin.describe_configs(resources, request_timeout=timeout)
-    for spec, resource in zip(specs, resources):
+    for spec, resource in zip(specs, resources, strict=True):
         topic = metadata.topics.get(spec.name)
         if topic is None:
             problems.append(f"{spec.name}: missing after create")

@@ -3,9 +3,10 @@
 Per record: ``apply`` (the shared fold), then the audit chain link, the checkpoint
 policy and the memory changes. The fold runs with ``hash_state=False``: a state is
 hashed only when it is stored (an agent's state at the end of a batch, a checkpoint),
-not after every record -- the audit chain does not cover state hashes. Per-agent entries (slot, chain head, verdict counts) come
-from a cache the caller owns; the fold writes into an overlay on top of it, so a batch
-that is not committed (fenced, failed) leaves the cache untouched.
+not after every record -- the audit chain does not cover state hashes. Per-agent entries
+(slot, chain head, verdict counts) come from a cache the caller owns; the fold writes
+into an overlay on top of it, so a batch that is not committed (fenced, failed) leaves
+the cache untouched.
 
 A partition whose record cannot be folded here (an unknown schema fingerprint, an
 unknown fold version, an agent key that already lives on another partition) stops at

@@ -210,7 +210,8 @@ def _queries(schema: str, lineage_size: int) -> tuple[sql.Composed, sql.Composed
         where += sql.SQL(" and (") + sql.SQL(" or ").join(each) + sql.SQL(")")
     ann = sql.SQL(
         "with nearest as materialized (select {cols}, embedding <=> %(q)s::vector as distance from {t} where {w}"
-        " order by embedding <=> %(q)s::vector limit %(k)s) select * from nearest order by distance, agent_id, memory_id"
+        " order by embedding <=> %(q)s::vector limit %(k)s)"
+        " select * from nearest order by distance, agent_id, memory_id"
     ).format(cols=sql.SQL(_SELECT), t=t, w=where)
     exact = sql.SQL(
         "with scoped as materialized (select {cols}, embedding from {t} where {w})"
@@ -222,12 +223,13 @@ def _queries(schema: str, lineage_size: int) -> tuple[sql.Composed, sql.Composed
 
 def _lineage_params(agents: list[str], bounds: list[int]) -> dict[str, Any]:
     params: dict[str, Any] = {}
-    for i, (a, b) in enumerate(zip(agents, bounds)):
+    for i, (a, b) in enumerate(zip(agents, bounds, strict=True)):
         params[f"a{i}"], params[f"b{i}"] = a, b
     return params
 
 
-def _scope(conn: psycopg.Connection[Any], schema: str, tenant_id: str | None, agent_id: str | None) -> tuple[str, str | None]:
+def _scope(conn: psycopg.Connection[Any], schema: str, tenant_id: str | None,
+           agent_id: str | None) -> tuple[str, str | None]:
     if agent_id is None:
         if tenant_id is None:
             raise RecallError("recall needs a tenant_id or an agent_id: memories are scoped by tenant")

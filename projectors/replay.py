@@ -297,7 +297,8 @@ class Replay:
 
     # -- targets ------------------------------------------------------------------------
 
-    def _targets(self, conn: psycopg.Connection[Any], consumer: Any, *, fresh: bool = False) -> tuple[dict[int, int], bool]:
+    def _targets(self, conn: psycopg.Connection[Any], consumer: Any, *,
+                 fresh: bool = False) -> tuple[dict[int, int], bool]:
         """Where each partition must get to: the live offsets, else the journal's end."""
         from confluent_kafka import TopicPartition
 
@@ -644,7 +645,8 @@ class Replay:
                     consumer.pause([TopicPartition(self.topic, p)])
         return {p: r for p, r in parts.items() if r}
 
-    def _swap(self, conn: psycopg.Connection[Any], writer: ProjectionWriter, consumer: Any) -> tuple[str | None, int, float]:
+    def _swap(self, conn: psycopg.Connection[Any], writer: ProjectionWriter,
+              consumer: Any) -> tuple[str | None, int, float]:
         s, sh = sql.Identifier(self.schema), sql.Identifier(self.shadow)
         swapped = 0
         with conn.transaction():
@@ -678,7 +680,8 @@ class Replay:
                     sql.SQL(
                         "update {sh} s set high_watermark = l.high_watermark, last_record_at = l.last_record_at, "
                         "committed_at = l.committed_at, owner = l.owner from {lv} l where s.partition = l.partition"
-                    ).format(sh=qualified(self.shadow, "projector_offsets"), lv=qualified(self.schema, "projector_offsets"))
+                    ).format(sh=qualified(self.shadow, "projector_offsets"),
+                             lv=qualified(self.schema, "projector_offsets"))
                 )
                 if self.options.drop_old:
                     conn.execute(sql.SQL("drop schema {} cascade").format(s))
@@ -693,7 +696,8 @@ class Replay:
         return old, swapped, lock_ms
 
     def _old_name(self, conn: psycopg.Connection[Any]) -> str:
-        rows = conn.execute("select nspname from pg_namespace where nspname like %s", (f"{self.schema}\\_old\\_%",)).fetchall()
+        rows = conn.execute("select nspname from pg_namespace where nspname like %s",
+                            (f"{self.schema}\\_old\\_%",)).fetchall()
         prefix = f"{self.schema}_old_"
         ns = [int(r[0][len(prefix):]) for r in rows if r[0][len(prefix):].isdigit()]
         return check_schema_name(f"{prefix}{max(ns, default=0) + 1}")

@@ -131,7 +131,9 @@ class ProjectionWriter:
         self.owner = owner
         self._mem_types = memory_types(vector_oid)
         q = lambda t: qualified(schema, t)  # noqa: E731
-        self._copy_audit = sql.SQL("copy {} ({}) from stdin (format binary)").format(q("audit_log"), _cols(AUDIT_COLUMNS))
+        self._copy_audit = sql.SQL("copy {} ({}) from stdin (format binary)").format(
+            q("audit_log"), _cols(AUDIT_COLUMNS)
+        )
         self._copy_cp = sql.SQL("copy {} ({}) from stdin (format binary)").format(
             q("checkpoints"), _cols(CHECKPOINT_COLUMNS)
         )
