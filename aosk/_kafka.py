@@ -5,6 +5,26 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from aosk.errors import KafkaUnavailable
+
+# librdkafka's local error names for "no broker answered" (as opposed to a broker that
+# answered with an error): transport failure, timeout, every broker down, bad address.
+_UNREACHABLE = frozenset({"_TRANSPORT", "_TIMED_OUT", "_ALL_BROKERS_DOWN", "_RESOLVE"})
+
+
+def cluster_metadata(client: Any, bootstrap: str, topic: str | None = None, *, timeout: float) -> Any:
+    """``client.list_topics(topic)`` of a consumer, producer or admin client; a broker that
+    cannot be reached at ``bootstrap`` raises ``KafkaUnavailable``."""
+    from confluent_kafka import KafkaException
+
+    try:
+        return client.list_topics(topic, timeout=timeout)
+    except KafkaException as e:
+        err = e.args[0]
+        if err.name() in _UNREACHABLE:
+            raise KafkaUnavailable(bootstrap, err.str()) from e
+        raise
+
 
 def high_watermark(consumer: Any, topic: str, partition: int, *, timeout: float = 30.0) -> int:
     """The offset the next record of ``topic[partition]`` will get.

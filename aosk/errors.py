@@ -1,22 +1,57 @@
-"""The one error family of AOSK.
+"""The one error family of AOSK: every error it raises on purpose is defined here.
 
     AoskError
      +-- ConfigError            a configuration key has an invalid value
-     +-- DevStackError          the embedded dev stack cannot start or is broken
+     +-- TopicMismatch          an existing topic's partitions or settings differ from what AOSK needs
+     +-- InvalidSchemas         the schemas/ directory is inconsistent
+     +-- Unavailable            Kafka or PostgreSQL cannot be reached (or started)
+     |    +-- KafkaUnavailable      no broker answers at the bootstrap address
+     |    +-- PostgresUnavailable   no PostgreSQL answers at the configured address
+     |    +-- DevStackError         the embedded dev stack cannot start or is broken
      +-- DecodeError            a journal record cannot be turned into an event
      |    +-- Undecodable           deterministic: not single-object encoded, or a body
      |    |                         that does not decode with its (known) schema
      |    +-- UnknownFingerprint    written with a schema this process does not have
+     +-- StateDecodeError       bytes that are not a canonical fold state (also a ValueError)
      +-- UnknownFoldVersion     the journal asks for a fold version this code lacks
- +-- PartitionCountChanged  the journal's partition count is not the one its markers recorded
+     +-- PartitionCountChanged  the journal's partition count is not the one its markers recorded
      +-- EventRejected          the SDK refused an event before producing it
      +-- DeliveryError          the broker did not acknowledge a produced event
+     +-- ProjectionTimeout      a journal position was not projected in time (also a TimeoutError)
+     +-- ProjectionConfigError  the projection schema does not fit this process's configuration
+     +-- MigrationError         a migration failed, or a newer AOSK migrated the database
+     +-- UndecodableState       an agent_state row whose fold state does not decode
+     +-- Fenced                 another projector owns the partition now (batch rolled back)
+     +-- Inconsistent           a projector's agent cache disagrees with the journal
+     +-- CheckpointError        a stored checkpoint does not decode or match its hash
+     +-- HistoryError           the point in time asked for does not exist
+     +-- RecallError            a recall query that cannot be answered as asked (also a ValueError)
+     +-- ReplayError            a replay cannot go on; the live schema is unchanged
 
-Boundaries translate: the CLI maps these to exit codes, the API to HTTP statuses,
-always with ``raise ... from e`` so the cause stays visible.
+The modules that raise an error re-export it (``aosk.topics.TopicMismatch``,
+``aosk.projectors.db.MigrationError``, ...), so either import path works.
+
+Boundaries translate: the CLI maps these to exit codes (one table,
+``aosk.cli.EXIT_CODES``: ``Unavailable`` is 3 wherever it is raised), always with
+``raise ... from e`` so the cause stays visible. Exceptions that are not ``AoskError``
+are internal signals that never leave their module (``aosk.events._strict``).
+
+This module imports only the standard library: ``aosk.kernel`` imports it and must
+stay pure.
 """
 
 from __future__ import annotations
+
+import re
+
+__all__ = [
+    "AoskError", "ConfigError", "TopicMismatch", "InvalidSchemas",
+    "Unavailable", "KafkaUnavailable", "PostgresUnavailable", "DevStackError",
+    "DecodeError", "Undecodable", "UnknownFingerprint", "StateDecodeError", "UnknownFoldVersion",
+    "PartitionCountChanged", "EventRejected", "DeliveryError", "ProjectionTimeout", "ProjectionConfigError",
+    "MigrationError", "UndecodableState", "Fenced", "Inconsistent", "CheckpointError", "HistoryError",
+    "RecallError", "ReplayError",
+]
 
 
 class AoskError(Exception):
@@ -32,9 +67,65 @@ class ConfigError(AoskError):
         super().__init__(f"config key {key!r}: {problem}")
 
 
-class DevStackError(AoskError):
+class TopicMismatch(AoskError):
+    """An existing topic's partition count or settings differ from what AOSK needs."""
+
+
+class InvalidSchemas(AoskError):
+    """The schemas directory is inconsistent; the message names the file and the fix."""
+
+
+# --- unavailable: a component cannot be reached -------------------------------------------
+
+
+class Unavailable(AoskError):
+    """Kafka or PostgreSQL cannot be reached (or, for the dev stack, started). Waiting or
+    fixing the address helps; the command itself was fine (the CLI exits 3)."""
+
+
+def _one_line(problem: str) -> str:
+    # psycopg's and librdkafka's messages span lines; a CLI error is one line.
+    return " ".join(problem.split())
+
+
+class KafkaUnavailable(Unavailable):
+    """No Kafka broker answers at ``bootstrap``."""
+
+    def __init__(self, bootstrap: str, problem: str) -> None:
+        self.bootstrap = bootstrap
+        self.problem = _one_line(problem)
+        super().__init__(
+            f"cannot reach Kafka at {bootstrap}: {self.problem}; is the broker up (the dev stack: `aosk dev up`) "
+            "and kafka.bootstrap_servers (AOSK_KAFKA_BOOTSTRAP) right?"
+        )
+
+
+_PASSWORD_IN_URI = re.compile(r"(://[^:/@]+):[^@]*@")
+_PASSWORD_IN_KEYWORDS = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` (a libpq URI or key=value string) with its password replaced by ``***``."""
+    return _PASSWORD_IN_KEYWORDS.sub(r"\1***", _PASSWORD_IN_URI.sub(r"\1:***@", dsn))
+
+
+class PostgresUnavailable(Unavailable):
+    """No PostgreSQL answers at ``dsn`` (kept without its password)."""
+
+    def __init__(self, dsn: str, problem: str) -> None:
+        self.dsn = redact_dsn(dsn)
+        self.problem = _one_line(problem)
+        super().__init__(
+            f"cannot reach PostgreSQL at {self.dsn}: {self.problem}; is the server up (the dev stack: `aosk dev up`) "
+            "and storage.postgresql (AOSK_POSTGRESQL_HOST, AOSK_POSTGRESQL_PORT or AOSK_POSTGRESQL_DSN) right?"
+        )
+
+
+class DevStackError(Unavailable):
     """The embedded Kafka + PostgreSQL stack cannot start, or a part of it is broken."""
 
+
+# --- the journal and its events -------------------------------------------------------------
 
 class DecodeError(AoskError):
     """A journal record's bytes cannot be decoded into an event."""
@@ -59,6 +150,10 @@ class UnknownFingerprint(DecodeError):
             f"unknown schema fingerprint {fingerprint.hex()}; "
             "is schemas/ older than the producer? deploy the newer schemas and restart"
         )
+
+
+class StateDecodeError(AoskError, ValueError):
+    """Bytes that are not the canonical encoding of a fold state."""
 
 
 class UnknownFoldVersion(AoskError):
@@ -99,3 +194,59 @@ class EventRejected(AoskError):
 
 class DeliveryError(AoskError):
     """The broker did not acknowledge an event."""
+
+
+# --- projections and the queries on them ----------------------------------------------------
+
+
+class ProjectionTimeout(AoskError, TimeoutError):
+    """A journal position was not projected in time (projectors down, or behind)."""
+
+
+class ProjectionConfigError(AoskError):
+    """The projection schema does not fit this process's configuration (embedding
+    dimension, journal topic): refuse to write rather than mix two clusters."""
+
+
+class MigrationError(AoskError):
+    """A migration failed, or the database was migrated by a newer AOSK."""
+
+
+class UndecodableState(AoskError):
+    """An ``agent_state`` row whose state does not decode (each caller says what to do)."""
+
+    def __init__(self, key: str, error: StateDecodeError) -> None:
+        self.key = key
+        super().__init__(f"agent_state of {key} does not decode: {error}")
+
+
+class Fenced(AoskError):
+    """The compare-and-set found another owner's offset: the batch was rolled back.
+    The projector re-reads the partition's position; a replay stops."""
+
+    def __init__(self, partition: int, expected: int) -> None:
+        self.partition = partition
+        self.expected = expected
+        super().__init__(f"partition {partition} is no longer at offset {expected}: another projector owns it now")
+
+
+class Inconsistent(AoskError):
+    """The cache disagrees with the journal (a redelivered offset reached the fold):
+    drop the cache of the partition and re-read it from the database."""
+
+
+class CheckpointError(AoskError):
+    """A stored checkpoint does not decode or does not match its hash."""
+
+
+class HistoryError(AoskError):
+    """The point asked for does not exist (before the agent's first record, past the end)."""
+
+
+class RecallError(AoskError, ValueError):
+    """A recall query that cannot be answered as asked (wrong dimension, no scope)."""
+
+
+class ReplayError(AoskError):
+    """The replay cannot go on (a shadow left by an interrupted replay, another replay
+    running, a partition the fold stops on); the live schema is unchanged."""

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-from aosk._kafka import high_watermark
+from aosk._kafka import cluster_metadata, high_watermark
 from aosk.errors import AoskError, DecodeError
 from aosk.events import decode
 from aosk.kernel import Record
@@ -39,6 +39,7 @@ class JournalReader:
         from confluent_kafka import Consumer
 
         self._topic = topic
+        self._bootstrap = bootstrap
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap,
             "group.id": f"aosk-reader-{uuid.uuid4().hex[:8]}",  # assign() only; nothing committed
@@ -58,7 +59,7 @@ class JournalReader:
         self._consumer.close()
 
     def partitions(self) -> int:
-        md = self._consumer.list_topics(self._topic, timeout=10).topics.get(self._topic)
+        md = cluster_metadata(self._consumer, self._bootstrap, self._topic, timeout=10).topics.get(self._topic)
         if md is None or md.error is not None:
             raise AoskError(f"journal topic {self._topic} does not exist; run `aosk topics ensure`")
         return len(md.partitions)

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from aosk._kafka import cluster_metadata
 from aosk.config import KafkaSettings
-from aosk.errors import AoskError
+from aosk.errors import AoskError, TopicMismatch
 from aosk.waiting import wait_for
 
 JOURNAL_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
-
-
-class TopicMismatch(AoskError):
-    """An existing topic's partition count or settings differ from what AOSK needs."""
 
 
 @dataclass(frozen=True)
@@ -132,9 +129,11 @@ def ensure_topics(bootstrap: str, kafka: KafkaSettings, *, timeout: float = 30.0
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    # A broker that cannot be reached is reported once, as KafkaUnavailable, rather than
+    # as one librdkafka log line per connection attempt.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
     specs = topic_specs(kafka)
-    metadata = admin.list_topics(timeout=timeout)
+    metadata = cluster_metadata(admin, bootstrap, timeout=timeout)
     missing = [s for s in specs if s.name not in metadata.topics]
     created: list[str] = []
     if missing:
@@ -157,7 +156,7 @@ def ensure_topics(bootstrap: str, kafka: KafkaSettings, *, timeout: float = 30.0
 
         def visible() -> bool:
             nonlocal metadata
-            metadata = admin.list_topics(timeout=timeout)
+            metadata = cluster_metadata(admin, bootstrap, timeout=timeout)
             return names <= set(metadata.topics) and all(
                 not metadata.topics[n].error and metadata.topics[n].partitions
                 and all(p.leader >= 0 for p in metadata.topics[n].partitions.values())

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from aosk.errors import Inconsistent
 from aosk.kernel import (
     AgentSlot,
     Record,
@@ -56,11 +57,6 @@ __all__ = ["AgentEntry", "Outcome", "PartitionStop", "FoldedBatch", "fold_batch"
 log = logging.getLogger("aosk.projector")
 
 _MEMORY_TYPES: Final = frozenset({"MemoryStored", "MemoryEmbedded", "MemoryForgotten"})
-
-
-class Inconsistent(Exception):
-    """The cache disagrees with the journal (a redelivered offset reached the fold):
-    drop the cache of the partition and re-read it from the database."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from aosk.errors import AoskError
+from aosk.errors import CheckpointError
 from aosk.kernel import AgentState, StateDecodeError, Status, Verdict, decode_state
 from aosk.kernel.verdict import Kind
 from aosk.projectors.db import qualified
@@ -49,10 +49,6 @@ def checkpoint_reason(prev_status: str, v: Verdict, every: int) -> str | None:
     if v.status != Status.NONE and v.seq % every == 0:
         return "interval"
     return None
-
-
-class CheckpointError(AoskError):
-    """A stored checkpoint does not decode or does not match its hash."""
 
 
 @dataclass(frozen=True)

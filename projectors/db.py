@@ -28,7 +28,7 @@ from psycopg.pq import Format
 from psycopg_pool import ConnectionPool
 
 from aosk.config import PostgresSettings
-from aosk.errors import AoskError
+from aosk.errors import MigrationError, PostgresUnavailable, ProjectionConfigError
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -39,6 +39,7 @@ __all__ = [
     "migrations",
     "migrate",
     "open_pool",
+    "connect",
     "qualified",
     "get_meta",
     "set_meta",
@@ -57,15 +58,6 @@ of a rebuilt schema, which therefore happens between two live batches."""
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
-class MigrationError(AoskError):
-    """A migration failed, or the database was migrated by a newer AOSK."""
-
-
-class ProjectionConfigError(AoskError):
-    """The projection schema does not fit this process's configuration (embedding
-    dimension, journal topic): refuse to write rather than mix two clusters."""
 
 
 @dataclass(frozen=True)
@@ -270,9 +262,14 @@ def open_pool(
         pool.open(wait=True, timeout=30)
     except Exception as e:
         pool.close()
-        raise ProjectionConfigError(f"cannot connect to PostgreSQL at {_safe_dsn(dsn)}: {e}") from e
+        raise PostgresUnavailable(dsn, str(e) or type(e).__name__) from e
     return pool
 
 
-def _safe_dsn(dsn: str) -> str:
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", dsn)
+def connect(dsn: str) -> psycopg.Connection[Any]:
+    """One connection (not autocommit) to the projection database; ``PostgresUnavailable``
+    if it cannot be reached within 10 s."""
+    try:
+        return psycopg.connect(dsn, autocommit=False, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        raise PostgresUnavailable(dsn, str(e)) from e

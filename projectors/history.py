@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from aosk.errors import AoskError
+from aosk.errors import HistoryError
 from aosk.journal import JournalReader
 from aosk.kernel import (
     INITIAL_VERSION,
@@ -45,10 +45,6 @@ from aosk.projectors.db import qualified
 from aosk.projectors.rows import storage_key
 
 __all__ = ["PointInTime", "HistoryError", "state_at", "state_at_seq", "CheckpointPastStates"]
-
-
-class HistoryError(AoskError):
-    """The point asked for does not exist (before the agent's first record, past the end)."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from aosk.errors import AoskError
+from aosk.errors import RecallError
 from aosk.kernel import Verdict
 from aosk.projectors.db import embedding_dimension, pack_vector, qualified
 from aosk.projectors.rows import MEMORY_COLUMNS, storage_key, ts
@@ -153,10 +153,6 @@ raised for k above it. With iterative scans the search goes on past it when filt
 discard candidates."""
 MAX_SCAN_TUPLES: Final = 50_000
 """``hnsw.max_scan_tuples``: how far an iterative scan may go before giving up."""
-
-
-class RecallError(AoskError, ValueError):
-    """A recall query that cannot be answered as asked (wrong dimension, no scope)."""
 
 
 @dataclass(frozen=True)

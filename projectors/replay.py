@@ -50,7 +50,7 @@ from psycopg import sql
 from aosk._gc import tune_gc
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
-from aosk.errors import AoskError, DevStackError
+from aosk.errors import ReplayError
 from aosk.journal import record_from_message
 from aosk.kernel import AgentSlot, Record, pseudo_key
 from aosk.projectors.batch import AgentEntry, fold_batch
@@ -59,6 +59,7 @@ from aosk.projectors.db import (
     DEFAULT_SCHEMA,
     ProjectionConfigError,
     check_schema_name,
+    connect,
     get_meta,
     migrate,
     qualified,
@@ -77,11 +78,6 @@ log = logging.getLogger("aosk.replay")
 _OFFSET_BEGINNING: Final = -2
 _PARTITION_EOF: Final = -191
 _DEFERRED: Final = "replay_deferred_indexes"
-
-
-class ReplayError(AoskError):
-    """The replay cannot go on (a shadow left by an interrupted replay, another replay
-    running, a partition the fold stops on); the live schema is unchanged."""
 
 
 def shadow_name(schema: str) -> str:
@@ -138,13 +134,6 @@ class ReplayResult:
         return self.records / self.seconds if self.seconds > 0 else 0.0
 
 
-def _connect(dsn: str) -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(dsn, autocommit=False, connect_timeout=10)
-    except psycopg.OperationalError as e:
-        raise DevStackError(f"cannot connect to PostgreSQL: {e}") from e
-
-
 def _replay_lock(conn: psycopg.Connection[Any], shadow: str) -> None:
     """A session lock per shadow: one replay (or discard) of a shadow at a time."""
     row = conn.execute("select pg_try_advisory_lock(hashtext('aosk-replay'), hashtext(%s))", (shadow,)).fetchone()
@@ -159,7 +148,7 @@ def discard_shadow(settings: Settings, schema: str = DEFAULT_SCHEMA, shadow: str
     check_schema_name(shadow)
     if shadow == schema:
         raise ReplayError("the shadow cannot be the live schema")
-    with _connect(resolve_endpoints(settings).dsn) as conn:
+    with connect(resolve_endpoints(settings).dsn) as conn:
         _replay_lock(conn, shadow)
         if not schema_exists(conn, shadow):
             return False
@@ -457,7 +446,7 @@ class Replay:
         ensure_journal(self._bootstrap, self.settings)
         tune_gc()  # the projectors' measured setting: far fewer cyclic collections while folding
         helper = self.options.partitions is not None
-        conn = _connect(self._dsn)
+        conn = connect(self._dsn)
         try:
             if not helper:
                 _replay_lock(conn, self.shadow)

@@ -41,13 +41,14 @@ from psycopg import sql
 from aosk._gc import tune_gc
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
-from aosk.errors import AoskError, DevStackError, PartitionCountChanged
+from aosk.errors import PartitionCountChanged, PostgresUnavailable
 from aosk.journal import record_from_message
 from aosk.kernel import LATEST_VERSION, AgentSlot, Record, params_for, pseudo_key
 from aosk.projectors.batch import AgentEntry, FoldedBatch, Inconsistent, fold_batch
 from aosk.projectors.db import (
     DEFAULT_SCHEMA,
     ProjectionConfigError,
+    connect,
     get_meta,
     migrate,
     open_pool,
@@ -158,11 +159,7 @@ class Projector:
             )
         ensure_journal(self._bootstrap, self.settings)
         pg = self.settings.storage.postgresql
-        try:
-            conn = psycopg.connect(self._dsn, autocommit=False, connect_timeout=10)
-        except psycopg.OperationalError as e:
-            raise DevStackError(f"cannot connect to PostgreSQL for the projections: {e}") from e
-        with conn:
+        with connect(self._dsn) as conn:
             applied = migrate(conn, schema=self.schema, dimension=dim)
             if applied:
                 log.info("applied migrations %s to schema %s", applied, self.schema)
@@ -232,7 +229,7 @@ class Projector:
                 return {p: stored.get(p, 0) for p in partitions}
             except psycopg.OperationalError as e:
                 if time.monotonic() > deadline:
-                    raise AoskError(f"cannot read projector_offsets from PostgreSQL: {e}") from e
+                    raise PostgresUnavailable(self._dsn, f"cannot read projector_offsets: {e}") from e
                 log.warning("PostgreSQL unavailable while reading offsets (%s); retrying in %.1fs", e, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)

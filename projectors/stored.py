@@ -10,19 +10,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from aosk.errors import UndecodableState
 from aosk.kernel import StateDecodeError
 from aosk.projectors.batch import AgentEntry
 from aosk.projectors.db import qualified
 
 __all__ = ["StoredEntries", "UndecodableState", "read_stored_entries"]
-
-
-class UndecodableState(Exception):
-    """An ``agent_state`` row whose state does not decode (each caller says what to do)."""
-
-    def __init__(self, key: str, error: StateDecodeError) -> None:
-        self.key = key
-        super().__init__(f"agent_state of {key} does not decode: {error}")
 
 
 @dataclass

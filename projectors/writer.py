@@ -34,7 +34,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg.types.string import BytesBinaryDumper
 
-from aosk.projectors.batch import FoldedBatch, Inconsistent, Outcome, last_entries
+from aosk.errors import Fenced, Inconsistent
+from aosk.projectors.batch import FoldedBatch, Outcome, last_entries
 from aosk.projectors.db import BATCH_LOCK_KEY, qualified, register_vector_dumper
 from aosk.projectors.memory import MemoryChanges, patch_statements
 from aosk.projectors.rows import (
@@ -60,15 +61,6 @@ REFUSALS: Final = (psycopg.errors.DataError, psycopg.errors.IntegrityError, psyc
 connection or the transaction (which abort the batch and are retried)."""
 
 _META: Final = "metadata"
-
-
-class Fenced(Exception):
-    """The compare-and-set found another owner's offset: the batch was rolled back."""
-
-    def __init__(self, partition: int, expected: int) -> None:
-        self.partition = partition
-        self.expected = expected
-        super().__init__(f"partition {partition} is no longer at offset {expected}: another projector owns it now")
 
 
 @dataclass(frozen=True)

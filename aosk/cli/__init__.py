@@ -1,7 +1,7 @@
 """The ``aosk`` command line. One module per command group; each has ``register``.
 
-Exit codes: 0 success, 1 the command ran and found a problem (e.g. a broken audit
-chain), 2 bad usage or configuration, 3 a component could not be reached or started.
+Exit codes are one table, ``EXIT_CODES`` (the first matching class wins), shown in
+``aosk --help`` and in docs/recovery.md ("Exit codes").
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Final
 
-from aosk.errors import AoskError, ConfigError, DevStackError
-from aosk.topics import TopicMismatch
+from aosk.errors import AoskError, ConfigError, TopicMismatch, Unavailable
+from aosk.streams.worker import EXIT_DELIVERY_FAILED, EXIT_STOP_TIMEOUT
 
 # Modules under aosk.cli that each define register(subparsers).
 COMMAND_MODULES = (
@@ -19,11 +20,44 @@ COMMAND_MODULES = (
     "kernel", "bench", "demo",
 )
 
+EXIT_PROBLEM: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_UNAVAILABLE: Final = 3
+EXIT_INTERRUPTED: Final = 130
+
+# Error class -> exit code, most specific first: the first class the error is an
+# instance of decides. Every AoskError not listed here is EXIT_PROBLEM.
+EXIT_CODES: Final[tuple[tuple[type[AoskError], int], ...]] = (
+    (ConfigError, EXIT_USAGE),
+    (TopicMismatch, EXIT_USAGE),
+    (Unavailable, EXIT_UNAVAILABLE),
+    (AoskError, EXIT_PROBLEM),
+)
+
+EXIT_CODES_HELP: Final = f"""\
+exit codes:
+  0    success
+  {EXIT_PROBLEM}    the command ran and found a problem (e.g. a broken audit chain), or
+       failed with another AOSK error
+  {EXIT_USAGE}    bad usage or configuration (ConfigError, TopicMismatch)
+  {EXIT_UNAVAILABLE}    Kafka or PostgreSQL cannot be reached, or the dev stack cannot start
+       (Unavailable: KafkaUnavailable, PostgresUnavailable, DevStackError)
+  {EXIT_STOP_TIMEOUT}   aosk worker: a stop could not commit within its stop timeout
+  {EXIT_DELIVERY_FAILED}   aosk worker: the broker refused a record the worker produced
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+"""
+
+
+def exit_code(error: AoskError) -> int:
+    """The exit status the CLI ends with when ``error`` reaches it."""
+    return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
+
 
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="aosk", description="AOSK, the Agent OS Kernel")
+    parser = argparse.ArgumentParser(prog="aosk", description="AOSK, the Agent OS Kernel",
+                                     epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="PATH", help="config.yaml (default: $AOSK_CONFIG)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
@@ -39,21 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         settings = load_settings(args.config)
         code = args.run(settings, args)
-    except ConfigError as e:
-        print(f"aosk: configuration error: {e}", file=sys.stderr)
-        return 2
-    except TopicMismatch as e:
-        print(f"aosk: {e}", file=sys.stderr)
-        return 2
-    except DevStackError as e:
-        print(f"aosk: {e}", file=sys.stderr)
-        return 3
     except AoskError as e:
-        print(f"aosk: {e}", file=sys.stderr)
-        return 1
+        prefix = "configuration error: " if isinstance(e, ConfigError) else ""
+        print(f"aosk: {prefix}{e}", file=sys.stderr)
+        return exit_code(e)
     except KeyboardInterrupt:
         print("aosk: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return int(code or 0)
 
 

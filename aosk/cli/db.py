@@ -36,16 +36,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _connect(settings: Settings):  # type: ignore[no-untyped-def]
-    import psycopg
-
     from aosk.endpoints import resolve_endpoints
-    from aosk.errors import DevStackError
+    from aosk.projectors.db import connect
 
-    dsn = resolve_endpoints(settings).dsn
-    try:
-        return psycopg.connect(dsn, connect_timeout=10)
-    except psycopg.OperationalError as e:
-        raise DevStackError(f"cannot connect to PostgreSQL: {e}") from e
+    return connect(resolve_endpoints(settings).dsn)
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:

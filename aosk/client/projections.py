@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from aosk.errors import AoskError
+from aosk.errors import AoskError, PostgresUnavailable, ProjectionTimeout
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -31,10 +31,6 @@ if TYPE_CHECKING:
     from aosk.projectors.memory import Recalled
 
 __all__ = ["ProjectionReader", "AgentView", "ProjectionTimeout"]
-
-
-class ProjectionTimeout(AoskError, TimeoutError):
-    """A journal position was not projected in time (projectors down, or behind)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +72,7 @@ class ProjectionReader:
             self._pool.open(wait=True, timeout=30)
         except Exception as e:
             self._pool.close()
-            raise AoskError(f"cannot connect to the projection database: {e}") from e
+            raise PostgresUnavailable(dsn, str(e) or type(e).__name__) from e
 
     @classmethod
     def from_settings(cls, settings: Settings, *, schema: str = "aosk") -> ProjectionReader:

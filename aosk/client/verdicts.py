@@ -29,7 +29,7 @@ from collections import OrderedDict
 from types import TracebackType
 from typing import Any
 
-from aosk._kafka import consume_ready, high_watermark
+from aosk._kafka import cluster_metadata, consume_ready, high_watermark
 from aosk.config import KafkaSettings
 from aosk.errors import AoskError, DecodeError
 from aosk.events import Transition, decode_transition
@@ -60,7 +60,7 @@ class VerdictWatcher:
             "log_level": 3,
         })
         try:
-            md = self._consumer.list_topics(self._topic, timeout=10).topics.get(self._topic)
+            md = cluster_metadata(self._consumer, bootstrap, self._topic, timeout=10).topics.get(self._topic)
             if md is None or md.error is not None:
                 raise AoskError(f"verdict topic {self._topic} does not exist; run `aosk topics ensure`")
             start = []

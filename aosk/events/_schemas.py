@@ -28,17 +28,13 @@ from typing import Any, Final
 from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from aosk.errors import AoskError
+from aosk.errors import InvalidSchemas
 from aosk.events._compat import incompatibilities
 
 __all__ = ["NAMESPACE", "InvalidSchemas", "SchemaSet", "SchemaVersion", "load_schemas"]
 
 NAMESPACE: Final = "aosk.events"
 _VERSION_FILE = re.compile(r"^v([1-9][0-9]*)\.avsc$")
-
-
-class InvalidSchemas(AoskError):
-    """The schemas directory is inconsistent; the message names the file and the fix."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,13 +35,17 @@ BodyReader = Callable[[bytes, int], dict[str, Any]]
 """Reads a whole record body from a position to the very end of the buffer."""
 
 
+# Internal signals, not AoskErrors: neither leaves aosk.events (compile_body_reader
+# catches Unsupported, the codec catches NotCanonical and runs its reference path).
+
+
 class NotCanonical(Exception):
-    """Not provably the canonical encoding of a value: let the reference path judge."""
+    """Internal: not provably the canonical encoding of a value: let the reference path judge."""
 
 
 class Unsupported(Exception):
-    """A schema shape this reader is not built for (the codec then always uses the
-    reference path for that schema)."""
+    """Internal: a schema shape this reader is not built for (the codec then always uses
+    the reference path for that schema)."""
 
 
 # --- leaves --------------------------------------------------------------------------------

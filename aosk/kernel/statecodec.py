@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aosk.errors import AoskError
+from aosk.errors import AoskError, StateDecodeError
 from aosk.events import Budgets
 from aosk.kernel.paging import make_entry
 from aosk.kernel.params import params_for
@@ -32,10 +32,6 @@ from aosk.kernel.state import (
 )
 
 __all__ = ["StateDecodeError", "decode_state", "budgets_from_plain"]
-
-
-class StateDecodeError(AoskError, ValueError):
-    """Bytes that are not the canonical encoding of a fold state."""
 
 
 def _fail(msg: str) -> StateDecodeError:
