@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from aosk.cli._flags import add_format, add_schema, param_default
 from aosk.config import Settings
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.set_defaults(run=_digest)
 
 
-def _connect(settings: Settings):  # type: ignore[no-untyped-def]
+def _connect(settings: Settings) -> psycopg.Connection[Any]:
     from aosk.endpoints import resolve_endpoints
     from aosk.projectors.db import connect
 

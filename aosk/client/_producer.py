@@ -127,8 +127,8 @@ class DeliveringProducer:
                 self._waiters -= 1
 
     def produce(
-        self, topic: str, *, key: bytes | None, value: bytes, headers: list[tuple[str, str | bytes | None]] | None = None,
-        partition: int | None = None,
+        self, topic: str, *, key: bytes | None, value: bytes,
+        headers: list[tuple[str, str | bytes | None]] | None = None, partition: int | None = None,
     ) -> DeliveryFuture:
         if self._closed.is_set():
             raise DeliveryError("the producer is closed")
