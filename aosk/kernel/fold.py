@@ -85,7 +85,7 @@ def apply(
     """Fold ``record`` into ``slot`` (None: the key has no record yet).
 
     ``version`` is the fold version in force at the record's position on its partition:
-    ``partition_version`` of the partition's pseudo-agent (``aosk.kernel.journal``).
+    ``partition_version`` of the partition's pseudo-agent (``aosk.kernel.folding``).
     None means the version the slot's state already has (``INITIAL_VERSION`` for a new
     key), which is right until a ``KernelUpgraded`` marker is in the journal.
 
