@@ -54,9 +54,8 @@ from aosk.kernel.verdict import Reason
 
 __all__ = ["LIFECYCLE", "WORK_TYPES", "COMPLETION_TYPES", "HANDLERS", "fork_state", "BUDGET_EXHAUSTED_NOTE"]
 
-S = Status
 _ANY_SPAWNED: Final = NON_FINAL_STATUSES | FINAL_STATUSES
-_ALL: Final = _ANY_SPAWNED | {S.NONE}
+_ALL: Final = _ANY_SPAWNED | {Status.NONE}
 
 WORK_TYPES: Final = frozenset(
     {
@@ -70,12 +69,12 @@ BUDGET_EXHAUSTED_NOTE: Final = "budget_exhausted"
 """The ``suspend_reason`` the fold writes when an event uses up a budget."""
 
 _table: dict[str, frozenset[str]] = {
-    "AgentSpawned": frozenset({S.NONE}),
-    "AgentForked": frozenset({S.NONE}),
-    "AgentStarted": frozenset({S.READY}),
-    "AgentWaiting": frozenset({S.RUNNING}),
-    "AgentResumed": frozenset({S.WAITING, S.SUSPENDED}),
-    "AgentSuspended": frozenset({S.READY, S.RUNNING, S.WAITING}),
+    "AgentSpawned": frozenset({Status.NONE}),
+    "AgentForked": frozenset({Status.NONE}),
+    "AgentStarted": frozenset({Status.READY}),
+    "AgentWaiting": frozenset({Status.RUNNING}),
+    "AgentResumed": frozenset({Status.WAITING, Status.SUSPENDED}),
+    "AgentSuspended": frozenset({Status.READY, Status.RUNNING, Status.WAITING}),
     "BudgetUpdated": NON_FINAL_STATUSES,
     "AgentTerminated": NON_FINAL_STATUSES,
     "AgentKilled": NON_FINAL_STATUSES,
@@ -84,9 +83,9 @@ _table: dict[str, frozenset[str]] = {
     "KernelUpgraded": _ALL,
 }
 for _t in WORK_TYPES:
-    _table[_t] = frozenset({S.RUNNING})
+    _table[_t] = frozenset({Status.RUNNING})
 for _t in COMPLETION_TYPES:
-    _table[_t] = frozenset({S.RUNNING, S.WAITING, S.SUSPENDED})
+    _table[_t] = frozenset({Status.RUNNING, Status.WAITING, Status.SUSPENDED})
 for _t in (
     "MessageDelivered", "MessageBounced", "MemoryEmbedded", "MemoryForgotten",
     "CheckpointRequested", "CapabilityGranted", "CapabilityRevoked",
@@ -141,7 +140,7 @@ def _spawned(ctx: FoldContext, st: AgentState, ev: AgentSpawned) -> Decision:
         spawned_at_ms=ctx.record.timestamp,
     )
     return ok(
-        status=S.READY,
+        status=Status.READY,
         identity=identity,
         budgets=ev.budgets,
         capabilities=Capabilities(names=tuple(sorted(set(ev.capabilities)))),
@@ -187,7 +186,7 @@ def fork_state(
         agent_id=new_agent_id,
         fold_version=version,
         seq=seq,
-        status=S.READY,
+        status=Status.READY,
         identity=identity,
         budgets=source.budgets,
         usage=source.usage,
@@ -232,16 +231,16 @@ def _forked(ctx: FoldContext, st: AgentState, ev: AgentForked) -> Decision:
 
 
 def _started(ctx: FoldContext, st: AgentState, ev: AgentStarted) -> Decision:
-    return ok(status=S.RUNNING)
+    return ok(status=Status.RUNNING)
 
 
 def _waiting(ctx: FoldContext, st: AgentState, ev: AgentWaiting) -> Decision:
-    return ok(status=S.WAITING, life=revise(st.life, waiting_on=_note(ev.on, ctx.params)))
+    return ok(status=Status.WAITING, life=revise(st.life, waiting_on=_note(ev.on, ctx.params)))
 
 
 def _resumed(ctx: FoldContext, st: AgentState, ev: AgentResumed) -> Decision:
-    if st.status == S.WAITING:
-        return ok(status=S.RUNNING, life=revise(st.life, waiting_on=None))
+    if st.status == Status.WAITING:
+        return ok(status=Status.RUNNING, life=revise(st.life, waiting_on=None))
     exhausted = st.exhausted()
     if exhausted:
         return reject(
@@ -249,11 +248,12 @@ def _resumed(ctx: FoldContext, st: AgentState, ev: AgentResumed) -> Decision:
             f"agent {st.agent_id} is SUSPENDED ({st.life.suspend_reason}) and its "
             f"{'/'.join(exhausted)} budget is at 0; send BudgetUpdated to resume",
         )
-    return ok(status=S.READY, life=revise(st.life, suspend_reason=None))
+    return ok(status=Status.READY, life=revise(st.life, suspend_reason=None))
 
 
 def _suspended(ctx: FoldContext, st: AgentState, ev: AgentSuspended) -> Decision:
-    return ok(status=S.SUSPENDED, life=revise(st.life, suspend_reason=_note(ev.reason, ctx.params), waiting_on=None))
+    life = revise(st.life, suspend_reason=_note(ev.reason, ctx.params), waiting_on=None)
+    return ok(status=Status.SUSPENDED, life=life)
 
 
 def _closed_calls(st: AgentState) -> Calls:
@@ -262,16 +262,16 @@ def _closed_calls(st: AgentState) -> Calls:
 
 def _terminated(ctx: FoldContext, st: AgentState, ev: AgentTerminated) -> Decision:
     life = Life(exit_code=ev.exit_code, exit_reason=_note(ev.reason, ctx.params))
-    return ok(status=S.TERMINATED, life=life, calls=_closed_calls(st))
+    return ok(status=Status.TERMINATED, life=life, calls=_closed_calls(st))
 
 
 def _killed(ctx: FoldContext, st: AgentState, ev: AgentKilled) -> Decision:
     life = Life(signal=_note(ev.signal, ctx.params), killed_by=_note(ev.by, ctx.params))
-    return ok(status=S.TERMINATED, life=life, calls=_closed_calls(st))
+    return ok(status=Status.TERMINATED, life=life, calls=_closed_calls(st))
 
 
 def _failed(ctx: FoldContext, st: AgentState, ev: AgentFailed) -> Decision:
-    return ok(status=S.ERROR, life=Life(error=_note(ev.error, ctx.params)), calls=_closed_calls(st))
+    return ok(status=Status.ERROR, life=Life(error=_note(ev.error, ctx.params)), calls=_closed_calls(st))
 
 
 # --- control --------------------------------------------------------------------------------
@@ -291,10 +291,10 @@ def _budget_updated(ctx: FoldContext, st: AgentState, ev: BudgetUpdated) -> Deci
         if paged:
             changes["counters"] = revise(st.counters, memories_stored=st.counters.memories_stored + len(paged))
     msg = ""
-    if st.status == S.SUSPENDED and st.life.suspend_reason == BUDGET_EXHAUSTED_NOTE:
+    if st.status == Status.SUSPENDED and st.life.suspend_reason == BUDGET_EXHAUSTED_NOTE:
         after = evolve(st, {"budgets": ev.budgets})
         if not after.exhausted():
-            changes["status"] = S.READY
+            changes["status"] = Status.READY
             changes["life"] = revise(st.life, suspend_reason=None)
         else:
             msg = (f"BudgetUpdated accepted; agent {st.agent_id} stays SUSPENDED: its "

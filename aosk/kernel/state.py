@@ -19,6 +19,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from operator import attrgetter
 from typing import Any, Final
 
@@ -50,16 +51,19 @@ __all__ = [
 ]
 
 
-class Status:
-    """Agent statuses. ``NONE`` is the placeholder of a key never spawned."""
+class Status(StrEnum):
+    """Agent statuses. ``NONE`` is the placeholder of a key never spawned.
 
-    NONE: Final = "NONE"
-    READY: Final = "READY"
-    RUNNING: Final = "RUNNING"
-    WAITING: Final = "WAITING"
-    SUSPENDED: Final = "SUSPENDED"
-    TERMINATED: Final = "TERMINATED"
-    ERROR: Final = "ERROR"
+    The values are in the canonical state bytes (so in every state hash) and on the wire;
+    a state decoded from bytes holds the plain ``str`` value, which equals the member."""
+
+    NONE = "NONE"
+    READY = "READY"
+    RUNNING = "RUNNING"
+    WAITING = "WAITING"
+    SUSPENDED = "SUSPENDED"
+    TERMINATED = "TERMINATED"
+    ERROR = "ERROR"
 
 
 FINAL_STATUSES: Final = frozenset({Status.TERMINATED, Status.ERROR})
