@@ -423,6 +423,9 @@ class AgentState:
     A key never spawned has a placeholder state (``status == "NONE"``, no identity) that
     still counts ``seq`` and remembers event ids: every record of a key, accepted or
     not, takes the next ``seq`` of that key's audit chain.
+
+    ``to_bytes()`` is ``encode_state``; bytes decode back with
+    ``aosk.kernel.statecodec.decode_state`` (the codec imports this module, not the reverse).
     """
 
     agent_id: str
@@ -484,13 +487,6 @@ class AgentState:
         if not (tokens or tool_calls or steps):
             return ()
         return tuple(name for name, out in zip(_ALL_BUDGETS, (tokens, tool_calls, steps)) if out)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> AgentState:
-        """Decode canonical state bytes (``aosk.kernel.statecodec.decode_state``)."""
-        from aosk.kernel.statecodec import decode_state
-
-        return decode_state(data)
 
     def to_bytes(self) -> bytes:
         return encode_state(self)

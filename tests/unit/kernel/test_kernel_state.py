@@ -13,7 +13,6 @@ import aosk.kernel as kernel
 from aosk.events import Budgets
 from aosk.kernel import (
     VERSIONS,
-    AgentState,
     Kind,
     StateDecodeError,
     canonical_verdict_bytes,
@@ -74,7 +73,7 @@ def test_a_small_state_encodes_to_these_exact_bytes() -> None:
 
 def test_hash_is_sha256_of_the_bytes_and_every_verdict_carries_the_state_after_it() -> None:
     sim = busy_sim()
-    for r, v in zip(sim.records, sim.verdicts):
+    for r, v in zip(sim.records, sim.verdicts, strict=True):
         st = sim.history[r.agent_key][v.seq]
         assert v.state_hash == hashlib.sha256(encode_state(st)).digest() == state_hash(st)
 
@@ -86,7 +85,7 @@ def test_decode_round_trips_every_state_of_a_journal() -> None:
             b = encode_state(st)
             back = decode_state(b)
             assert back == st and encode_state(back) == b
-            assert AgentState.from_bytes(b) == st and st.to_bytes() == b
+            assert decode_state(b) == st and st.to_bytes() == b
             assert [e.evict_key for e in back.window.entries] == [e.evict_key for e in st.window.entries]
             assert (back.window.tokens, back.window.nbytes, back.inbox.nbytes) == (
                 st.window.tokens, st.window.nbytes, st.inbox.nbytes)
@@ -196,7 +195,7 @@ def test_worst_case_state_stays_under_its_bound() -> None:
                        prompt_hash="h" * 256))
     sim.produce(ev("AgentWaiting", A, on="\x03" * 5000))
     sim.produce(ev("AgentSuspended", A, reason="\x04" * 5000))
-    for i in range(64):
+    for _ in range(64):
         sim.produce(ev("CheckpointRequested", A))
     st = sim.state(A)
     assert len(st.inbox.messages) < 32 and len(st.calls.open) == 32 and len(st.capabilities) == 64
