@@ -37,7 +37,8 @@ class _Layout:
         fields = dataclasses.fields(cls)
         names = [f.name for f in fields if f.init]
         caches = [f for f in fields if not f.init]
-        assert cls.__dataclass_params__.frozen and "__post_init__" not in cls.__dict__, cls  # type: ignore[attr-defined]
+        params = cls.__dataclass_params__  # type: ignore[attr-defined]  # set by @dataclass; typeshed omits it
+        assert params.frozen and "__post_init__" not in cls.__dict__, cls
         assert all(f.default is None for f in caches), cls
         self.read: Final = attrgetter(*names)
         self.writes: Final[tuple[_Write, ...]] = tuple(getattr(cls, n).__set__ for n in names)
@@ -55,11 +56,12 @@ def revise(obj: T, /, **changes: Any) -> T:
     cls = type(obj)
     layout = _LAYOUTS[cls]
     new = _new(cls)
-    for write, value in zip(layout.writes, layout.read(obj)):
+    # strict=False: both come from the same field list, and strict=True costs ~30 ns an element (3.11)
+    for write, value in zip(layout.writes, layout.read(obj), strict=False):
         write(new, value)
     write_field = layout.write
     for name, value in changes.items():
         write_field[name](new, value)
     for clear in layout.caches:
         clear(new, None)
-    return new  # type: ignore[no-any-return]
+    return new

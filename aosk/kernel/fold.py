@@ -115,10 +115,9 @@ def apply(
     ``UnknownFingerprint`` (the record's error) and ``UnknownFoldVersion``: both mean
     this process cannot fold the partition and must stop it, not skip the record.
     """
-    if record.key is None and not partitions:  # the common cases first: no routing to decide
-        key, home = f"~p{record.partition}", None
-    elif not partitions:
-        key, home = record.key, None
+    home: int | None = None
+    if not partitions:  # the common cases first: no routing to decide
+        key = f"~p{record.partition}" if record.key is None else record.key
     else:
         in_force = version if version is not None else (slot.state.fold_version if slot else INITIAL_VERSION)
         key, home = route(record, in_force, partitions)

@@ -78,12 +78,13 @@ class _Cached:
     """Mixin: canonical JSON bytes computed once per (immutable) instance."""
 
     __slots__ = ()
+    _json: bytes | None  # a slot of every subclass (declared here for the type checker only)
 
     def _encode(self) -> str:  # pragma: no cover - every subclass defines it
         raise NotImplementedError
 
     def json_bytes(self) -> bytes:
-        b: bytes | None = self._json  # type: ignore[attr-defined]
+        b = self._json
         if b is None:
             b = self._encode().encode("utf-8")
             object.__setattr__(self, "_json", b)
@@ -486,14 +487,15 @@ class AgentState:
         tokens, tool_calls, steps = u.tokens >= b.max_tokens, u.tool_calls >= b.max_tool_calls, u.steps >= b.max_steps
         if not (tokens or tool_calls or steps):
             return ()
-        return tuple(name for name, out in zip(_ALL_BUDGETS, (tokens, tool_calls, steps)) if out)
+        return tuple(name for name, out in zip(_ALL_BUDGETS, (tokens, tool_calls, steps), strict=True) if out)
 
     def to_bytes(self) -> bytes:
         return encode_state(self)
 
     def to_plain(self) -> dict[str, Any]:
         """The state as plain JSON data (what the canonical bytes parse to)."""
-        return json.loads(encode_state(self))  # type: ignore[no-any-return]
+        plain: dict[str, Any] = json.loads(encode_state(self))  # a state encodes to a JSON object
+        return plain
 
 
 _ALL_BUDGETS: Final = ("tokens", "tool_calls", "steps")
@@ -506,12 +508,13 @@ _STATE_FIELDS: Final = tuple(
 def _slot_writer(name: str) -> Callable[[AgentState, Any], None]:
     """Writes slot ``name`` of an ``AgentState`` through its member descriptor: no frozen
     ``__setattr__`` and no attribute lookup per write."""
-    return getattr(AgentState, name).__set__  # type: ignore[no-any-return]
+    write: Callable[[AgentState, Any], None] = getattr(AgentState, name).__set__
+    return write
 
 
 _read_state: Final = attrgetter(*_STATE_FIELDS)
 _WRITE_STATE: Final = tuple(_slot_writer(name) for name in _STATE_FIELDS)
-_WRITE_STATE_FIELD: Final = dict(zip(_STATE_FIELDS, _WRITE_STATE))
+_WRITE_STATE_FIELD: Final = dict(zip(_STATE_FIELDS, _WRITE_STATE, strict=True))
 _write_bytes: Final = _slot_writer("_bytes")
 _write_hash: Final = _slot_writer("_hash")
 
@@ -523,7 +526,8 @@ def evolve(state: AgentState, changes: Mapping[str, Any]) -> AgentState:
     Copies every field, then overwrites the changed ones (``KeyError`` for a name that
     is not a field)."""
     new = object.__new__(AgentState)
-    for write, value in zip(_WRITE_STATE, _read_state(state)):
+    # strict=False: both come from _STATE_FIELDS, and strict=True costs ~30 ns an element (3.11)
+    for write, value in zip(_WRITE_STATE, _read_state(state), strict=False):
         write(new, value)
     for name, value in changes.items():
         _WRITE_STATE_FIELD[name](new, value)
