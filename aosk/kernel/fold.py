@@ -148,13 +148,14 @@ def apply(
     else:
         decision, dedupe = _misrouted(record, home, partitions), st.dedupe
 
-    changes: dict[str, Any] = {"seq": seq}
-    if dedupe is not st.dedupe:  # the gates' bookkeeping holds whatever the verdict
-        changes["dedupe"] = dedupe
+    # The gates' bookkeeping (dedupe memory) is kept whatever the verdict; the decision's
+    # changes only when accepted.
+    changes: dict[str, Any] = {} if dedupe is st.dedupe else {"dedupe": dedupe}
     if decision.kind == _ACCEPTED:
         changes.update(decision.changes)
         if decision.consume is not None:
             decision = _account(st, decision, changes)
+    changes["seq"] = seq
     new = evolve(st, changes)
 
     name = type(ev).__name__ if ev is not None else None
