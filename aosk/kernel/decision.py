@@ -42,8 +42,8 @@ class Decision(NamedTuple):
     applied only when accepted; ``consume`` is (tokens, tool_calls, steps) to count.
     Derived events are not here: ``derive.derived_for`` computes them from the verdict."""
 
-    kind: str
-    reason: str
+    kind: Kind
+    reason: Reason
     message: str
     changes: Mapping[str, Any] = NO_CHANGES
     paged_out: tuple[ContextEntry, ...] = ()
@@ -60,11 +60,11 @@ def ok(
     return Decision(_ACCEPTED, _OK, message, changes, paged_out, consume)
 
 
-def reject(reason: str, message: str) -> Decision:
+def reject(reason: Reason, message: str) -> Decision:
     return Decision(_REJECTED, reason, message)
 
 
-def dup(reason: str, message: str) -> Decision:
+def dup(reason: Reason, message: str) -> Decision:
     return Decision(_DUPLICATE, reason, message)
 
 
