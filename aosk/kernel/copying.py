@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, call
 from typing import Any, Final, TypeVar
 
 from aosk.kernel.state import Counters, Dedupe, Life
@@ -56,9 +57,9 @@ def revise(obj: T, /, **changes: Any) -> T:
     cls = type(obj)
     layout = _LAYOUTS[cls]
     new = _new(cls)
-    # strict=False: both come from the same field list, and strict=True costs ~30 ns an element (3.11)
-    for write, value in zip(layout.writes, layout.read(obj), strict=False):
-        write(new, value)
+    # Every setter returns None, so any() runs them all; the loop stays in C (zip with
+    # strict= would parse a keyword per call, on the fold's per-record path).
+    any(map(call, layout.writes, repeat(new), layout.read(obj)))
     write_field = layout.write
     for name, value in changes.items():
         write_field[name](new, value)

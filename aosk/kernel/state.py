@@ -20,7 +20,8 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, call
 from typing import Any, Final
 
 from aosk.events import Budgets
@@ -526,9 +527,9 @@ def evolve(state: AgentState, changes: Mapping[str, Any]) -> AgentState:
     Copies every field, then overwrites the changed ones (``KeyError`` for a name that
     is not a field)."""
     new = object.__new__(AgentState)
-    # strict=False: both come from _STATE_FIELDS, and strict=True costs ~30 ns an element (3.11)
-    for write, value in zip(_WRITE_STATE, _read_state(state), strict=False):
-        write(new, value)
+    # Every setter returns None, so any() runs them all; the loop stays in C (zip with
+    # strict= would parse a keyword per call, ~8% of this function on 3.11).
+    any(map(call, _WRITE_STATE, repeat(new), _read_state(state)))
     for name, value in changes.items():
         _WRITE_STATE_FIELD[name](new, value)
     _write_bytes(new, None)
