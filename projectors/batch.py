@@ -52,7 +52,7 @@ from aosk.projectors.rows import (
     verdict_bytes,
 )
 
-__all__ = ["AgentEntry", "Outcome", "PartitionStop", "FoldedBatch", "fold_batch", "Inconsistent"]
+__all__ = ["AgentEntry", "FoldedRecord", "PartitionStop", "FoldedBatch", "fold_batch", "Inconsistent"]
 
 log = logging.getLogger("aosk.projector")
 
@@ -88,7 +88,7 @@ class AgentEntry:
 
 
 @dataclass(slots=True)
-class Outcome:
+class FoldedRecord:
     """Everything one record leads to in the projection."""
 
     partition: int
@@ -111,7 +111,7 @@ class PartitionStop:
 
 @dataclass
 class FoldedBatch:
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[FoldedRecord] = field(default_factory=list)
     ends: dict[int, tuple[int, int]] = field(default_factory=dict)
     """partition -> (next offset after the batch, LogAppendTime of its last record)."""
     entries: dict[str, AgentEntry] = field(default_factory=dict)
@@ -213,7 +213,7 @@ def fold_batch(
             if v.paged_out or (kind == "accepted" and v.event_type in _MEMORY_TYPES):
                 mem = memory_ops(v, ev, tenant_id, at=at)
             outcomes.append(
-                Outcome(
+                FoldedRecord(
                     p, rec.offset, key, ne,
                     audit_row(v, value_hash=vh, chain_hash=head, verdict_bytes=vb, tenant_id=tenant_id, event=ev,
                               recorded_at=at),
@@ -241,6 +241,6 @@ def _moved(key: str, have: int, got: int) -> str:
             "instead (docs/recovery.md)")
 
 
-def last_entries(outcomes: Iterable[Outcome]) -> dict[str, AgentEntry]:
+def last_entries(outcomes: Iterable[FoldedRecord]) -> dict[str, AgentEntry]:
     """Each key's entry after its last record among ``outcomes``."""
     return {o.key: o.entry for o in outcomes}

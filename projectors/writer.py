@@ -35,7 +35,7 @@ from psycopg.types.json import Jsonb
 from psycopg.types.string import BytesBinaryDumper
 
 from aosk.errors import Fenced, Inconsistent
-from aosk.projectors.batch import FoldedBatch, Outcome, last_entries
+from aosk.projectors.batch import FoldedBatch, FoldedRecord, last_entries
 from aosk.projectors.db import BATCH_LOCK_KEY, qualified, register_vector_dumper
 from aosk.projectors.memory import MemoryChanges, patch_statements
 from aosk.projectors.rows import (
@@ -183,7 +183,7 @@ class ProjectionWriter:
             conn.execute(self._notify)
         return refused
 
-    def _write_range(self, conn: psycopg.Connection[Any], outs: list[Outcome], refused: list[Refusal]) -> None:
+    def _write_range(self, conn: psycopg.Connection[Any], outs: list[FoldedRecord], refused: list[Refusal]) -> None:
         try:
             with conn.transaction():
                 self._write_rows(conn, outs)
@@ -197,7 +197,7 @@ class ProjectionWriter:
         self._write_range(conn, outs[:mid], refused)
         self._write_range(conn, outs[mid:], refused)
 
-    def _write_rows(self, conn: psycopg.Connection[Any], outs: list[Outcome]) -> None:
+    def _write_rows(self, conn: psycopg.Connection[Any], outs: list[FoldedRecord]) -> None:
         with conn.cursor() as cur:
             with cur.copy(self._copy_audit) as cp:
                 cp.set_types(AUDIT_TYPES)
@@ -243,7 +243,9 @@ class ProjectionWriter:
         if forgets:
             cur.executemany(self._forget, forgets)
 
-    def _write_refused(self, conn: psycopg.Connection[Any], o: Outcome, err: Exception, refused: list[Refusal]) -> None:
+    def _write_refused(
+        self, conn: psycopg.Connection[Any], o: FoldedRecord, err: Exception, refused: list[Refusal],
+    ) -> None:
         diag = getattr(err, "diag", None)
         sqlstate = getattr(diag, "sqlstate", None) or "client"
         error = f"{type(err).__name__} ({sqlstate}): {str(err).strip()}"

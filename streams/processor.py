@@ -48,12 +48,14 @@ from aosk.streams.records import Output, Sink, outputs
 from aosk.streams.snapshots import DirtyAgents, SnapshotPolicy
 from aosk.streams.timeouts import DeadlineIndex, PartitionClock
 
-__all__ = ["Outcome", "Batch", "Processor"]
+__all__ = ["RecordFate", "Batch", "Processor"]
 
 log = logging.getLogger("aosk.streams")
 
 
-class Outcome(Enum):
+class RecordFate(Enum):
+    """What the processor did with one record."""
+
     FOLDED = "folded"
     SKIPPED = "skipped"
     """Already in its agent's restored snapshot."""
@@ -142,10 +144,10 @@ class Processor:
             self._one(record, raw_key, now, batch)
         return batch
 
-    def _one(self, record: Record, raw_key: bytes | None, now: float, batch: Batch) -> Outcome:
+    def _one(self, record: Record, raw_key: bytes | None, now: float, batch: Batch) -> RecordFate:
         p = record.partition
         if self.stops.stopped(p) is not None:
-            return Outcome.HELD
+            return RecordFate.HELD
         pseudo = self.slots.get(pseudo_key(p))
         try:
             # The fold's routing (fold version 2): a record off its key's murmur2 partition
@@ -154,11 +156,11 @@ class Processor:
             key = route(record, version, partitions).key
         except Exception as e:  # noqa: BLE001 - an unknown fold version: stop, never skip
             batch.stops.append(self.stop_for(record, e))
-            return Outcome.STOPPED
+            return RecordFate.STOPPED
         slot = self.slots.get(key)
         if slot is not None and record.offset <= slot.last_offset:
             batch.next_offsets[p] = record.offset + 1
-            return Outcome.SKIPPED
+            return RecordFate.SKIPPED
         try:
             new, verdict = apply(slot, record, version=version, partitions=partitions)
             if record.key is None and isinstance(record.event, KernelUpgraded):
@@ -172,7 +174,7 @@ class Processor:
                     outs += self._fork(record, slot)
         except Exception as e:  # noqa: BLE001 - every failure stops the partition, loudly
             batch.stops.append(self.stop_for(record, e))
-            return Outcome.STOPPED
+            return RecordFate.STOPPED
         self.slots[key] = new
         self._keys.setdefault(p, set()).add(key)
         self.dirty.folded(p, key, record.offset, now)
@@ -184,7 +186,7 @@ class Processor:
         else:
             batch.outputs.extend(outs)
             batch.folded += 1
-        return Outcome.FOLDED
+        return RecordFate.FOLDED
 
     def stop_for(self, record: Record, error: BaseException) -> Stop:
         """Stop ``record``'s partition because of ``error`` (logged once, loudly)."""

@@ -33,7 +33,8 @@ from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import fields as dataclass_fields
 from io import BytesIO
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, call
 from types import MappingProxyType
 from typing import Any, Final, Generic, TypeVar
 
@@ -141,7 +142,9 @@ class _Shape(Generic[T]):
     def __init__(self, cls: type[T], schema: Any, nested: Mapping[str, type[Any]]) -> None:
         self.cls = cls
         self.names = tuple(f["name"] for f in schema["fields"])
-        declared = tuple(f.name for f in dataclass_fields(cls))  # type: ignore[arg-type]
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls.__name__} is not a dataclass; every Avro record maps to one")
+        declared = tuple(f.name for f in dataclass_fields(cls))
         if declared != self.names:
             raise ValueError(
                 f"class {cls.__name__} fields {declared} differ from its schema {self.names}"
@@ -201,7 +204,7 @@ class _Shape(Generic[T]):
         )
 
     def to_avro(self, obj: Any) -> dict[str, Any]:
-        record = dict(zip(self.names, self._getter(obj))) if len(self.names) > 1 else {
+        record = dict(zip(self.names, self._getter(obj), strict=True)) if len(self.names) > 1 else {
             self.names[0]: self._getter(obj)
         }
         for name, convert in self._to_avro:
@@ -229,9 +232,10 @@ class _Shape(Generic[T]):
         for name, convert in self._to_py:
             record[name] = convert(record[name])
         obj = _new(self.cls)
-        for write, value in zip(writes, record.values()):
-            write(obj, value)
-        return obj  # type: ignore[no-any-return]
+        # Every setter returns None, so any() runs them all; the loop stays in C (zip with
+        # strict= would parse a keyword per call, for every record decoded).
+        any(map(call, writes, repeat(obj), record.values()))
+        return obj
 
 
 def _describe(e: Exception) -> str:
@@ -259,7 +263,8 @@ def _slot_writers(cls: type[Any]) -> tuple[Callable[[object, Any], None], ...] |
     does."""
     if not dataclasses.is_dataclass(cls) or "__slots__" not in cls.__dict__:
         return None
-    if hasattr(cls, "__post_init__") or not cls.__dataclass_params__.init:  # type: ignore[attr-defined]
+    params = cls.__dataclass_params__  # type: ignore[attr-defined]  # set by @dataclass; typeshed omits it
+    if hasattr(cls, "__post_init__") or not params.init:
         return None
     fields = dataclass_fields(cls)
     if not all(f.init for f in fields):

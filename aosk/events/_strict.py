@@ -333,9 +333,10 @@ def compile_body_reader(schema: Any) -> BodyReader | None:
         return None
 
     def body(b: bytes, start: int) -> dict[str, Any]:
+        rec: dict[str, Any]  # a record schema reads into a dict (checked above)
         rec, end = read(b, start)
         if end != len(b):
             raise NotCanonical("trailing bytes")
-        return rec  # type: ignore[no-any-return]
+        return rec
 
     return body

@@ -78,7 +78,7 @@ def transition_writer(schemas: SchemaSet) -> Callable[..., bytes | None] | None:
 
     def write(p: int, off: int, agent_id: str, eid: str | None, etype: str | None, verdict: str, reason: str,
               message: str, status: str, seq: int, state_hash: bytes, fv: int, ts: int) -> bytes | None:
-        kind = _KINDS.get(verdict)  # type: ignore[call-overload]
+        kind = _KINDS.get(verdict)
         if (kind is None or type(p) is not int or type(fv) is not int or type(off) is not int
                 or type(seq) is not int or type(ts) is not int or not _INT_MIN <= p <= _INT_MAX
                 or not _INT_MIN <= fv <= _INT_MAX or not _LONG_MIN <= off <= _LONG_MAX

@@ -36,7 +36,8 @@ def decode(data: bytes) -> Event:
 
     Raises only Undecodable or UnknownFingerprint (see aosk.errors).
     """
-    return _EVENTS.decode(data)  # type: ignore[no-any-return]
+    event: Event = _EVENTS.decode(data)  # the codec is built with event classes only
+    return event
 
 
 def encode_transition(transition: Transition) -> bytes:
@@ -67,4 +68,5 @@ def encode_transition_fields(journal_partition: int, journal_offset: int, agent_
 
 def decode_transition(data: bytes) -> Transition:
     """The Transition in ``data``; raises only Undecodable or UnknownFingerprint."""
-    return _TRANSITIONS.decode(data)  # type: ignore[no-any-return]
+    transition: Transition = _TRANSITIONS.decode(data)  # the codec knows only Transition
+    return transition

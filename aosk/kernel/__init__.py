@@ -46,7 +46,7 @@ from aosk.kernel.derive import (
     timeout_events,
 )
 from aosk.kernel.fold import KERNEL_ONLY, apply
-from aosk.kernel.journal import fold_journal, fold_with_verdicts, partition_state, partition_version
+from aosk.kernel.folding import fold_journal, fold_with_verdicts, partition_state, partition_version
 from aosk.kernel.lifecycle import COMPLETION_TYPES, LIFECYCLE, WORK_TYPES, fork_state
 from aosk.kernel.paging import fit as page_window
 from aosk.kernel.params import INITIAL_VERSION, LATEST_VERSION, VERSIONS, FoldParams, params_for

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, call
 from typing import Any, Final, TypeVar
 
 from aosk.kernel.state import Counters, Dedupe, Life
@@ -37,7 +38,8 @@ class _Layout:
         fields = dataclasses.fields(cls)
         names = [f.name for f in fields if f.init]
         caches = [f for f in fields if not f.init]
-        assert cls.__dataclass_params__.frozen and "__post_init__" not in cls.__dict__, cls  # type: ignore[attr-defined]
+        params = cls.__dataclass_params__  # type: ignore[attr-defined]  # set by @dataclass; typeshed omits it
+        assert params.frozen and "__post_init__" not in cls.__dict__, cls
         assert all(f.default is None for f in caches), cls
         self.read: Final = attrgetter(*names)
         self.writes: Final[tuple[_Write, ...]] = tuple(getattr(cls, n).__set__ for n in names)
@@ -55,11 +57,12 @@ def revise(obj: T, /, **changes: Any) -> T:
     cls = type(obj)
     layout = _LAYOUTS[cls]
     new = _new(cls)
-    for write, value in zip(layout.writes, layout.read(obj)):
-        write(new, value)
+    # Every setter returns None, so any() runs them all; the loop stays in C (zip with
+    # strict= would parse a keyword per call, on the fold's per-record path).
+    any(map(call, layout.writes, repeat(new), layout.read(obj)))
     write_field = layout.write
     for name, value in changes.items():
         write_field[name](new, value)
     for clear in layout.caches:
         clear(new, None)
-    return new  # type: ignore[no-any-return]
+    return new

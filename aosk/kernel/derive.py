@@ -119,7 +119,7 @@ def bounce(delivered: MessageDelivered, reason: str, *, partition: int, offset: 
                   tenant_id=delivered.tenant_id, partition=partition, offset=offset,
                   timestamp_ms=timestamp_ms),
         message_id=delivered.message_id,
-        reason=reason,
+        reason=str(reason),  # a plain str, as decoded events hold (a Reason member is a str subclass)
         source_partition=partition,
         source_offset=offset,
     )

@@ -34,13 +34,13 @@ from __future__ import annotations
 from typing import Any, Final, NamedTuple
 
 from aosk.errors import UnknownFingerprint
-from aosk.events import KERNEL_ONLY_TYPES, ORIGINS, Event, MessageBounced, MessageDelivered
+from aosk.events import KERNEL_ONLY_TYPES, ORIGINS, AgentSpawned, Event, MessageBounced, MessageDelivered
 from aosk.kernel import lifecycle, work
 from aosk.kernel.copying import revise
+from aosk.kernel.decision import Decision, FoldContext, Handler, dup, reject
 from aosk.kernel.derive import BOUNCE_REASONS, derived_for
 from aosk.kernel.hygiene import check_fields, check_uuid
 from aosk.kernel.lifecycle import BUDGET_EXHAUSTED_NOTE, LIFECYCLE, WORK_TYPES
-from aosk.kernel.outcome import Cx, Handler, Out, dup, reject
 from aosk.kernel.params import INITIAL_VERSION, params_for
 from aosk.kernel.routing import route
 from aosk.kernel.slot import AgentSlot
@@ -74,6 +74,12 @@ _RULES: Final[dict[str, _Rule]] = {
     name: _Rule(allowed, name in _CREATION, name in WORK_TYPES, _HANDLERS[name]) for name, allowed in LIFECYCLE.items()
 }
 
+# Enum members bound once: on Python 3.11 ``Kind.ACCEPTED`` is a descriptor call (~0.2 us),
+# and these are read for every record.
+_ACCEPTED: Final = Kind.ACCEPTED
+_REJECTED: Final = Kind.REJECTED
+_NONE: Final = Status.NONE
+
 _SUSPEND_ON_CROSS: Final = frozenset({Status.RUNNING, Status.WAITING})
 _CHECKPOINT_STATUSES: Final = FINAL_STATUSES | {Status.SUSPENDED}
 
@@ -85,7 +91,7 @@ def apply(
     """Fold ``record`` into ``slot`` (None: the key has no record yet).
 
     ``version`` is the fold version in force at the record's position on its partition:
-    ``partition_version`` of the partition's pseudo-agent (``aosk.kernel.journal``).
+    ``partition_version`` of the partition's pseudo-agent (``aosk.kernel.folding``).
     None means the version the slot's state already has (``INITIAL_VERSION`` for a new
     key), which is right until a ``KernelUpgraded`` marker is in the journal.
 
@@ -109,10 +115,9 @@ def apply(
     ``UnknownFingerprint`` (the record's error) and ``UnknownFoldVersion``: both mean
     this process cannot fold the partition and must stop it, not skip the record.
     """
-    if record.key is None and not partitions:  # the common cases first: no routing to decide
-        key, home = f"~p{record.partition}", None
-    elif not partitions:
-        key, home = record.key, None
+    home: int | None = None
+    if not partitions:  # the common cases first: no routing to decide
+        key = f"~p{record.partition}" if record.key is None else record.key
     else:
         in_force = version if version is not None else (slot.state.fold_version if slot else INITIAL_VERSION)
         key, home = route(record, in_force, partitions)
@@ -136,28 +141,33 @@ def apply(
         st = _switch_version(st, version)
     params = params_for(st.fold_version)
     seq = st.seq + 1
-    cx = Cx(record, key, seq, params)
-    changes: dict[str, Any] = {}  # the judging gates' bookkeeping (dedupe memory) goes first
+    ctx = FoldContext(record, key, seq, params)
     ev = record.event
-    out = _judge(cx, st, ev, changes) if home is None else _misrouted(record, home, partitions)
+    if home is None:
+        decision, dedupe = _judge(ctx, st, ev)
+    else:
+        decision, dedupe = _misrouted(record, home, partitions), st.dedupe
 
-    if out.kind == Kind.ACCEPTED:
-        changes.update(out.changes)
-        if out.consume is not None:
-            out = _account(st, out, changes)
+    # The gates' bookkeeping (dedupe memory) is kept whatever the verdict; the decision's
+    # changes only when accepted.
+    changes: dict[str, Any] = {} if dedupe is st.dedupe else {"dedupe": dedupe}
+    if decision.kind == _ACCEPTED:
+        changes.update(decision.changes)
+        if decision.consume is not None:
+            decision = _account(st, decision, changes)
     changes["seq"] = seq
     new = evolve(st, changes)
 
     name = type(ev).__name__ if ev is not None else None
-    checkpoint = new.status != Status.NONE and seq % params.checkpoint_interval == 0
-    if out.kind == Kind.ACCEPTED and not checkpoint:
+    checkpoint = new.status != _NONE and seq % params.checkpoint_interval == 0
+    if decision.kind == _ACCEPTED and not checkpoint:
         checkpoint = name == "CheckpointRequested" or (
             new.status != st.status and new.status in _CHECKPOINT_STATUSES
         )
     verdict = new_verdict(
-        kind=out.kind,
-        reason=out.reason,
-        message=out.message or _default_message(name, new, key),
+        kind=decision.kind,
+        reason=decision.reason,
+        message=decision.message or _default_message(name, new, key),
         agent_id=key,
         partition=record.partition,
         offset=record.offset,
@@ -168,8 +178,8 @@ def apply(
         seq=seq,
         state_hash=state_hash(new) if hash_state else b"",
         fold_version=params.version,
-        derived=derived_for(out.kind, out.reason, record, st.tenant_id),
-        paged_out=out.paged_out,
+        derived=derived_for(decision.kind, decision.reason, record, st.tenant_id),
+        paged_out=decision.paged_out,
         checkpoint_due=checkpoint,
     )
     kept = verdict if not (verdict.paged_out or verdict.derived) else revise(verdict, paged_out=(), derived=())
@@ -183,7 +193,7 @@ def apply(
     return AgentSlot(new, record.offset, recent), verdict
 
 
-def _misrouted(record: Record, home: int, partitions: int) -> Out:
+def _misrouted(record: Record, home: int, partitions: int) -> Decision:
     """A keyed record off its key's murmur2 partition: rejected on the partition's
     pseudo-agent (nothing but its ``seq`` moves), whatever the record holds."""
     ev = record.event
@@ -246,90 +256,97 @@ def _set_hwm(pairs: tuple[tuple[int, int], ...], partition: int, offset: int) ->
     return tuple(sorted({**dict(pairs), partition: offset}.items()))
 
 
-def _judge(cx: Cx, st: AgentState, ev: Event | None, book: dict[str, Any]) -> Out:
-    rec = cx.record
+def _judge(ctx: FoldContext, st: AgentState, ev: Event | None) -> tuple[Decision, Dedupe]:
+    """Gates 2-9 for a record on its key's partition: the decision, and the dedupe memory
+    after the gates (``st.dedupe`` itself when they left it as it was). The memory is kept
+    even when the record is then rejected, so it is returned beside the decision."""
+    rec = ctx.record
+    dedupe = st.dedupe
     if ev is None:
         reason = getattr(rec.error, "reason", str(rec.error))
         return reject(Reason.UNDECODABLE, f"record {rec.partition}:{rec.offset} is undecodable ({reason}); "
-                      "it stays in the journal and a copy goes to the dead-letter topic")
+                      "it stays in the journal and a copy goes to the dead-letter topic"), dedupe
     name = type(ev).__name__
     problem = check_uuid("event_id", ev.event_id) if type(ev.event_id) is str else "event_id must be a string"
     if problem is None and ev.origin not in ORIGINS:
         problem = f"origin {ev.origin!r} is not one of {list(ORIGINS)}"
     if problem:
-        return reject(Reason.INVALID_PAYLOAD, f"{name} rejected: {problem}")
+        return reject(Reason.INVALID_PAYLOAD, f"{name} rejected: {problem}"), dedupe
     kernel = ev.origin == "kernel"
 
     if not kernel:
-        if st.dedupe.seen(ev.event_id):
-            return dup(Reason.DUPLICATE_EVENT_ID, f"event {ev.event_id} was already folded for {cx.key} "
-                       "(a client retry); see its original verdict")
-        book["dedupe"] = st.dedupe.with_event_id(ev.event_id, cx.params.dedupe_window)
+        if dedupe.seen(ev.event_id):
+            return dup(Reason.DUPLICATE_EVENT_ID, f"event {ev.event_id} was already folded for {ctx.key} "
+                       "(a client retry); see its original verdict"), dedupe
+        dedupe = dedupe.with_event_id(ev.event_id, ctx.params.dedupe_window)
 
     if name == "KernelUpgraded":
         if rec.key is not None:
             return reject(Reason.NOT_PARTITION_MARKER, "KernelUpgraded marks a partition: produce it without a "
-                          "key, to every partition")
-    elif ev.agent_id != cx.key:
-        return reject(Reason.KEY_MISMATCH, f"{name} for agent {ev.agent_id!r} was produced with key {cx.key!r}; "
-                      "the key must be the agent id")
+                          "key, to every partition"), dedupe
+    elif ev.agent_id != ctx.key:
+        return reject(Reason.KEY_MISMATCH, f"{name} for agent {ev.agent_id!r} was produced with key {ctx.key!r}; "
+                      "the key must be the agent id"), dedupe
 
-    if not kernel and (name in KERNEL_ONLY or (name == "AgentSpawned" and ev.parent_id is not None)):  # type: ignore[attr-defined]
+    if not kernel and (name in KERNEL_ONLY or (type(ev) is AgentSpawned and ev.parent_id is not None)):
         what = "a child's AgentSpawned" if name == "AgentSpawned" else name
         how = "; ask the parent with SpawnRequested" if name == "AgentSpawned" else ""
-        return reject(Reason.KERNEL_ONLY, f"{what} is written by the kernel only (origin=kernel){how}")
+        return reject(Reason.KERNEL_ONLY, f"{what} is written by the kernel only (origin=kernel){how}"), dedupe
 
     problem = check_fields(ev)
     if problem:
-        return reject(Reason.INVALID_PAYLOAD, f"{name} rejected: {problem}")
+        return reject(Reason.INVALID_PAYLOAD, f"{name} rejected: {problem}"), dedupe
 
-    if name == "MessageDelivered" or name == "MessageBounced":
-        return _ipc_judge(cx, st, ev, name, book)  # type: ignore[arg-type]
-    return _gate_and_handle(cx, st, ev, name)
+    if type(ev) is MessageDelivered or type(ev) is MessageBounced:
+        return _ipc_judge(ctx, st, ev, name, dedupe)
+    return _gate_and_handle(ctx, st, ev, name), dedupe
 
 
-def _ipc_judge(cx: Cx, st: AgentState, ev: MessageDelivered | MessageBounced, name: str, book: dict[str, Any]) -> Out:
-    dd: Dedupe = book.get("dedupe", st.dedupe)
-    delivered = name == "MessageDelivered"
-    pairs = dd.delivery_hwm if delivered else dd.bounce_hwm
+def _ipc_judge(
+    ctx: FoldContext, st: AgentState, ev: MessageDelivered | MessageBounced, name: str, dedupe: Dedupe,
+) -> tuple[Decision, Dedupe]:
+    """Gate 7 and on for a delivery or a bounce; ``dedupe`` is the memory after gate 3."""
+    delivered = type(ev) is MessageDelivered
+    pairs = dedupe.delivery_hwm if delivered else dedupe.bounce_hwm
     if ev.source_offset <= _hwm_of(pairs, ev.source_partition):
         reason = Reason.ALREADY_DELIVERED if delivered else Reason.ALREADY_BOUNCED
-        return dup(reason, f"{name} from {ev.source_partition}:{ev.source_offset} was already judged for {cx.key}")
+        return dup(reason, f"{name} from {ev.source_partition}:{ev.source_offset} was already judged "
+                   f"for {ctx.key}"), dedupe
     pairs = _set_hwm(pairs, ev.source_partition, ev.source_offset)
-    book["dedupe"] = revise(dd, delivery_hwm=pairs) if delivered else revise(dd, bounce_hwm=pairs)
-    out = _gate_and_handle(cx, st, ev, name)
-    if not delivered or out.kind != Kind.REJECTED:
-        return out
-    if out.reason in (Reason.NOT_SPAWNED, Reason.ILLEGAL_TRANSITION):
-        out = reject(Reason.RECIPIENT_UNAVAILABLE, f"{cx.key} cannot receive messages ({st.status}); "
-                     f"the message bounces to {ev.from_agent_id}")  # type: ignore[union-attr]
-    assert out.reason in BOUNCE_REASONS, out.reason
-    return out
+    dedupe = revise(dedupe, delivery_hwm=pairs) if delivered else revise(dedupe, bounce_hwm=pairs)
+    decision = _gate_and_handle(ctx, st, ev, name)
+    if type(ev) is not MessageDelivered or decision.kind != _REJECTED:
+        return decision, dedupe
+    if decision.reason in (Reason.NOT_SPAWNED, Reason.ILLEGAL_TRANSITION):
+        decision = reject(Reason.RECIPIENT_UNAVAILABLE, f"{ctx.key} cannot receive messages ({st.status}); "
+                          f"the message bounces to {ev.from_agent_id}")
+    assert decision.reason in BOUNCE_REASONS, decision.reason
+    return decision, dedupe
 
 
-def _gate_and_handle(cx: Cx, st: AgentState, ev: Event, name: str) -> Out:
+def _gate_and_handle(ctx: FoldContext, st: AgentState, ev: Event, name: str) -> Decision:
     rule = _RULES[name]
     allowed = rule.allowed
     status = st.status
-    if rule.creation and status != Status.NONE:
-        msg = f"agent {cx.key} already exists ({status})"
+    if rule.creation and status != _NONE:
+        msg = f"agent {ctx.key} already exists ({status})"
         if ev.origin == "kernel":
             return dup(Reason.ALREADY_SPAWNED, msg)
         return reject(Reason.ALREADY_SPAWNED, msg + "; choose another agent id")
-    if status == Status.NONE and status not in allowed:
-        return reject(Reason.NOT_SPAWNED, f"agent {cx.key} was never spawned; send AgentSpawned first")
+    if status == _NONE and status not in allowed:
+        return reject(Reason.NOT_SPAWNED, f"agent {ctx.key} was never spawned; send AgentSpawned first")
     ident = st.identity
     if ident is not None and ev.tenant_id != ident.tenant_id and name != "KernelUpgraded":
-        return reject(Reason.TENANT_MISMATCH, f"{name} is for tenant {ev.tenant_id!r}, agent {cx.key} belongs to "
+        return reject(Reason.TENANT_MISMATCH, f"{name} is for tenant {ev.tenant_id!r}, agent {ctx.key} belongs to "
                       f"tenant {ident.tenant_id!r}")
     if status not in allowed:
         return reject(Reason.ILLEGAL_TRANSITION, _illegal_message(name, st, allowed))
     if rule.work:
         exhausted = st.exhausted()
         if exhausted:
-            return reject(Reason.BUDGET_EXHAUSTED, f"agent {cx.key} has no {'/'.join(exhausted)} budget left; "
+            return reject(Reason.BUDGET_EXHAUSTED, f"agent {ctx.key} has no {'/'.join(exhausted)} budget left; "
                           "send BudgetUpdated with higher limits")
-    return rule.handler(cx, st, ev)
+    return rule.handler(ctx, st, ev)
 
 
 def _illegal_message(name: str, st: AgentState, allowed: frozenset[str]) -> str:
@@ -340,9 +357,11 @@ def _illegal_message(name: str, st: AgentState, allowed: frozenset[str]) -> str:
     return f"{name} is not allowed when agent {st.agent_id} is {st.status} (only from {', '.join(sorted(allowed))})"
 
 
-def _account(st: AgentState, out: Out, changes: dict[str, Any]) -> Out:
-    """Count ``out.consume`` against the budgets; the event that brings one to 0 suspends."""
-    tokens, tool_calls, steps = out.consume  # type: ignore[misc]
+def _account(st: AgentState, decision: Decision, changes: dict[str, Any]) -> Decision:
+    """Count ``decision.consume`` against the budgets (adding the new usage, and the
+    suspension if any, to ``changes``); the event that brings one to 0 suspends."""
+    assert decision.consume is not None
+    tokens, tool_calls, steps = decision.consume
     u = st.usage
     changes["usage"] = Usage(tokens=u.tokens + tokens, tool_calls=u.tool_calls + tool_calls, steps=u.steps + steps)
     b = st.budgets
@@ -352,7 +371,7 @@ def _account(st: AgentState, out: Out, changes: dict[str, Any]) -> Out:
     crossed_tool_calls = tool_calls and u.tool_calls < b.max_tool_calls <= u.tool_calls + tool_calls
     crossed_steps = steps and u.steps < b.max_steps <= u.steps + steps
     if not (crossed_tokens or crossed_tool_calls or crossed_steps):
-        return out
+        return decision
     crossed = [name for name, hit in (("tokens", crossed_tokens), ("tool_calls", crossed_tool_calls),
                                       ("steps", crossed_steps)) if hit]
     status = changes.get("status", st.status)
@@ -364,5 +383,6 @@ def _account(st: AgentState, out: Out, changes: dict[str, Any]) -> Out:
                "send BudgetUpdated to resume")
     else:
         msg = f"accepted; agent {st.agent_id} used up its {what} budget (it stays {status})"
-    return Out(Kind.ACCEPTED, Reason.BUDGET_EXHAUSTED, msg, out.changes, out.paged_out, out.consume)
+    return Decision(Kind.ACCEPTED, Reason.BUDGET_EXHAUSTED, msg, decision.changes, decision.paged_out,
+                    decision.consume)
 

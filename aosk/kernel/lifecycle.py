@@ -32,8 +32,8 @@ from aosk.events import (
     KernelUpgraded,
 )
 from aosk.kernel.copying import revise
+from aosk.kernel.decision import Decision, FoldContext, Handler, ok, reject
 from aosk.kernel.hygiene import check_agent_id, check_budgets, check_metadata, check_name
-from aosk.kernel.outcome import Cx, Handler, Out, ok, reject
 from aosk.kernel.paging import fit, make_entry
 from aosk.kernel.params import FoldParams, params_for
 from aosk.kernel.state import (
@@ -54,9 +54,8 @@ from aosk.kernel.verdict import Reason
 
 __all__ = ["LIFECYCLE", "WORK_TYPES", "COMPLETION_TYPES", "HANDLERS", "fork_state", "BUDGET_EXHAUSTED_NOTE"]
 
-S = Status
 _ANY_SPAWNED: Final = NON_FINAL_STATUSES | FINAL_STATUSES
-_ALL: Final = _ANY_SPAWNED | {S.NONE}
+_ALL: Final = _ANY_SPAWNED | {Status.NONE}
 
 WORK_TYPES: Final = frozenset(
     {
@@ -70,12 +69,12 @@ BUDGET_EXHAUSTED_NOTE: Final = "budget_exhausted"
 """The ``suspend_reason`` the fold writes when an event uses up a budget."""
 
 _table: dict[str, frozenset[str]] = {
-    "AgentSpawned": frozenset({S.NONE}),
-    "AgentForked": frozenset({S.NONE}),
-    "AgentStarted": frozenset({S.READY}),
-    "AgentWaiting": frozenset({S.RUNNING}),
-    "AgentResumed": frozenset({S.WAITING, S.SUSPENDED}),
-    "AgentSuspended": frozenset({S.READY, S.RUNNING, S.WAITING}),
+    "AgentSpawned": frozenset({Status.NONE}),
+    "AgentForked": frozenset({Status.NONE}),
+    "AgentStarted": frozenset({Status.READY}),
+    "AgentWaiting": frozenset({Status.RUNNING}),
+    "AgentResumed": frozenset({Status.WAITING, Status.SUSPENDED}),
+    "AgentSuspended": frozenset({Status.READY, Status.RUNNING, Status.WAITING}),
     "BudgetUpdated": NON_FINAL_STATUSES,
     "AgentTerminated": NON_FINAL_STATUSES,
     "AgentKilled": NON_FINAL_STATUSES,
@@ -84,9 +83,9 @@ _table: dict[str, frozenset[str]] = {
     "KernelUpgraded": _ALL,
 }
 for _t in WORK_TYPES:
-    _table[_t] = frozenset({S.RUNNING})
+    _table[_t] = frozenset({Status.RUNNING})
 for _t in COMPLETION_TYPES:
-    _table[_t] = frozenset({S.RUNNING, S.WAITING, S.SUSPENDED})
+    _table[_t] = frozenset({Status.RUNNING, Status.WAITING, Status.SUSPENDED})
 for _t in (
     "MessageDelivered", "MessageBounced", "MemoryEmbedded", "MemoryForgotten",
     "CheckpointRequested", "CapabilityGranted", "CapabilityRevoked",
@@ -118,8 +117,8 @@ def _priority(x: int) -> str | None:
 # --- creation ----------------------------------------------------------------------------
 
 
-def _spawned(cx: Cx, st: AgentState, ev: AgentSpawned) -> Out:
-    p = cx.params
+def _spawned(ctx: FoldContext, st: AgentState, ev: AgentSpawned) -> Decision:
+    p = ctx.params
     problem = (
         check_agent_id("agent_id", ev.agent_id, p)
         or check_name("tenant_id", ev.tenant_id, p)
@@ -138,10 +137,10 @@ def _spawned(cx: Cx, st: AgentState, ev: AgentSpawned) -> Out:
         name=ev.name,
         priority=ev.priority,
         metadata=tuple(sorted(ev.metadata.items())),
-        spawned_at_ms=cx.record.timestamp,
+        spawned_at_ms=ctx.record.timestamp,
     )
     return ok(
-        status=S.READY,
+        status=Status.READY,
         identity=identity,
         budgets=ev.budgets,
         capabilities=Capabilities(names=tuple(sorted(set(ev.capabilities)))),
@@ -187,7 +186,7 @@ def fork_state(
         agent_id=new_agent_id,
         fold_version=version,
         seq=seq,
-        status=S.READY,
+        status=Status.READY,
         identity=identity,
         budgets=source.budgets,
         usage=source.usage,
@@ -202,8 +201,8 @@ _FORK_FIELDS: Final = (
 )
 
 
-def _forked(cx: Cx, st: AgentState, ev: AgentForked) -> Out:
-    problem = check_agent_id("agent_id", ev.agent_id, cx.params)
+def _forked(ctx: FoldContext, st: AgentState, ev: AgentForked) -> Decision:
+    problem = check_agent_id("agent_id", ev.agent_id, ctx.params)
     if problem:
         return reject(Reason.INVALID_PAYLOAD, f"AgentForked rejected: {problem}")
     if hashlib.sha256(ev.state).digest() != ev.source_state_hash:
@@ -222,26 +221,26 @@ def _forked(cx: Cx, st: AgentState, ev: AgentForked) -> Out:
     if src.identity.tenant_id != ev.tenant_id:
         return reject(Reason.TENANT_MISMATCH, f"AgentForked for tenant {ev.tenant_id!r} carries an agent of "
                       f"tenant {src.identity.tenant_id!r}")
-    new = fork_state(src, new_agent_id=cx.key, fold_version=st.fold_version, seq=cx.seq,
-                     forked_at_ms=cx.record.timestamp)
-    return ok(f"agent {cx.key} forked from {src.agent_id} at seq {src.seq} (READY)",
+    new = fork_state(src, new_agent_id=ctx.key, fold_version=st.fold_version, seq=ctx.seq,
+                     forked_at_ms=ctx.record.timestamp)
+    return ok(f"agent {ctx.key} forked from {src.agent_id} at seq {src.seq} (READY)",
               **{f: getattr(new, f) for f in _FORK_FIELDS})
 
 
 # --- status changes ------------------------------------------------------------------------
 
 
-def _started(cx: Cx, st: AgentState, ev: AgentStarted) -> Out:
-    return ok(status=S.RUNNING)
+def _started(ctx: FoldContext, st: AgentState, ev: AgentStarted) -> Decision:
+    return ok(status=Status.RUNNING)
 
 
-def _waiting(cx: Cx, st: AgentState, ev: AgentWaiting) -> Out:
-    return ok(status=S.WAITING, life=revise(st.life, waiting_on=_note(ev.on, cx.params)))
+def _waiting(ctx: FoldContext, st: AgentState, ev: AgentWaiting) -> Decision:
+    return ok(status=Status.WAITING, life=revise(st.life, waiting_on=_note(ev.on, ctx.params)))
 
 
-def _resumed(cx: Cx, st: AgentState, ev: AgentResumed) -> Out:
-    if st.status == S.WAITING:
-        return ok(status=S.RUNNING, life=revise(st.life, waiting_on=None))
+def _resumed(ctx: FoldContext, st: AgentState, ev: AgentResumed) -> Decision:
+    if st.status == Status.WAITING:
+        return ok(status=Status.RUNNING, life=revise(st.life, waiting_on=None))
     exhausted = st.exhausted()
     if exhausted:
         return reject(
@@ -249,52 +248,53 @@ def _resumed(cx: Cx, st: AgentState, ev: AgentResumed) -> Out:
             f"agent {st.agent_id} is SUSPENDED ({st.life.suspend_reason}) and its "
             f"{'/'.join(exhausted)} budget is at 0; send BudgetUpdated to resume",
         )
-    return ok(status=S.READY, life=revise(st.life, suspend_reason=None))
+    return ok(status=Status.READY, life=revise(st.life, suspend_reason=None))
 
 
-def _suspended(cx: Cx, st: AgentState, ev: AgentSuspended) -> Out:
-    return ok(status=S.SUSPENDED, life=revise(st.life, suspend_reason=_note(ev.reason, cx.params), waiting_on=None))
+def _suspended(ctx: FoldContext, st: AgentState, ev: AgentSuspended) -> Decision:
+    life = revise(st.life, suspend_reason=_note(ev.reason, ctx.params), waiting_on=None)
+    return ok(status=Status.SUSPENDED, life=life)
 
 
 def _closed_calls(st: AgentState) -> Calls:
     return Calls(open=(), timed_out=st.calls.timed_out)
 
 
-def _terminated(cx: Cx, st: AgentState, ev: AgentTerminated) -> Out:
-    life = Life(exit_code=ev.exit_code, exit_reason=_note(ev.reason, cx.params))
-    return ok(status=S.TERMINATED, life=life, calls=_closed_calls(st))
+def _terminated(ctx: FoldContext, st: AgentState, ev: AgentTerminated) -> Decision:
+    life = Life(exit_code=ev.exit_code, exit_reason=_note(ev.reason, ctx.params))
+    return ok(status=Status.TERMINATED, life=life, calls=_closed_calls(st))
 
 
-def _killed(cx: Cx, st: AgentState, ev: AgentKilled) -> Out:
-    life = Life(signal=_note(ev.signal, cx.params), killed_by=_note(ev.by, cx.params))
-    return ok(status=S.TERMINATED, life=life, calls=_closed_calls(st))
+def _killed(ctx: FoldContext, st: AgentState, ev: AgentKilled) -> Decision:
+    life = Life(signal=_note(ev.signal, ctx.params), killed_by=_note(ev.by, ctx.params))
+    return ok(status=Status.TERMINATED, life=life, calls=_closed_calls(st))
 
 
-def _failed(cx: Cx, st: AgentState, ev: AgentFailed) -> Out:
-    return ok(status=S.ERROR, life=Life(error=_note(ev.error, cx.params)), calls=_closed_calls(st))
+def _failed(ctx: FoldContext, st: AgentState, ev: AgentFailed) -> Decision:
+    return ok(status=Status.ERROR, life=Life(error=_note(ev.error, ctx.params)), calls=_closed_calls(st))
 
 
 # --- control --------------------------------------------------------------------------------
 
 
-def _budget_updated(cx: Cx, st: AgentState, ev: BudgetUpdated) -> Out:
+def _budget_updated(ctx: FoldContext, st: AgentState, ev: BudgetUpdated) -> Decision:
     problem = check_budgets("budgets", ev.budgets)
     if problem:
         return reject(Reason.INVALID_PAYLOAD, f"BudgetUpdated rejected: {problem}")
     changes: dict[str, Any] = {"budgets": ev.budgets}
     window, paged = st.window, cast("tuple[ContextEntry, ...]", ())
     if st.window.tokens > ev.budgets.context_window_tokens:
-        fitted = fit(st.window, add=None, budget_tokens=ev.budgets.context_window_tokens, params=cx.params)
+        fitted = fit(st.window, add=None, budget_tokens=ev.budgets.context_window_tokens, params=ctx.params)
         assert fitted is not None  # without an entry to add, fit always returns
         window, paged = fitted
         changes["window"] = window
         if paged:
             changes["counters"] = revise(st.counters, memories_stored=st.counters.memories_stored + len(paged))
     msg = ""
-    if st.status == S.SUSPENDED and st.life.suspend_reason == BUDGET_EXHAUSTED_NOTE:
+    if st.status == Status.SUSPENDED and st.life.suspend_reason == BUDGET_EXHAUSTED_NOTE:
         after = evolve(st, {"budgets": ev.budgets})
         if not after.exhausted():
-            changes["status"] = S.READY
+            changes["status"] = Status.READY
             changes["life"] = revise(st.life, suspend_reason=None)
         else:
             msg = (f"BudgetUpdated accepted; agent {st.agent_id} stays SUSPENDED: its "
@@ -302,56 +302,56 @@ def _budget_updated(cx: Cx, st: AgentState, ev: BudgetUpdated) -> Out:
     return ok(msg, paged_out=paged, **changes)
 
 
-def _cap_granted(cx: Cx, st: AgentState, ev: CapabilityGranted) -> Out:
-    problem = check_name("capability", ev.capability, cx.params)
+def _cap_granted(ctx: FoldContext, st: AgentState, ev: CapabilityGranted) -> Decision:
+    problem = check_name("capability", ev.capability, ctx.params)
     if problem:
         return reject(Reason.INVALID_PAYLOAD, f"CapabilityGranted rejected: {problem}")
     if ev.capability in st.capabilities:
         return ok()
-    if len(st.capabilities) >= cx.params.max_capabilities:
-        return reject(Reason.INVALID_PAYLOAD, f"agent {st.agent_id} already has {cx.params.max_capabilities} "
+    if len(st.capabilities) >= ctx.params.max_capabilities:
+        return reject(Reason.INVALID_PAYLOAD, f"agent {st.agent_id} already has {ctx.params.max_capabilities} "
                       "capabilities (the cap); revoke one first")
     names = tuple(sorted((*st.capabilities.names, ev.capability)))
     return ok(capabilities=Capabilities(names=names))
 
 
-def _cap_revoked(cx: Cx, st: AgentState, ev: CapabilityRevoked) -> Out:
+def _cap_revoked(ctx: FoldContext, st: AgentState, ev: CapabilityRevoked) -> Decision:
     if ev.capability not in st.capabilities:
         return ok()
     names = tuple(n for n in st.capabilities.names if n != ev.capability)
     return ok(capabilities=Capabilities(names=names))
 
 
-def _checkpoint(cx: Cx, st: AgentState, ev: CheckpointRequested) -> Out:
+def _checkpoint(ctx: FoldContext, st: AgentState, ev: CheckpointRequested) -> Decision:
     return ok()
 
 
-def _fork_requested(cx: Cx, st: AgentState, ev: ForkRequested) -> Out:
-    problem = check_agent_id("new_agent_id", ev.new_agent_id, cx.params)
+def _fork_requested(ctx: FoldContext, st: AgentState, ev: ForkRequested) -> Decision:
+    problem = check_agent_id("new_agent_id", ev.new_agent_id, ctx.params)
     if problem:
         return reject(Reason.INVALID_PAYLOAD, f"ForkRequested rejected: {problem}")
     if ev.new_agent_id == st.agent_id:
         return reject(Reason.INVALID_PAYLOAD, "ForkRequested rejected: new_agent_id is the agent itself")
-    if not 1 <= ev.at_seq < cx.seq:
+    if not 1 <= ev.at_seq < ctx.seq:
         return reject(Reason.INVALID_PAYLOAD, f"ForkRequested rejected: at_seq {ev.at_seq} is not in "
-                      f"1..{cx.seq - 1} (the records of {st.agent_id} so far)")
+                      f"1..{ctx.seq - 1} (the records of {st.agent_id} so far)")
     return ok(f"ForkRequested accepted; the kernel will write AgentForked on {ev.new_agent_id} "
               f"from {st.agent_id} at seq {ev.at_seq}")
 
 
-def _kernel_upgraded(cx: Cx, st: AgentState, ev: KernelUpgraded) -> Out:
+def _kernel_upgraded(ctx: FoldContext, st: AgentState, ev: KernelUpgraded) -> Decision:
     v = ev.fold_version
     if v < 1:
         return reject(Reason.INVALID_PAYLOAD, f"KernelUpgraded rejected: fold_version {v} must be >= 1")
     if v < st.fold_version:
-        return reject(Reason.VERSION_DOWNGRADE, f"KernelUpgraded to {v} ignored: partition {cx.record.partition} "
+        return reject(Reason.VERSION_DOWNGRADE, f"KernelUpgraded to {v} ignored: partition {ctx.record.partition} "
                       f"already folds under version {st.fold_version} (versions never go back)")
     target = params_for(v)  # raises UnknownFoldVersion: this process must stop, not guess
-    p = cx.record.partition
+    p = ctx.record.partition
     if not target.routes_by_partition:  # version 1: the partition count is neither needed nor recorded
         if v == st.fold_version:
             return ok(f"partition {p} already folds under version {v}")
-        return ok(f"partition {p} folds under version {v} from offset {cx.record.offset + 1} on", fold_version=v)
+        return ok(f"partition {p} folds under version {v} from offset {ctx.record.offset + 1} on", fold_version=v)
     # Versions that route keys by partition need the journal's partition count, recorded
     # once per partition and never changed by a later marker (keys would move silently).
     n = ev.partitions
@@ -368,7 +368,7 @@ def _kernel_upgraded(cx: Cx, st: AgentState, ev: KernelUpgraded) -> Out:
                       "(docs/recovery.md, \"A changed partition count\")")
     if v == st.fold_version and n == st.partitions:
         return ok(f"partition {p} already folds under version {v} with {n} partitions")
-    return ok(f"partition {p} folds under version {v} with {n} partitions from offset {cx.record.offset + 1} on",
+    return ok(f"partition {p} folds under version {v} with {n} partitions from offset {ctx.record.offset + 1} on",
               fold_version=v, partitions=n)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from typing import Final
 
 from aosk.errors import DecodeError
@@ -59,44 +60,47 @@ class Record:
         return self.key if self.key is not None else pseudo_key(self.partition)
 
 
-class Kind:
-    ACCEPTED: Final = "accepted"
-    REJECTED: Final = "rejected"
-    DUPLICATE: Final = "duplicate"
+class Kind(StrEnum):
+    """A verdict's kind. The values are on the wire (transitions) and in golden journals;
+    a member is a ``str`` and equals its value."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"
 
 
-class Reason:
+class Reason(StrEnum):
     """Machine-readable reason codes (stable: clients and dashboards match on them)."""
 
-    OK: Final = "ok"
-    BUDGET_EXHAUSTED: Final = "budget_exhausted"
-    UNDECODABLE: Final = "undecodable"
-    INVALID_PAYLOAD: Final = "invalid_payload"
-    KEY_MISMATCH: Final = "key_mismatch"
-    KERNEL_ONLY: Final = "kernel_only"
-    NOT_SPAWNED: Final = "not_spawned"
-    ALREADY_SPAWNED: Final = "already_spawned"
-    TENANT_MISMATCH: Final = "tenant_mismatch"
-    ILLEGAL_TRANSITION: Final = "illegal_transition"
-    CAPABILITY_DENIED: Final = "capability_denied"
-    WINDOW_FULL: Final = "window_full"
-    TOO_MANY_OPEN_CALLS: Final = "too_many_open_calls"
-    CALL_ID_IN_USE: Final = "call_id_in_use"
-    UNKNOWN_CALL: Final = "unknown_call"
-    LATE_COMPLETION: Final = "late_completion"
-    CALL_NOT_OPEN: Final = "call_not_open"
-    RECIPIENT_UNAVAILABLE: Final = "recipient_unavailable"
-    INBOX_FULL: Final = "inbox_full"
-    UNDELIVERABLE: Final = "undeliverable"
-    UNKNOWN_MESSAGE: Final = "unknown_message"
-    DUPLICATE_EVENT_ID: Final = "duplicate_event_id"
-    ALREADY_DELIVERED: Final = "already_delivered"
-    ALREADY_BOUNCED: Final = "already_bounced"
-    REDELIVERED: Final = "redelivered"
-    INVALID_FORK: Final = "invalid_fork"
-    NOT_PARTITION_MARKER: Final = "not_partition_marker"
-    VERSION_DOWNGRADE: Final = "version_downgrade"
-    WRONG_PARTITION: Final = "wrong_partition"
+    OK = "ok"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    UNDECODABLE = "undecodable"
+    INVALID_PAYLOAD = "invalid_payload"
+    KEY_MISMATCH = "key_mismatch"
+    KERNEL_ONLY = "kernel_only"
+    NOT_SPAWNED = "not_spawned"
+    ALREADY_SPAWNED = "already_spawned"
+    TENANT_MISMATCH = "tenant_mismatch"
+    ILLEGAL_TRANSITION = "illegal_transition"
+    CAPABILITY_DENIED = "capability_denied"
+    WINDOW_FULL = "window_full"
+    TOO_MANY_OPEN_CALLS = "too_many_open_calls"
+    CALL_ID_IN_USE = "call_id_in_use"
+    UNKNOWN_CALL = "unknown_call"
+    LATE_COMPLETION = "late_completion"
+    CALL_NOT_OPEN = "call_not_open"
+    RECIPIENT_UNAVAILABLE = "recipient_unavailable"
+    INBOX_FULL = "inbox_full"
+    UNDELIVERABLE = "undeliverable"
+    UNKNOWN_MESSAGE = "unknown_message"
+    DUPLICATE_EVENT_ID = "duplicate_event_id"
+    ALREADY_DELIVERED = "already_delivered"
+    ALREADY_BOUNCED = "already_bounced"
+    REDELIVERED = "redelivered"
+    INVALID_FORK = "invalid_fork"
+    NOT_PARTITION_MARKER = "not_partition_marker"
+    VERSION_DOWNGRADE = "version_downgrade"
+    WRONG_PARTITION = "wrong_partition"
 
 
 REASONS: Final[dict[str, str]] = {

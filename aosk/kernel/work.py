@@ -27,6 +27,7 @@ from aosk.events import (
     ToolCallRequested,
 )
 from aosk.kernel.copying import revise
+from aosk.kernel.decision import Decision, FoldContext, Handler, dup, ok, reject
 from aosk.kernel.hygiene import (
     check_agent_id,
     check_budgets,
@@ -39,7 +40,6 @@ from aosk.kernel.hygiene import (
     check_text,
 )
 from aosk.kernel.lifecycle import caps_problem
-from aosk.kernel.outcome import Cx, Handler, Out, dup, ok, reject
 from aosk.kernel.paging import fit, make_entry
 from aosk.kernel.state import AgentState, Calls, Inbox, InboxMessage, OpenCall
 from aosk.kernel.verdict import Reason
@@ -49,15 +49,15 @@ __all__ = ["HANDLERS"]
 _STEP: Final = (0, 0, 1)
 
 
-def _invalid(ev: object, problem: str) -> Out:
+def _invalid(ev: object, problem: str) -> Decision:
     return reject(Reason.INVALID_PAYLOAD, f"{type(ev).__name__} rejected: {problem}")
 
 
 # --- context and memory -------------------------------------------------------------------
 
 
-def _context_appended(cx: Cx, st: AgentState, ev: ContextAppended) -> Out:
-    p = cx.params
+def _context_appended(ctx: FoldContext, st: AgentState, ev: ContextAppended) -> Decision:
+    p = ctx.params
     problem = (
         check_name("entry_id", ev.entry_id, p)
         or check_name("role", ev.role, p)
@@ -71,7 +71,7 @@ def _context_appended(cx: Cx, st: AgentState, ev: ContextAppended) -> Out:
         if e.entry_id == ev.entry_id:
             return _invalid(ev, f"entry_id {ev.entry_id!r} is already in the context window")
     entry = make_entry(entry_id=ev.entry_id, role=ev.role, content=ev.content, tokens=ev.tokens,
-                       importance=ev.importance, seq=cx.seq, params=p)
+                       importance=ev.importance, seq=ctx.seq, params=p)
     assert st.budgets is not None
     fitted = fit(st.window, add=entry, budget_tokens=st.budgets.context_window_tokens, params=p)
     if fitted is None:
@@ -90,8 +90,8 @@ def _context_appended(cx: Cx, st: AgentState, ev: ContextAppended) -> Out:
     return ok(consume=_STEP, window=window)
 
 
-def _memory_stored(cx: Cx, st: AgentState, ev: MemoryStored) -> Out:
-    p = cx.params
+def _memory_stored(ctx: FoldContext, st: AgentState, ev: MemoryStored) -> Decision:
+    p = ctx.params
     problem = (
         check_name("memory_id", ev.memory_id, p)
         or check_text("text", ev.text, p.max_text_bytes)
@@ -104,13 +104,14 @@ def _memory_stored(cx: Cx, st: AgentState, ev: MemoryStored) -> Out:
     return ok(consume=_STEP, counters=revise(st.counters, memories_stored=st.counters.memories_stored + 1))
 
 
-def _memory_embedded(cx: Cx, st: AgentState, ev: MemoryEmbedded) -> Out:
-    problem = check_name("memory_id", ev.memory_id, cx.params) or check_embedding("embedding", ev.embedding, cx.params)
+def _memory_embedded(ctx: FoldContext, st: AgentState, ev: MemoryEmbedded) -> Decision:
+    p = ctx.params
+    problem = check_name("memory_id", ev.memory_id, p) or check_embedding("embedding", ev.embedding, p)
     return _invalid(ev, problem) if problem else ok()
 
 
-def _memory_recalled(cx: Cx, st: AgentState, ev: MemoryRecalled) -> Out:
-    p = cx.params
+def _memory_recalled(ctx: FoldContext, st: AgentState, ev: MemoryRecalled) -> Decision:
+    p = ctx.params
     problem = check_name("query_hash", ev.query_hash, p)
     if not problem and len(ev.memory_ids) > p.max_ids_per_event:
         problem = f"memory_ids has more than {p.max_ids_per_event} ids"
@@ -119,8 +120,8 @@ def _memory_recalled(cx: Cx, st: AgentState, ev: MemoryRecalled) -> Out:
     return _invalid(ev, problem) if problem else ok(consume=_STEP)
 
 
-def _memory_forgotten(cx: Cx, st: AgentState, ev: MemoryForgotten) -> Out:
-    problem = check_name("memory_id", ev.memory_id, cx.params)
+def _memory_forgotten(ctx: FoldContext, st: AgentState, ev: MemoryForgotten) -> Decision:
+    problem = check_name("memory_id", ev.memory_id, ctx.params)
     if problem:
         return _invalid(ev, problem)
     return ok(counters=revise(st.counters, memories_forgotten=st.counters.memories_forgotten + 1))
@@ -129,8 +130,10 @@ def _memory_forgotten(cx: Cx, st: AgentState, ev: MemoryForgotten) -> Out:
 # --- calls ----------------------------------------------------------------------------------
 
 
-def _open_call(cx: Cx, st: AgentState, ev: LlmCallRequested | ToolCallRequested, kind: str) -> Calls | Out:
-    p = cx.params
+def _open_call(
+    ctx: FoldContext, st: AgentState, ev: LlmCallRequested | ToolCallRequested, kind: str,
+) -> Calls | Decision:
+    p = ctx.params
     if not 1 <= ev.timeout_ms <= p.max_timeout_ms:
         return _invalid(ev, f"timeout_ms {ev.timeout_ms} is not in 1..{p.max_timeout_ms}")
     if st.calls.find(ev.call_id) is not None:
@@ -139,13 +142,13 @@ def _open_call(cx: Cx, st: AgentState, ev: LlmCallRequested | ToolCallRequested,
     if len(st.calls.open) >= p.max_open_calls:
         return reject(Reason.TOO_MANY_OPEN_CALLS, f"{st.agent_id} has {p.max_open_calls} calls open (the cap); "
                       "wait for a completion or a timeout")
-    call = OpenCall(call_id=ev.call_id, kind=kind, deadline_ms=cx.record.timestamp + ev.timeout_ms,
+    call = OpenCall(call_id=ev.call_id, kind=kind, deadline_ms=ctx.record.timestamp + ev.timeout_ms,
                     request_event_id=ev.event_id)
     return Calls(open=(*st.calls.open, call), timed_out=st.calls.timed_out)
 
 
-def _llm_requested(cx: Cx, st: AgentState, ev: LlmCallRequested) -> Out:
-    p = cx.params
+def _llm_requested(ctx: FoldContext, st: AgentState, ev: LlmCallRequested) -> Decision:
+    p = ctx.params
     problem = (
         check_name("call_id", ev.call_id, p)
         or check_name("model", ev.model, p)
@@ -154,14 +157,14 @@ def _llm_requested(cx: Cx, st: AgentState, ev: LlmCallRequested) -> Out:
     )
     if problem:
         return _invalid(ev, problem)
-    calls = _open_call(cx, st, ev, "llm")
-    if isinstance(calls, Out):
+    calls = _open_call(ctx, st, ev, "llm")
+    if isinstance(calls, Decision):
         return calls
     return ok(consume=(ev.prompt_tokens, 0, 1), calls=calls)
 
 
-def _tool_requested(cx: Cx, st: AgentState, ev: ToolCallRequested) -> Out:
-    p = cx.params
+def _tool_requested(ctx: FoldContext, st: AgentState, ev: ToolCallRequested) -> Decision:
+    p = ctx.params
     problem = check_name("call_id", ev.call_id, p) or check_name("tool", ev.tool, p)
     if problem:
         return _invalid(ev, problem)
@@ -171,13 +174,13 @@ def _tool_requested(cx: Cx, st: AgentState, ev: ToolCallRequested) -> Out:
     problem = check_json("arguments", ev.arguments, p)
     if problem:
         return _invalid(ev, problem)
-    calls = _open_call(cx, st, ev, "tool")
-    if isinstance(calls, Out):
+    calls = _open_call(ctx, st, ev, "tool")
+    if isinstance(calls, Decision):
         return calls
     return ok(consume=(0, 1, 1), calls=calls)
 
 
-def _close_call(st: AgentState, ev: LlmCallCompleted | ToolCallCompleted, kind: str) -> Calls | Out:
+def _close_call(st: AgentState, ev: LlmCallCompleted | ToolCallCompleted, kind: str) -> Calls | Decision:
     call = st.calls.find(ev.call_id)
     if call is None:
         if ev.call_id in st.calls.timed_out:
@@ -189,31 +192,31 @@ def _close_call(st: AgentState, ev: LlmCallCompleted | ToolCallCompleted, kind: 
     return Calls(open=tuple(c for c in st.calls.open if c is not call), timed_out=st.calls.timed_out)
 
 
-def _llm_completed(cx: Cx, st: AgentState, ev: LlmCallCompleted) -> Out:
+def _llm_completed(ctx: FoldContext, st: AgentState, ev: LlmCallCompleted) -> Decision:
     problem = check_nonneg("completion_tokens", ev.completion_tokens) or check_nonneg("latency_ms", ev.latency_ms)
     if problem:
         return _invalid(ev, problem)
     calls = _close_call(st, ev, "llm")
-    if isinstance(calls, Out):
+    if isinstance(calls, Decision):
         return calls
     return ok(consume=(ev.completion_tokens, 0, 0), calls=calls)
 
 
-def _tool_completed(cx: Cx, st: AgentState, ev: ToolCallCompleted) -> Out:
+def _tool_completed(ctx: FoldContext, st: AgentState, ev: ToolCallCompleted) -> Decision:
     problem = check_nonneg("duration_ms", ev.duration_ms)
     if problem:
         return _invalid(ev, problem)
     calls = _close_call(st, ev, "tool")
-    if isinstance(calls, Out):
+    if isinstance(calls, Decision):
         return calls
     return ok(calls=calls)
 
 
-def _call_timed_out(cx: Cx, st: AgentState, ev: CallTimedOut) -> Out:
+def _call_timed_out(ctx: FoldContext, st: AgentState, ev: CallTimedOut) -> Decision:
     call = st.calls.find(ev.call_id)
     if call is None:
         return dup(Reason.CALL_NOT_OPEN, f"call {ev.call_id!r} is no longer open on {st.agent_id}; nothing to time out")
-    keep = cx.params.timed_out_memory
+    keep = ctx.params.timed_out_memory
     timed_out = (*st.calls.timed_out, ev.call_id)[-keep:]
     return ok(calls=Calls(open=tuple(c for c in st.calls.open if c is not call), timed_out=timed_out))
 
@@ -221,8 +224,8 @@ def _call_timed_out(cx: Cx, st: AgentState, ev: CallTimedOut) -> Out:
 # --- IPC and children ---------------------------------------------------------------------
 
 
-def _message_sent(cx: Cx, st: AgentState, ev: MessageSent) -> Out:
-    p = cx.params
+def _message_sent(ctx: FoldContext, st: AgentState, ev: MessageSent) -> Decision:
+    p = ctx.params
     problem = (
         check_name("message_id", ev.message_id, p)
         or check_agent_id("to_agent_id", ev.to_agent_id, p)
@@ -234,8 +237,8 @@ def _message_sent(cx: Cx, st: AgentState, ev: MessageSent) -> Out:
               counters=revise(st.counters, messages_sent=st.counters.messages_sent + 1))
 
 
-def _message_delivered(cx: Cx, st: AgentState, ev: MessageDelivered) -> Out:
-    p = cx.params
+def _message_delivered(ctx: FoldContext, st: AgentState, ev: MessageDelivered) -> Decision:
+    p = ctx.params
     problem = (
         check_name("message_id", ev.message_id, p)
         or check_agent_id("from_agent_id", ev.from_agent_id, p)
@@ -246,7 +249,7 @@ def _message_delivered(cx: Cx, st: AgentState, ev: MessageDelivered) -> Out:
         return reject(Reason.UNDELIVERABLE, f"MessageDelivered rejected: {problem}; the message bounces")
     msg = InboxMessage(message_id=ev.message_id, from_agent_id=ev.from_agent_id, from_tenant_id=ev.from_tenant_id,
                        body=ev.body, source_partition=ev.source_partition, source_offset=ev.source_offset,
-                       seq=cx.seq)
+                       seq=ctx.seq)
     size = len(msg.json_bytes())
     inbox = st.inbox
     if len(inbox.messages) >= p.inbox_cap or inbox.nbytes + size > p.inbox_max_bytes:
@@ -257,13 +260,13 @@ def _message_delivered(cx: Cx, st: AgentState, ev: MessageDelivered) -> Out:
               counters=revise(st.counters, messages_received=st.counters.messages_received + 1))
 
 
-def _message_bounced(cx: Cx, st: AgentState, ev: MessageBounced) -> Out:
+def _message_bounced(ctx: FoldContext, st: AgentState, ev: MessageBounced) -> Decision:
     return ok(f"message {ev.message_id!r} from {st.agent_id} bounced ({ev.reason})",
               counters=revise(st.counters, messages_bounced=st.counters.messages_bounced + 1))
 
 
-def _messages_consumed(cx: Cx, st: AgentState, ev: MessagesConsumed) -> Out:
-    p = cx.params
+def _messages_consumed(ctx: FoldContext, st: AgentState, ev: MessagesConsumed) -> Decision:
+    p = ctx.params
     if len(ev.message_ids) > p.max_ids_per_event:
         return _invalid(ev, f"message_ids has more than {p.max_ids_per_event} ids")
     if not ev.message_ids:
@@ -277,8 +280,8 @@ def _messages_consumed(cx: Cx, st: AgentState, ev: MessagesConsumed) -> Out:
     return ok(consume=_STEP, inbox=Inbox(messages=keep, nbytes=sum(len(m.json_bytes()) for m in keep)))
 
 
-def _spawn_requested(cx: Cx, st: AgentState, ev: SpawnRequested) -> Out:
-    p = cx.params
+def _spawn_requested(ctx: FoldContext, st: AgentState, ev: SpawnRequested) -> Decision:
+    p = ctx.params
     problem = (
         check_agent_id("child_id", ev.child_id, p)
         or check_name("name", ev.name, p)

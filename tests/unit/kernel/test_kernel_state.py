@@ -14,7 +14,6 @@ import aosk.kernel as kernel
 from aosk.events import Budgets
 from aosk.kernel import (
     VERSIONS,
-    AgentState,
     Kind,
     StateDecodeError,
     canonical_verdict_bytes,
@@ -87,7 +86,7 @@ def test_decode_round_trips_every_state_of_a_journal() -> None:
             b = encode_state(st)
             back = decode_state(b)
             assert back == st and encode_state(back) == b
-            assert AgentState.from_bytes(b) == st and st.to_bytes() == b
+            assert decode_state(b) == st and st.to_bytes() == b
             assert [e.evict_key for e in back.window.entries] == [e.evict_key for e in st.window.entries]
             assert (back.window.tokens, back.window.nbytes, back.inbox.nbytes) == (
                 st.window.tokens, st.window.nbytes, st.inbox.nbytes)

@@ -74,6 +74,8 @@ def fold_with_verdicts(
     return out, verdicts
 
 
-def fold_journal(records: Iterable[Record], slots: MutableMapping[str, AgentSlot] | None = None) -> dict[str, AgentSlot]:
+def fold_journal(
+    records: Iterable[Record], slots: MutableMapping[str, AgentSlot] | None = None,
+) -> dict[str, AgentSlot]:
     """Fold ``records`` and return the slot of every key (``slot.state`` is the state)."""
     return fold_with_verdicts(records, slots, hash_state=False)[0]
