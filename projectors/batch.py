@@ -196,7 +196,7 @@ def fold_batch(
             if e is None:
                 head = link(GENESIS, seq, vh, vb)
                 ne = AgentEntry(slot, head, count_verdict((0, 0, 0), kind), p, rec.timestamp)
-                prev_status = Status.NONE
+                prev_status: str = Status.NONE
             else:
                 head = link(e.head, seq, vh, vb)
                 ne = AgentEntry(slot, head, count_verdict(e.counts, kind), p, rec.timestamp)
