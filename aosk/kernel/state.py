@@ -16,7 +16,6 @@ joined bytes (about 0.5 us per KiB here).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -460,10 +459,6 @@ class AgentState:
         return None if self.identity is None else self.identity.tenant_id
 
     @property
-    def is_final(self) -> bool:
-        return self.status in FINAL_STATUSES
-
-    @property
     def spawned(self) -> bool:
         return self.status != Status.NONE
 
@@ -492,11 +487,6 @@ class AgentState:
 
     def to_bytes(self) -> bytes:
         return encode_state(self)
-
-    def to_plain(self) -> dict[str, Any]:
-        """The state as plain JSON data (what the canonical bytes parse to)."""
-        plain: dict[str, Any] = json.loads(encode_state(self))  # a state encodes to a JSON object
-        return plain
 
 
 _ALL_BUDGETS: Final = ("tokens", "tool_calls", "steps")
