@@ -334,6 +334,24 @@ def _section_replay(settings: Settings, ep: Endpoints) -> None:
           "live projector kept running)")
 
 
+def _section_errors() -> None:
+    _heading("8. when a dependency is down: one line and an exit code")
+    import os
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "AOSK_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
+           "AOSK_POSTGRESQL_DSN": f"postgresql://postgres@127.0.0.1:{port}/aosk"}
+    out = subprocess.run([sys.executable, "-m", "aosk.cli", "db", "status"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    message = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "(nothing on stderr)"
+    print(f"  aosk db status against a closed port exits {out.returncode} (3: unreachable; `aosk --help` lists "
+          "every exit code):")
+    print(f"    {message[:150]}{'...' if len(message) > 150 else ''}")
+
+
 SECTIONS: tuple[Callable[[Settings, Endpoints], None], ...] = (_section_smoke, _section_events)
 
 
@@ -350,6 +368,7 @@ def run_demo(settings: Settings) -> int:
         _section_replay(settings, ep)
     finally:
         procs.stop()
+    _section_errors()
     _heading("done")
     print("  the stack keeps running; `.venv/bin/aosk dev status` shows it, `.venv/bin/aosk dev down` stops it")
     return 0
