@@ -73,12 +73,22 @@ def format_text(view: dict[str, Any]) -> str:
 def tail_records(settings: Settings, *, agent: str | None, from_beginning: bool,
                  follow: bool) -> Iterator[dict[str, Any]]:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient
 
+    from aosk._kafka import cluster_metadata
     from aosk.partitioning import partition_for
 
     topic = settings.kafka.journal_topic
+    bootstrap = resolve_endpoints(settings).bootstrap
+    # The journal's partitions, asked with a quiet client (log_level 2): an unreachable
+    # broker is then one line and exit 3, not a screen of per-retry librdkafka errors.
+    quiet = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
+    md = cluster_metadata(quiet, bootstrap, topic, timeout=10).topics.get(topic)
+    if md is None or md.error is not None:
+        raise AoskError(f"journal topic {topic} does not exist; run `aosk topics ensure`")
+    parts = sorted(md.partitions) if agent is None else [partition_for(agent, len(md.partitions))]
     consumer = Consumer({
-        "bootstrap.servers": resolve_endpoints(settings).bootstrap,
+        "bootstrap.servers": bootstrap,
         "group.id": f"aosk-tail-{uuid.uuid4().hex[:8]}",  # never committed: assign(), not subscribe()
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
@@ -86,10 +96,6 @@ def tail_records(settings: Settings, *, agent: str | None, from_beginning: bool,
         "log_level": 3,
     })
     try:
-        md = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if md is None or md.error is not None:
-            raise AoskError(f"journal topic {topic} does not exist; run `aosk topics ensure`")
-        parts = sorted(md.partitions) if agent is None else [partition_for(agent, len(md.partitions))]
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         consumer.assign([TopicPartition(topic, p, start) for p in parts])
         at_end: set[int] = set()

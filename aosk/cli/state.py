@@ -38,15 +38,14 @@ def parse_broker_time(text: str) -> int:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    import psycopg
-
     from aosk.journal import JournalReader
     from aosk.kernel import encode_state
+    from aosk.projectors.db import connect
     from aosk.projectors.history import state_at
 
     ep = resolve_endpoints(settings)
     time_ms = parse_broker_time(args.at_time) if args.at_time is not None else None
-    with psycopg.connect(ep.dsn) as conn, JournalReader(ep.bootstrap, settings.kafka.journal_topic) as reader:
+    with connect(ep.dsn) as conn, JournalReader(ep.bootstrap, settings.kafka.journal_topic) as reader:
         point = state_at(conn, args.schema, reader, args.agent, offset=args.at_offset, time_ms=time_ms)
     state = json.loads(encode_state(point.state))
     if args.format == "json":

@@ -32,7 +32,9 @@ def test_unreachable_kafka_and_postgresql_exit_3_with_one_line(tmp_path: Path) -
     cases = [  # (command, what cannot be reached, at which port)
         (["db", "status"], "PostgreSQL", pg_port),
         (["db", "migrate"], "PostgreSQL", pg_port),
+        (["state", "some-agent", "--at-offset", "1"], "PostgreSQL", pg_port),
         (["topics", "ensure"], "Kafka", kafka_port),  # waits out the 30 s metadata timeout
+        (["events", "tail", "--no-follow"], "Kafka", kafka_port),
     ]
     # Concurrently: the Kafka one takes as long as the others together would.
     procs = [
