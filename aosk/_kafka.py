@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -14,16 +15,45 @@ _UNREACHABLE = frozenset({"_TRANSPORT", "_TIMED_OUT", "_ALL_BROKERS_DOWN", "_RES
 
 def cluster_metadata(client: Any, bootstrap: str, topic: str | None = None, *, timeout: float) -> Any:
     """``client.list_topics(topic)`` of a consumer, producer or admin client; a broker that
-    cannot be reached at ``bootstrap`` raises ``KafkaUnavailable``."""
+    cannot be reached at ``bootstrap`` raises ``KafkaUnavailable``.
+
+    librdkafka retries a refused connection until ``timeout``. If the first second brings
+    no answer and every bootstrap address refuses a TCP connection, nothing listens there:
+    the error is raised then, not after the whole timeout. A slow broker still gets all of it.
+    """
     from confluent_kafka import KafkaException
 
+    deadline = time.monotonic() + timeout
     try:
-        return client.list_topics(topic, timeout=timeout)
+        return client.list_topics(topic, timeout=min(timeout, 1.0))
+    except KafkaException as e:
+        err = e.args[0]
+        if err.name() not in _UNREACHABLE:
+            raise
+        if _all_refuse(bootstrap) or time.monotonic() >= deadline:
+            raise KafkaUnavailable(bootstrap, err.str()) from e
+    try:
+        return client.list_topics(topic, timeout=max(0.0, deadline - time.monotonic()))
     except KafkaException as e:
         err = e.args[0]
         if err.name() in _UNREACHABLE:
             raise KafkaUnavailable(bootstrap, err.str()) from e
         raise
+
+
+def _all_refuse(bootstrap: str) -> bool:
+    """Every ``host:port`` of ``bootstrap`` refuses a TCP connection (anything else, such
+    as a timeout or a name that does not resolve, is not proof that nothing listens)."""
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return False
+        except ConnectionRefusedError:
+            continue
+        except (OSError, ValueError):
+            return False
+    return True
 
 
 def high_watermark(consumer: Any, topic: str, partition: int, *, timeout: float = 30.0) -> int:
