@@ -48,6 +48,7 @@ import psycopg
 from psycopg import sql
 
 from aosk._gc import tune_gc
+from aosk._logging import configure_logging
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import ReplayError
@@ -710,7 +711,7 @@ def _helper_main(settings: Settings, options: ReplayOptions, parent: int) -> Non
     """A helper process: catch up its partitions, exit when the parent is gone."""
     import threading
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    configure_logging("warning")
 
     def watch() -> None:
         while True:

@@ -32,13 +32,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import logging
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from aosk._logging import LOG_FORMAT, configure_logging
 from aosk.projectors.db import DEFAULT_SCHEMA
 
 HIDDEN_ALIASES: Final[Mapping[str, str]] = MappingProxyType({
@@ -48,7 +47,6 @@ HIDDEN_ALIASES: Final[Mapping[str, str]] = MappingProxyType({
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _LEVEL_NAMES: Final[Mapping[str, str]] = MappingProxyType({"warn": "warning", "crit": "critical"})
-LOG_FORMAT: Final = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 FORMATS: Final = ("text", "json")
 BENCH_OUTPUT: Final = Path("docs/benchmarks.md")
 
@@ -93,11 +91,6 @@ def add_log_level(parser: argparse.ArgumentParser, *, default: str) -> None:
     assert default in LOG_LEVELS, default
     _add(parser, "--log-level", "-l", type=_log_level, choices=LOG_LEVELS, default=default, metavar="LEVEL",
          help=f"{', '.join(LOG_LEVELS)} (default %(default)s)")
-
-
-def configure_logging(level: str) -> None:
-    """Log to stderr at ``level`` (a ``--log-level`` value), one format for every command."""
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format=LOG_FORMAT)
 
 
 def add_schema(parser: argparse.ArgumentParser, *, help: str = "projection schema") -> None:
