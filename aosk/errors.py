@@ -12,6 +12,8 @@
      |    +-- Undecodable           deterministic: not single-object encoded, or a body
      |    |                         that does not decode with its (known) schema
      |    +-- UnknownFingerprint    written with a schema this process does not have
+     |    +-- Quarantined           an unknown-fingerprint record that a later
+     |                              ``RecordQuarantined`` marker of its partition names
      +-- StateDecodeError       bytes that are not a canonical fold state (also a ValueError)
      +-- UnknownFoldVersion     the journal asks for a fold version this code lacks
      +-- PartitionCountChanged  the journal's partition count is not the one its markers recorded
@@ -47,7 +49,7 @@ import re
 __all__ = [
     "AoskError", "ConfigError", "TopicMismatch", "InvalidSchemas",
     "Unavailable", "KafkaUnavailable", "PostgresUnavailable", "DevStackError",
-    "DecodeError", "Undecodable", "UnknownFingerprint", "StateDecodeError", "UnknownFoldVersion",
+    "DecodeError", "Undecodable", "UnknownFingerprint", "Quarantined", "StateDecodeError", "UnknownFoldVersion",
     "PartitionCountChanged", "EventRejected", "DeliveryError", "ProjectionTimeout", "ProjectionConfigError",
     "MigrationError", "UndecodableState", "Fenced", "Inconsistent", "CheckpointError", "HistoryError",
     "RecallError", "ReplayError",
@@ -149,6 +151,21 @@ class UnknownFingerprint(DecodeError):
         super().__init__(
             f"unknown schema fingerprint {fingerprint.hex()}; "
             "is schemas/ older than the producer? deploy the newer schemas and restart"
+        )
+
+
+class Quarantined(DecodeError):
+    """A record that stopped its partition (unknown schema fingerprint) and that a
+    ``RecordQuarantined`` marker later in the same partition names: every reader folds
+    it as rejected ``quarantined`` instead of stopping (``aosk journal quarantine``)."""
+
+    def __init__(self, fingerprint: bytes, marker_offset: int, reason: str) -> None:
+        self.fingerprint = fingerprint
+        self.marker_offset = marker_offset
+        self.reason = reason
+        super().__init__(
+            f"quarantined by the marker at offset {marker_offset} (unknown schema fingerprint "
+            f"{fingerprint.hex()}): {reason}"
         )
 
 

@@ -4,19 +4,30 @@
 input (decode, or keep the decode error so the record still takes its place in the
 agent's sequence). ``JournalReader`` reads exact offset ranges of one partition, for
 point-in-time queries, forks and tests that fold the journal in a plain loop.
+
+``Quarantines`` is how every reader honours ``aosk journal quarantine``: a record with an
+unknown schema fingerprint stops its partition unless a ``RecordQuarantined`` marker
+later in the same partition names its offset. The marker necessarily comes after the
+record, so a reader that meets such a record looks ahead (from the record to the end of
+the partition now) before it stops; a worker or projector already stopped looks again
+now and then. Whether a marker exists depends on the journal alone, so live processing,
+a replay and time travel fold the record alike (rejected ``quarantined``).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from aosk._kafka import cluster_metadata, high_watermark
-from aosk.errors import AoskError, DecodeError
-from aosk.events import decode
+from aosk.errors import AoskError, DecodeError, Quarantined, UnknownFingerprint
+from aosk.events import RecordQuarantined, decode
 from aosk.kernel import Record
+
+__all__ = ["record_from_message", "JournalReader", "QuarantineMarker", "Quarantines"]
 
 
 def record_from_message(msg: Any) -> Record:
@@ -58,6 +69,10 @@ class JournalReader:
     def close(self) -> None:
         self._consumer.close()
 
+    def quarantines(self) -> Quarantines:
+        """A ``Quarantines`` looking ahead on a reader of its own (this one may be mid-read)."""
+        return Quarantines.from_journal(self._bootstrap, self._topic)
+
     def partitions(self) -> int:
         md = cluster_metadata(self._consumer, self._bootstrap, self._topic, timeout=10).topics.get(self._topic)
         if md is None or md.error is not None:
@@ -75,8 +90,21 @@ class JournalReader:
         (tp,) = self._consumer.offsets_for_times([TopicPartition(self._topic, partition, timestamp_ms)], timeout=10)
         return self.end_offset(partition) if tp.offset < 0 else int(tp.offset)
 
-    def read(self, partition: int, start: int, stop: int | None = None) -> Iterator[Record]:
-        """Records of ``partition`` with ``start <= offset < stop`` (stop None: up to the end now)."""
+    def quarantine_markers(self, partition: int, start: int) -> tuple[list[QuarantineMarker], int]:
+        """The valid ``RecordQuarantined`` markers of ``partition`` from ``start`` to its end
+        now, and that end (only records without a key are decoded)."""
+        end = self.end_offset(partition)
+        found = []
+        for rec in self.read(partition, start, end, unkeyed_only=True):
+            m = QuarantineMarker.of(rec)
+            if m is not None:
+                found.append(m)
+        return found, end
+
+    def read(self, partition: int, start: int, stop: int | None = None, *,
+             unkeyed_only: bool = False) -> Iterator[Record]:
+        """Records of ``partition`` with ``start <= offset < stop`` (stop None: up to the end
+        now); ``unkeyed_only``: only the records without a key (partition markers)."""
         from confluent_kafka import TopicPartition
 
         end = self.end_offset(partition) if stop is None else min(stop, self.end_offset(partition))
@@ -95,8 +123,89 @@ class JournalReader:
                     assert offset is not None  # a record without an error has one
                     if offset >= end:
                         return
-                    yield record_from_message(msg)
+                    if not unkeyed_only or msg.key() is None:
+                        yield record_from_message(msg)
                     if offset + 1 >= end:
                         return
         finally:
             self._consumer.unassign()
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineMarker:
+    """A ``RecordQuarantined`` marker as readers honour it."""
+
+    partition: int
+    offset: int
+    """The marker's own offset."""
+    quarantined_offset: int
+    reason: str
+
+    @classmethod
+    def of(cls, record: Record) -> QuarantineMarker | None:
+        """The marker ``record`` is, if it is one the fold accepts (no key, kernel origin,
+        naming an earlier offset); None otherwise."""
+        ev = record.event
+        if (record.key is not None or not isinstance(ev, RecordQuarantined) or ev.origin != "kernel"
+                or not 0 <= ev.quarantined_offset < record.offset):
+            return None
+        return cls(record.partition, record.offset, ev.quarantined_offset, ev.reason)
+
+
+class Quarantines:
+    """Quarantine markers found by looking ahead in the journal (see the module doc).
+
+    ``scan(partition, start)`` returns the markers from ``start`` to the end of the
+    partition now, and that end (``JournalReader.quarantine_markers``); ``from_journal``
+    builds one on a reader of its own, opened at the first look. Markers found stay known:
+    each look reads only what the previous ones on that partition did not.
+    """
+
+    def __init__(self, scan: Callable[[int, int], tuple[list[QuarantineMarker], int]]) -> None:
+        self._scan = scan
+        self._scanned: dict[int, tuple[int, int]] = {}
+        """partition -> [lo, hi) read so far without a gap."""
+        self._found: dict[tuple[int, int], QuarantineMarker] = {}
+        """(partition, quarantined offset) -> the first marker naming it."""
+        self._reader: JournalReader | None = None
+
+    @classmethod
+    def from_journal(cls, bootstrap: str, topic: str) -> Quarantines:
+        q = cls(lambda p, start: q._journal(bootstrap, topic).quarantine_markers(p, start))
+        return q
+
+    def _journal(self, bootstrap: str, topic: str) -> JournalReader:
+        if self._reader is None:
+            self._reader = JournalReader(bootstrap, topic)
+        return self._reader
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def marker_for(self, partition: int, offset: int) -> QuarantineMarker | None:
+        """The marker naming ``partition:offset``, looking as far as the partition's end now."""
+        m = self._found.get((partition, offset))
+        if m is not None:
+            return m
+        lo, hi = self._scanned.get(partition, (-1, -1))
+        if not lo <= offset + 1 <= hi:  # markers before offset + 1 cannot name it
+            lo = hi = offset + 1
+        markers, end = self._scan(partition, hi)
+        for m in markers:
+            self._found.setdefault((m.partition, m.quarantined_offset), m)
+        self._scanned[partition] = (lo, max(hi, end))
+        return self._found.get((partition, offset))
+
+    def resolve(self, record: Record) -> Record:
+        """``record`` itself, unless it has an unknown fingerprint and a marker names it:
+        then the same record with a ``Quarantined`` error (the fold rejects it ``quarantined``)."""
+        error = record.error
+        if type(error) is not UnknownFingerprint:
+            return record
+        m = self.marker_for(record.partition, record.offset)
+        if m is None:
+            return record
+        return Record(record.key, record.partition, record.offset, record.timestamp, record.value, None,
+                      Quarantined(error.fingerprint, m.offset, m.reason))

@@ -17,7 +17,10 @@ markers on an existing journal.
 
 from __future__ import annotations
 
+import time
+import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from aosk._kafka import cluster_metadata
 from aosk.config import KafkaSettings
@@ -97,19 +100,38 @@ def write_partition_markers(bootstrap: str, topic: str, *, fold_version: int, pa
     """Produce ``KernelUpgraded(fold_version, partitions)`` without a key (origin kernel,
     tenant ``~kernel``) to each of the ``partitions`` partitions of ``topic``; returns
     the (partition, offset) of each once the broker acknowledged all of them."""
-    import time
-    import uuid
+    from aosk.events import KernelUpgraded
 
+    return _write_markers(bootstrap, topic, client_id, [
+        (p, KernelUpgraded(event_id=str(uuid.uuid4()), agent_id=f"~p{p}", tenant_id="~kernel",
+                           occurred_at=time.time_ns() // 1000, origin="kernel", fold_version=fold_version,
+                           partitions=partitions))
+        for p in range(partitions)
+    ])
+
+
+def write_quarantine_marker(bootstrap: str, topic: str, *, partition: int, offset: int, fingerprint: bytes,
+                            reason: str, client_id: str = "aosk-journal-quarantine") -> int:
+    """Produce ``RecordQuarantined`` naming ``partition:offset`` without a key (origin
+    kernel, tenant ``~kernel``) to that partition; returns the marker's offset."""
+    from aosk.events import RecordQuarantined
+
+    marker = RecordQuarantined(event_id=str(uuid.uuid4()), agent_id=f"~p{partition}", tenant_id="~kernel",
+                               occurred_at=time.time_ns() // 1000, origin="kernel", quarantined_offset=offset,
+                               fingerprint=fingerprint.hex(), reason=reason)
+    ((_, at),) = _write_markers(bootstrap, topic, client_id, [(partition, marker)])
+    return at
+
+
+def _write_markers(bootstrap: str, topic: str, client_id: str, markers: list[tuple[int, Any]]
+                   ) -> list[tuple[int, int]]:
     from aosk.client._producer import DeliveringProducer, producer_config
-    from aosk.events import KernelUpgraded, encode
+    from aosk.events import encode
 
     producer = DeliveringProducer(producer_config(bootstrap, client_id=client_id))
     futures = []
     try:
-        for p in range(partitions):
-            marker = KernelUpgraded(event_id=str(uuid.uuid4()), agent_id=f"~p{p}", tenant_id="~kernel",
-                                    occurred_at=time.time_ns() // 1000, origin="kernel",
-                                    fold_version=fold_version, partitions=partitions)
+        for p, marker in markers:
             futures.append(producer.produce(topic, key=None, value=encode(marker), partition=p))
     finally:
         producer.close()

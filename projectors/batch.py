@@ -12,7 +12,9 @@ A partition whose record cannot be folded here (an unknown schema fingerprint, a
 unknown fold version, an agent key that already lives on another partition) stops at
 that record: the records before it are kept, the partition is reported as stopped, and
 nothing after it is folded until an operator fixes the cause (never skipped: a replay
-with newer code would fold it, and the two would disagree).
+with newer code would fold it, and the two would disagree). A record with an unknown
+fingerprint is first looked up in ``quarantines`` (``aosk.journal.Quarantines``): a later
+``RecordQuarantined`` marker naming it makes it fold as rejected ``quarantined``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from aosk.errors import Inconsistent
+from aosk.errors import Inconsistent, PartitionCountChanged, UnknownFingerprint, UnknownFoldVersion
+from aosk.journal import Quarantines
 from aosk.kernel import (
     AgentSlot,
     Record,
@@ -52,7 +55,8 @@ from aosk.projectors.rows import (
     verdict_bytes,
 )
 
-__all__ = ["AgentEntry", "FoldedRecord", "PartitionStop", "FoldedBatch", "fold_batch", "Inconsistent"]
+__all__ = ["AgentEntry", "FoldedRecord", "PartitionStop", "FoldedBatch", "fold_batch", "Inconsistent", "stop_code",
+           "stop_message"]
 
 log = logging.getLogger("aosk.projector")
 
@@ -107,6 +111,29 @@ class PartitionStop:
     partition: int
     offset: int
     reason: str
+    """What happened and what to do, for people."""
+    code: str = "error"
+    """``stop_code``: ``unknown_fingerprint`` | ``unknown_fold_version`` | ``moved_key`` | ``error``."""
+
+
+def stop_code(error: BaseException) -> str:
+    """The stop reason code for ``error`` (the same codes as the worker's stops)."""
+    if isinstance(error, UnknownFingerprint):
+        return "unknown_fingerprint"
+    if isinstance(error, UnknownFoldVersion):
+        return "unknown_fold_version"
+    if isinstance(error, PartitionCountChanged):
+        return "partition_count_changed"
+    return "error"
+
+
+def stop_message(offset: int, error: BaseException) -> str:
+    """What the stop at ``offset`` means and what to do about it."""
+    if isinstance(error, UnknownFingerprint):
+        return (f"record at offset {offset} has unknown schema fingerprint {error.fingerprint.hex()}; deploy the "
+                "newer schemas and restart, or if the record is garbage release the partition with "
+                "`aosk journal quarantine PARTITION:OFFSET --reason TEXT` (docs/recovery.md)")
+    return f"{type(error).__name__}: {error}"
 
 
 @dataclass
@@ -129,6 +156,7 @@ def fold_batch(
     checkpoint_every: int,
     owner_of: Callable[[str], int | None] | None = None,
     live_partitions: int | None = None,
+    quarantines: Quarantines | None = None,
 ) -> FoldedBatch:
     """Fold each partition's records (offset order) on top of ``get_entry`` (the cache).
 
@@ -142,6 +170,8 @@ def fold_batch(
     ``live_partitions`` is the journal's partition count now; if a partition's marker
     recorded another, ``PartitionCountChanged`` is raised (never caught here: the whole
     batch stops, loudly).
+
+    ``quarantines`` resolves records with an unknown fingerprint (None: they stop).
     """
     out = FoldedBatch()
     overlay = out.entries
@@ -168,18 +198,20 @@ def fold_batch(
             if e is None:
                 e = get_entry(key)
             if e is not None and e.partition != p:
-                out.stops.append(PartitionStop(p, rec.offset, _moved(key, e.partition, p)))
+                out.stops.append(PartitionStop(p, rec.offset, _moved(key, e.partition, p), "moved_key"))
                 break
             if e is None and owner_of is not None:
                 other = owner_of(key)
                 if other is not None and other != p:
-                    out.stops.append(PartitionStop(p, rec.offset, _moved(key, other, p)))
+                    out.stops.append(PartitionStop(p, rec.offset, _moved(key, other, p), "moved_key"))
                     break
+            if rec.error is not None and quarantines is not None:
+                rec = quarantines.resolve(rec)
             try:
                 slot, v = apply(None if e is None else e.slot, rec, version=version, partitions=partition_count,
                                 hash_state=False)
             except Exception as exc:  # UnknownFingerprint, UnknownFoldVersion, or a fold bug
-                out.stops.append(PartitionStop(p, rec.offset, f"{type(exc).__name__}: {exc}"))
+                out.stops.append(PartitionStop(p, rec.offset, stop_message(rec.offset, exc), stop_code(exc)))
                 break
             seq = v.seq
             if seq == 0:

@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from aosk.errors import HistoryError
-from aosk.journal import JournalReader
+from aosk.journal import JournalReader, Quarantines
 from aosk.kernel import (
     INITIAL_VERSION,
     AgentSlot,
@@ -66,22 +66,33 @@ def _fold_range(reader: JournalReader, agent_id: str, partition: int, start_slot
                 until_seq: int | None = None) -> tuple[AgentSlot | None, int]:
     """Fold ``agent_id``'s records in [start, stop) on top of ``start_slot``, with fold
     ``version`` and the recorded partition count ``partitions`` in force at ``start``;
-    keyless ``KernelUpgraded`` markers in the range switch them as they do live."""
+    keyless ``KernelUpgraded`` markers in the range switch them as they do live. A record
+    with an unknown fingerprint is looked up in the journal's quarantine markers, as the
+    worker and the projectors do (``aosk.journal.Quarantines``)."""
     slot = start_slot
     marker = AgentSlot(AgentState(agent_id=pseudo_key(partition), fold_version=version, partitions=partitions))
     folded = 0
+    quarantines: Quarantines | None = None
     records: Iterator[Record] = reader.read(partition, start, stop)
-    for r in records:
-        st = marker.state
-        if r.key is None:
-            marker, _ = apply(marker, r, version=st.fold_version, partitions=st.partitions)
-            continue
-        if r.key != agent_id or route(r, st.fold_version, st.partitions).key != agent_id:
-            continue  # another key's, or misrouted: the partition's pseudo-agent's (fold_key)
-        if until_seq is not None and slot is not None and slot.state.seq >= until_seq:
-            break
-        slot, _ = apply(slot, r, version=st.fold_version, partitions=st.partitions, hash_state=False)
-        folded += 1
+    try:
+        for r in records:
+            if r.error is not None and (r.key is None or r.key == agent_id):
+                if quarantines is None:
+                    quarantines = reader.quarantines()
+                r = quarantines.resolve(r)
+            st = marker.state
+            if r.key is None:
+                marker, _ = apply(marker, r, version=st.fold_version, partitions=st.partitions)
+                continue
+            if r.key != agent_id or route(r, st.fold_version, st.partitions).key != agent_id:
+                continue  # another key's, or misrouted: the partition's pseudo-agent's (fold_key)
+            if until_seq is not None and slot is not None and slot.state.seq >= until_seq:
+                break
+            slot, _ = apply(slot, r, version=st.fold_version, partitions=st.partitions, hash_state=False)
+            folded += 1
+    finally:
+        if quarantines is not None:
+            quarantines.close()
     return slot, folded
 
 

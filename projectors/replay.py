@@ -41,7 +41,7 @@ import os
 import signal
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import psycopg
@@ -52,7 +52,7 @@ from aosk._logging import configure_logging
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import ReplayError
-from aosk.journal import record_from_message
+from aosk.journal import Quarantines, record_from_message
 from aosk.kernel import AgentSlot, Record, pseudo_key
 from aosk.projectors.batch import AgentEntry, fold_batch
 from aosk.projectors.db import (
@@ -129,6 +129,9 @@ class ReplayResult:
     lock_ms: float
     """How long the exclusive lock was held."""
     live_existed: bool
+    stopped: dict[int, tuple[int, str]] = field(default_factory=dict)
+    """Partitions the rebuild stopped on: partition -> (offset, why). Their records from
+    that offset on are not projected (nor were they in the replaced live schema)."""
 
     @property
     def events_per_s(self) -> float:
@@ -176,6 +179,8 @@ class Replay:
         """Nothing stored in the shadow that is not in ``_entries`` (a replay from 0)."""
         self._pos: dict[int, int] = {}
         self._stopped: dict[int, tuple[int, str]] = {}
+        self._stop_codes: dict[int, str] = {}
+        self._quarantines = Quarantines.from_journal(self._bootstrap, self.topic)
         self._eof: set[int] = set()
         self._paused: set[int] = set()
         self._seek: set[int] = set()
@@ -374,7 +379,8 @@ class Replay:
         moved = self._load(conn, parts)
         batch = fold_batch(parts, self._entries.get, checkpoint_every=self.checkpoint_every,
                            owner_of=moved.get if moved else None,
-                           live_partitions=self.settings.kafka.journal_partitions)  # checked by ensure_journal
+                           live_partitions=self.settings.kafka.journal_partitions,  # checked by ensure_journal
+                           quarantines=self._quarantines)
         advances = [Advance(p, self._pos[p], end, last_ms) for p, (end, last_ms) in batch.ends.items()]
         if advances:
             try:
@@ -389,8 +395,19 @@ class Replay:
             self._pos[a.partition] = a.end
         for s in batch.stops:
             self._stopped[s.partition] = (s.offset, s.reason)
+            self._stop_codes[s.partition] = s.code
             log.critical("partition %d STOPPED at offset %d in the rebuild: %s", s.partition, s.offset, s.reason)
         return len(batch.outcomes)
+
+    def _record_stops(self, conn: psycopg.Connection[Any]) -> None:
+        """The rebuild's stops into the shadow's ``projector_offsets`` (as a live
+        projector records its own), so ``aosk db status`` shows them after the swap."""
+        for p, (offset, why) in self._stopped.items():
+            conn.execute(
+                sql.SQL("update {} set stopped_offset = %s, stop_reason = %s, stop_message = %s, stopped_at = now() "
+                        "where partition = %s").format(qualified(self.shadow, "projector_offsets")),
+                (offset, self._stop_codes.get(p, "error"), why, p),
+            )
 
     def _take(self, msgs: list[Any], caps: dict[int, int], over: set[int]) -> dict[int, list[Record]]:
         parts: dict[int, list[Record]] = {}
@@ -483,7 +500,8 @@ class Replay:
                     log.info("partitions %s caught up: %d records in %.1fs", sorted(self._pos), self.records,
                              time.monotonic() - t0)
                     if helper:
-                        return ReplayResult(self.schema, self.shadow, None, self.records, 0.0, 0, 0.0, live)
+                        return ReplayResult(self.schema, self.shadow, None, self.records, 0.0, 0, 0.0, live,
+                                            dict(self._stopped))
                     if helpers:
                         self._join_helpers(helpers, conn, bar)
                         consumer.close()
@@ -506,7 +524,9 @@ class Replay:
             records = self._shadow_total_in(conn, self.schema) - start_total
         finally:
             conn.close()
-        return ReplayResult(self.schema, self.shadow, old, records, seconds, swapped, lock_ms, live)
+            self._quarantines.close()
+        return ReplayResult(self.schema, self.shadow, old, records, seconds, swapped, lock_ms, live,
+                            dict(self._stopped))
 
     def _shadow_total(self, conn: psycopg.Connection[Any]) -> int:
         return self._shadow_total_in(conn, self.shadow)
@@ -687,11 +707,14 @@ class Replay:
                         sh=qualified(self.shadow, "projector_offsets"), lv=qualified(self.schema, "projector_offsets")
                     )
                 )
+                self._record_stops(conn)
                 if self.options.drop_old:
                     conn.execute(sql.SQL("drop schema {} cascade").format(s))
                 else:
                     old = self._old_name(conn)
                     conn.execute(sql.SQL("alter schema {} rename to {}").format(s, sql.Identifier(old)))
+            if not live:
+                self._record_stops(conn)
             conn.execute(sql.SQL("alter schema {} rename to {}").format(sh, s))
             conn.execute("select pg_notify(%s, '')", (notify_channel(self.schema),))
         lock_ms = (time.monotonic() - t_lock) * 1000

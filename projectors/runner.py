@@ -42,9 +42,9 @@ from aosk._gc import tune_gc
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import PartitionCountChanged, PostgresUnavailable
-from aosk.journal import record_from_message
+from aosk.journal import Quarantines, record_from_message
 from aosk.kernel import LATEST_VERSION, AgentSlot, Record, params_for, pseudo_key
-from aosk.projectors.batch import AgentEntry, FoldedBatch, Inconsistent, fold_batch
+from aosk.projectors.batch import AgentEntry, FoldedBatch, Inconsistent, PartitionStop, fold_batch
 from aosk.projectors.db import (
     DEFAULT_SCHEMA,
     ProjectionConfigError,
@@ -83,6 +83,9 @@ class ProjectorOptions:
     max_cached_agents: int = 50_000
     """Agent states kept in memory between batches (least recently written evicted;
     re-read from agent_state when their agent shows up again)."""
+    stop_recheck_s: float = 5.0
+    """How often a partition stopped at an unknown schema fingerprint looks for a
+    quarantine marker naming its record (``aosk journal quarantine``)."""
     fault: str | None = None
     """Fault injection for tests: ``sigstop:<before_write|in_transaction>:<after N batches>``."""
 
@@ -123,7 +126,9 @@ class Projector:
         """Keys known to have no stored row (the partitions' pseudo-agents, mostly)."""
         self._pos: dict[int, int] = {}
         """Owned partitions -> the next_offset this process believes is stored (the CAS start)."""
-        self._stopped: dict[int, str] = {}
+        self._stopped: dict[int, PartitionStop] = {}
+        self._quarantines = Quarantines.from_journal(self._bootstrap, self.topic)
+        self._last_recheck = 0.0
         self._live_partitions: int | None = None
         """The journal's partition count, read on every assignment (a changed count
         raises ``PartitionCountChanged`` from the fold)."""
@@ -324,6 +329,9 @@ class Projector:
                         if backoff:
                             self._stop.wait(backoff)
                 now = time.monotonic()
+                if self._stopped and now - self._last_recheck >= self.options.stop_recheck_s:
+                    self._last_recheck = now
+                    self._recheck_stops()
                 if now - last_report >= 10:
                     self._report(now)
                     last_report = now
@@ -332,6 +340,7 @@ class Projector:
             raise
         finally:
             self._report(time.monotonic())
+            self._quarantines.close()
             try:
                 self._consumer.close()
             finally:
@@ -366,16 +375,61 @@ class Projector:
 
         if err.code() == KafkaError._AUTO_OFFSET_RESET or err.code() == KafkaError.OFFSET_OUT_OF_RANGE:
             p = m.partition()
-            self._stop_partition(p, self._pos.get(p, -1), f"stored offset is out of the journal's range ({err.str()}); "
-                                 "was the topic recreated? rebuild the projection (aosk replay)")
+            self._stop_partition(PartitionStop(
+                p, self._pos.get(p, -1), f"stored offset is out of the journal's range ({err.str()}); "
+                "was the topic recreated? rebuild the projection (aosk replay)", "offset_out_of_range"))
             self._consumer.pause([TopicPartition(self.topic, p)])
         else:
             log.warning("kafka: %s", err.str())
 
-    def _stop_partition(self, p: int, offset: int, reason: str) -> None:
-        self._stopped[p] = reason
+    def _stop_partition(self, stop: PartitionStop) -> None:
+        p = stop.partition
+        self._stopped[p] = stop
         log.critical("partition %d of %s STOPPED at offset %d: %s. It is not projected any further until this is "
-                     "fixed and the projector restarted; the other partitions go on.", p, self.topic, offset, reason)
+                     "fixed; the other partitions go on.", p, self.topic, stop.offset, stop.reason)
+        self._record_stop(stop)
+
+    def _record_stop(self, stop: PartitionStop | None, partition: int | None = None) -> None:
+        """Show the stop (None: that the partition goes on) in ``projector_offsets``, for
+        ``aosk db status`` and health checks; best effort (the log has it anyway)."""
+        p = stop.partition if stop is not None else partition
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(
+                    sql.SQL("update {} set stopped_offset = %s, stop_reason = %s, stop_message = %s, "
+                            "stopped_at = case when %s::bigint is null then null else now() end "
+                            "where partition = %s").format(qualified(self.schema, "projector_offsets")),
+                    (None, None, None, None, p) if stop is None else
+                    (stop.offset, stop.code, stop.reason, stop.offset, p),
+                )
+        except psycopg.Error as e:
+            log.warning("could not record the stop of partition %s in projector_offsets: %s", p, e)
+
+    def _recheck_stops(self) -> None:
+        """Resume partitions whose stopping record a quarantine marker now names."""
+        for p, stop in list(self._stopped.items()):
+            if stop.code != "unknown_fingerprint" or p not in self._pos:
+                continue
+            try:
+                marker = self._quarantines.marker_for(p, stop.offset)
+            except Exception as e:  # noqa: BLE001 - looked for again at the next recheck
+                log.warning("looking for a quarantine marker of %d:%d failed: %r", p, stop.offset, e)
+                continue
+            if marker is None:
+                continue
+            self._resume(p)
+            log.warning("%s[%d]: record %d is quarantined by the marker at offset %d (%s); the partition resumes",
+                        self.topic, p, stop.offset, marker.offset, marker.reason)
+
+    def _resume(self, p: int) -> None:
+        from confluent_kafka import TopicPartition
+
+        del self._stopped[p]
+        self._record_stop(None, p)
+        self._drop(p)
+        self._pending_seek.add(p)
+        self._seek_pending()
+        self._consumer.resume([TopicPartition(self.topic, p)])
 
     def _load(self, parts: dict[int, list[Record]]) -> dict[str, int]:
         """Put the stored entries of the batch's uncached keys into the cache; returns
@@ -408,7 +462,7 @@ class Projector:
         try:
             moved = self._load(parts)
             batch = fold_batch(parts, self._entries.get, checkpoint_every=self.checkpoint_every, owner_of=moved.get,
-                               live_partitions=self._live_partitions)
+                               live_partitions=self._live_partitions, quarantines=self._quarantines)
         except Inconsistent as e:
             log.error("cache inconsistent with the journal: %s", e)
             self._resync(list(parts), "inconsistent cache")
@@ -459,7 +513,7 @@ class Projector:
         from confluent_kafka import TopicPartition
 
         for s in batch.stops:
-            self._stop_partition(s.partition, s.offset, s.reason)
+            self._stop_partition(s)
             self._consumer.pause([TopicPartition(self.topic, s.partition)])
 
     def _committed(self, batch: FoldedBatch, advances: list[Advance]) -> None:

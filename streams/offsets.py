@@ -72,6 +72,13 @@ class Cursors:
         if c is not None:
             c.stopped = True
 
+    def release(self, partition: int, next_offset: int) -> None:
+        """The partition goes on from ``next_offset`` (the record that stopped it)."""
+        c = self._c.get(partition)
+        if c is not None:
+            c.stopped = False
+            c.next = next_offset
+
     def commit_plan(self, partitions: Iterable[int]) -> dict[int, int]:
         """partition -> offset to commit, for those of ``partitions`` folded past their commit."""
         out = {}

@@ -47,8 +47,10 @@ def describe_stop(topic: str, partition: int, offset: int, error: BaseException)
         return Stop(partition, offset, "unknown_fingerprint",
                     f"partition STOPPED: record {where} has unknown schema fingerprint "
                     f"{error.fingerprint.hex()}; is schemas/ older than the producer? Deploy the "
-                    "newer schemas to every worker and restart them; the record was not skipped "
-                    "and its offset is not committed. Other partitions go on.")
+                    "newer schemas to every worker and restart them; if the record is garbage, "
+                    f"`aosk journal quarantine {partition}:{offset} --reason TEXT` releases the partition "
+                    "(docs/recovery.md). The record was not skipped and its offset is not committed. "
+                    "Other partitions go on.")
     if isinstance(error, UnknownFoldVersion):
         return Stop(partition, offset, "unknown_fold_version",
                     f"partition STOPPED: record {where} needs fold version {error.version}, this "
@@ -81,7 +83,8 @@ class PartitionStops:
 
     def clear(self, partitions: Iterable[int] | None = None) -> None:
         """Forget stops (all, or of ``partitions``): after a rebalance the partition is
-        read again from its committed offset and stops again at the same record."""
+        read again from its committed offset and stops again at the same record; or a
+        quarantine marker released the partition (``aosk.journal.Quarantines``)."""
         if partitions is None:
             self._stops.clear()
         else:

@@ -7,7 +7,10 @@ Per record, in order:
 1. its partition is stopped -> not folded (``HELD``: its offset is never committed);
 2. its agent's slot already covers the offset (a snapshot restored ahead of the record,
    while a takeover re-folds from the snapshot floor) -> skipped (``SKIPPED``);
-3. ``apply(slot, record, version=<the partition's fold version>)``:
+3. a record with an unknown schema fingerprint is looked up in ``quarantines``
+   (``aosk.journal.Quarantines``: a later ``RecordQuarantined`` marker naming it makes it
+   fold as rejected ``quarantined``); then
+   ``apply(slot, record, version=<the partition's fold version>)``:
    * ``UnknownFingerprint`` / ``UnknownFoldVersion`` / any other error -> the partition
      stops (``streams.pausing``), the record is not folded (``STOPPED``);
    * otherwise the agent's slot is replaced, marked dirty for its next snapshot
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from aosk.events import ForkRequested, KernelUpgraded, encode
+from aosk.journal import Quarantines
 from aosk.kernel import (
     AgentSlot,
     Kind,
@@ -85,8 +89,11 @@ class Processor:
     """Agent slots of the partitions a worker owns, folded a batch at a time."""
 
     def __init__(self, *, journal_topic: str, journal_partitions: int, past_states: PastStates | None = None,
-                 snapshot_policy: SnapshotPolicy | None = None) -> None:
+                 snapshot_policy: SnapshotPolicy | None = None, quarantines: Quarantines | None = None) -> None:
         self.journal_topic = journal_topic
+        self.quarantines = quarantines
+        """Where quarantine markers are looked up (None: nowhere, every unknown
+        fingerprint stops its partition)."""
         self.partitions = journal_partitions
         self.past_states = past_states or NoPastStates()
         self.slots: dict[str, AgentSlot] = {}
@@ -162,6 +169,8 @@ class Processor:
             batch.next_offsets[p] = record.offset + 1
             return RecordFate.SKIPPED
         try:
+            if record.error is not None and self.quarantines is not None:
+                record = self.quarantines.resolve(record)
             new, verdict = apply(slot, record, version=version, partitions=partitions)
             if record.key is None and isinstance(record.event, KernelUpgraded):
                 check_partition_count(new.state, self.partitions)

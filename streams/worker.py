@@ -9,7 +9,9 @@ The loop, per batch (``docs/workers.md`` has the why of each step):
 3. every ``commit_interval_s``: wait until the broker acknowledged every output so far,
    then commit the next offsets, then write the snapshots that are due and the floor
    markers (``streams.snapshots``: a snapshot is never ahead of the committed offset);
-4. every ``timeout_tick_s``: write ``CallTimedOut`` for calls past their deadline.
+4. every ``timeout_tick_s``: write ``CallTimedOut`` for calls past their deadline;
+5. every ``stop_recheck_s``: look for quarantine markers naming the records that stopped
+   partitions (``aosk journal quarantine``); a partition released so resumes at that record.
 
 Rebalances are librdkafka callbacks that run inside ``consume``: on revocation the
 worker commits and snapshots everything of the revoked partitions (best effort within
@@ -37,7 +39,7 @@ from aosk._gc import tune_gc
 from aosk._kafka import consume_ready
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
-from aosk.journal import record_from_message
+from aosk.journal import Quarantines, record_from_message
 from aosk.streams.forks import PastStates
 from aosk.streams.kafka import (
     OFFSET_BEGINNING,
@@ -84,6 +86,9 @@ class WorkerOptions:
     """How often calls past their deadline are looked for."""
     stop_timeout_s: float = 12.0
     """A stop ends the process within this, whatever the broker does."""
+    stop_recheck_s: float = 5.0
+    """How often a partition stopped at an unknown schema fingerprint looks for a
+    quarantine marker naming its record (``aosk journal quarantine``)."""
     flush_timeout_s: float = 30.0
     """Longest wait for acknowledgements before a commit (the commit is skipped, not
     forced, when they do not come)."""
@@ -108,8 +113,10 @@ class Worker:
         self._topics = {Sink.TRANSITIONS: k.transitions_topic, Sink.JOURNAL: k.journal_topic,
                         Sink.DEAD_LETTERS: k.dead_letters_topic, Sink.SNAPSHOTS: self.snapshots_topic}
         self._bootstrap = resolve_endpoints(settings).bootstrap if consumer is None or producer is None else ""
+        self._quarantines = Quarantines.from_journal(self._bootstrap, k.journal_topic) if self._bootstrap else None
         self.processor = Processor(journal_topic=k.journal_topic, journal_partitions=k.journal_partitions,
-                                   past_states=opts.past_states, snapshot_policy=opts.snapshots)
+                                   past_states=opts.past_states, snapshot_policy=opts.snapshots,
+                                   quarantines=self._quarantines)
         self.cursors = Cursors()
         self._floors: dict[int, int] = {}
         self._sent_timeouts = SentTimeouts()
@@ -122,6 +129,7 @@ class Worker:
         self._delivery_error: str | None = None
         self._last_commit = 0.0
         self._last_tick = 0.0
+        self._last_recheck = 0.0
         self.folded = 0
         self.refolded = 0
         self._busy = {"wait": 0.0, "fold": 0.0, "commit": 0.0}
@@ -185,6 +193,9 @@ class Worker:
                 if now - self._last_tick >= opts.timeout_tick_s:
                     self._last_tick = now
                     self._timeouts()
+                if now - self._last_recheck >= opts.stop_recheck_s:
+                    self._last_recheck = now
+                    self._recheck_stops()
                 if now - last_report >= 5:
                     self._report(now - last_report)
                     last_report = now
@@ -400,6 +411,32 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - already-fetched records are held by the processor anyway
             log.warning("pausing partition %d failed: %r", p, e)
 
+    def _recheck_stops(self) -> None:
+        """Resume partitions whose stopping record a quarantine marker now names."""
+        from confluent_kafka import TopicPartition
+
+        q = self._quarantines
+        if q is None:
+            return
+        for stop in list(self.processor.stops):
+            if stop.reason != "unknown_fingerprint" or stop.partition not in self.cursors.owned():
+                continue
+            try:
+                marker = q.marker_for(stop.partition, stop.offset)
+            except Exception as e:  # noqa: BLE001 - looked for again at the next recheck
+                log.warning("looking for a quarantine marker of %d:%d failed: %r", stop.partition, stop.offset, e)
+                continue
+            if marker is None:
+                continue
+            p = stop.partition
+            self.processor.stops.clear([p])
+            self.cursors.release(p, stop.offset)
+            tp = TopicPartition(self.journal, p, stop.offset)
+            self._consumer.seek(tp)
+            self._consumer.resume([tp])
+            log.warning("%s[%d]: record %d is quarantined by the marker at offset %d (%s); the partition resumes",
+                        self.journal, p, stop.offset, marker.offset, marker.reason)
+
     # -- timeouts ------------------------------------------------------------------------
 
     def _timeouts(self) -> None:
@@ -439,6 +476,8 @@ class Worker:
             self._consumer.close()
         except Exception as e:  # noqa: BLE001 - closing is best effort: the group evicts a silent member anyway
             log.warning("closing the consumer failed: %r", e)
+        if self._quarantines is not None:
+            self._quarantines.close()
         self._report(None)
 
     def _report(self, interval: float | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from aosk.cli._flags import (
     add_batch_max,
@@ -65,4 +66,9 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
           f"swapped in as {r.schema} ({r.swap_records} records under the lock, held {r.lock_ms:.0f} ms)"
           + (f"; the replaced schema is {r.old}" if r.old
              else ("" if r.live_existed else "; there was no live schema")))
+    for p, (offset, why) in sorted(r.stopped.items()):
+        # The same stop holds the live projectors: not a failure of the rebuild, but the
+        # projection is not complete, and nobody should read success into it.
+        print(f"warning: partition {p} is STOPPED at offset {offset}: {why}. Its records from {offset} on are not "
+              "projected (docs/recovery.md)", file=sys.stderr)
     return 0

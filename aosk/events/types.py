@@ -57,6 +57,7 @@ __all__ = [
     "CapabilityRevoked",
     "BudgetUpdated",
     "KernelUpgraded",
+    "RecordQuarantined",
 ]
 
 #: Symbols of the Avro enum ``Origin``, in schema order.
@@ -366,6 +367,18 @@ class KernelUpgraded(Event):
     unknown, which is what every v1 record decodes to. Fold version 2 needs it."""
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RecordQuarantined(Event):
+    """The record at ``quarantined_offset`` of this partition stopped it (its schema
+    fingerprint is unknown); from this marker on every reader folds that record as
+    rejected ``quarantined`` (``aosk journal quarantine``). Produced without a key."""
+
+    quarantined_offset: int
+    fingerprint: str
+    """Hex of the record's unknown fingerprint, as the operator saw it (informational)."""
+    reason: str
+
+
 # --- verdicts ---------------------------------------------------------------------------
 
 
@@ -427,6 +440,7 @@ EVENT_TYPES: Final[Mapping[str, type[Event]]] = MappingProxyType(
             CapabilityRevoked,
             BudgetUpdated,
             KernelUpgraded,
+            RecordQuarantined,
         )
     }
 )

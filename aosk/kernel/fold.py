@@ -7,11 +7,13 @@ The gates every record passes, in order (the first that fails decides):
 1. offset already applied to this key -> the slot unchanged and the ORIGINAL verdict;
    (from here on the record takes the key's next ``seq``)
    a misrouted record (step 0) -> ``wrong_partition``, whatever it holds;
-2. undecodable -> ``undecodable``; malformed event id or origin -> ``invalid_payload``;
+2. quarantined (an unknown-fingerprint record named by a later ``RecordQuarantined``
+   marker, resolved by the reader: ``aosk.journal.Quarantines``) -> ``quarantined``;
+   undecodable -> ``undecodable``; malformed event id or origin -> ``invalid_payload``;
 3. client event id among the key's last K -> ``duplicate`` (the id is remembered even
    when the record is then rejected, so a retry of a rejected event is a duplicate too);
-4. key / agent_id disagree -> ``key_mismatch``; ``KernelUpgraded`` with a key ->
-   ``not_partition_marker``;
+4. key / agent_id disagree -> ``key_mismatch``; a partition marker (``KernelUpgraded``,
+   ``RecordQuarantined``) with a key -> ``not_partition_marker``;
 5. kernel-only type (or a child ``AgentSpawned``) with ``origin=client`` -> ``kernel_only``;
 6. generic payload hygiene -> ``invalid_payload``;
 7. ``MessageDelivered`` / ``MessageBounced`` at or below their source partition's
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 from typing import Any, Final, NamedTuple
 
-from aosk.errors import UnknownFingerprint
+from aosk.errors import Quarantined, UnknownFingerprint
 from aosk.events import KERNEL_ONLY_TYPES, ORIGINS, AgentSpawned, Event, MessageBounced, MessageDelivered
 from aosk.kernel import lifecycle, work
 from aosk.kernel.copying import revise
@@ -49,9 +51,13 @@ from aosk.kernel.verdict import Kind, Reason, Record, Verdict, new_verdict
 
 __all__ = ["apply", "KERNEL_ONLY"]
 
-KERNEL_ONLY: Final = KERNEL_ONLY_TYPES | {"KernelUpgraded"}
+_PARTITION_MARKERS: Final = frozenset({"KernelUpgraded", "RecordQuarantined"})
+"""Kernel events about a partition, produced without a key (its pseudo-agent folds them)."""
+
+KERNEL_ONLY: Final = KERNEL_ONLY_TYPES | _PARTITION_MARKERS
 """Types accepted only with ``origin=kernel`` (``AgentSpawned`` too when it has a parent).
-``KernelUpgraded`` is added by the fold: a client must never switch semantics."""
+The partition markers are added by the fold: a client must never switch semantics or
+quarantine a record."""
 
 _HANDLERS: Final[dict[str, Handler]] = {**lifecycle.HANDLERS, **work.HANDLERS}
 assert set(_HANDLERS) == set(LIFECYCLE), "one handler per event type in the lifecycle table"
@@ -263,6 +269,11 @@ def _judge(ctx: FoldContext, st: AgentState, ev: Event | None) -> tuple[Decision
     rec = ctx.record
     dedupe = st.dedupe
     if ev is None:
+        if type(rec.error) is Quarantined:
+            q = rec.error
+            return reject(Reason.QUARANTINED, f"record {rec.partition}:{rec.offset} (unknown schema fingerprint "
+                          f"{q.fingerprint.hex()}) was quarantined by the marker at offset {q.marker_offset}: "
+                          f"{q.reason}"), dedupe
         reason = getattr(rec.error, "reason", str(rec.error))
         return reject(Reason.UNDECODABLE, f"record {rec.partition}:{rec.offset} is undecodable ({reason}); "
                       "it stays in the journal and a copy goes to the dead-letter topic"), dedupe
@@ -280,10 +291,10 @@ def _judge(ctx: FoldContext, st: AgentState, ev: Event | None) -> tuple[Decision
                        "(a client retry); see its original verdict"), dedupe
         dedupe = dedupe.with_event_id(ev.event_id, ctx.params.dedupe_window)
 
-    if name == "KernelUpgraded":
+    if name in _PARTITION_MARKERS:
         if rec.key is not None:
-            return reject(Reason.NOT_PARTITION_MARKER, "KernelUpgraded marks a partition: produce it without a "
-                          "key, to every partition"), dedupe
+            return reject(Reason.NOT_PARTITION_MARKER, f"{name} marks a partition: produce it without a "
+                          "key (KernelUpgraded: to every partition)"), dedupe
     elif ev.agent_id != ctx.key:
         return reject(Reason.KEY_MISMATCH, f"{name} for agent {ev.agent_id!r} was produced with key {ctx.key!r}; "
                       "the key must be the agent id"), dedupe
@@ -336,7 +347,7 @@ def _gate_and_handle(ctx: FoldContext, st: AgentState, ev: Event, name: str) -> 
     if status == _NONE and status not in allowed:
         return reject(Reason.NOT_SPAWNED, f"agent {ctx.key} was never spawned; send AgentSpawned first")
     ident = st.identity
-    if ident is not None and ev.tenant_id != ident.tenant_id and name != "KernelUpgraded":
+    if ident is not None and ev.tenant_id != ident.tenant_id and name not in _PARTITION_MARKERS:
         return reject(Reason.TENANT_MISMATCH, f"{name} is for tenant {ev.tenant_id!r}, agent {ctx.key} belongs to "
                       f"tenant {ident.tenant_id!r}")
     if status not in allowed:

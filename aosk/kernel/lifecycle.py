@@ -30,6 +30,7 @@ from aosk.events import (
     CheckpointRequested,
     ForkRequested,
     KernelUpgraded,
+    RecordQuarantined,
 )
 from aosk.kernel.copying import revise
 from aosk.kernel.decision import Decision, FoldContext, Handler, ok, reject
@@ -81,6 +82,7 @@ _table: dict[str, frozenset[str]] = {
     "AgentFailed": NON_FINAL_STATUSES,
     "ForkRequested": _ANY_SPAWNED,
     "KernelUpgraded": _ALL,
+    "RecordQuarantined": _ALL,
 }
 for _t in WORK_TYPES:
     _table[_t] = frozenset({Status.RUNNING})
@@ -372,6 +374,15 @@ def _kernel_upgraded(ctx: FoldContext, st: AgentState, ev: KernelUpgraded) -> De
               fold_version=v, partitions=n)
 
 
+def _record_quarantined(ctx: FoldContext, st: AgentState, ev: RecordQuarantined) -> Decision:
+    # The marker itself changes no state: readers honour it when they meet the record it
+    # names (aosk.journal.Quarantines), which is always before the marker.
+    if not 0 <= ev.quarantined_offset < ctx.record.offset:
+        return reject(Reason.INVALID_PAYLOAD, f"RecordQuarantined rejected: quarantined_offset "
+                      f"{ev.quarantined_offset} is not before the marker's offset {ctx.record.offset}")
+    return ok(f"record {ctx.record.partition}:{ev.quarantined_offset} is quarantined: {ev.reason}")
+
+
 HANDLERS: Final[dict[str, Handler]] = {
     "AgentSpawned": _spawned,
     "AgentForked": _forked,
@@ -388,4 +399,5 @@ HANDLERS: Final[dict[str, Handler]] = {
     "CheckpointRequested": _checkpoint,
     "ForkRequested": _fork_requested,
     "KernelUpgraded": _kernel_upgraded,
+    "RecordQuarantined": _record_quarantined,
 }

@@ -101,6 +101,7 @@ class Reason(StrEnum):
     NOT_PARTITION_MARKER = "not_partition_marker"
     VERSION_DOWNGRADE = "version_downgrade"
     WRONG_PARTITION = "wrong_partition"
+    QUARANTINED = "quarantined"
 
 
 REASONS: Final[dict[str, str]] = {
@@ -131,10 +132,12 @@ REASONS: Final[dict[str, str]] = {
     Reason.ALREADY_BOUNCED: "a bounce at or below the high-water mark of its source partition (duplicate)",
     Reason.REDELIVERED: "an offset applied before whose verdict is no longer kept (duplicate)",
     Reason.INVALID_FORK: "AgentForked whose state does not decode or does not match its hash / source",
-    Reason.NOT_PARTITION_MARKER: "KernelUpgraded produced with a key (it must have none)",
+    Reason.NOT_PARTITION_MARKER: "a partition marker (KernelUpgraded, RecordQuarantined) produced with a key",
     Reason.VERSION_DOWNGRADE: "KernelUpgraded to a version older than the one in force",
     Reason.WRONG_PARTITION: "fold version 2: a keyed record not on its key's murmur2 partition (it belongs to "
     "~p<partition>; workers copy it to dead letters)",
+    Reason.QUARANTINED: "a record that stopped its partition (unknown schema fingerprint), named by a later "
+    "RecordQuarantined marker of the partition (`aosk journal quarantine`; workers copy it to dead letters)",
 }
 """Every reason code with what it means (docs/kernel.md has the full rules)."""
 

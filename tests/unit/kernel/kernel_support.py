@@ -66,6 +66,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "CapabilityRevoked": dict(capability="search"),
     "BudgetUpdated": dict(budgets=BIG),
     "KernelUpgraded": dict(fold_version=1),
+    "RecordQuarantined": dict(quarantined_offset=0, fingerprint="00" * 8, reason="garbage"),
     "MessageDelivered": dict(message_id="m", from_agent_id="x", from_tenant_id=TENANT, body="hi", source_partition=0,
                              source_offset=0),
     "MessageBounced": dict(message_id="m", reason="inbox_full", source_partition=0, source_offset=0),
@@ -93,7 +94,7 @@ def ev(type_name: str, agent: str, *, tenant: str = TENANT, origin: str | None =
     kw.update(fields)
     if origin is None:
         origin = "kernel" if type_name in ("CallTimedOut", "MessageDelivered", "MessageBounced",
-                                             "AgentForked", "KernelUpgraded") else "client"
+                                             "AgentForked", "KernelUpgraded", "RecordQuarantined") else "client"
     return cls(event_id=event_id or new_id(type_name), agent_id=agent, tenant_id=tenant,
                occurred_at=0, origin=origin, **kw)
 

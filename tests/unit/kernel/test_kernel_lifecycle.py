@@ -37,7 +37,9 @@ TABLE: dict[str, dict[str, str]] = {
                                                    "CapabilityRevoked")},
     "ForkRequested": {s: "same" for s in NON_FINAL | {T, E}},
     "KernelUpgraded": {s: "same" for s in NON_FINAL | {T, E, N}},
+    "RecordQuarantined": {s: "same" for s in NON_FINAL | {T, E, N}},
 }
+PARTITION_MARKERS = ("KernelUpgraded", "RecordQuarantined")
 STATUSES = [N, R, RU, W, SU, T, E]
 AGENT = "a-1"
 
@@ -94,7 +96,7 @@ def _event_for(sim: Sim, t: str):  # noqa: ANN202 - an Event
     return ev(t, AGENT, **fields)
 
 
-CASES = [(t, s) for t in sorted(TABLE) if t != "KernelUpgraded" for s in STATUSES]
+CASES = [(t, s) for t in sorted(TABLE) if t not in PARTITION_MARKERS for s in STATUSES]
 
 
 @pytest.mark.parametrize(("event_type", "status"), CASES)
@@ -166,7 +168,7 @@ def test_final_states_accept_only_fork_and_upgrade() -> None:
     for final in (T, E):
         sim = _setup(final)
         for t in sorted(TABLE):
-            if t in ("KernelUpgraded",):
+            if t in PARTITION_MARKERS:
                 continue
             v = sim.produce(_event_for(sim, t))
             assert (v.kind == Kind.ACCEPTED) == (t == "ForkRequested"), (final, t, v)
