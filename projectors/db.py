@@ -266,10 +266,10 @@ def open_pool(
     return pool
 
 
-def connect(dsn: str) -> psycopg.Connection[Any]:
+def connect(dsn: str, *, timeout: float = 10) -> psycopg.Connection[Any]:
     """One connection (not autocommit) to the projection database; ``PostgresUnavailable``
-    if it cannot be reached within 10 s."""
+    if it cannot be reached within ``timeout`` seconds."""
     try:
-        return psycopg.connect(dsn, autocommit=False, connect_timeout=10)
+        return psycopg.connect(dsn, autocommit=False, connect_timeout=max(1, round(timeout)))
     except psycopg.OperationalError as e:
         raise PostgresUnavailable(dsn, str(e)) from e

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING, Any
 
 from aosk.cli._flags import add_format, add_schema, param_default
@@ -59,9 +60,21 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 def _status(settings: Settings, args: argparse.Namespace) -> int:
     from psycopg import sql
 
+    from aosk.endpoints import resolve_endpoints
+    from aosk.errors import AoskError
     from aosk.projectors.db import qualified
     from aosk.projectors.runner import checkpoint_every_of
+    from aosk.status import broker_offsets, projection_status
+    from aosk.streams.kafka import group_id
 
+    k = settings.kafka
+    ends: dict[int, int] | None = None
+    judged: dict[int, int] | None = None
+    kafka_problem: AoskError | None = None
+    try:
+        ends, judged = broker_offsets(resolve_endpoints(settings).bootstrap, k.journal_topic, group_id(k.topic_prefix))
+    except AoskError as e:
+        kafka_problem = e
     with _connect(settings) as conn:
         exists = conn.execute("select 1 from pg_namespace where nspname = %s", (args.schema,)).fetchone()
         if not exists:
@@ -72,13 +85,27 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
         ):
             print(f"migration {v:04d}_{name}")
         print(f"checkpoint every {checkpoint_every_of(conn, args.schema)} records")
-        print(f"{'partition':>9} {'next_offset':>12} {'lag':>8}  last record                 owner")
-        for p, nxt, lag, last, owner in conn.execute(
-            sql.SQL("select partition, next_offset, lag_records, last_record_at, owner from {} "
-                    "order by partition").format(qualified(args.schema, "projector_lag"))
-        ):
-            print(f"{p:>9} {nxt:>12} {lag:>8}  {str(last or '-'):26.26}  {owner or '-'}")
-    return 0
+        status = projection_status(conn, args.schema, ends=ends, judged=judged)
+
+    def num(x: int | None) -> str:
+        return "?" if x is None else str(x)
+
+    print(f"{'partition':>9} {'projected':>10} {'end':>10} {'lag':>8} {'judged':>10} {'worker lag':>10}  "
+          f"{'last record':26}  {'owner':20}  state")
+    for p in status.partitions:
+        state = "ok" if p.stopped is None else f"STOPPED at {p.stopped.offset}: {p.stopped.reason}"
+        print(f"{p.partition:>9} {p.projected:>10} {num(p.end):>10} {num(p.lag):>8} {num(p.judged):>10} "
+              f"{num(p.worker_lag):>10}  {str(p.last_record_at or '-'):26.26}  {(p.owner or '-'):20.20}  {state}")
+    for p in status.stopped:
+        assert p.stopped is not None
+        print(f"partition {p.partition} STOPPED at offset {p.stopped.offset}: {p.stopped.message}")
+    if kafka_problem is not None:
+        print(f"aosk: end offsets unknown, lag not shown: {kafka_problem}", file=sys.stderr)
+        from aosk.cli import exit_code
+
+        return exit_code(kafka_problem)
+    # A stopped partition is a problem found, whatever else is fine.
+    return 1 if status.stopped else 0
 
 
 def _thin(settings: Settings, args: argparse.Namespace) -> int:
