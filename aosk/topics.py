@@ -10,9 +10,9 @@ travel depend on client clocks.
 ``ensure_topics(..., mark_new_journal=True)`` (what ``aosk topics ensure`` does) also
 writes a ``KernelUpgraded`` marker of the latest fold version, with the partition count,
 on every partition of a journal it CREATES (never on an existing one), so a new journal
-starts under the latest rules, the partition rule of fold version 2 included
-(``write_partition_markers``; docs/kernel.md). ``aosk kernel upgrade`` writes the same
-markers on an existing journal.
+starts under the latest rules: the partition rule of fold version 2 and the all-zero
+embedding rule of version 3 included (``write_partition_markers``; docs/kernel.md).
+``aosk kernel upgrade`` writes the same markers on an existing journal.
 """
 
 from __future__ import annotations

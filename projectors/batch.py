@@ -269,8 +269,8 @@ def _entry(overlay: Mapping[str, AgentEntry], get_entry: Callable[[str], AgentEn
 def _moved(key: str, have: int, got: int) -> str:
     return (f"agent key {key!r} lives on partition {have} but a record for it is on partition {got}: "
             "a producer does not use the murmur2 partitioner, or the journal's partition count changed; "
-            "from fold version 2 on (aosk kernel upgrade --to-version 2) such records are rejected wrong_partition "
-            "instead (docs/recovery.md)")
+            "from fold version 2 on (aosk kernel upgrade --to-version 3, the latest) such records are rejected "
+            "wrong_partition instead (docs/recovery.md)")
 
 
 def last_entries(outcomes: Iterable[FoldedRecord]) -> dict[str, AgentEntry]:

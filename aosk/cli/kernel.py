@@ -1,8 +1,9 @@
 """``aosk kernel upgrade --to-version N``: switch the fold version, partition by partition.
 
 Writes one ``KernelUpgraded`` marker without a key (origin ``kernel``) to every journal
-partition, carrying the journal's live partition count (fold version 2 records it and
-routes keys by murmur2 over it). From its offset on, that partition folds under version N; everything before
+partition, carrying the journal's live partition count (every fold version from 2 on
+records it and routes keys by murmur2 over it; version 3 also rejects all-zero
+embeddings). From its offset on, that partition folds under version N; everything before
 keeps the verdicts it was given. Deploy workers and projectors that know version N
 first: a reader that does not know it stops the partition at the marker (loudly,
 nothing skipped) until it is upgraded. docs/recovery.md ("A fold change").

@@ -221,8 +221,9 @@ def _switch_version(st: AgentState, version: int) -> AgentState:
             "pass the version in force on the record's partition"
         )
     params_for(version)  # raises UnknownFoldVersion
-    # Version 1 is the only version: no migration yet. A version that changes the shape or
-    # the paging of the state migrates it here, step by step.
+    # No version so far changes the state's shape (2 and 3 only add rules): no migration
+    # yet. A version that changes the shape or the paging of the state migrates it here,
+    # step by step.
     return evolve(st, {"fold_version": version})
 
 

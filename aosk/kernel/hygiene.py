@@ -4,8 +4,9 @@ Every field of every event is checked against its declared type (the codec guara
 it for decoded records; in-process callers may not), every string for NUL characters
 and lone surrogates (PostgreSQL text and UTF-8 refuse both), every float for NaN and
 infinities, and every int for the Avro long range. Type-specific limits (sizes, id
-shapes, JSON arguments, embedding dimension) are checked by the event's own handler
-with the helpers below. A failure is a rejection with reason ``invalid_payload``.
+shapes, JSON arguments, embedding dimension, from fold version 3 on an all-zero
+embedding) are checked by the event's own handler with the helpers below. A failure is
+a rejection with reason ``invalid_payload``.
 """
 
 from __future__ import annotations
@@ -290,8 +291,13 @@ def check_json(name: str, s: str, p: FoldParams) -> str | None:
 
 
 def check_embedding(name: str, emb: tuple[float, ...], p: FoldParams) -> str | None:
+    """The dimension, and from fold version 3 on (``rejects_zero_embedding``) at least
+    one non-zero component. NaN and infinities never get here (``check_fields``)."""
     if len(emb) != p.embedding_dim:
         return f"{name} has dimension {len(emb)}, this cluster's is {p.embedding_dim}"
+    if p.rejects_zero_embedding and not any(emb):  # C-level loop; 0.0 and -0.0 are both false
+        return (f"all-zero embedding: cosine distance is undefined ({name} has no non-zero component, pgvector "
+                "would return NaN distances for it); embed the text again, or store the memory without an embedding")
     return None
 
 

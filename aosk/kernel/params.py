@@ -36,6 +36,12 @@ class FoldParams:
     ``~p<partition>`` and is rejected ``wrong_partition``; a marker switching to such a
     version must carry the partition count (``aosk.kernel.routing``)."""
 
+    rejects_zero_embedding: bool = False
+    """Version 3 on: an all-zero embedding (``MemoryStored``, ``MemoryEmbedded``) is
+    rejected ``invalid_payload`` like a NaN one: its cosine distance to anything is
+    undefined (pgvector returns NaN), so it could only poison memory search. Versions 1
+    and 2 accept it (their history keeps its verdicts)."""
+
     dedupe_window: int = 128
     """K: how many recent client ``event_id`` values an agent remembers; a client event
     whose id is among them gets verdict ``duplicate``."""
@@ -114,9 +120,11 @@ INITIAL_VERSION: Final = 1
 VERSIONS: Final[Mapping[int, FoldParams]] = MappingProxyType({
     1: FoldParams(version=1),
     2: FoldParams(version=2, routes_by_partition=True),
+    3: FoldParams(version=3, routes_by_partition=True, rejects_zero_embedding=True),
 })
 """Every fold version this code can apply, by number. Version 2 = version 1 plus the
-partition rule (``routes_by_partition``); every other constant is the same."""
+partition rule (``routes_by_partition``); version 3 = version 2 plus the all-zero
+embedding rule (``rejects_zero_embedding``); every other constant is the same."""
 
 LATEST_VERSION: Final = max(VERSIONS)
 

@@ -1,7 +1,8 @@
 """Builds the golden journals: ``python tests/golden/make_golden.py``.
 
 ``v1_*.json`` pin fold version 1 (journals without a version 2 marker), ``v2_*.json``
-version 2 (the partition rule) together with the version 1 history before its markers.
+version 2 (the partition rule) together with the version 1 history before its markers,
+``v3_*.json`` version 3 (all-zero embeddings rejected) after version 1 and 2 history.
 
 Each scenario is played through the worker-like simulator of the kernel tests (so
 derived events are in the journal where a worker would have written them) and saved
@@ -189,12 +190,48 @@ def wrong_partition() -> Sim:
     return sim
 
 
+def zero_embedding() -> Sim:
+    """Version 1 and version 2 history with all-zero embeddings (accepted, as those
+    versions do), then version 3 markers partition by partition (one without a count
+    and a downgrade to 2: rejected): from its marker on, a partition rejects all-zero
+    embeddings (``MemoryStored``, ``MemoryEmbedded``, -0.0 included) as
+    ``invalid_payload`` while a partition still on version 2 accepts them; non-zero
+    and absent embeddings stay accepted and misrouted records stay ``wrong_partition``."""
+    n = 3
+    sim = Sim(n, murmur2=True)
+    a, b = _key_on(0, n, "a"), _key_on(1, n, "b")
+    zero = tuple(0.0 for _ in range(len(EMB)))
+    spawn_running(sim, a)
+    sim.produce(ev("MemoryStored", a, memory_id="v1-zero", embedding=zero))
+    for p in range(n):
+        sim.produce(ev("KernelUpgraded", f"~p{p}", fold_version=2, partitions=n), key=None, partition=p)
+    spawn_running(sim, b)
+    sim.produce(ev("MemoryStored", a, memory_id="v2-zero", embedding=zero))
+    sim.produce(ev("MemoryEmbedded", b, memory_id="v2-late", embedding=zero))
+    sim.produce(ev("KernelUpgraded", "~p0", fold_version=3, partitions=0), key=None, partition=0)
+    sim.produce(ev("KernelUpgraded", "~p0", fold_version=3, partitions=n), key=None, partition=0)
+    sim.produce(ev("KernelUpgraded", "~p0", fold_version=2, partitions=n), key=None, partition=0)
+    sim.produce(ev("MemoryStored", a, memory_id="v3-zero", embedding=zero))
+    sim.produce(ev("MemoryEmbedded", a, memory_id="v1-zero", embedding=zero))
+    sim.produce(ev("MemoryEmbedded", a, memory_id="v1-zero", embedding=tuple(-0.0 for _ in zero)))
+    sim.produce(ev("MemoryEmbedded", b, memory_id="still-v2", embedding=zero))
+    for p in (1, 2):
+        sim.produce(ev("KernelUpgraded", f"~p{p}", fold_version=3, partitions=n), key=None, partition=p)
+    sim.produce(ev("MemoryEmbedded", b, memory_id="v2-late", embedding=zero))
+    sim.produce(ev("MemoryStored", a, memory_id="v3-none", embedding=None))
+    sim.produce(ev("MemoryStored", b, memory_id="v3-emb", embedding=EMB))
+    sim.produce(ev("MemoryEmbedded", a, memory_id="v1-zero", embedding=(1.0, *zero[1:])))
+    sim.produce(ev("MemoryStored", a, memory_id="stray", embedding=zero), partition=2)
+    return sim
+
+
 SCENARIOS: dict[str, tuple[int, Callable[[], Sim]]] = {
     "lifecycle": (1, lifecycle),
     "budgets_and_paging": (1, budgets_and_paging),
     "ipc_calls_and_duplicates": (1, ipc_calls_and_duplicates),
     "random_mix": (1, random_mix),
     "wrong_partition": (2, wrong_partition),
+    "zero_embedding": (3, zero_embedding),
 }
 
 

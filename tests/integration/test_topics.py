@@ -8,6 +8,8 @@ import sys
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from aosk.journal import JournalReader
+from aosk.kernel import LATEST_VERSION
 from aosk.topics import TopicMismatch, ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -58,3 +60,20 @@ def test_cli_reports(settings) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert f"created  {env_prefix}.agent-events" in out.stdout
+    assert f"KernelUpgraded(fold_version={LATEST_VERSION}, partitions=12) on every partition" in out.stdout
+    assert LATEST_VERSION == 3  # a new journal starts with the all-zero embedding rule (and the partition rule)
+    from projection_oracle import read_journal
+
+    markers = read_journal(settings.kafka.bootstrap_servers, f"{env_prefix}.agent-events")
+    assert sorted((r.partition, r.offset) for r in markers) == [(p, 0) for p in range(12)]
+    assert {(r.key, r.event.origin, r.event.fold_version, r.event.partitions) for r in markers} == {
+        (None, "kernel", 3, 12)}
+    out = subprocess.run(  # an existing journal is never marked again
+        [sys.executable, "-m", "aosk.cli", "topics", "ensure"],
+        env={"AOSK_KAFKA_BOOTSTRAP": settings.kafka.bootstrap_servers, "AOSK_TOPIC_PREFIX": env_prefix,
+             "AOSK_POSTGRESQL_DSN": "postgresql://unused/x", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0 and "marked" not in out.stdout, out.stdout + out.stderr
+    with JournalReader(settings.kafka.bootstrap_servers, f"{env_prefix}.agent-events") as reader:
+        assert [reader.end_offset(p) for p in range(12)] == [1] * 12

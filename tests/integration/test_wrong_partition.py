@@ -2,10 +2,11 @@
 their key's murmur2 partition (confluent-kafka's default partitioner, consistent_random)
 are judged alike by every reader.
 
-The journal is created by ``aosk topics ensure`` (which writes the version 2 marker with
-the partition count on every partition); the SDK produces a workload and, in its middle,
-a plain confluent-kafka producer without a ``partitioner`` setting produces events (and
-garbage) for the same agents and for never-spawned keys. Then:
+The journal is created by ``aosk topics ensure`` (which writes the latest version's
+marker, version 2's partition rule included, with the partition count on every
+partition); the SDK produces a workload and, in its middle, a plain confluent-kafka
+producer without a ``partitioner`` setting produces events (and garbage) for the same
+agents and for never-spawned keys. Then:
 
 - projector: every misrouted record is in ``audit_log`` as ``rejected / wrong_partition``
   under ``~p<partition>``, every other record of those partitions is projected, the
@@ -32,7 +33,7 @@ import pytest
 from aosk.config import Settings
 from aosk.events import AgentSuspended, CheckpointRequested, ContextAppended, Event, encode
 from aosk.journal import JournalReader
-from aosk.kernel import Reason, fold_journal, state_hash
+from aosk.kernel import LATEST_VERSION, Reason, fold_journal, params_for, state_hash
 from aosk.partitioning import partition_for
 from aosk.projectors.digest import digest_schema
 from aosk.projectors.history import state_at, state_at_seq
@@ -134,7 +135,8 @@ def projected(journal: Journal, tmp_path_factory: pytest.TempPathFactory) -> lis
 def test_new_journal_is_marked_with_the_partition_count(journal: Journal, projected: list) -> None:
     markers = [r for r in projected if r.key is None]
     assert sorted((r.partition, r.offset) for r in markers) == [(p, 0) for p in range(PARTITIONS)]
-    assert {(r.event.fold_version, r.event.partitions) for r in markers} == {(2, PARTITIONS)}
+    assert {(r.event.fold_version, r.event.partitions) for r in markers} == {(LATEST_VERSION, PARTITIONS)}
+    assert params_for(LATEST_VERSION).routes_by_partition
 
 
 def test_projector_rejects_misrouted_records_on_the_pseudo_agent(journal: Journal, projected: list) -> None:
@@ -165,7 +167,7 @@ def test_time_travel_and_aosk_state_equal_the_fold(journal: Journal, projected: 
             p = partition_for(agent, PARTITIONS)
             point = state_at(conn, SCHEMA, reader, agent, offset=journal.ends[p] - 1)
             assert point.state_hash == state_hash(slots[agent].state), agent
-            assert point.checkpoint_seq is not None  # started from a checkpoint under version 2
+            assert point.checkpoint_seq is not None  # started from a checkpoint under the routing version
             seq = slots[agent].state.seq - 1
             want = _state_at_seq([r for r in projected if r.partition == p], agent, seq)
             assert state_at_seq(conn, SCHEMA, reader, agent, seq) == want
@@ -205,7 +207,7 @@ def test_expected_verdicts_for_a_worker(journal: Journal, projected: list) -> No
     exp = expected_projection(projected)
     for pos in journal.misrouted:
         v = exp.verdicts[pos]
-        assert (v.agent_id, v.reason, v.fold_version) == (f"~p{pos[0]}", Reason.WRONG_PARTITION, 2)
+        assert (v.agent_id, v.reason, v.fold_version) == (f"~p{pos[0]}", Reason.WRONG_PARTITION, LATEST_VERSION)
 
 
 def test_a_worker_rejects_misrouted_records_and_dead_letters_them(journal: Journal, projected: list,

@@ -21,6 +21,7 @@ FILES = sorted(GOLDEN.glob("v[0-9]*_*.json"))
 def test_golden_journals_exist() -> None:
     assert len([f for f in FILES if f.name.startswith("v1_")]) >= 4
     assert any(f.name.startswith("v2_") for f in FILES)
+    assert any(f.name.startswith("v3_") for f in FILES)
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])

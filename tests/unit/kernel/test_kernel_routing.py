@@ -44,9 +44,10 @@ def key_on(partition: int, *, not_: bool = False, prefix: str = "k") -> str:
     return next(k for k in (f"{prefix}{i}" for i in range(1000)) if (partition_for(k, N) == partition) != not_)
 
 
-def test_version_2_is_the_latest_and_routes_by_partition() -> None:
-    assert LATEST_VERSION == 2
-    assert not params_for(1).routes_by_partition and params_for(2).routes_by_partition
+def test_versions_from_2_on_route_by_partition() -> None:
+    assert LATEST_VERSION == 3  # version 3 adds a payload rule (test_kernel_zero_embedding.py) and keeps routing
+    assert not params_for(1).routes_by_partition
+    assert all(params_for(v).routes_by_partition for v in range(2, LATEST_VERSION + 1))
 
 
 def test_fold_key_routes_by_the_partition_state() -> None:
