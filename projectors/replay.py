@@ -399,6 +399,24 @@ class Replay:
             log.critical("partition %d STOPPED at offset %d in the rebuild: %s", s.partition, s.offset, s.reason)
         return len(batch.outcomes)
 
+    def _adopt_live_stops(self, conn: psycopg.Connection[Any]) -> None:
+        """Stops live projectors recorded at the offsets the rebuild was capped at: the
+        rebuild never read those records, but the partitions are stopped all the same (and
+        stay so after the swap, so the shadow carries the stop over)."""
+        has = conn.execute(
+            "select 1 from information_schema.columns where table_schema = %s and table_name = 'projector_offsets' "
+            "and column_name = 'stopped_offset'", (self.schema,)).fetchone()
+        if not has:  # a live schema migrated by an older AOSK records no stops
+            return
+        rows = conn.execute(
+            sql.SQL("select partition, stopped_offset, stop_reason, stop_message from {} "
+                    "where stopped_offset is not null and stopped_offset >= next_offset").format(
+                qualified(self.schema, "projector_offsets"))).fetchall()
+        for p, offset, code, message in rows:
+            if int(p) not in self._stopped:
+                self._stopped[int(p)] = (int(offset), message or code or "stopped")
+                self._stop_codes[int(p)] = code or "error"
+
     def _record_stops(self, conn: psycopg.Connection[Any]) -> None:
         """The rebuild's stops into the shadow's ``projector_offsets`` (as a live
         projector records its own), so ``aosk db status`` shows them after the swap."""
@@ -707,6 +725,7 @@ class Replay:
                         sh=qualified(self.shadow, "projector_offsets"), lv=qualified(self.schema, "projector_offsets")
                     )
                 )
+                self._adopt_live_stops(conn)
                 self._record_stops(conn)
                 if self.options.drop_old:
                     conn.execute(sql.SQL("drop schema {} cascade").format(s))
