@@ -27,7 +27,7 @@ from aosk.events import (
     ToolCallRequested,
     encode,
 )
-from aosk.projectors.db import BATCH_LOCK_KEY, MigrationError, ProjectionConfigError, migrate
+from aosk.projectors.db import BATCH_LOCK_KEY, MigrationError, ProjectionConfigError, migrate, migrations
 from aosk.projectors.memory import RecallError
 from aosk.projectors.runner import ensure_journal
 from aosk.waiting import wait_for
@@ -69,7 +69,9 @@ def reader(settings: Settings, live: Projectors):
 
 def test_migrations_are_versioned_idempotent_and_in_their_schema(settings: Settings, database: str) -> None:
     with psycopg.connect(database) as conn:
-        assert migrate(conn, schema="m_test") == ["0001_projections", "0002_views"]
+        applied = migrate(conn, schema="m_test")
+        assert applied == [f"{m.version:04d}_{m.name}" for m in migrations()]
+        assert applied[:2] == ["0001_projections", "0002_views"]
         assert migrate(conn, schema="m_test") == []
         listed = conn.execute("select table_name from information_schema.tables where table_schema = 'm_test'")
         tables = {r[0] for r in listed}
