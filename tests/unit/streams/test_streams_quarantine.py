@@ -139,3 +139,14 @@ def test_a_client_marker_is_rejected_kernel_only_and_a_keyed_one_not_partition_m
     keyed = journal.append(_marker(0, 0), key="~p0", partition=0)
     verdicts = fold_with_verdicts([client, keyed])[1]
     assert [v.reason for v in verdicts] == [Reason.KERNEL_ONLY, Reason.NOT_PARTITION_MARKER]
+
+
+def test_a_key_on_a_second_partition_stops_the_projector_under_version_1() -> None:
+    journal = Journal()
+    first = journal.append(_spawn("a"))
+    other = (first.partition + 1) % journal.partitions
+    moved = journal.append(_ev(AgentStarted, "a"), partition=other)
+    batch = fold_batch({first.partition: [first], other: [moved]}, lambda k: None, checkpoint_every=100)
+    (stop,) = batch.stops
+    assert (stop.partition, stop.offset, stop.code) == (other, moved.offset, "moved_key")
+    assert "lives on partition" in stop.reason
