@@ -334,8 +334,70 @@ def _section_replay(settings: Settings, ep: Endpoints) -> None:
           "live projector kept running)")
 
 
+def _section_quarantine(settings: Settings, ep: Endpoints) -> None:
+    _heading("8. a garbage record halts its partition; aosk journal quarantine releases it")
+    import uuid
+
+    import psycopg
+    from confluent_kafka import Producer
+
+    from aosk.client import KernelClient
+    from aosk.events import AgentStarted, Budgets
+    from aosk.waiting import wait_for
+
+    k = settings.kafka
+    budgets = Budgets(max_tokens=1_000, max_tool_calls=5, max_steps=100, context_window_tokens=2_000)
+    agent = f"demo-garbage-{uuid.uuid4().hex[:6]}"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "aosk.cli", *args], capture_output=True, text=True, timeout=120)
+
+    with KernelClient.from_settings(settings, watch_verdicts=True) as kernel:
+        spawn = kernel.spawn(agent_id=agent, tenant_id="acme", name="victim", budgets=budgets)
+        kernel.wait_for_verdict(spawn.event_id, 120)
+        raw = Producer({"bootstrap.servers": ep.bootstrap, "partitioner": "murmur2_random", "log_level": 0})
+        delivered: list[Any] = []
+        raw.produce(k.journal_topic, key=agent.encode(), value=b"\xc3\x01" + b"\x5a" * 8,
+                    on_delivery=lambda err, msg: delivered.append(msg))
+        raw.flush(30)
+        p, offset = delivered[0].partition(), delivered[0].offset()
+        print(f"  a broken producer wrote C3 01 + 8 bytes for {agent} at {p}:{offset} (an unknown schema fingerprint)")
+        started = kernel.emit(AgentStarted, agent_id=agent, tenant_id="acme")
+        kernel.flush()
+
+        def stopped() -> bool:
+            with psycopg.connect(ep.dsn) as conn:
+                row = conn.execute("select stopped_offset from aosk.projector_offsets where partition = %s",
+                                   (p,)).fetchone()
+            return row is not None and row[0] == offset
+
+        wait_for(stopped, timeout=120, what=f"the projector to stop partition {p}")
+        status = cli("db", "status")
+        row = next((line for line in status.stdout.splitlines() if line.split()[:1] == [str(p)]), "")
+        print(f"  aosk db status exits {status.returncode}; partition {p}: {' '.join(row.split()[:4])} ... "
+              f"{row.split('  ')[-1].strip()}")
+        print("    (columns: partition, projected, broker end, lag: the records stuck behind the stop)")
+        out = cli("journal", "quarantine", f"{p}:{offset}", "--reason", "demo: garbage from a broken producer")
+        print(f"  aosk journal quarantine {p}:{offset} --reason ... -> {out.stdout.strip()[:150]}")
+        v = kernel.wait_for_verdict(started.event_id, 120)
+        print(f"  the stuck AgentStarted is judged now: {v.verdict}, status {v.status} (seq {v.seq})")
+
+    def flowing() -> bool:
+        with psycopg.connect(ep.dsn) as conn:
+            row = conn.execute("select kind, reason from aosk.audit_log where journal_partition = %s "
+                               "and journal_offset = %s", (p, offset)).fetchone()
+        return row is not None
+
+    wait_for(flowing, timeout=120, what=f"the projector to go on with partition {p}")
+    with psycopg.connect(ep.dsn) as conn:
+        kind, reason = conn.execute("select kind, reason from aosk.audit_log where journal_partition = %s "
+                                    "and journal_offset = %s", (p, offset)).fetchone() or ("?", "?")
+    print(f"  audit_log at {p}:{offset}: {kind} / {reason}; `aosk db status` exits {cli('db', 'status').returncode}; "
+          "a replay or `aosk state --at-offset` folds it the same way")
+
+
 def _section_errors() -> None:
-    _heading("8. when a dependency is down: one line and an exit code")
+    _heading("9. when a dependency is down: one line and an exit code")
     import os
     import socket
 
@@ -366,6 +428,7 @@ def run_demo(settings: Settings) -> int:
         _section_projections(settings, ep, ctx)
         _section_time_travel(settings, ep, ctx)
         _section_replay(settings, ep)
+        _section_quarantine(settings, ep)
     finally:
         procs.stop()
     _section_errors()
