@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from aosk.cli._flags import add_format, add_schema, param_default
+from aosk.cli._flags import add_format, add_schema, param_default, positive_int
 from aosk.config import Settings
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     actions = db.add_subparsers(dest="action", metavar="ACTION", required=True)
     m = actions.add_parser("migrate", help="apply pending migrations (projectors also do it at start)")
     add_schema(m)
-    m.add_argument("--checkpoint-every", type=int, metavar="N",
+    m.add_argument("--checkpoint-every", type=positive_int, metavar="N",
                    help="checkpoint every N records of an agent (stored with the schema; default: the fold's 100)")
     m.set_defaults(run=_migrate)
     s = actions.add_parser("status", help="applied migrations and how far each journal partition is projected")
@@ -27,9 +27,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.set_defaults(run=_status)
     t = actions.add_parser("thin-checkpoints", help="delete old interval checkpoints (the journal keeps every point)")
     add_schema(t)
-    t.add_argument("--keep-last", type=int, default=param_default(thin, "keep_last"), metavar="N",
-                   help="newest checkpoints kept per agent (default %(default)s)")
-    t.add_argument("--keep-every", type=int, default=param_default(thin, "keep_every"), metavar="N",
+    # Both at least 1 (thin refuses less): the newest checkpoint of an agent is where every
+    # time-travel query and fork of its present starts, and "a multiple of 0" means nothing.
+    t.add_argument("--keep-last", type=positive_int, default=param_default(thin, "keep_last"), metavar="N",
+                   help="newest checkpoints kept per agent, at least 1 (default %(default)s)")
+    t.add_argument("--keep-every", type=positive_int, default=param_default(thin, "keep_every"), metavar="N",
                    help="also keep those whose seq is a multiple (default %(default)s)")
     t.set_defaults(run=_thin)
     d = actions.add_parser("digest", help="sha256 per projection table over its deterministic columns "
