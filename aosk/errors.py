@@ -19,6 +19,8 @@
      +-- DeliveryError          the broker did not acknowledge a produced event
      +-- ProjectionTimeout      a journal position was not projected in time (also a TimeoutError)
      +-- ProjectionConfigError  the projection schema does not fit this process's configuration
+     |    +-- SchemaNotFound        no migrated projection schema of that name
+     |    +-- JournalMismatch       the schema projects another journal topic than the configured one
      +-- MigrationError         a migration failed, or a newer AOSK migrated the database
      +-- UndecodableState       an agent_state row whose fold state does not decode
      +-- Fenced                 another projector owns the partition now (batch rolled back)
@@ -49,8 +51,8 @@ __all__ = [
     "Unavailable", "KafkaUnavailable", "PostgresUnavailable", "DevStackError",
     "DecodeError", "Undecodable", "UnknownFingerprint", "StateDecodeError", "UnknownFoldVersion",
     "PartitionCountChanged", "EventRejected", "DeliveryError", "ProjectionTimeout", "ProjectionConfigError",
-    "MigrationError", "UndecodableState", "Fenced", "Inconsistent", "CheckpointError", "HistoryError",
-    "RecallError", "ReplayError",
+    "SchemaNotFound", "JournalMismatch", "MigrationError", "UndecodableState", "Fenced", "Inconsistent",
+    "CheckpointError", "HistoryError", "RecallError", "ReplayError",
 ]
 
 
@@ -206,6 +208,39 @@ class ProjectionTimeout(AoskError, TimeoutError):
 class ProjectionConfigError(AoskError):
     """The projection schema does not fit this process's configuration (embedding
     dimension, journal topic): refuse to write rather than mix two clusters."""
+
+
+class SchemaNotFound(ProjectionConfigError):
+    """``schema`` does not exist in the database, or holds no AOSK projections (it was
+    never migrated): a reader has nothing to read there."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        super().__init__(
+            f"schema {schema} does not exist or holds no AOSK projections; name the right one with --schema, "
+            f"or create it with `aosk db migrate --schema {schema}` (projectors do it at start)"
+        )
+
+
+class JournalMismatch(ProjectionConfigError):
+    """The schema was built from another journal topic (``projection_meta.journal_topic``)
+    than this process's ``kafka.topic_prefix`` names: reading or writing it would mix two
+    clusters' histories."""
+
+    def __init__(self, schema: str, recorded: str, topic: str) -> None:
+        self.schema = schema
+        self.recorded = recorded
+        self.topic = topic
+        super().__init__(
+            f"schema {schema} projects journal {recorded}, this process reads {topic}; "
+            f"use another schema (--schema) or the topic prefix of that journal "
+            f"(kafka.topic_prefix / AOSK_TOPIC_PREFIX={_prefix_of(recorded)})"
+        )
+
+
+def _prefix_of(topic: str) -> str:
+    suffix = ".agent-events"
+    return topic[: -len(suffix)] if topic.endswith(suffix) else topic
 
 
 class MigrationError(AoskError):

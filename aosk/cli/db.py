@@ -48,6 +48,22 @@ def _connect(settings: Settings) -> psycopg.Connection[Any]:
     return connect(resolve_endpoints(settings).dsn)
 
 
+def connect_schema(settings: Settings, schema: str, *, check_journal: bool = True) -> psycopg.Connection[Any]:
+    """A connection for a command that reads ``schema``, after the one check every reader
+    makes (``require_schema``): the schema exists and, with ``check_journal``, projects
+    this process's journal topic (a command that reads only the schema's own tables,
+    like ``db digest``, does not depend on the journal)."""
+    from aosk.projectors.db import require_schema
+
+    conn = _connect(settings)
+    try:
+        require_schema(conn, schema, journal_topic=settings.kafka.journal_topic if check_journal else None)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.projectors.db import migrate
 
@@ -64,11 +80,7 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.projectors.db import qualified
     from aosk.projectors.runner import checkpoint_every_of
 
-    with _connect(settings) as conn:
-        exists = conn.execute("select 1 from pg_namespace where nspname = %s", (args.schema,)).fetchone()
-        if not exists:
-            print(f"schema {args.schema} does not exist (run `aosk db migrate --schema {args.schema}`)")
-            return 1
+    with connect_schema(settings, args.schema) as conn:
         for v, name in conn.execute(
             sql.SQL("select version, name from {} order by version").format(qualified(args.schema, "schema_migrations"))
         ):
@@ -86,7 +98,7 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 def _thin(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.projectors.checkpoints import thin
 
-    with _connect(settings) as conn:
+    with connect_schema(settings, args.schema, check_journal=False) as conn:
         n = thin(conn, args.schema, keep_last=args.keep_last, keep_every=args.keep_every)
         conn.commit()
     print(f"deleted {n} checkpoints")
@@ -96,12 +108,9 @@ def _thin(settings: Settings, args: argparse.Namespace) -> int:
 def _digest(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
-    from aosk.projectors.digest import digest_schema, format_text, schema_exists
+    from aosk.projectors.digest import digest_schema, format_text
 
-    with _connect(settings) as conn:
-        if not schema_exists(conn, args.schema):
-            print(f"schema {args.schema} does not exist", file=__import__("sys").stderr)
-            return 1
+    with connect_schema(settings, args.schema, check_journal=False) as conn:
         digests = digest_schema(conn, args.schema)
     if args.format == "json":
         print(json.dumps({"schema": args.schema, "tables": digests}, indent=2, sort_keys=True))

@@ -61,12 +61,15 @@ def at_time(text: str, *, now_ms: int | None = None) -> int:
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.journal import JournalReader
     from aosk.kernel import encode_state
-    from aosk.projectors.db import connect
+    from aosk.projectors.db import connect, require_schema
     from aosk.projectors.history import state_at
 
     ep = resolve_endpoints(settings)
-    with connect(ep.dsn) as conn, JournalReader(ep.bootstrap, settings.kafka.journal_topic) as reader:
-        point = state_at(conn, args.schema, reader, args.agent, offset=args.at_offset, time_ms=args.at_time)
+    topic = settings.kafka.journal_topic
+    with connect(ep.dsn) as conn:
+        require_schema(conn, args.schema, journal_topic=topic)
+        with JournalReader(ep.bootstrap, topic) as reader:
+            point = state_at(conn, args.schema, reader, args.agent, offset=args.at_offset, time_ms=args.at_time)
     state = json.loads(encode_state(point.state))
     if args.format == "json":
         print(json.dumps({
