@@ -27,6 +27,8 @@
      +-- Inconsistent           a projector's agent cache disagrees with the journal
      +-- CheckpointError        a stored checkpoint does not decode or match its hash
      +-- HistoryError           the point in time asked for does not exist
+     |    +-- NoSuchAgent           the agent has no record at or before that point
+     +-- PartitionStopped       a reader met a record it must not skip (unknown fingerprint or fold version)
      +-- RecallError            a recall query that cannot be answered as asked (also a ValueError)
      +-- ReplayError            a replay cannot go on; the live schema is unchanged
 
@@ -52,7 +54,7 @@ __all__ = [
     "DecodeError", "Undecodable", "UnknownFingerprint", "StateDecodeError", "UnknownFoldVersion",
     "PartitionCountChanged", "EventRejected", "DeliveryError", "ProjectionTimeout", "ProjectionConfigError",
     "SchemaNotFound", "JournalMismatch", "MigrationError", "UndecodableState", "Fenced", "Inconsistent",
-    "CheckpointError", "HistoryError", "RecallError", "ReplayError",
+    "CheckpointError", "HistoryError", "NoSuchAgent", "PartitionStopped", "RecallError", "ReplayError",
 ]
 
 
@@ -276,6 +278,36 @@ class CheckpointError(AoskError):
 
 class HistoryError(AoskError):
     """The point asked for does not exist (before the agent's first record, past the end)."""
+
+
+class NoSuchAgent(HistoryError):
+    """The agent has no record at or before the point asked for: it does not exist (yet).
+    ``first_offset`` is its first record's offset when the projections know it."""
+
+    def __init__(self, agent_id: str, message: str, *, first_offset: int | None = None) -> None:
+        self.agent_id = agent_id
+        self.first_offset = first_offset
+        super().__init__(message)
+
+
+class PartitionStopped(AoskError):
+    """A journal reader met a record it cannot fold and must not skip: written with an
+    unknown schema fingerprint, or asking for an unknown fold version. Workers and
+    projectors stop the partition at that record; a reader stops there too."""
+
+    def __init__(self, topic: str, partition: int, offset: int, cause: UnknownFingerprint | UnknownFoldVersion) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.cause = cause
+        if isinstance(cause, UnknownFingerprint):
+            why = (f"a record with unknown schema fingerprint {cause.fingerprint.hex()}; deploy the newer schemas "
+                   f"(is schemas/ older than the producer?), or set the record aside with "
+                   f"`aosk journal quarantine {partition}:{offset} --reason TEXT`")
+        else:
+            why = (f"a KernelUpgraded marker for fold version {cause.version} (this code knows "
+                   f"{list(cause.known)}); deploy the newer aosk")
+        super().__init__(f"partition {partition} of {topic} is stopped at offset {offset} by {why}")
 
 
 class RecallError(AoskError, ValueError):

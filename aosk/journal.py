@@ -9,7 +9,7 @@ point-in-time queries, forks and tests that fold the journal in a plain loop.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator
 from types import TracebackType
 from typing import Any
 
@@ -40,6 +40,7 @@ class JournalReader:
 
         self._topic = topic
         self._bootstrap = bootstrap
+        self._closed = False
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap,
             "group.id": f"aosk-reader-{uuid.uuid4().hex[:8]}",  # assign() only; nothing committed
@@ -55,7 +56,12 @@ class JournalReader:
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
+    @property
+    def topic(self) -> str:
+        return self._topic
+
     def close(self) -> None:
+        self._closed = True
         self._consumer.close()
 
     def partitions(self) -> int:
@@ -75,7 +81,7 @@ class JournalReader:
         (tp,) = self._consumer.offsets_for_times([TopicPartition(self._topic, partition, timestamp_ms)], timeout=10)
         return self.end_offset(partition) if tp.offset < 0 else int(tp.offset)
 
-    def read(self, partition: int, start: int, stop: int | None = None) -> Iterator[Record]:
+    def read(self, partition: int, start: int, stop: int | None = None) -> Generator[Record, None, None]:
         """Records of ``partition`` with ``start <= offset < stop`` (stop None: up to the end now)."""
         from confluent_kafka import TopicPartition
 
@@ -99,4 +105,7 @@ class JournalReader:
                     if offset + 1 >= end:
                         return
         finally:
-            self._consumer.unassign()
+            # A generator left unfinished is closed when it is collected, possibly after
+            # the reader: a closed consumer has nothing assigned any more.
+            if not self._closed:
+                self._consumer.unassign()
