@@ -13,7 +13,7 @@ from collections.abc import Generator
 from types import TracebackType
 from typing import Any
 
-from aosk._kafka import cluster_metadata, high_watermark
+from aosk._kafka import cluster_metadata, high_watermark, quiet
 from aosk.errors import AoskError, DecodeError
 from aosk.events import decode
 from aosk.kernel import Record
@@ -41,14 +41,13 @@ class JournalReader:
         self._topic = topic
         self._bootstrap = bootstrap
         self._closed = False
-        self._consumer = Consumer({
+        self._consumer = Consumer(quiet({
             "bootstrap.servers": bootstrap,
             "group.id": f"aosk-reader-{uuid.uuid4().hex[:8]}",  # assign() only; nothing committed
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "isolation.level": "read_committed",
-            "log_level": 3,
-        })
+        }))
 
     def __enter__(self) -> JournalReader:
         return self
