@@ -166,7 +166,10 @@ def test_bad_at_time(journal: Journal, value: str, words: tuple[str, ...]) -> No
 
 # --- 7. a schema of another journal ------------------------------------------------------------
 
-@pytest.mark.parametrize("argv", [("state", "x", "--at-offset", "0"), ("audit", "verify"), ("db", "status")])
+@pytest.mark.parametrize("argv", [
+    ("state", "x", "--at-offset", "0"), ("audit", "verify"), ("db", "status"),
+    ("project",),  # the projector's refusal, which the readers share
+])
 def test_schema_of_another_journal(journal: Journal, argv: tuple[str, ...]) -> None:
     topic = journal.settings.kafka.journal_topic
     assert_one_line(aosk(journal, *argv, "--schema", OTHER), EXIT_PROBLEM,
