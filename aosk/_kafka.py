@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from typing import Any
 
 from aosk.errors import KafkaUnavailable
+
+_CLIENT_LOG = logging.getLogger("aosk.kafka.client")
+
+
+def _client_error(err: Any) -> None:
+    _CLIENT_LOG.debug("librdkafka: %s", err)
+
+
+def quiet(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` for a client of a one-shot command, which says what failed itself
+    (``KafkaUnavailable``, an ``AoskError``): librdkafka writes no log lines of its own
+    to stderr (``log_level`` 0: not even its per-retry connection errors), and its
+    error events go to the debug log of ``aosk.kafka.client`` (``error_cb``) instead of
+    being logged by librdkafka."""
+    return {**config, "log_level": 0, "error_cb": _client_error}
 
 # librdkafka's local error names for "no broker answered" (as opposed to a broker that
 # answered with an error): transport failure, timeout, every broker down, bad address.

@@ -21,12 +21,16 @@
      +-- DeliveryError          the broker did not acknowledge a produced event
      +-- ProjectionTimeout      a journal position was not projected in time (also a TimeoutError)
      +-- ProjectionConfigError  the projection schema does not fit this process's configuration
+     |    +-- SchemaNotFound        no migrated projection schema of that name
+     |    +-- JournalMismatch       the schema projects another journal topic than the configured one
      +-- MigrationError         a migration failed, or a newer AOSK migrated the database
      +-- UndecodableState       an agent_state row whose fold state does not decode
      +-- Fenced                 another projector owns the partition now (batch rolled back)
      +-- Inconsistent           a projector's agent cache disagrees with the journal
      +-- CheckpointError        a stored checkpoint does not decode or match its hash
      +-- HistoryError           the point in time asked for does not exist
+     |    +-- NoSuchAgent           the agent has no record at or before that point
+     +-- PartitionStopped       a reader met a record it must not skip (unknown fingerprint or fold version)
      +-- RecallError            a recall query that cannot be answered as asked (also a ValueError)
      +-- ReplayError            a replay cannot go on; the live schema is unchanged
 
@@ -51,8 +55,8 @@ __all__ = [
     "Unavailable", "KafkaUnavailable", "PostgresUnavailable", "DevStackError",
     "DecodeError", "Undecodable", "UnknownFingerprint", "Quarantined", "StateDecodeError", "UnknownFoldVersion",
     "PartitionCountChanged", "EventRejected", "DeliveryError", "ProjectionTimeout", "ProjectionConfigError",
-    "MigrationError", "UndecodableState", "Fenced", "Inconsistent", "CheckpointError", "HistoryError",
-    "RecallError", "ReplayError",
+    "SchemaNotFound", "JournalMismatch", "MigrationError", "UndecodableState", "Fenced", "Inconsistent",
+    "CheckpointError", "HistoryError", "NoSuchAgent", "PartitionStopped", "RecallError", "ReplayError",
 ]
 
 
@@ -225,6 +229,39 @@ class ProjectionConfigError(AoskError):
     dimension, journal topic): refuse to write rather than mix two clusters."""
 
 
+class SchemaNotFound(ProjectionConfigError):
+    """``schema`` does not exist in the database, or holds no AOSK projections (it was
+    never migrated): a reader has nothing to read there."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        super().__init__(
+            f"schema {schema} does not exist or holds no AOSK projections; name the right one with --schema, "
+            f"or create it with `aosk db migrate --schema {schema}` (projectors do it at start)"
+        )
+
+
+class JournalMismatch(ProjectionConfigError):
+    """The schema was built from another journal topic (``projection_meta.journal_topic``)
+    than this process's ``kafka.topic_prefix`` names: reading or writing it would mix two
+    clusters' histories."""
+
+    def __init__(self, schema: str, recorded: str, topic: str) -> None:
+        self.schema = schema
+        self.recorded = recorded
+        self.topic = topic
+        super().__init__(
+            f"schema {schema} projects journal {recorded}, this process reads {topic}; "
+            f"use another schema (--schema) or the topic prefix of that journal "
+            f"(kafka.topic_prefix / AOSK_TOPIC_PREFIX={_prefix_of(recorded)})"
+        )
+
+
+def _prefix_of(topic: str) -> str:
+    suffix = ".agent-events"
+    return topic[: -len(suffix)] if topic.endswith(suffix) else topic
+
+
 class MigrationError(AoskError):
     """A migration failed, or the database was migrated by a newer AOSK."""
 
@@ -258,6 +295,36 @@ class CheckpointError(AoskError):
 
 class HistoryError(AoskError):
     """The point asked for does not exist (before the agent's first record, past the end)."""
+
+
+class NoSuchAgent(HistoryError):
+    """The agent has no record at or before the point asked for: it does not exist (yet).
+    ``first_offset`` is its first record's offset when the projections know it."""
+
+    def __init__(self, agent_id: str, message: str, *, first_offset: int | None = None) -> None:
+        self.agent_id = agent_id
+        self.first_offset = first_offset
+        super().__init__(message)
+
+
+class PartitionStopped(AoskError):
+    """A journal reader met a record it cannot fold and must not skip: written with an
+    unknown schema fingerprint, or asking for an unknown fold version. Workers and
+    projectors stop the partition at that record; a reader stops there too."""
+
+    def __init__(self, topic: str, partition: int, offset: int, cause: UnknownFingerprint | UnknownFoldVersion) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.cause = cause
+        if isinstance(cause, UnknownFingerprint):
+            why = (f"a record with unknown schema fingerprint {cause.fingerprint.hex()}; deploy the newer schemas "
+                   f"(is schemas/ older than the producer?), or set the record aside with "
+                   f"`aosk journal quarantine {partition}:{offset} --reason TEXT`")
+        else:
+            why = (f"a KernelUpgraded marker for fold version {cause.version} (this code knows "
+                   f"{list(cause.known)}); deploy the newer aosk")
+        super().__init__(f"partition {partition} of {topic} is stopped at offset {offset} by {why}")
 
 
 class RecallError(AoskError, ValueError):

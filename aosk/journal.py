@@ -17,12 +17,12 @@ a replay and time travel fold the record alike (rejected ``quarantined``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from aosk._kafka import cluster_metadata, high_watermark
+from aosk._kafka import cluster_metadata, high_watermark, quiet
 from aosk.errors import AoskError, DecodeError, Quarantined, UnknownFingerprint
 from aosk.events import RecordQuarantined, decode
 from aosk.kernel import Record
@@ -51,14 +51,14 @@ class JournalReader:
 
         self._topic = topic
         self._bootstrap = bootstrap
-        self._consumer = Consumer({
+        self._closed = False
+        self._consumer = Consumer(quiet({
             "bootstrap.servers": bootstrap,
             "group.id": f"aosk-reader-{uuid.uuid4().hex[:8]}",  # assign() only; nothing committed
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "isolation.level": "read_committed",
-            "log_level": 3,
-        })
+        }))
 
     def __enter__(self) -> JournalReader:
         return self
@@ -66,7 +66,12 @@ class JournalReader:
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
+    @property
+    def topic(self) -> str:
+        return self._topic
+
     def close(self) -> None:
+        self._closed = True
         self._consumer.close()
 
     def quarantines(self) -> Quarantines:
@@ -102,7 +107,7 @@ class JournalReader:
         return found, end
 
     def read(self, partition: int, start: int, stop: int | None = None, *,
-             unkeyed_only: bool = False) -> Iterator[Record]:
+             unkeyed_only: bool = False) -> Generator[Record, None, None]:
         """Records of ``partition`` with ``start <= offset < stop`` (stop None: up to the end
         now); ``unkeyed_only``: only the records without a key (partition markers)."""
         from confluent_kafka import TopicPartition
@@ -128,7 +133,10 @@ class JournalReader:
                     if offset + 1 >= end:
                         return
         finally:
-            self._consumer.unassign()
+            # A generator left unfinished is closed when it is collected, possibly after
+            # the reader: a closed consumer has nothing assigned any more.
+            if not self._closed:
+                self._consumer.unassign()
 
 
 @dataclass(frozen=True, slots=True)

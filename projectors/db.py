@@ -28,13 +28,17 @@ from psycopg.pq import Format
 from psycopg_pool import ConnectionPool
 
 from aosk.config import PostgresSettings
-from aosk.errors import MigrationError, PostgresUnavailable, ProjectionConfigError
+from aosk.errors import JournalMismatch, MigrationError, PostgresUnavailable, ProjectionConfigError, SchemaNotFound
 
 __all__ = [
     "DEFAULT_SCHEMA",
     "BATCH_LOCK_KEY",
     "MigrationError",
     "ProjectionConfigError",
+    "SchemaNotFound",
+    "JournalMismatch",
+    "require_schema",
+    "check_journal_topic",
     "Migration",
     "migrations",
     "migrate",
@@ -162,6 +166,35 @@ def migrate(
                 "per cluster"
             )
     return applied
+
+
+def require_schema(conn: psycopg.Connection[Any], schema: str, *, journal_topic: str | None = None) -> None:
+    """The check every reader of a projection schema makes first: ``SchemaNotFound`` if
+    ``schema`` was never migrated (no ``schema_migrations`` table: absent, or another
+    application's), and with ``journal_topic`` the check projectors make at start
+    (``check_journal_topic``), so a reader refuses a schema of another journal as they do."""
+    found = conn.execute(
+        "select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+        "where n.nspname = %s and c.relname = 'schema_migrations'",
+        (schema,),
+    ).fetchone()
+    if found is None:
+        raise SchemaNotFound(schema)
+    if journal_topic is not None:
+        check_journal_topic(conn, schema, journal_topic)
+
+
+def check_journal_topic(conn: psycopg.Connection[Any], schema: str, journal_topic: str) -> str | None:
+    """The journal topic recorded for ``schema`` (None: none yet); ``JournalMismatch``
+    if it is not ``journal_topic``. Projectors record it when it is None."""
+    try:
+        recorded = get_meta(conn, schema, "journal_topic")
+    except psycopg.errors.UndefinedTable:  # a schema migrated before projection_meta existed
+        conn.rollback()
+        return None
+    if recorded is not None and recorded != journal_topic:
+        raise JournalMismatch(schema, recorded, journal_topic)
+    return recorded
 
 
 def get_meta(conn: psycopg.Connection[Any], schema: str, key: str) -> str | None:

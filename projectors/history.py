@@ -16,25 +16,24 @@ without them the fold starts at offset 0.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from aosk.errors import HistoryError
+from aosk.errors import HistoryError, NoSuchAgent, PartitionStopped, UnknownFingerprint, UnknownFoldVersion
 from aosk.journal import JournalReader, Quarantines
 from aosk.kernel import (
     INITIAL_VERSION,
     AgentSlot,
     AgentState,
-    Record,
     StateDecodeError,
     apply,
     decode_state,
     params_for,
-    placeholder,
     pseudo_key,
     route,
     state_hash,
@@ -44,7 +43,8 @@ from aosk.projectors.checkpoints import Checkpoint, nearest_checkpoint
 from aosk.projectors.db import qualified
 from aosk.projectors.rows import storage_key
 
-__all__ = ["PointInTime", "HistoryError", "state_at", "state_at_seq", "CheckpointPastStates"]
+__all__ = ["PointInTime", "HistoryError", "NoSuchAgent", "PartitionStopped", "state_at", "state_at_seq",
+           "CheckpointPastStates"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class PointInTime:
     agent_id: str
     partition: int
     offset: int
-    """The last journal offset of the partition included (-1: before the first record)."""
+    """The last journal offset of the partition included."""
     state: AgentState
     state_hash: bytes
     checkpoint_seq: int | None
@@ -73,26 +73,30 @@ def _fold_range(reader: JournalReader, agent_id: str, partition: int, start_slot
     marker = AgentSlot(AgentState(agent_id=pseudo_key(partition), fold_version=version, partitions=partitions))
     folded = 0
     quarantines: Quarantines | None = None
-    records: Iterator[Record] = reader.read(partition, start, stop)
-    try:
-        for r in records:
-            if r.error is not None and (r.key is None or r.key == agent_id):
-                if quarantines is None:
-                    quarantines = reader.quarantines()
-                r = quarantines.resolve(r)
-            st = marker.state
-            if r.key is None:
-                marker, _ = apply(marker, r, version=st.fold_version, partitions=st.partitions)
-                continue
-            if r.key != agent_id or route(r, st.fold_version, st.partitions).key != agent_id:
-                continue  # another key's, or misrouted: the partition's pseudo-agent's (fold_key)
-            if until_seq is not None and slot is not None and slot.state.seq >= until_seq:
-                break
-            slot, _ = apply(slot, r, version=st.fold_version, partitions=st.partitions, hash_state=False)
-            folded += 1
-    finally:
-        if quarantines is not None:
-            quarantines.close()
+    # closing: the reader's consumer is released here, not when the generator is collected
+    with closing(reader.read(partition, start, stop)) as records:
+        try:
+            for r in records:
+                if r.error is not None and (r.key is None or r.key == agent_id):
+                    if quarantines is None:
+                        quarantines = reader.quarantines()
+                    r = quarantines.resolve(r)
+                st = marker.state
+                try:
+                    if r.key is None:
+                        marker, _ = apply(marker, r, version=st.fold_version, partitions=st.partitions)
+                        continue
+                    if r.key != agent_id or route(r, st.fold_version, st.partitions).key != agent_id:
+                        continue  # another key's, or misrouted: the partition's pseudo-agent's (fold_key)
+                    if until_seq is not None and slot is not None and slot.state.seq >= until_seq:
+                        break
+                    slot, _ = apply(slot, r, version=st.fold_version, partitions=st.partitions, hash_state=False)
+                except (UnknownFingerprint, UnknownFoldVersion) as e:
+                    raise PartitionStopped(reader.topic, partition, r.offset, e) from e
+                folded += 1
+        finally:
+            if quarantines is not None:
+                quarantines.close()
     return slot, folded
 
 
@@ -142,14 +146,45 @@ def state_at(conn: psycopg.Connection[Any], schema: str, reader: JournalReader, 
         offset = reader.offset_for_time(p, time_ms + 1) - 1
     assert offset is not None
     if offset >= end:
-        raise HistoryError(f"offset {offset} is past the end of partition {p} (next offset {end})")
+        if end == 0:
+            raise _no_record(conn, schema, agent_id, p, f"offset {offset} of partition {p}",
+                             f"and partition {p} of {reader.topic} is empty")
+        raise HistoryError(f"offset {offset} is past the end of partition {p} of {reader.topic} (next offset {end}); "
+                           f"ask for an offset below {end}")
     cp = nearest_checkpoint(conn, schema, agent_id, at_offset=offset) if offset >= 0 else None
     start_slot, version, partitions, start = _start(conn, schema, p, cp)
     if start_slot is None:
         cp = None
     slot, folded = _fold_range(reader, agent_id, p, start_slot, version, start, offset + 1, partitions=partitions)
-    state = slot.state if slot is not None else placeholder(agent_id, version)
-    return PointInTime(agent_id, p, offset, state, state_hash(state), cp.seq if cp else None, folded)
+    if slot is None:
+        if time_ms is None:
+            point = f"offset {offset} of partition {p}"
+        else:
+            when = datetime.fromtimestamp(time_ms / 1000, UTC).isoformat(timespec="milliseconds")
+            point = (f"broker time {when} (offset {offset} of partition {p})" if offset >= 0
+                     else f"broker time {when}, before the first record of partition {p}")
+        searched = (f"nor in partition {p} of {reader.topic} up to offset {offset}" if offset >= 0
+                    else f"and partition {p} of {reader.topic} has no record at or before broker time {time_ms}")
+        raise _no_record(conn, schema, agent_id, p, point, searched)
+    return PointInTime(agent_id, p, offset, slot.state, state_hash(slot.state), cp.seq if cp else None, folded)
+
+
+def _no_record(conn: psycopg.Connection[Any], schema: str, agent_id: str, partition: int, point: str,
+               searched: str) -> NoSuchAgent:
+    """The error for an agent without a record at or before ``point`` (``searched``: what
+    of the journal was read): unknown to ``schema`` too, or not spawned yet then."""
+    row = conn.execute(
+        sql.SQL("select journal_offset from {} where agent_id = %s order by seq limit 1").format(
+            qualified(schema, "audit_log")),
+        (storage_key(agent_id),),
+    ).fetchone()
+    if row is None:
+        return NoSuchAgent(agent_id, f"no such agent: {agent_id!r} (no record of it in schema {schema}, {searched}); "
+                                     "check the agent id")
+    first = int(row[0])
+    return NoSuchAgent(agent_id, f"agent {agent_id!r} did not exist yet at {point}: its first record is at "
+                                 f"offset {first} of partition {partition}; ask for a point at or after it",
+                       first_offset=first)
 
 
 def state_at_seq(conn: psycopg.Connection[Any] | None, schema: str, reader: JournalReader, agent_id: str,

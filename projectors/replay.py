@@ -51,14 +51,13 @@ from aosk._gc import tune_gc
 from aosk._logging import configure_logging
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
-from aosk.errors import ReplayError
+from aosk.errors import JournalMismatch, ReplayError
 from aosk.journal import Quarantines, record_from_message
 from aosk.kernel import AgentSlot, Record, pseudo_key
 from aosk.projectors.batch import AgentEntry, fold_batch
 from aosk.projectors.db import (
     BATCH_LOCK_KEY,
     DEFAULT_SCHEMA,
-    ProjectionConfigError,
     check_schema_name,
     connect,
     get_meta,
@@ -211,10 +210,7 @@ class Replay:
                 topic = None
             conn.commit()
             if topic is not None and topic != self.topic:
-                raise ProjectionConfigError(
-                    f"schema {self.schema} projects journal {topic}, this process reads {self.topic}; "
-                    "use the right topic prefix"
-                )
+                raise JournalMismatch(self.schema, topic, self.topic)
         had_shadow = schema_exists(conn, self.shadow)
         conn.commit()
         if had_shadow and not self.options.resume:
@@ -230,7 +226,7 @@ class Replay:
             if have is None:
                 set_meta(conn, self.shadow, "journal_topic", self.topic)
             elif have != self.topic:
-                raise ProjectionConfigError(f"schema {self.shadow} projects journal {have}, not {self.topic}")
+                raise JournalMismatch(self.shadow, have, self.topic)
             self.checkpoint_every = checkpoint_every_of(conn, self.shadow)
             conn.execute(
                 sql.SQL(

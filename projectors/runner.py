@@ -48,6 +48,7 @@ from aosk.projectors.batch import AgentEntry, FoldedBatch, Inconsistent, Partiti
 from aosk.projectors.db import (
     DEFAULT_SCHEMA,
     ProjectionConfigError,
+    check_journal_topic,
     connect,
     get_meta,
     migrate,
@@ -169,14 +170,8 @@ class Projector:
             if applied:
                 log.info("applied migrations %s to schema %s", applied, self.schema)
             with conn.transaction():
-                have = get_meta(conn, self.schema, "journal_topic")
-                if have is None:
+                if check_journal_topic(conn, self.schema, self.topic) is None:
                     set_meta(conn, self.schema, "journal_topic", self.topic)
-                elif have != self.topic:
-                    raise ProjectionConfigError(
-                        f"schema {self.schema} projects journal {have}, this process reads {self.topic}; "
-                        "use another schema (--schema) or the right topic prefix"
-                    )
                 self.checkpoint_every = checkpoint_every_of(conn, self.schema)
                 partitions = self.settings.kafka.journal_partitions
                 conn.execute(

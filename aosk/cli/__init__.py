@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, NoReturn
 
 from aosk.errors import AoskError, ConfigError, TopicMismatch, Unavailable
 from aosk.streams.worker import EXIT_DELIVERY_FAILED, EXIT_STOP_TIMEOUT
@@ -39,7 +39,8 @@ exit codes:
   0    success
   {EXIT_PROBLEM}    the command ran and found a problem (e.g. a broken audit chain), or
        failed with another AOSK error
-  {EXIT_USAGE}    bad usage or configuration (ConfigError, TopicMismatch)
+  {EXIT_USAGE}    bad usage (a flag or argument argparse refuses) or configuration
+       (ConfigError, TopicMismatch)
   {EXIT_UNAVAILABLE}    Kafka or PostgreSQL cannot be reached, or the dev stack cannot start
        (Unavailable: KafkaUnavailable, PostgresUnavailable, DevStackError)
   {EXIT_STOP_TIMEOUT}   aosk worker: a stop could not commit within its stop timeout
@@ -53,10 +54,19 @@ def exit_code(error: AoskError) -> int:
     return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line on stderr, naming the command's ``--help`` instead of
+    printing its (often several lines long) usage; exit ``EXIT_USAGE``. Subcommand
+    parsers are of the same class (``add_subparsers`` makes them so)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="aosk", description="AOSK, the Agent OS Kernel",
+    parser = _Parser(prog="aosk", description="AOSK, the Agent OS Kernel",
                                      epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="PATH", help="config.yaml (default: $AOSK_CONFIG)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -81,6 +81,29 @@ def _add(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> argpars
     return action
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts that must be at least 1."""
+    n = _integer(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not allowed; give a whole number >= 1")
+    return n
+
+
+def journal_offset(text: str) -> int:
+    """argparse ``type=`` for a journal offset: 0 or more (offsets of a partition start at 0)."""
+    n = _integer(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} is negative; journal offsets start at 0")
+    return n
+
+
 def _log_level(text: str) -> str:
     t = text.lower()
     return _LEVEL_NAMES.get(t, t)
@@ -143,6 +166,6 @@ def add_output(parser: argparse.ArgumentParser) -> None:
 __all__ = [
     "BENCH_OUTPUT", "FORMATS", "HIDDEN_ALIASES", "LOG_FORMAT", "LOG_LEVELS", "add_agent", "add_agents",
     "add_batch_max", "add_events", "add_format", "add_log_level", "add_no_progress", "add_output",
-    "add_processes", "add_repeat", "add_schema", "add_tenant", "configure_logging", "field_default",
-    "param_default",
+    "add_processes", "add_repeat", "add_schema", "add_tenant", "configure_logging", "field_default", "journal_offset",
+    "param_default", "positive_int",
 ]

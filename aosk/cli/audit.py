@@ -22,10 +22,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _verify(settings: Settings, args: argparse.Namespace) -> int:
-    from aosk.cli.db import _connect
+    from aosk.cli.db import connect_schema
     from aosk.projectors.audit import verify
 
-    with _connect(settings) as conn:
+    with connect_schema(settings, args.schema) as conn:
         res = verify(conn, args.schema, agent_id=args.agent)
     scope = f"agent {args.agent}" if args.agent else f"{res.agents} agents"
     if res.ok:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from aosk.cli._flags import add_format, add_schema, param_default
+from aosk.cli._flags import add_format, add_schema, param_default, positive_int
 from aosk.config import Settings
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     actions = db.add_subparsers(dest="action", metavar="ACTION", required=True)
     m = actions.add_parser("migrate", help="apply pending migrations (projectors also do it at start)")
     add_schema(m)
-    m.add_argument("--checkpoint-every", type=int, metavar="N",
+    m.add_argument("--checkpoint-every", type=positive_int, metavar="N",
                    help="checkpoint every N records of an agent (stored with the schema; default: the fold's 100)")
     m.set_defaults(run=_migrate)
     s = actions.add_parser("status", help="applied migrations and how far each journal partition is projected")
@@ -28,9 +28,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.set_defaults(run=_status)
     t = actions.add_parser("thin-checkpoints", help="delete old interval checkpoints (the journal keeps every point)")
     add_schema(t)
-    t.add_argument("--keep-last", type=int, default=param_default(thin, "keep_last"), metavar="N",
-                   help="newest checkpoints kept per agent (default %(default)s)")
-    t.add_argument("--keep-every", type=int, default=param_default(thin, "keep_every"), metavar="N",
+    # Both at least 1 (thin refuses less): the newest checkpoint of an agent is where every
+    # time-travel query and fork of its present starts, and "a multiple of 0" means nothing.
+    t.add_argument("--keep-last", type=positive_int, default=param_default(thin, "keep_last"), metavar="N",
+                   help="newest checkpoints kept per agent, at least 1 (default %(default)s)")
+    t.add_argument("--keep-every", type=positive_int, default=param_default(thin, "keep_every"), metavar="N",
                    help="also keep those whose seq is a multiple (default %(default)s)")
     t.set_defaults(run=_thin)
     d = actions.add_parser("digest", help="sha256 per projection table over its deterministic columns "
@@ -45,6 +47,22 @@ def _connect(settings: Settings) -> psycopg.Connection[Any]:
     from aosk.projectors.db import connect
 
     return connect(resolve_endpoints(settings).dsn)
+
+
+def connect_schema(settings: Settings, schema: str, *, check_journal: bool = True) -> psycopg.Connection[Any]:
+    """A connection for a command that reads ``schema``, after the one check every reader
+    makes (``require_schema``): the schema exists and, with ``check_journal``, projects
+    this process's journal topic (a command that reads only the schema's own tables,
+    like ``db digest``, does not depend on the journal)."""
+    from aosk.projectors.db import require_schema
+
+    conn = _connect(settings)
+    try:
+        require_schema(conn, schema, journal_topic=settings.kafka.journal_topic if check_journal else None)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -75,11 +93,7 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
         ends, judged = broker_offsets(resolve_endpoints(settings).bootstrap, k.journal_topic, group_id(k.topic_prefix))
     except AoskError as e:
         kafka_problem = e
-    with _connect(settings) as conn:
-        exists = conn.execute("select 1 from pg_namespace where nspname = %s", (args.schema,)).fetchone()
-        if not exists:
-            print(f"schema {args.schema} does not exist (run `aosk db migrate --schema {args.schema}`)")
-            return 1
+    with connect_schema(settings, args.schema) as conn:
         for v, name in conn.execute(
             sql.SQL("select version, name from {} order by version").format(qualified(args.schema, "schema_migrations"))
         ):
@@ -111,7 +125,7 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 def _thin(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.projectors.checkpoints import thin
 
-    with _connect(settings) as conn:
+    with connect_schema(settings, args.schema, check_journal=False) as conn:
         n = thin(conn, args.schema, keep_last=args.keep_last, keep_every=args.keep_every)
         conn.commit()
     print(f"deleted {n} checkpoints")
@@ -121,12 +135,9 @@ def _thin(settings: Settings, args: argparse.Namespace) -> int:
 def _digest(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
-    from aosk.projectors.digest import digest_schema, format_text, schema_exists
+    from aosk.projectors.digest import digest_schema, format_text
 
-    with _connect(settings) as conn:
-        if not schema_exists(conn, args.schema):
-            print(f"schema {args.schema} does not exist", file=__import__("sys").stderr)
-            return 1
+    with connect_schema(settings, args.schema, check_journal=False) as conn:
         digests = digest_schema(conn, args.schema)
     if args.format == "json":
         print(json.dumps({"schema": args.schema, "tables": digests}, indent=2, sort_keys=True))

@@ -75,15 +75,15 @@ def tail_records(settings: Settings, *, agent: str | None, from_beginning: bool,
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
     from confluent_kafka.admin import AdminClient
 
-    from aosk._kafka import cluster_metadata
+    from aosk._kafka import cluster_metadata, quiet
     from aosk.partitioning import partition_for
 
     topic = settings.kafka.journal_topic
     bootstrap = resolve_endpoints(settings).bootstrap
-    # The journal's partitions, asked with a quiet client (log_level 2): an unreachable
-    # broker is then one line and exit 3, not a screen of per-retry librdkafka errors.
-    quiet = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
-    md = cluster_metadata(quiet, bootstrap, topic, timeout=10).topics.get(topic)
+    # The journal's partitions, asked with a quiet client: an unreachable broker is then
+    # one line and exit 3, not a screen of per-retry librdkafka errors.
+    admin = AdminClient(quiet({"bootstrap.servers": bootstrap}))
+    md = cluster_metadata(admin, bootstrap, topic, timeout=10).topics.get(topic)
     if md is None or md.error is not None:
         raise AoskError(f"journal topic {topic} does not exist; run `aosk topics ensure`")
     parts = sorted(md.partitions) if agent is None else [partition_for(agent, len(md.partitions))]

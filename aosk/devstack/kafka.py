@@ -170,7 +170,9 @@ class KafkaBroker:
             return False
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        from aosk._kafka import quiet
+
+        admin = AdminClient(quiet({"bootstrap.servers": self.bootstrap}))
         try:
             md = admin.list_topics(timeout=3)
         except Exception:

@@ -177,3 +177,43 @@ def test_bench_defaults_are_the_benchmark_functions() -> None:
             if hasattr(args, dest):
                 assert getattr(args, dest) == params[dest].default, (name, dest)
         assert args.no_progress is False
+
+
+# --- argument validators (argparse type=) and usage errors in one line ----------------------
+
+def test_positive_int_and_journal_offset() -> None:
+    from aosk.cli._flags import journal_offset, positive_int
+
+    assert positive_int("1") == 1 and positive_int("10") == 10
+    assert journal_offset("0") == 0 and journal_offset("17") == 17
+    for bad, func, words in [("0", positive_int, ">= 1"), ("-3", positive_int, ">= 1"), ("x", positive_int, "whole"),
+                             ("-1", journal_offset, "start at 0"), ("1.5", journal_offset, "whole")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=words):
+            func(bad)
+
+
+def test_at_time_accepts_epoch_ms_and_iso_8601_up_to_now() -> None:
+    from aosk.cli.state import at_time
+
+    now = 1_795_595_400_000  # 2026-11-25T08:30:00Z
+    assert at_time("1795595400000", now_ms=now) == now
+    assert at_time("2026-11-25T08:30:00Z", now_ms=now) == now
+    assert at_time("2026-11-25T09:30:00+01:00", now_ms=now) == now
+    assert at_time("2026-11-25T08:30:00", now_ms=now) == now  # no zone: UTC
+    for bad, words in [("yesterday", "epoch milliseconds"), ("2026-11-25T08:30:01Z", "in the future"),
+                       (str(now + 1), "in the future"), ("-5", "before 1970")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=words):
+            at_time(bad, now_ms=now)
+
+
+@pytest.mark.parametrize("argv", [
+    ["state", "a", "--at-offset", "-1"], ["state", "a"], ["db", "thin-checkpoints", "--keep-last", "0"],
+    ["db", "nosuchaction"],
+])
+def test_usage_errors_are_one_line_and_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err, err
+    assert err.startswith(f"aosk {argv[0]}") and "--help`" in err, err

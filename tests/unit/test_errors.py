@@ -130,6 +130,10 @@ def test_unavailable_messages_name_the_address_hide_the_password_and_say_what_to
     (aosk.errors.PostgresUnavailable("postgresql://h:1/aosk", "down"), 3),
     (aosk.errors.DevStackError("initdb failed"), 3),
     (aosk.errors.ReplayError("a shadow exists"), 1),
+    (aosk.errors.SchemaNotFound("nope"), 1),
+    (aosk.errors.JournalMismatch("aosk", "a.agent-events", "b.agent-events"), 1),
+    (aosk.errors.NoSuchAgent("x", "no such agent: 'x'"), 1),
+    (aosk.errors.PartitionStopped("a.agent-events", 3, 17, aosk.errors.UnknownFingerprint(b"\xee" * 8)), 1),
     (AoskError("anything else"), 1),
 ])
 def test_each_error_has_one_exit_code(error: AoskError, code: int) -> None:
@@ -150,3 +154,13 @@ def test_the_exit_codes_are_documented() -> None:
     for code in {c for _cls, c in EXIT_CODES} | {0, EXIT_STOP_TIMEOUT, EXIT_DELIVERY_FAILED, 130}:
         assert re.search(rf"^  {code}\s", epilog, re.M), f"exit code {code} is not in aosk --help"
         assert f"| {code} |" in section, f"exit code {code} is not in docs/recovery.md"
+
+
+def test_reader_refusals_say_what_to_do() -> None:
+    stopped = aosk.errors.PartitionStopped("a.agent-events", 3, 17, aosk.errors.UnknownFingerprint(b"\xee" * 8))
+    assert "partition 3 of a.agent-events is stopped at offset 17" in str(stopped)
+    assert "eeeeeeeeeeeeeeee" in str(stopped) and "`aosk journal quarantine 3:17 --reason TEXT`" in str(stopped)
+    newer = aosk.errors.PartitionStopped("a.agent-events", 0, 5, aosk.errors.UnknownFoldVersion(9, (1, 2)))
+    assert "fold version 9" in str(newer) and "deploy the newer aosk" in str(newer)
+    assert "AOSK_TOPIC_PREFIX=a" in str(aosk.errors.JournalMismatch("s", "a.agent-events", "b.agent-events"))
+    assert "aosk db migrate --schema nope" in str(aosk.errors.SchemaNotFound("nope"))
