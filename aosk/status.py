@@ -88,10 +88,10 @@ def broker_offsets(bootstrap: str, topic: str, worker_group: str, *, timeout: fl
     outside any group; raises ``KafkaUnavailable``."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    from aosk._kafka import cluster_metadata, high_watermark
+    from aosk._kafka import cluster_metadata, high_watermark, quiet
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": worker_group, "enable.auto.commit": False,
-                  "client.id": f"aosk-status-{uuid.uuid4().hex[:6]}", "log_level": 0})
+    c = Consumer(quiet({"bootstrap.servers": bootstrap, "group.id": worker_group, "enable.auto.commit": False,
+                        "client.id": f"aosk-status-{uuid.uuid4().hex[:6]}"}))
     try:
         md = cluster_metadata(c, bootstrap, topic, timeout=timeout).topics.get(topic)
         if md is None or md.error is not None:
