@@ -167,7 +167,7 @@ class MemoryTable:
         i = {n: k for k, n in enumerate(MEMORY_COLUMNS)}
         for key, row in mem.full.items():
             self.rows[key] = list(row)
-        for key, (emb, at, off, gone_at, gone_off) in mem.patches.items():
+        for key, (emb, at, off, gone_at, gone_off, gone_hash) in mem.patches.items():
             row = self.rows.get(key)
             if row is None:
                 continue
@@ -175,6 +175,7 @@ class MemoryTable:
                 row[i["text"]], row[i["metadata"]], row[i["embedding"]] = None, {}, None
                 row[i["embedded_at"]], row[i["embedded_offset"]] = None, None
                 row[i["forgotten"]], row[i["forgotten_at"]], row[i["forgotten_offset"]] = True, gone_at, gone_off
+                row[i["content_hash"]] = gone_hash
             elif emb is not None and not row[i["forgotten"]]:
                 row[i["embedding"]], row[i["embedded_at"]], row[i["embedded_offset"]] = emb, at, off
 
@@ -290,7 +291,7 @@ def test_memory_changes_merge_like_one_op_at_a_time(seed: int) -> None:
         elif kind == "embed":
             ops.append(("embed", k, f"v{n}", f"at{n}", n))
         else:
-            ops.append(("forget", k, f"at{n}", n))
+            ops.append(("forget", k, f"at{n}", n, f"h{n}".encode()))
     one_by_one = MemoryTable()
     for op in ops:
         m = MemoryChanges()
