@@ -171,7 +171,7 @@ def audit_row_problems(r: Mapping[str, Any], *, covered: bool, expected: str | N
             out.append("the checkpoint's partition, offset, taken_at or fold_version differ from its audit row's")
         if covered:
             if recorded is None:
-                out.append(f"a {r['cp_reason']} checkpoint is stored but the audit row records none")
+                out.append(f"a checkpoint ({r['cp_reason']}) is stored but the audit row records none")
             elif recorded != r["cp_reason"]:
                 out.append(f"the checkpoint's reason is {r['cp_reason']} but its audit row records {recorded}")
             if r["state_hash"] is not None and bytes(r["state_hash"]) != cp_hash:

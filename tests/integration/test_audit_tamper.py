@@ -185,6 +185,22 @@ def test_a_rebuild_with_other_batches_has_the_same_digests_and_verifies(
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
 
+def test_rows_written_before_migration_0003_still_verify(projected: str) -> None:
+    """A schema projected by an older AOSK: no hashes on its rows, and the marker the
+    migration wrote says so; rows after the marker must carry them."""
+    with psycopg.connect(projected) as conn:
+        (offsets,) = _one(conn, f"select json_object_agg(partition, next_offset)::text from {SCHEMA}.projector_offsets")
+    old = [f"update {SCHEMA}.audit_log set state_hash = null, checkpoint = null, memory_hashes = null",
+           f"update {SCHEMA}.memories set content_hash = null",
+           f"delete from {SCHEMA}.checkpoints_thinned"]
+    marker = (f"update {SCHEMA}.projection_meta set value = %s where key = 'audit_hashes_from'", (offsets,))
+    with tampered(projected, *old, marker) as c:
+        res = verify(c, SCHEMA)
+        assert res.ok, res.breaks[:5]
+    with tampered(projected, *old) as c:  # the same rows, but the marker says they were written with hashes
+        _broken(verify(c, SCHEMA, agent_id=MEM_AGENT), MEM_AGENT, "records no state hash", "has no content_hash")
+
+
 # --- 1. queryable columns of agent_state -------------------------------------------------
 
 
