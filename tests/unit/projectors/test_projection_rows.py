@@ -43,6 +43,7 @@ from aosk.projectors.rows import (
     GENESIS,
     MEMORY_COLUMNS,
     link,
+    memory_hash,
     memory_types,
     ms_of,
     storage_key,
@@ -359,3 +360,28 @@ def test_fold_batch_stops_on_a_changed_partition_count() -> None:
     with pytest.raises(PartitionCountChanged, match="recorded 3"):
         fold_batch({0: [r for r in records if r.partition == 0]}, cache.get, checkpoint_every=100,
                    live_partitions=4)
+
+
+def test_memory_rows_carry_their_hash_and_their_audit_row_lists_it() -> None:
+    """What audit verify recomputes: each memory row's content_hash is memory_hash of the
+    row (a tombstone once forgotten), listed by the audit row of the record that last
+    wrote it; checkpoint records name their checkpoint and its state hash."""
+    audit, cps, table, _ = _ONE_BATCH
+    by_pos = {(r[0], r[1]): dict(zip(AUDIT_COLUMNS, r, strict=True)) for r in audit}
+    i = {n: k for k, n in enumerate(MEMORY_COLUMNS)}
+    forgotten = 0
+    for row in table.rows.values():
+        assert row[i["content_hash"]] == memory_hash(row) == memory_hash(dict(zip(MEMORY_COLUMNS, row, strict=True)))
+        at = row[i["forgotten_offset"]] if row[i["forgotten"]] else row[i["journal_offset"]]
+        assert row[i["content_hash"]] in by_pos[(row[i["journal_partition"]], at)]["memory_hashes"]
+        forgotten += row[i["forgotten"]]
+    assert forgotten and len(table.rows) > 20
+    edited = list(next(iter(table.rows.values())))
+    edited[i["tenant_id"]] = "another"
+    assert memory_hash(edited) != edited[i["content_hash"]]
+    for cp in cps:
+        r = dict(zip(CHECKPOINT_COLUMNS, cp, strict=True))
+        a = next(x for x in by_pos.values() if (x["agent_id"], x["seq"]) == (r["agent_id"], r["seq"]))
+        assert (a["checkpoint"], a["state_hash"]) == (r["reason"], r["state_hash"])
+    assert {a["checkpoint"] is not None for a in by_pos.values()} == {True, False}
+    assert all((a["state_hash"] is None) == (a["checkpoint"] is None) for a in by_pos.values())
