@@ -11,6 +11,12 @@ raw value: the same bytes the chain links). Audit rows with no record under them
 
 Each partition is read in offset order beside its audit rows (a server-side cursor in
 the same order), so memory stays constant whatever the journal's length.
+
+With ``refold`` the records are also folded (``aosk.kernel.apply``, in journal order per
+partition, the way ``aosk.kernel.folding`` does) and every checkpoint's and agent_state's
+state hash is compared with the hash of the state the fold reaches at that seq: the
+strongest check (it needs nothing PostgreSQL holds to be honest), at the fold's speed,
+with one partition's agent states in memory at a time.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from aosk.errors import AoskError
 from aosk.journal import JournalReader
-from aosk.kernel import Record, pseudo_key
+from aosk.kernel import AgentSlot, Record, apply, fold_args, pseudo_key, route, state_hash
 from aosk.projectors.audit import Break, VerifyResult
 from aosk.projectors.db import qualified
 from aosk.projectors.rows import storage_key
@@ -58,15 +65,68 @@ def _agent_of(rec: Record) -> str:
     return pseudo_key(rec.partition) if rec.key is None else storage_key(rec.key)
 
 
+class _Refold:
+    """One partition folded as the journal is read, then compared with the stored states."""
+
+    def __init__(self, conn: psycopg.Connection[Any], schema: str, partition: int) -> None:
+        self.partition = partition
+        self.slots: dict[str, AgentSlot] = {}
+        self.rule = fold_args(None)
+        self.stopped: str | None = None
+        rows = conn.execute(sql.SQL("select agent_id, seq, state_hash from {} where journal_partition = %s").format(
+            qualified(schema, "checkpoints")), (partition,)).fetchall()
+        self.checkpoints = {(str(a), int(q)): bytes(h) for a, q, h in rows}
+        self.problems: list[Break] = []
+
+    def add(self, rec: Record) -> None:
+        if self.stopped is not None:
+            return
+        version, partitions = self.rule
+        key = route(rec, version, partitions).key
+        try:
+            slot, v = apply(self.slots.get(key), rec, version=version, partitions=partitions, hash_state=False)
+        except AoskError as e:  # an unknown fingerprint or fold version: the projection stops there too
+            self.stopped = f"{self.partition}:{rec.offset} ({type(e).__name__})"
+            return
+        self.slots[key] = slot
+        if key == pseudo_key(self.partition):  # a marker may switch the partition's rules
+            self.rule = fold_args(slot.state)
+        want = self.checkpoints.get((storage_key(key), v.seq))
+        if want is not None and want != state_hash(slot.state):
+            self.problems.append(Break(storage_key(key), v.seq, f"the checkpoint at seq {v.seq} is not the state "
+                                                               "the journal folds to there"))
+
+    def finish(self, conn: psycopg.Connection[Any], schema: str) -> list[Break]:
+        rows = conn.execute(sql.SQL("select agent_id, seq, state_hash from {} where journal_partition = %s").format(
+            qualified(schema, "agent_state")), (self.partition,)).fetchall()
+        stored = {str(a): (int(q), bytes(h)) for a, q, h in rows}
+        for key, slot in self.slots.items():
+            a = storage_key(key)
+            have = stored.get(a)
+            if have is None:
+                continue  # no agent_state row: reported by the record-hash check as missing audit rows
+            if self.stopped is not None:
+                continue
+            if have[0] != slot.state.seq:
+                self.problems.append(Break(a, have[0], f"agent_state is at seq {have[0]}, the journal up to the "
+                                                       f"projected offset folds to seq {slot.state.seq}"))
+            elif have[1] != state_hash(slot.state):
+                self.problems.append(Break(a, have[0], "agent_state.state is not the state the journal folds to"))
+        self.slots.clear()
+        return self.problems
+
+
 def verify_against_journal(
     conn: psycopg.Connection[Any],
     schema: str,
     reader: JournalReader,
     *,
+    refold: bool = False,
     max_breaks: int = 100,
     progress: Callable[[int, int], None] | None = None,
 ) -> VerifyResult:
-    """Every journal record up to the stored offsets against its audit row.
+    """Every journal record up to the stored offsets against its audit row (and with
+    ``refold`` every stored state against the fold of the journal).
     ``progress(done, total)`` is called now and then (records read, records to read).
     ``result.rows`` counts the records checked; a missing row is a ``Break`` with seq 0."""
     res = VerifyResult()
@@ -81,9 +141,12 @@ def verify_against_journal(
         agents: set[str] = set()
         for p in range(partitions):
             stop = stored.get(p, 0)
+            fold = _Refold(conn, schema, p) if refold else None
             rows = _audit_positions(conn, schema, p)
             row = next(rows, _END)
             for rec in reader.read(p, 0, stop):
+                if fold is not None:
+                    fold.add(rec)
                 while row[0] < rec.offset:
                     res.breaks.append(Break(row[1], row[2], f"audit row at {p}:{row[0]} has no journal record there"))
                     row = next(rows, _END)
@@ -101,6 +164,8 @@ def verify_against_journal(
                 done += 1
                 if progress is not None and done % 1000 == 0:
                     progress(done, total)
+            if fold is not None:
+                res.breaks.extend(fold.finish(conn, schema))
             end = reader.end_offset(p)
             if end < stop:
                 res.breaks.append(Break(pseudo_key(p), 0, f"partition {p} of the journal ends at offset {end}, but "

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     v.add_argument("--against-journal", action="store_true",
                    help="also read the journal up to the projected offsets and check every record has its audit "
                         "row with the same record hash (finds agents deleted from every table)")
+    v.add_argument("--refold", action="store_true",
+                   help="with --against-journal: also fold the journal and compare every agent_state and checkpoint "
+                        "state with the fold's (at the fold's speed)")
     add_no_progress(v)
     v.set_defaults(run=_verify)
 
@@ -49,7 +52,7 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     extra = (f"; {res.refused} records whose rows PostgreSQL refused (see view refused_records)"
              if res.refused else "")
     print(f"audit chains intact: {scope}, {res.rows} rows, agent_state, checkpoints and memories match{extra}")
-    if args.against_journal:
+    if args.against_journal or args.refold:
         return _against_journal(settings, args)
     return 0
 
@@ -72,12 +75,13 @@ def _against_journal(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         with _connect(settings) as conn, JournalReader(ep.bootstrap, settings.kafka.journal_topic) as reader:
-            res = verify_against_journal(conn, args.schema, reader, progress=progress)
+            res = verify_against_journal(conn, args.schema, reader, refold=args.refold, progress=progress)
     finally:
         bar.close()
     if not res.ok:
         return _broken("audit log DIFFERS from the journal", res.breaks)
-    print(f"journal matches: {res.rows} records up to the projected offsets each have their audit row")
+    folded = "; every agent_state and checkpoint state is the fold's" if args.refold else ""
+    print(f"journal matches: {res.rows} records up to the projected offsets each have their audit row{folded}")
     return 0
 
 

@@ -12,7 +12,8 @@ CLI to see a committed edit use schemas of their own. Checked:
 2. a stored state (agent_state or a checkpoint) replaced together with its state_hash;
 3. a checkpoint deleted (while ``aosk db thin-checkpoints`` leaves a trace verify accepts);
 4. a memory's text or tenant edited (also with its content_hash recomputed);
-5. an agent deleted from every table: only ``--against-journal`` can tell.
+5. an agent deleted from every table: only ``--against-journal`` can tell (and a state
+   forged consistently in every table: only ``--refold``).
 
 An untouched schema passes plain and ``--against-journal``; a second schema projected
 with other batch sizes by two processes has the same digests (the batch-dependent
@@ -164,6 +165,9 @@ def test_untouched_schema_passes_plain_and_against_the_journal(settings: Setting
     full = run_cli(settings, "audit", "verify", "--schema", SCHEMA, "--against-journal", "--no-progress")
     assert full.returncode == 0, full.stderr
     assert f"journal matches: {res.rows} records" in full.stdout
+    refold = run_cli(settings, "audit", "verify", "--schema", SCHEMA, "--refold", "--no-progress")
+    assert refold.returncode == 0, refold.stderr
+    assert "every agent_state and checkpoint state is the fold's" in refold.stdout
 
 
 def test_a_rebuild_with_other_batches_has_the_same_digests_and_verifies(
@@ -258,6 +262,37 @@ def test_checkpoint_blob_and_state_hash_edited_together_are_caught(projected: st
             (blob, h, MEM_AGENT, seq))
     with tampered(projected, edit) as c:
         _broken(verify(c, SCHEMA), MEM_AGENT, f"seq {seq}: the checkpoint's state", "is not the state its audit row")
+
+
+def test_a_forgery_consistent_in_every_table_is_caught_by_refolding_the_journal(
+    settings: Settings, projected: str,
+) -> None:
+    """The state, its hash, its queryable columns and the hash its audit row records all
+    forged alike (and a checkpoint the same way): only folding the journal again tells."""
+    with psycopg.connect(projected) as conn:
+        seq, state = _one(conn, f"select seq, state from {SCHEMA}.agent_state where agent_id = %s", (MEM_AGENT,))
+        cp_seq, cp_state = _one(conn, f"select seq, state from {SCHEMA}.checkpoints where agent_id = %s"
+                                      " and reason = 'requested'", (MEM_AGENT,))
+    blob, h, name = _forged(bytes(state))
+    cp_blob, cp_h, _ = _forged(bytes(cp_state))
+    edits = [
+        (f"update {SCHEMA}.agent_state set state = %s, state_hash = %s, name = %s where agent_id = %s",
+         (blob, h, name, MEM_AGENT)),
+        (f"update {SCHEMA}.checkpoints set state = %s, state_hash = %s where agent_id = %s and seq = %s",
+         (cp_blob, cp_h, MEM_AGENT, cp_seq)),
+        (f"update {SCHEMA}.audit_log set state_hash = %s where agent_id = %s and seq = %s", (h, MEM_AGENT, seq)),
+        (f"update {SCHEMA}.audit_log set state_hash = %s where agent_id = %s and seq = %s", (cp_h, MEM_AGENT, cp_seq)),
+        # the suspend that ends the agent made a checkpoint of the same state
+        (f"update {SCHEMA}.checkpoints set state = %s, state_hash = %s where agent_id = %s and seq = %s",
+         (blob, h, MEM_AGENT, seq)),
+    ]
+    with tampered(projected, *edits) as c:
+        assert verify(c, SCHEMA).ok
+        with JournalReader(settings.kafka.bootstrap_servers, settings.kafka.journal_topic) as reader:
+            assert verify_against_journal(c, SCHEMA, reader).ok
+            res = verify_against_journal(c, SCHEMA, reader, refold=True)
+        _broken(res, MEM_AGENT, "agent_state.state is not the state the journal folds to",
+                f"seq {cp_seq}: the checkpoint at seq {cp_seq} is not the state the journal folds to")
 
 
 # --- 3. checkpoints deleted, or thinned -------------------------------------------------
