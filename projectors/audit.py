@@ -10,7 +10,14 @@ chain covers, the order, or deleting a row anywhere breaks a link) and then comp
 each chain's head with ``agent_state`` (``seq`` and ``audit_head``, and the stored
 state against its ``state_hash``), which catches deleted tail rows too. Columns the
 chain does not cover, by design: ``message`` (wording may improve), ``tenant_id`` and
-``subject`` (conveniences), ``refused`` / ``refusal`` (storage outcome, not a verdict).
+``subject`` (conveniences), ``refused`` / ``refusal`` (storage outcome, not a verdict),
+and the hashes of migration 0003 (``state_hash``, ``checkpoint``, ``memory_hashes``).
+
+Then, in the same snapshot, the rows people query are checked against the chain and the
+hashes its rows record (``audit_checks``: every agent_state column against the stored
+state, stored states and checkpoints against their audit rows' state hashes, missing
+checkpoints, memory content hashes). ``audit_journal`` checks the audit log against the
+journal itself (``aosk audit verify --against-journal``).
 """
 
 from __future__ import annotations
