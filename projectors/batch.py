@@ -41,7 +41,7 @@ from aosk.kernel import (
 )
 from aosk.kernel.state import Status
 from aosk.projectors.checkpoints import checkpoint_reason
-from aosk.projectors.memory import MemoryOp, memory_ops
+from aosk.projectors.memory import MemoryOp, memory_ops, op_hashes
 from aosk.projectors.rows import (
     EPOCH,
     GENESIS,
@@ -244,13 +244,19 @@ def fold_batch(
             mem: tuple[MemoryOp, ...] = ()
             if v.paged_out or (kind == "accepted" and v.event_type in _MEMORY_TYPES):
                 mem = memory_ops(v, ev, tenant_id, at=at)
+            sh: bytes | None = None
+            cp: tuple[Any, ...] | None = None
+            if reason is not None:  # the checkpoint's audit row records its state hash too
+                sh = state_hash(st)
+                cp = checkpoint_row(v, reason, encode_state(st), sh)
             outcomes.append(
                 FoldedRecord(
                     p, rec.offset, key, ne,
                     audit_row(v, value_hash=vh, chain_hash=head, verdict_bytes=vb, tenant_id=tenant_id, event=ev,
-                              recorded_at=at),
+                              recorded_at=at, state_hash=sh, checkpoint=reason,
+                              memory_hashes=op_hashes(mem) if mem else None),
                     vb,
-                    None if reason is None else checkpoint_row(v, reason, encode_state(st), state_hash(st)),
+                    cp,
                     mem,
                 )
             )

@@ -12,7 +12,11 @@ Policy (the same for every projector and rebuild of a schema, so rebuilds are eq
 A checkpoint holds the canonical state bytes at (partition, offset) and their hash; the
 fold bounds a state (``FoldParams.state_max_bytes``, under 1 MiB, also a CHECK in the
 table), so every checkpoint is bounded. ``thin`` deletes old ones (the journal is kept
-forever, so any point stays reachable from an earlier checkpoint plus the journal).
+forever, so any point stays reachable from an earlier checkpoint plus the journal) and
+notes each in ``checkpoints_thinned``. The audit row of a record that made a checkpoint
+records its reason and state hash (``checkpoint``, ``state_hash``), which ``aosk audit
+verify`` compares with the checkpoint; the interval is a per-schema setting that an
+operator may change, so verify reads which records made one from there, not from N.
 """
 
 from __future__ import annotations
@@ -116,15 +120,22 @@ def nearest_checkpoint(
 def thin(conn: psycopg.Connection[Any], schema: str, *, keep_last: int = 10, keep_every: int = 1000) -> int:
     """Delete old checkpoints: per agent, keep the newest ``keep_last`` and every one
     whose seq is a multiple of ``keep_every``, plus every suspend/final/requested one.
-    Returns how many were deleted. An operator action: a rebuild recreates them all."""
+    Returns how many were deleted. An operator action: a rebuild recreates them all.
+
+    Each deleted (agent, seq) is recorded in ``checkpoints_thinned`` in the same
+    statement, so ``aosk audit verify`` tells a thinned checkpoint from a deleted one."""
     if keep_last < 1 or keep_every < 1:
         raise ValueError("keep_last and keep_every must be >= 1")
-    cur = conn.execute(
+    row = conn.execute(
         sql.SQL(
-            "delete from {t} c using (select agent_id, seq, row_number() over (partition by agent_id order by seq desc)"
-            " as r from {t}) ranked where c.agent_id = ranked.agent_id and c.seq = ranked.seq and ranked.r > %s"
-            " and c.seq %% %s <> 0 and c.reason = 'interval'"
-        ).format(t=qualified(schema, "checkpoints")),
+            "with gone as (delete from {t} c using (select agent_id, seq, row_number() over"
+            " (partition by agent_id order by seq desc) as r from {t}) ranked"
+            " where c.agent_id = ranked.agent_id and c.seq = ranked.seq and ranked.r > %s"
+            " and c.seq %% %s <> 0 and c.reason = 'interval' returning c.agent_id, c.seq),"
+            " noted as (insert into {thinned} (agent_id, seq) select agent_id, seq from gone on conflict do nothing)"
+            " select count(*) from gone"
+        ).format(t=qualified(schema, "checkpoints"), thinned=qualified(schema, "checkpoints_thinned")),
         (keep_last, keep_every),
-    )
-    return cur.rowcount
+    ).fetchone()
+    assert row is not None
+    return int(row[0])

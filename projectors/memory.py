@@ -10,6 +10,10 @@ Changes (all from accepted records, last write wins, the same whatever the batch
 * ``MemoryForgotten``: removes text, metadata and embedding (and when it was embedded)
   and keeps a tombstone.
 
+Every full row carries ``content_hash`` (``rows.memory_hash``: its content, or once
+forgotten its tombstone); each op carries the hash it leaves, so the record's audit row
+can list them (``memory_hashes``) for ``aosk audit verify``.
+
 Recall uses the HNSW cosine index with pgvector's iterative index scans, so a query
 filtered by tenant (and agent) still returns k rows; when the filter leaves fewer than k
 candidates within the scan limit, an exact scan of the filtered rows answers instead.
@@ -29,11 +33,12 @@ from psycopg import sql
 from aosk.errors import RecallError
 from aosk.kernel import Verdict
 from aosk.projectors.db import embedding_dimension, pack_vector, qualified
-from aosk.projectors.rows import MEMORY_COLUMNS, storage_key, ts
+from aosk.projectors.rows import MEMORY_COLUMNS, memory_hash, storage_key, ts
 
 __all__ = [
     "MemoryOp",
     "memory_ops",
+    "op_hashes",
     "MemoryChanges",
     "RecallError",
     "Recalled",
@@ -42,10 +47,12 @@ __all__ = [
     "DEFAULT_EF_SEARCH",
 ]
 
-# An op: ("full", key, row list) | ("embed", key, vector, at, offset) | ("forget", key, at, offset)
+# An op: ("full", key, row list) | ("embed", key, vector, at, offset)
+#       | ("forget", key, at, offset, tombstone hash)
 MemoryOp = tuple[Any, ...]
 
 _I: Final = {name: i for i, name in enumerate(MEMORY_COLUMNS)}
+_HASH: Final = _I["content_hash"]
 
 
 def memory_ops(v: Verdict, event: Any, tenant_id: str | None, *, at: datetime | None = None) -> tuple[MemoryOp, ...]:
@@ -63,20 +70,30 @@ def memory_ops(v: Verdict, event: Any, tenant_id: str | None, *, at: datetime | 
         row = [
             agent, event.memory_id, tenant_id, "stored", None, event.text, dict(event.metadata), event.importance,
             emb, v.partition, v.offset, v.seq, at, at if emb is not None else None,
-            v.offset if emb is not None else None, False, None, None,
+            v.offset if emb is not None else None, False, None, None, None,
         ]
+        row[_HASH] = memory_hash(row)
         ops.append(("full", (agent, event.memory_id), row))
     elif name == "MemoryEmbedded":
         ops.append(("embed", (agent, event.memory_id), pack_vector(event.embedding), at, v.offset))
     elif name == "MemoryForgotten":
-        ops.append(("forget", (agent, event.memory_id), at, v.offset))
+        tomb = memory_hash({"forgotten": True, "agent_id": agent, "memory_id": event.memory_id, "tenant_id": tenant_id,
+                            "journal_partition": v.partition, "forgotten_offset": v.offset})
+        ops.append(("forget", (agent, event.memory_id), at, v.offset, tomb))
     for e in v.paged_out:
         row = [
             agent, e.entry_id, tenant_id, "paged_out", e.role, e.content, {"tokens": e.tokens}, e.importance,
-            None, v.partition, v.offset, v.seq, at, None, None, False, None, None,
+            None, v.partition, v.offset, v.seq, at, None, None, False, None, None, None,
         ]
+        row[_HASH] = memory_hash(row)
         ops.append(("full", (agent, e.entry_id), row))
     return tuple(ops)
+
+
+def op_hashes(ops: tuple[MemoryOp, ...]) -> list[bytes] | None:
+    """The content hashes the ops leave on their rows (the audit row's ``memory_hashes``)."""
+    out = [op[2][_HASH] if op[0] == "full" else op[4] for op in ops if op[0] != "embed"]
+    return out or None
 
 
 class MemoryChanges:
@@ -88,7 +105,8 @@ class MemoryChanges:
     def __init__(self) -> None:
         self.full: dict[tuple[str, str], list[Any]] = {}
         self.patches: dict[tuple[str, str], list[Any]] = {}
-        """key -> [embedding or None, embedded_at, embedded_offset, forgotten_at, forgotten_offset]"""
+        """key -> [embedding or None, embedded_at, embedded_offset, forgotten_at, forgotten_offset,
+        tombstone hash]"""
 
     def add(self, ops: Iterable[MemoryOp]) -> None:
         for op in ops:
@@ -105,21 +123,21 @@ class MemoryChanges:
                         row[_I["embedded_at"]] = op[3]
                         row[_I["embedded_offset"]] = op[4]
                 else:
-                    _forget_row(row, op[2], op[3])
+                    _forget_row(row, op[2], op[3], op[4])
                 continue
-            patch = self.patches.setdefault(key, [None, None, None, None, None])
+            patch = self.patches.setdefault(key, [None, None, None, None, None, None])
             if kind == "embed":
                 if patch[3] is None:  # an embedding after forgetting does nothing
                     patch[0], patch[1], patch[2] = op[2], op[3], op[4]
             else:
                 patch[0] = patch[1] = patch[2] = None
-                patch[3], patch[4] = op[2], op[3]
+                patch[3], patch[4], patch[5] = op[2], op[3], op[4]
 
     def __bool__(self) -> bool:
         return bool(self.full or self.patches)
 
 
-def _forget_row(row: list[Any], at: Any, offset: int) -> None:
+def _forget_row(row: list[Any], at: Any, offset: int, tombstone: bytes) -> None:
     row[_I["text"]] = None
     row[_I["metadata"]] = {}
     row[_I["embedding"]] = None
@@ -128,6 +146,7 @@ def _forget_row(row: list[Any], at: Any, offset: int) -> None:
     row[_I["forgotten"]] = True
     row[_I["forgotten_at"]] = at
     row[_I["forgotten_offset"]] = offset
+    row[_HASH] = tombstone
 
 
 def patch_statements(schema: str) -> tuple[sql.Composed, sql.Composed]:
@@ -140,7 +159,7 @@ def patch_statements(schema: str) -> tuple[sql.Composed, sql.Composed]:
     forget = sql.SQL(
         "update {} set text = null, metadata = '{{}}', embedding = null, embedded_at = null, embedded_offset = null, "
         "forgotten = true, forgotten_at = %s, "
-        "forgotten_offset = %s where agent_id = %s and memory_id = %s"
+        "forgotten_offset = %s, content_hash = %s where agent_id = %s and memory_id = %s"
     ).format(t)
     return embed, forget
 

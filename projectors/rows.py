@@ -10,7 +10,8 @@ Column lists here and the tables in ``migrations/0001_projections.sql`` must agr
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring as _jstr
 from typing import Any, Final
@@ -28,12 +29,14 @@ __all__ = [
     "storable",
     "AUDIT_COLUMNS",
     "AUDIT_TYPES",
+    "AUDIT_STATE_HASH",
     "AGENT_COLUMNS",
     "AGENT_TYPES",
     "CHECKPOINT_COLUMNS",
     "CHECKPOINT_TYPES",
     "MEMORY_COLUMNS",
     "memory_types",
+    "memory_hash",
     "audit_row",
     "agent_row",
     "checkpoint_row",
@@ -114,14 +117,16 @@ AUDIT_COLUMNS: Final = (
     "journal_partition", "journal_offset", "agent_id", "seq", "recorded_at", "tenant_id", "event_id",
     "event_type", "subject", "kind", "reason", "status", "message", "fold_version",
     "checkpoint_due", "derived_ids", "paged_out_ids", "value_hash", "hash", "refused", "refusal",
-    "verdict_bytes",
+    "verdict_bytes", "state_hash", "checkpoint", "memory_hashes",
 )
 AUDIT_TYPES: Final = (
     "int4", "int8", "text", "int8", "timestamptz", "text", "text",
     "text", "text", "text", "text", "text", "text", "int4",
     "bool", "text[]", "text[]", "bytea", "bytea", "bool", "text",
-    "bytea",
+    "bytea", "bytea", "text", "bytea[]",
 )
+AUDIT_STATE_HASH: Final = AUDIT_COLUMNS.index("state_hash")
+"""Where ``state_hash`` sits in an audit row (the writer sets it on an agent's last row of a batch)."""
 _SUBJECT_FIELD: Final = {
     "ToolCallRequested": "tool",
     "ToolCallCompleted": "call_id",
@@ -170,12 +175,17 @@ def audit_row(
     event: Any,
     refusal: str | None = None,
     recorded_at: datetime | None = None,
+    state_hash: bytes | None = None,
+    checkpoint: str | None = None,
+    memory_hashes: list[bytes] | None = None,
 ) -> tuple[Any, ...]:
     """The ``audit_log`` row of one record. ``verdict_bytes`` (the canonical verdict the
     chain hashed) is stored only when the agent id or event id columns had to differ
     from it; ``refusal`` marks a record whose projection rows PostgreSQL refused.
     ``recorded_at``: ``ts(v.timestamp)`` if the caller has it already (the records of a
-    broker batch share one LogAppendTime, so a fold reuses one datetime for many)."""
+    broker batch share one LogAppendTime, so a fold reuses one datetime for many).
+    ``state_hash`` / ``checkpoint``: the state's hash and the reason when the record
+    made a checkpoint; ``memory_hashes``: ``memory_hash`` of each memory row it writes."""
     agent_id, event_id, tenant_col = v.agent_id, v.event_id, tenant_id
     agent_col = storage_key(agent_id)
     event_col = event_id
@@ -195,7 +205,7 @@ def audit_row(
         v.checkpoint_due,
         [e.event_id for e in derived] if derived else [],
         [storable(e.entry_id) for e in paged_out] if paged_out else [],
-        value_hash, chain_hash, refusal is not None, refusal, exact,
+        value_hash, chain_hash, refusal is not None, refusal, exact, state_hash, checkpoint, memory_hashes,
     )
 
 
@@ -312,7 +322,7 @@ def checkpoint_row(v: Verdict, reason: str, state_bytes: bytes, state_hash: byte
 MEMORY_COLUMNS: Final = (
     "agent_id", "memory_id", "tenant_id", "source", "role", "text", "metadata", "importance", "embedding",
     "journal_partition", "journal_offset", "seq", "stored_at", "embedded_at", "embedded_offset", "forgotten",
-    "forgotten_at", "forgotten_offset",
+    "forgotten_at", "forgotten_offset", "content_hash",
 )
 
 
@@ -320,8 +330,36 @@ def memory_types(vector_oid: int) -> tuple[Any, ...]:
     return (
         "text", "text", "text", "text", "text", "text", "jsonb", "float8", vector_oid,
         "int4", "int8", "int8", "timestamptz", "timestamptz", "int8", "bool",
-        "timestamptz", "int8",
+        "timestamptz", "int8", "bytea",
     )
+
+
+_MEMORY_HASHED: Final = (
+    "agent_id", "memory_id", "tenant_id", "source", "role", "text", "metadata", "importance",
+    "journal_partition", "journal_offset", "seq",
+)
+_TOMBSTONE_HASHED: Final = ("agent_id", "memory_id", "tenant_id", "journal_partition", "forgotten_offset")
+
+
+def memory_hash(row: Mapping[str, Any] | Sequence[Any]) -> bytes:
+    """The content hash of a ``memories`` row (a mapping by column, or a row in
+    ``MEMORY_COLUMNS`` order): sha256 of sorted compact JSON of who it belongs to, where
+    it came from and what it says -- agent, memory id, tenant, source, role, text,
+    metadata, importance, journal position and seq -- or, once forgotten, of its
+    tombstone (agent, memory id, tenant, partition, the forgetting offset). Not the
+    embedding, which a later ``MemoryEmbedded`` may set. The projector stores it with the
+    row and in the audit row of the record that wrote it; ``aosk audit verify``
+    recomputes it from the row."""
+    get = row.__getitem__ if isinstance(row, Mapping) else (lambda c: row[_MEMORY_I[c]])
+    if get("forgotten"):
+        doc: list[Any] = ["forgotten", *(get(c) for c in _TOMBSTONE_HASHED)]
+    else:
+        doc = ["memory", *(get(c) for c in _MEMORY_HASHED)]
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+_MEMORY_I: Final = {name: i for i, name in enumerate(MEMORY_COLUMNS)}
 
 
 # --- the canonical verdict, fast ----------------------------------------------------------

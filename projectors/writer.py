@@ -11,7 +11,10 @@ The transaction, in order:
    nothing below can collide with the new owner's rows: it holds the row lock until
    commit;
 3. the rows, by binary COPY: audit rows and checkpoints straight into their tables,
-   agent states and memories through temporary staging tables into an upsert;
+   agent states and memories through temporary staging tables into an upsert. The audit
+   row of each agent's last record in the batch records the hash of the state written
+   to agent_state (``state_hash``), so ``aosk audit verify`` can tell a stored state
+   edited together with ``agent_state.state_hash``;
 4. ``pg_notify`` so ``wait_until_projected`` callers wake up.
 
 A row PostgreSQL refuses (the fold should have rejected its record first) does not stall
@@ -35,13 +38,15 @@ from psycopg.types.json import Jsonb
 from psycopg.types.string import BytesBinaryDumper
 
 from aosk.errors import Fenced, Inconsistent
-from aosk.projectors.batch import FoldedBatch, FoldedRecord, last_entries
+from aosk.kernel import state_hash
+from aosk.projectors.batch import FoldedBatch, FoldedRecord
 from aosk.projectors.db import BATCH_LOCK_KEY, qualified, register_vector_dumper
 from aosk.projectors.memory import MemoryChanges, patch_statements
 from aosk.projectors.rows import (
     AGENT_COLUMNS,
     AGENT_TYPES,
     AUDIT_COLUMNS,
+    AUDIT_STATE_HASH,
     AUDIT_TYPES,
     CHECKPOINT_COLUMNS,
     CHECKPOINT_TYPES,
@@ -81,6 +86,19 @@ class Refusal:
     agent_id: str
     seq: int
     error: str
+
+
+def last_outcomes(outs: list[FoldedRecord]) -> dict[str, FoldedRecord]:
+    """Each agent key's last record among ``outs``: its state is the agent_state row written."""
+    return {o.key: o for o in outs}
+
+
+def with_state_hash(o: FoldedRecord) -> tuple[Any, ...]:
+    """``o``'s audit row recording the hash of the state after it, for a record whose
+    state is stored in agent_state (``aosk audit verify`` compares the two)."""
+    row = list(o.audit)
+    row[AUDIT_STATE_HASH] = state_hash(o.entry.slot.state)
+    return tuple(row)
 
 
 def notify_channel(schema: str) -> str:
@@ -198,11 +216,12 @@ class ProjectionWriter:
         self._write_range(conn, outs[mid:], refused)
 
     def _write_rows(self, conn: psycopg.Connection[Any], outs: list[FoldedRecord]) -> None:
+        lasts = last_outcomes(outs)
         with conn.cursor() as cur:
             with cur.copy(self._copy_audit) as cp:
                 cp.set_types(AUDIT_TYPES)
                 for o in outs:
-                    cp.write_row(o.audit)
+                    cp.write_row(o.audit if lasts[o.key] is not o else with_state_hash(o))
             cps = [o.checkpoint for o in outs if o.checkpoint is not None]
             if cps:
                 with cur.copy(self._copy_cp) as cp:
@@ -217,8 +236,8 @@ class ProjectionWriter:
                 self._write_memories(cur, mem)
             with cur.copy(self._copy_agent) as cp:
                 cp.set_types(AGENT_TYPES)
-                for e in last_entries(outs).values():
-                    cp.write_row(e.row())
+                for o in lasts.values():
+                    cp.write_row(o.entry.row())
             cur.execute(self._upsert_agent)
 
     def _write_memories(self, cur: psycopg.Cursor[Any], mem: MemoryChanges) -> None:
@@ -233,9 +252,9 @@ class ProjectionWriter:
             cur.execute(self._upsert_mem)
         embeds = []
         forgets = []
-        for (agent, memory_id), (emb, emb_at, emb_off, gone_at, gone_off) in mem.patches.items():
+        for (agent, memory_id), (emb, emb_at, emb_off, gone_at, gone_off, gone_hash) in mem.patches.items():
             if gone_at is not None:
-                forgets.append((gone_at, gone_off, agent, memory_id))
+                forgets.append((gone_at, gone_off, gone_hash, agent, memory_id))
             elif emb is not None:
                 embeds.append((emb, emb_at, emb_off, agent, memory_id))
         if embeds:
@@ -261,7 +280,7 @@ class ProjectionWriter:
                     with conn.cursor() as cur:
                         with cur.copy(self._copy_audit) as cp:
                             cp.set_types(AUDIT_TYPES)
-                            cp.write_row(refused_audit_row(o.audit, error, o.verdict_bytes, hard=hard))
+                            cp.write_row(refused_audit_row(with_state_hash(o), error, o.verdict_bytes, hard=hard))
                 break
             except REFUSALS as e2:
                 if hard:

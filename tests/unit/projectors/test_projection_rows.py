@@ -43,6 +43,7 @@ from aosk.projectors.rows import (
     GENESIS,
     MEMORY_COLUMNS,
     link,
+    memory_hash,
     memory_types,
     ms_of,
     storage_key,
@@ -167,7 +168,7 @@ class MemoryTable:
         i = {n: k for k, n in enumerate(MEMORY_COLUMNS)}
         for key, row in mem.full.items():
             self.rows[key] = list(row)
-        for key, (emb, at, off, gone_at, gone_off) in mem.patches.items():
+        for key, (emb, at, off, gone_at, gone_off, gone_hash) in mem.patches.items():
             row = self.rows.get(key)
             if row is None:
                 continue
@@ -175,6 +176,7 @@ class MemoryTable:
                 row[i["text"]], row[i["metadata"]], row[i["embedding"]] = None, {}, None
                 row[i["embedded_at"]], row[i["embedded_offset"]] = None, None
                 row[i["forgotten"]], row[i["forgotten_at"]], row[i["forgotten_offset"]] = True, gone_at, gone_off
+                row[i["content_hash"]] = gone_hash
             elif emb is not None and not row[i["forgotten"]]:
                 row[i["embedding"]], row[i["embedded_at"]], row[i["embedded_offset"]] = emb, at, off
 
@@ -290,7 +292,7 @@ def test_memory_changes_merge_like_one_op_at_a_time(seed: int) -> None:
         elif kind == "embed":
             ops.append(("embed", k, f"v{n}", f"at{n}", n))
         else:
-            ops.append(("forget", k, f"at{n}", n))
+            ops.append(("forget", k, f"at{n}", n, f"h{n}".encode()))
     one_by_one = MemoryTable()
     for op in ops:
         m = MemoryChanges()
@@ -358,3 +360,28 @@ def test_fold_batch_stops_on_a_changed_partition_count() -> None:
     with pytest.raises(PartitionCountChanged, match="recorded 3"):
         fold_batch({0: [r for r in records if r.partition == 0]}, cache.get, checkpoint_every=100,
                    live_partitions=4)
+
+
+def test_memory_rows_carry_their_hash_and_their_audit_row_lists_it() -> None:
+    """What audit verify recomputes: each memory row's content_hash is memory_hash of the
+    row (a tombstone once forgotten), listed by the audit row of the record that last
+    wrote it; checkpoint records name their checkpoint and its state hash."""
+    audit, cps, table, _ = _ONE_BATCH
+    by_pos = {(r[0], r[1]): dict(zip(AUDIT_COLUMNS, r, strict=True)) for r in audit}
+    i = {n: k for k, n in enumerate(MEMORY_COLUMNS)}
+    forgotten = 0
+    for row in table.rows.values():
+        assert row[i["content_hash"]] == memory_hash(row) == memory_hash(dict(zip(MEMORY_COLUMNS, row, strict=True)))
+        at = row[i["forgotten_offset"]] if row[i["forgotten"]] else row[i["journal_offset"]]
+        assert row[i["content_hash"]] in by_pos[(row[i["journal_partition"]], at)]["memory_hashes"]
+        forgotten += row[i["forgotten"]]
+    assert forgotten and len(table.rows) > 20
+    edited = list(next(iter(table.rows.values())))
+    edited[i["tenant_id"]] = "another"
+    assert memory_hash(edited) != edited[i["content_hash"]]
+    for cp in cps:
+        r = dict(zip(CHECKPOINT_COLUMNS, cp, strict=True))
+        a = next(x for x in by_pos.values() if (x["agent_id"], x["seq"]) == (r["agent_id"], r["seq"]))
+        assert (a["checkpoint"], a["state_hash"]) == (r["reason"], r["state_hash"])
+    assert {a["checkpoint"] is not None for a in by_pos.values()} == {True, False}
+    assert all((a["state_hash"] is None) == (a["checkpoint"] is None) for a in by_pos.values())
