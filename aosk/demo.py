@@ -264,9 +264,11 @@ def _section_projections(settings: Settings, ep: Endpoints, ctx: dict[str, objec
                 print(f"  -- {title}:  {q}")
                 for row in conn.execute(q).fetchall():
                     print("       " + " | ".join(str(c) for c in row))
+            conn.commit()  # verify reads every table in one snapshot of its own: the projector keeps writing
             result = verify(conn, "aosk")
             print(f"  aosk audit verify: {'intact' if result.ok else 'BROKEN at ' + str(result.first)} "
                   f"({result.rows} audit rows over {result.agents} agents, hash-chained per agent)")
+        _tamper(settings, ep, str(ctx["bob"]))
         bob = str(ctx["bob"])
         vec = [0.0] * int(ctx["dim"])  # type: ignore[call-overload]
         vec[0], vec[1] = 0.9, 0.1
@@ -276,6 +278,37 @@ def _section_projections(settings: Settings, ep: Endpoints, ctx: dict[str, objec
         view = reader.agent_state(bob)
         if view is not None:
             print(f"  {bob}: status {view.status}, tokens used {view.tokens_used}, left {view.tokens_left}")
+
+
+def _tamper(settings: Settings, ep: Endpoints, agent: str) -> None:
+    """Edits someone could make behind the kernel's back, each caught by audit verify (in
+    transactions rolled back: the demo's data stays as it was)."""
+    import psycopg
+
+    from aosk.journal import JournalReader
+    from aosk.projectors.audit import verify
+    from aosk.projectors.audit_journal import verify_against_journal
+
+    edits: list[tuple[str, list[str]]] = [
+        ("agent_state.status edited", ["update aosk.agent_state set status = 'RUNNING' where agent_id = %s"]),
+        ("a memory's tenant_id edited", ["update aosk.memories set tenant_id = 'globex' where agent_id = %s"]),
+        ("the agent deleted from every table", [f"delete from aosk.{t} where agent_id = %s"
+                                                for t in ("agent_state", "audit_log", "checkpoints", "memories")]),
+    ]
+    with psycopg.connect(ep.dsn) as conn, JournalReader(ep.bootstrap, settings.kafka.journal_topic) as reader:
+        # Each edit and its verify in one snapshot, while the live projector keeps writing.
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        for what, statements in edits:
+            with conn.transaction(force_rollback=True):
+                for q in statements:
+                    conn.execute(q, (agent,))
+                how = "aosk audit verify"
+                found = verify(conn, "aosk")
+                if found.ok:
+                    how += " --against-journal"
+                    found = verify_against_journal(conn, "aosk", reader)
+            print(f"  tampering (rolled back) - {what}: {how} -> "
+                  f"{'passes: NOT caught' if found.ok else str(found.first)[:120]}")
 
 
 def _section_time_travel(settings: Settings, ep: Endpoints, ctx: dict[str, object]) -> None:
