@@ -200,3 +200,5 @@ def test_garbage_halts_its_partition_until_quarantined_then_every_reader_agrees(
     assert projected(dsn, "aosk") == ends
     st = run_cli(s, "db", "status")
     assert st.returncode == 0 and "STOPPED" not in st.stdout, st
+    audit = run_cli(s, "audit", "verify", "--refold", "--no-progress")
+    assert audit.returncode == 0, audit
