@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from typing import Any, Final
 
 import psycopg
 from psycopg import sql
 
 from aosk.errors import AoskError
-from aosk.journal import JournalReader
+from aosk.journal import JournalReader, Quarantines
 from aosk.kernel import AgentSlot, Record, apply, fold_args, pseudo_key, route, state_hash
 from aosk.projectors.audit import Break, VerifyResult
 from aosk.projectors.db import qualified
@@ -100,6 +101,12 @@ class _Refold:
         rows = conn.execute(sql.SQL("select agent_id, seq, state_hash from {} where journal_partition = %s").format(
             qualified(schema, "agent_state")), (self.partition,)).fetchall()
         stored = {str(a): (int(q), bytes(h)) for a, q, h in rows}
+        if self.stopped is not None:
+            # The projection is past a record this process cannot fold: the states after it
+            # cannot be checked here (a projector with newer schemas or fold version wrote them).
+            self.problems.append(Break(pseudo_key(self.partition), 0, f"cannot refold partition {self.partition} "
+                                       f"past {self.stopped}, which the projection went past; run the refold "
+                                       "with the AOSK that projected it"))
         for key, slot in self.slots.items():
             a = storage_key(key)
             have = stored.get(a)
@@ -129,6 +136,15 @@ def verify_against_journal(
     ``refold`` every stored state against the fold of the journal).
     ``progress(done, total)`` is called now and then (records read, records to read).
     ``result.rows`` counts the records checked; a missing row is a ``Break`` with seq 0."""
+    # opens a reader of its own only when a record with an error is met
+    with closing(reader.quarantines()) as quarantines:
+        return _verify_against_journal(conn, schema, reader, quarantines, refold=refold, max_breaks=max_breaks,
+                                       progress=progress)
+
+
+def _verify_against_journal(conn: psycopg.Connection[Any], schema: str, reader: JournalReader,
+                            quarantines: Quarantines, *, refold: bool, max_breaks: int,
+                            progress: Callable[[int, int], None] | None) -> VerifyResult:
     res = VerifyResult()
     fresh = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     with conn.transaction():
@@ -146,6 +162,8 @@ def verify_against_journal(
             row = next(rows, _END)
             for rec in reader.read(p, 0, stop):
                 if fold is not None:
+                    if rec.error is not None:  # a quarantined record folds as every reader folds it
+                        rec = quarantines.resolve(rec)
                     fold.add(rec)
                 while row[0] < rec.offset:
                     res.breaks.append(Break(row[1], row[2], f"audit row at {p}:{row[0]} has no journal record there"))
