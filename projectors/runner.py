@@ -39,6 +39,7 @@ import psycopg
 from psycopg import sql
 
 from aosk._gc import tune_gc
+from aosk._kafka import KafkaClientLog
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import PartitionCountChanged, PostgresUnavailable
@@ -47,6 +48,7 @@ from aosk.kernel import LATEST_VERSION, AgentSlot, Record, params_for, pseudo_ke
 from aosk.projectors.batch import AgentEntry, FoldedBatch, Inconsistent, fold_batch
 from aosk.projectors.db import (
     DEFAULT_SCHEMA,
+    PostgresOutage,
     ProjectionConfigError,
     connect,
     get_meta,
@@ -136,6 +138,8 @@ class Projector:
         self._consumer: Any = None
         self._writer: ProjectionWriter | None = None
         self.checkpoint_every = 0
+        self._pg = PostgresOutage(self._dsn, role="projector", pool_name=self._pool_name(), logger=log)
+        """PostgreSQL going away: a few lines with backoff, not one per retry."""
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -181,7 +185,7 @@ class Projector:
                     ).format(qualified(self.schema, "projector_offsets")),
                     (partitions - 1,),
                 )
-        self._pool = open_pool(self._dsn, pg, name=f"aosk-projector-{self.schema}", min_size=1,
+        self._pool = open_pool(self._dsn, pg, name=self._pool_name(), min_size=1,
                                max_size=max(2, min(4, pg.pool_size)), configure=self._configure)
         with self._pool.connection() as conn:
             row = conn.execute("select 'vector'::regtype::oid").fetchone()
@@ -189,11 +193,15 @@ class Projector:
             oid = int(row[0])
         self._writer = ProjectionWriter(self.schema, vector_oid=oid, owner=self.owner)
 
+    def _pool_name(self) -> str:
+        return f"aosk-projector-{self.schema}"
+
     def _make_consumer(self) -> Any:
         from confluent_kafka import Consumer
 
         group = self.options.group_id or f"{self.settings.kafka.topic_prefix}.projectors.{self.schema}"
-        consumer = Consumer({
+        quiet = KafkaClientLog(self._bootstrap, role="projector")  # a broker outage: a few lines, not hundreds
+        consumer = Consumer(quiet.configure({
             "bootstrap.servers": self._bootstrap,
             "group.id": group,
             "client.id": f"aosk-projector-{self.owner}",
@@ -206,7 +214,7 @@ class Projector:
             "partition.assignment.strategy": "range",
             "fetch.message.max.bytes": 4 * 1024 * 1024,
             "log_level": 3,
-        })
+        }))
         consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_revoke)
         return consumer
@@ -226,11 +234,12 @@ class Projector:
                         (partitions,),
                     ).fetchall()
                 stored = {int(p): int(o) for p, o in rows}
+                self._pg.answered()
                 return {p: stored.get(p, 0) for p in partitions}
             except psycopg.OperationalError as e:
                 if time.monotonic() > deadline:
                     raise PostgresUnavailable(self._dsn, f"cannot read projector_offsets: {e}") from e
-                log.warning("PostgreSQL unavailable while reading offsets (%s); retrying in %.1fs", e, delay)
+                self._pg.failed(e)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -309,6 +318,8 @@ class Projector:
         self._consumer = self._make_consumer()
         last_report = time.monotonic()
         backoff = 0.0
+        pool_log = logging.getLogger("psycopg.pool")
+        pool_log.addFilter(self._pg.pool_filter)
         try:
             while not self._stop.is_set():
                 if self._pending_seek:
@@ -336,6 +347,7 @@ class Projector:
                 self._consumer.close()
             finally:
                 self._pool.close()
+                pool_log.removeFilter(self._pg.pool_filter)
 
     def _records(self, msgs: list[Any]) -> dict[int, list[Record]]:
         parts: dict[int, list[Record]] = {}
@@ -414,7 +426,10 @@ class Projector:
             self._resync(list(parts), "inconsistent cache")
             return False
         except psycopg.Error as e:
-            log.warning("PostgreSQL error while loading agent states: %s", e)
+            if isinstance(e, psycopg.OperationalError):
+                self._pg.failed(e)
+            else:
+                log.warning("PostgreSQL error while loading agent states: %s", e)
             self._resync(list(parts), "load failed")
             return False
         t1 = time.perf_counter()
@@ -440,9 +455,13 @@ class Projector:
             self._resync(list(parts), "write inconsistent")
             return False
         except psycopg.Error as e:
-            log.warning("batch not written (%s: %s); it will be re-read", type(e).__name__, e)
+            if isinstance(e, psycopg.OperationalError):
+                self._pg.failed(e)
+            else:
+                log.warning("batch not written (%s: %s); it will be re-read", type(e).__name__, e)
             self._resync(list(parts), "write failed")
             return False
+        self._pg.answered()
         t2 = time.perf_counter()
         self._committed(batch, advances)
         self._apply_stops(batch)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aosk._gc import tune_gc
-from aosk._kafka import consume_ready
+from aosk._kafka import KafkaClientLog, consume_ready
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.journal import record_from_message
@@ -133,12 +133,14 @@ class Worker:
         from confluent_kafka import Consumer, Producer
 
         k = self.settings.kafka
+        quiet = KafkaClientLog(self._bootstrap, role="worker")  # a broker outage: a few lines, not hundreds
         if self._producer is None:
-            self._producer = Producer(worker_producer_config(self._bootstrap, client_id=f"aosk-worker-{self.node}"))
+            self._producer = Producer(quiet.configure(
+                worker_producer_config(self._bootstrap, client_id=f"aosk-worker-{self.node}")))
         if self._consumer is None:
-            self._consumer = Consumer(consumer_config(
+            self._consumer = Consumer(quiet.configure(consumer_config(
                 self._bootstrap, group=group_id(k.topic_prefix), client_id=f"aosk-worker-{self.node}",
-                session_timeout_ms=k.session_timeout_ms))
+                session_timeout_ms=k.session_timeout_ms)))
         self._consumer.subscribe([self.journal], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)
         log.info("aosk worker %s joins group %s on %s", self.node, group_id(k.topic_prefix), self.journal)
