@@ -124,20 +124,33 @@ class KafkaClientLog:
     """The log, error and statistics callbacks of one process's librdkafka clients, so a
     broker outage makes a few lines instead of one per refused reconnect.
 
-    Pass every client's config through ``configure``. Connection failures, from the log
-    (``FAIL``) or the error callback (``_TRANSPORT``, ``_ALL_BROKERS_DOWN``, ...), feed
-    one ``OutageLog`` per broker address, shared by the process's clients: a line when
-    the outage starts, lines at growing intervals while it lasts, a line with its duration
-    when the statistics (every second) show that broker up again. Other lines go to
-    ``logger`` with repeats dropped (``RepeatFilter``). Outages are counted in
+    Pass a producer's config through ``configure``, a consumer's through
+    ``configure_consumer``. Connection failures, from the log (``FAIL``) or the error
+    callback (``_TRANSPORT``, ...), feed one ``OutageLog`` per broker address, shared by
+    the process's clients: a line when the outage starts, lines at growing intervals while
+    it lasts, a line with its duration when a producer's statistics (every second) show
+    that broker up again, or when the application calls ``reached`` (records consumed, a
+    partition assignment). Other lines go to ``logger`` with repeats dropped
+    (``RepeatFilter``). Outages are counted in
     ``aosk_dependency_unavailable_total{dependency="kafka", role}``.
 
     librdkafka hands logs, errors and statistics to Python only inside ``poll``,
     ``consume`` and ``flush``, so these run on the caller's threads; a lock orders them.
+
+    Why a consumer gets only the error callback: confluent-kafka finds the Python state
+    of a callback in a per-client thread-local that every blocking call of that client
+    clears when it returns. A consumer's rebalance callbacks make such calls
+    (``committed``, ``list_topics``), so a log or statistics callback served later in
+    the same ``consume`` finds nothing and the process aborts (``CallState_get:
+    Assertion `cs != NULL' failed``, seen here in a worker after a broker restart). The
+    error callback is registered by confluent-kafka whether or not one is given, so
+    giving one adds no such risk; the consumer's own log is lowered to critical lines
+    (its connection failures arrive as errors anyway). A producer's callbacks run in
+    ``poll``/``flush``, which nothing calls from inside them.
     """
 
     def __init__(self, bootstrap: str, *, role: str, logger: logging.Logger | None = None,
-                 clock: Callable[[], float] = time.monotonic, backoff: Backoff | None = None,
+                 clock: Callable[[], float] = time.time, backoff: Backoff | None = None,
                  on_outage: Callable[[], None] | None = None) -> None:
         self.bootstrap = bootstrap
         self.role = role
@@ -155,10 +168,29 @@ class KafkaClientLog:
         self._repeats = RepeatFilter(backoff=backoff)
         self._lock = threading.Lock()
 
+    # ``clock``: wall-clock seconds (``reached`` compares outages with record timestamps).
+
     def configure(self, config: dict[str, Any]) -> dict[str, Any]:
-        """``config`` with this object's callbacks (a new dict; ``log_level`` is kept)."""
+        """A producer's (or admin client's) ``config`` with this object's log, error and
+        statistics callbacks (a new dict; ``log_level`` is kept)."""
         return {**config, "logger": self, "error_cb": self.error_cb, "stats_cb": self.stats_cb,
                 "statistics.interval.ms": 1000}
+
+    def configure_consumer(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A consumer's ``config`` with this object's error callback, and librdkafka's own
+        log limited to critical lines (the class doc says why no more)."""
+        return {**config, "error_cb": self.error_cb, "log_level": min(int(config.get("log_level", 6)), 2)}
+
+    def reached(self, appended_ms: int | None = None) -> None:
+        """The application got an answer from the cluster: every outage ends. With
+        ``appended_ms`` (a consumed record's broker timestamp), only the outages that
+        started before it: records fetched before the outage prove nothing."""
+        with self._lock:
+            if not any(o.down for o in self._outages.values()):
+                return
+            addresses = {a for a, o in self._outages.items() if o.down and (
+                appended_ms is None or (o.since is not None and o.since < appended_ms / 1000))}
+        self.answering(addresses)
 
     @property
     def down(self) -> list[str]:

@@ -138,6 +138,8 @@ class Projector:
         self._consumer: Any = None
         self._writer: ProjectionWriter | None = None
         self.checkpoint_every = 0
+        self._quiet = KafkaClientLog(self._bootstrap, role="projector")
+        """A broker outage: a few lines with backoff, not one per reconnect."""
         self._pg = PostgresOutage(self._dsn, role="projector", pool_name=self._pool_name(), logger=log)
         """PostgreSQL going away: a few lines with backoff, not one per retry."""
 
@@ -200,8 +202,7 @@ class Projector:
         from confluent_kafka import Consumer
 
         group = self.options.group_id or f"{self.settings.kafka.topic_prefix}.projectors.{self.schema}"
-        quiet = KafkaClientLog(self._bootstrap, role="projector")  # a broker outage: a few lines, not hundreds
-        consumer = Consumer(quiet.configure({
+        consumer = Consumer(self._quiet.configure_consumer({
             "bootstrap.servers": self._bootstrap,
             "group.id": group,
             "client.id": f"aosk-projector-{self.owner}",
@@ -245,6 +246,7 @@ class Projector:
 
     def _on_assign(self, consumer: Any, parts: list[Any]) -> None:
         ps = [tp.partition for tp in parts]
+        self._quiet.reached()
         try:
             topic = consumer.list_topics(self.topic, timeout=10).topics[self.topic]
             if not topic.error and topic.partitions:
@@ -326,6 +328,8 @@ class Projector:
                     self._seek_pending()
                 msgs = self._consumer.consume(num_messages=self.options.batch_max, timeout=self.options.poll_timeout_s)
                 if msgs:
+                    if msgs[-1].error() is None:  # appended after an outage began: it is over
+                        self._quiet.reached(msgs[-1].timestamp()[1])
                     t = time.perf_counter()
                     parts = self._records(msgs)
                     self._stats.decode_s += time.perf_counter() - t

@@ -120,6 +120,7 @@ class Worker:
         self._read_snapshots = read_snapshots or (
             lambda ps: read_partitions(self._bootstrap, self.snapshots_topic, ps))
         self._delivery_error: str | None = None
+        self._quiet: KafkaClientLog | None = None
         self._last_commit = 0.0
         self._last_tick = 0.0
         self.folded = 0
@@ -133,12 +134,12 @@ class Worker:
         from confluent_kafka import Consumer, Producer
 
         k = self.settings.kafka
-        quiet = KafkaClientLog(self._bootstrap, role="worker")  # a broker outage: a few lines, not hundreds
+        self._quiet = quiet = KafkaClientLog(self._bootstrap, role="worker")  # an outage: a few lines, not hundreds
         if self._producer is None:
             self._producer = Producer(quiet.configure(
                 worker_producer_config(self._bootstrap, client_id=f"aosk-worker-{self.node}")))
         if self._consumer is None:
-            self._consumer = Consumer(quiet.configure(consumer_config(
+            self._consumer = Consumer(quiet.configure_consumer(consumer_config(
                 self._bootstrap, group=group_id(k.topic_prefix), client_id=f"aosk-worker-{self.node}",
                 session_timeout_ms=k.session_timeout_ms)))
         self._consumer.subscribe([self.journal], on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -305,6 +306,8 @@ class Worker:
         from confluent_kafka import TopicPartition
 
         ps = sorted(tp.partition for tp in tps)
+        if self._quiet is not None:
+            self._quiet.reached()
         committed = self._committed_offsets(consumer, ps)
         t0 = time.monotonic()
         snapshots = self._read_snapshots([p for p in ps if committed.get(p) is not None])

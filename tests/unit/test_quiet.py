@@ -206,3 +206,27 @@ def test_outages_are_counted_per_dependency_and_role() -> None:
     assert registry.get_sample_value("aosk_dependency_unavailable_total",
                                      {"dependency": "postgres", "role": "worker"}) is None
     assert METRICS.dependency_unavailable is not metrics.dependency_unavailable
+
+
+def test_a_consumer_gets_the_error_callback_only_and_records_appended_after_the_start_end_an_outage(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    kl = KafkaClientLog("h:1", role="projector", clock=clock, on_outage=lambda: None)
+    conf = kl.configure_consumer({"bootstrap.servers": "h:1", "log_level": 3})
+    assert conf["error_cb"] == kl.error_cb and conf["log_level"] == 2
+    assert "logger" not in conf and "stats_cb" not in conf  # see KafkaClientLog's doc: these would abort
+    with caplog.at_level(logging.INFO, logger="aosk.kafka"):
+        kl.error_cb(_Err("_TRANSPORT", "h:1/1: Connect to ipv4#10.0.0.1:1 failed: Connection refused"))
+        kl.reached(appended_ms=int((clock.now - 5) * 1000))  # fetched before the outage
+        assert kl.down == ["h:1"]
+        clock.now += 40
+        kl.reached(appended_ms=int((clock.now - 1) * 1000))
+        assert kl.down == []
+        kl.error_cb(_Err("_TRANSPORT", "h:1/1: Connect to ipv4#10.0.0.1:1 failed: Connection refused"))
+        assert kl.down == []  # within the grace after a recovery: a late report of the old outage
+        clock.now += 5
+        kl.error_cb(_Err("_TRANSPORT", "h:1/1: Connect to ipv4#10.0.0.1:1 failed: Connection refused"))
+        kl.reached()  # an assignment: the cluster answered
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        "broker h:1 unreachable", "broker h:1 reachable again after 40.0s unreachable",
+        "broker h:1 unreachable", "broker h:1 reachable again after 0.0s unreachable"]
