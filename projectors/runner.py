@@ -452,7 +452,7 @@ class Projector:
                 )
         except Fenced as e:
             self._stats.fenced += 1
-            self._resync(list(parts), f"fenced: {e}")
+            self._resync(list(parts), f"offsets rolled back: {e}" if e.rolled_back else f"fenced: {e}")
             return True
         except Inconsistent as e:
             log.error("batch could not be written: %s", e)

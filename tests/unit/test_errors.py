@@ -150,3 +150,18 @@ def test_the_exit_codes_are_documented() -> None:
     for code in {c for _cls, c in EXIT_CODES} | {0, EXIT_STOP_TIMEOUT, EXIT_DELIVERY_FAILED, 130}:
         assert re.search(rf"^  {code}\s", epilog, re.M), f"exit code {code} is not in aosk --help"
         assert f"| {code} |" in section, f"exit code {code} is not in docs/recovery.md"
+
+
+def test_fenced_says_whether_another_projector_moved_on_or_the_database_lost_commits() -> None:
+    from aosk.errors import Fenced
+
+    ahead = Fenced(3, 100, stored=140, owner="node-2/77", me="node-1/12")
+    assert not ahead.rolled_back
+    assert str(ahead) == ("partition 3: another projector advanced the offsets past ours (140 > 100 (owner "
+                          "node-2/77)); it owns the partition now")
+    behind = Fenced(3, 100, stored=60, owner="node-1/12", me="node-1/12")
+    assert behind.rolled_back
+    assert str(behind).startswith("partition 3: the stored offset 60 is behind what this process committed (100) "
+                                  "(written last by this process): the database lost committed transactions")
+    assert "re-reading from the stored offset" in str(behind)
+    assert "no row" in str(Fenced(3, 100)) and not Fenced(3, 100).rolled_back
