@@ -368,7 +368,11 @@ class Worker:
             except KafkaException as e:
                 if self._stop.is_set():
                     raise
-                log.warning("committed offsets unavailable (%s); retrying", e.args[0].str() if e.args else e)
+                why = f"committed offsets unavailable ({e.args[0].str() if e.args else e})"
+                if self._quiet is not None:  # part of an outage's few lines
+                    self._quiet.failure(why)
+                else:
+                    log.warning("%s; retrying", why)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
