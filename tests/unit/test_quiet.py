@@ -230,3 +230,37 @@ def test_a_consumer_gets_the_error_callback_only_and_records_appended_after_the_
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
         "broker h:1 unreachable", "broker h:1 reachable again after 40.0s unreachable",
         "broker h:1 unreachable", "broker h:1 reachable again after 0.0s unreachable"]
+
+
+def test_postgres_outage_takes_the_pools_own_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """``PostgresOutage.pool_filter`` matches psycopg_pool's "error connecting" warning by its
+    format string: if a psycopg_pool release rewords it, this test says so (the warnings
+    would then pass unfiltered, one per reconnect)."""
+    import inspect
+
+    import psycopg_pool.pool
+
+    from aosk.projectors.db import PostgresOutage
+
+    assert '"error connecting in %r: %s"' in inspect.getsource(psycopg_pool.pool)
+    counted: list[int] = []
+    pg = PostgresOutage("postgresql://u@db.example:6543/x", role="projector", pool_name="aosk-projector-aosk",
+                        logger=logging.getLogger("aosk.projector"), on_outage=lambda: counted.append(1))
+    pool_log = logging.getLogger("psycopg.pool")
+    pool_log.addFilter(pg.pool_filter)
+    try:
+        with caplog.at_level(logging.INFO):
+            for _ in range(5):
+                pool_log.warning("error connecting in %r: %s", "aosk-projector-aosk", "Connection refused")
+            pool_log.warning("error connecting in %r: %s", "another-pool", "Connection refused")
+            pg.failed(OSError("connection failed"))
+            pg.answered()
+            pg.answered()
+    finally:
+        pool_log.removeFilter(pg.pool_filter)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == ("PostgreSQL db.example:6543 unreachable (error connecting in 'aosk-projector-aosk': "
+                        "Connection refused); retrying with backoff")
+    assert lines[1] == "error connecting in 'another-pool': Connection refused"
+    assert lines[2].startswith("PostgreSQL db.example:6543 reachable again after") and len(lines) == 3
+    assert counted == [1]
