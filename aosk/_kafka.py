@@ -136,6 +136,8 @@ class KafkaClientLog:
 
     librdkafka hands logs, errors and statistics to Python only inside ``poll``,
     ``consume`` and ``flush``, so these run on the caller's threads; a lock orders them.
+    ``clock`` gives wall-clock seconds (``reached`` compares outages with record
+    timestamps); tests pass a fake one.
 
     Why a consumer gets only the error callback: confluent-kafka finds the Python state
     of a callback in a per-client thread-local that every blocking call of that client
@@ -167,8 +169,6 @@ class KafkaClientLog:
         self._recovered: dict[str, float] = {}
         self._repeats = RepeatFilter(backoff=backoff)
         self._lock = threading.Lock()
-
-    # ``clock``: wall-clock seconds (``reached`` compares outages with record timestamps).
 
     def configure(self, config: dict[str, Any]) -> dict[str, Any]:
         """A producer's (or admin client's) ``config`` with this object's log, error and
