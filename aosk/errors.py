@@ -25,7 +25,8 @@
      |    +-- JournalMismatch       the schema projects another journal topic than the configured one
      +-- MigrationError         a migration failed, or a newer AOSK migrated the database
      +-- UndecodableState       an agent_state row whose fold state does not decode
-     +-- Fenced                 another projector owns the partition now (batch rolled back)
+     +-- Fenced                 the partition's stored offset moved: another projector owns it
+     |                          now, or the database lost commits (batch rolled back)
      +-- Inconsistent           a projector's agent cache disagrees with the journal
      +-- CheckpointError        a stored checkpoint does not decode or match its hash
      +-- HistoryError           the point in time asked for does not exist
@@ -275,13 +276,41 @@ class UndecodableState(AoskError):
 
 
 class Fenced(AoskError):
-    """The compare-and-set found another owner's offset: the batch was rolled back.
-    The projector re-reads the partition's position; a replay stops."""
+    """The compare-and-set did not find the offset this process last stored: the batch
+    was rolled back. The projector re-reads the partition's position; a replay stops.
 
-    def __init__(self, partition: int, expected: int) -> None:
+    ``stored`` and ``owner`` (what the table says now, if known) tell the two causes
+    apart: ``stored > expected``, another projector advanced the partition (it owns it
+    now); ``stored < expected``, the offset went backwards: the database lost committed
+    transactions (``synchronous_commit = off`` and a crash), or someone moved it back.
+    """
+
+    def __init__(self, partition: int, expected: int, *, stored: int | None = None, owner: str | None = None,
+                 me: str | None = None) -> None:
         self.partition = partition
         self.expected = expected
-        super().__init__(f"partition {partition} is no longer at offset {expected}: another projector owns it now")
+        self.stored = stored
+        self.owner = owner
+        super().__init__(_fenced_message(partition, expected, stored, owner, me))
+
+    @property
+    def rolled_back(self) -> bool:
+        """The stored offset is behind what this process committed (not another owner)."""
+        return self.stored is not None and self.stored < self.expected
+
+
+def _fenced_message(partition: int, expected: int, stored: int | None, owner: str | None, me: str | None) -> str:
+    by = f" (owner {owner})" if owner else ""
+    if stored is None:
+        return (f"partition {partition} is no longer at offset {expected} and projector_offsets has no row for it; "
+                "re-reading it")
+    if stored > expected:
+        return (f"partition {partition}: another projector advanced the offsets past ours ({stored} > {expected}"
+                f"{by}); it owns the partition now")
+    last = "" if not owner else (" (written last by this process)" if owner == me else f" (written last by {owner})")
+    return (f"partition {partition}: the stored offset {stored} is behind what this process committed ({expected})"
+            f"{last}: the database lost committed transactions (e.g. synchronous_commit=off and a crash) or the "
+            "offset was moved back; re-reading from the stored offset")
 
 
 class Inconsistent(AoskError):

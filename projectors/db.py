@@ -12,9 +12,12 @@ qualifies every table with it, so the same code serves the live schema and a sha
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import struct
 import sys
+import threading
+import time
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,9 +27,11 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 from psycopg.adapt import Dumper
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import Format
 from psycopg_pool import ConnectionPool
 
+from aosk._quiet import Backoff, OutageFilter, OutageLog
 from aosk.config import PostgresSettings
 from aosk.errors import JournalMismatch, MigrationError, PostgresUnavailable, ProjectionConfigError, SchemaNotFound
 
@@ -306,3 +311,52 @@ def connect(dsn: str, *, timeout: float = 10) -> psycopg.Connection[Any]:
         return psycopg.connect(dsn, autocommit=False, connect_timeout=max(1, round(timeout)))
     except psycopg.OperationalError as e:
         raise PostgresUnavailable(dsn, str(e)) from e
+
+
+class PostgresOutage:
+    """A projector's view of PostgreSQL going away and coming back, as a few log lines.
+
+    ``failed`` for every failed attempt (the process's own retries, and through
+    ``pool_filter`` the pool's "error connecting" warnings), ``answered`` after every
+    statement that succeeded: one line when the outage starts, lines at growing intervals
+    (``aosk._quiet.OutageLog``), one when it ends with its duration. Outages are counted
+    in ``aosk_dependency_unavailable_total{dependency="postgres", role}``. Thread-safe:
+    the pool reports from its own threads.
+    """
+
+    def __init__(self, dsn: str, *, role: str, pool_name: str, logger: logging.Logger,
+                 backoff: Backoff | None = None, on_outage: Callable[[], None] | None = None) -> None:
+        if on_outage is None:
+            from aosk.metrics import METRICS
+
+            on_outage = METRICS.outage_counter("postgres", role).inc
+        self.outage = OutageLog(f"PostgreSQL {postgres_address(dsn)}", backoff=backoff, on_outage=on_outage)
+        self.logger = logger
+        self._lock = threading.Lock()
+        self.pool_filter = OutageFilter(
+            self.outage, lambda r: r.msg == "error connecting in %r: %s" and bool(r.args)
+            and isinstance(r.args, tuple) and r.args[0] == pool_name, lock=self._lock)
+        """Add to the ``psycopg.pool`` logger while the pool runs."""
+
+    def failed(self, error: BaseException) -> None:
+        with self._lock:
+            line = self.outage.failure(time.time(), " ".join(str(error).split()) or type(error).__name__)
+        if line is not None:
+            self.logger.warning("%s", line)
+
+    def answered(self) -> None:
+        if not self.outage.down:
+            return
+        with self._lock:
+            line = self.outage.success(time.time())
+        if line is not None:
+            self.logger.warning("%s", line)
+
+
+def postgres_address(dsn: str) -> str:
+    """``host:port`` of ``dsn`` (for messages; never the password)."""
+    try:
+        info = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(unparsable DSN)"
+    return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}"

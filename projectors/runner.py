@@ -39,6 +39,7 @@ import psycopg
 from psycopg import sql
 
 from aosk._gc import tune_gc
+from aosk._kafka import KafkaClientLog
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import PartitionCountChanged, PostgresUnavailable
@@ -47,6 +48,7 @@ from aosk.kernel import LATEST_VERSION, AgentSlot, Record, params_for, pseudo_ke
 from aosk.projectors.batch import AgentEntry, FoldedBatch, Inconsistent, PartitionStop, fold_batch
 from aosk.projectors.db import (
     DEFAULT_SCHEMA,
+    PostgresOutage,
     ProjectionConfigError,
     check_journal_topic,
     connect,
@@ -142,6 +144,10 @@ class Projector:
         self._consumer: Any = None
         self._writer: ProjectionWriter | None = None
         self.checkpoint_every = 0
+        self._quiet = KafkaClientLog(self._bootstrap, role="projector")
+        """A broker outage: a few lines with backoff, not one per reconnect."""
+        self._pg = PostgresOutage(self._dsn, role="projector", pool_name=self._pool_name(), logger=log)
+        """PostgreSQL going away: a few lines with backoff, not one per retry."""
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -181,7 +187,7 @@ class Projector:
                     ).format(qualified(self.schema, "projector_offsets")),
                     (partitions - 1,),
                 )
-        self._pool = open_pool(self._dsn, pg, name=f"aosk-projector-{self.schema}", min_size=1,
+        self._pool = open_pool(self._dsn, pg, name=self._pool_name(), min_size=1,
                                max_size=max(2, min(4, pg.pool_size)), configure=self._configure)
         with self._pool.connection() as conn:
             row = conn.execute("select 'vector'::regtype::oid").fetchone()
@@ -189,11 +195,14 @@ class Projector:
             oid = int(row[0])
         self._writer = ProjectionWriter(self.schema, vector_oid=oid, owner=self.owner)
 
+    def _pool_name(self) -> str:
+        return f"aosk-projector-{self.schema}"
+
     def _make_consumer(self) -> Any:
         from confluent_kafka import Consumer
 
         group = self.options.group_id or f"{self.settings.kafka.topic_prefix}.projectors.{self.schema}"
-        consumer = Consumer({
+        consumer = Consumer(self._quiet.configure_consumer({
             "bootstrap.servers": self._bootstrap,
             "group.id": group,
             "client.id": f"aosk-projector-{self.owner}",
@@ -206,7 +215,7 @@ class Projector:
             "partition.assignment.strategy": "range",
             "fetch.message.max.bytes": 4 * 1024 * 1024,
             "log_level": 3,
-        })
+        }))
         consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_revoke)
         return consumer
@@ -226,16 +235,18 @@ class Projector:
                         (partitions,),
                     ).fetchall()
                 stored = {int(p): int(o) for p, o in rows}
+                self._pg.answered()
                 return {p: stored.get(p, 0) for p in partitions}
             except psycopg.OperationalError as e:
                 if time.monotonic() > deadline:
                     raise PostgresUnavailable(self._dsn, f"cannot read projector_offsets: {e}") from e
-                log.warning("PostgreSQL unavailable while reading offsets (%s); retrying in %.1fs", e, delay)
+                self._pg.failed(e)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
     def _on_assign(self, consumer: Any, parts: list[Any]) -> None:
         ps = [tp.partition for tp in parts]
+        self._quiet.reached()
         try:
             topic = consumer.list_topics(self.topic, timeout=10).topics[self.topic]
             if not topic.error and topic.partitions:
@@ -309,12 +320,16 @@ class Projector:
         self._consumer = self._make_consumer()
         last_report = time.monotonic()
         backoff = 0.0
+        pool_log = logging.getLogger("psycopg.pool")
+        pool_log.addFilter(self._pg.pool_filter)
         try:
             while not self._stop.is_set():
                 if self._pending_seek:
                     self._seek_pending()
                 msgs = self._consumer.consume(num_messages=self.options.batch_max, timeout=self.options.poll_timeout_s)
                 if msgs:
+                    if msgs[-1].error() is None:  # appended after an outage began: it is over
+                        self._quiet.reached(msgs[-1].timestamp()[1])
                     t = time.perf_counter()
                     parts = self._records(msgs)
                     self._stats.decode_s += time.perf_counter() - t
@@ -340,6 +355,7 @@ class Projector:
                 self._consumer.close()
             finally:
                 self._pool.close()
+                pool_log.removeFilter(self._pg.pool_filter)
 
     def _records(self, msgs: list[Any]) -> dict[int, list[Record]]:
         parts: dict[int, list[Record]] = {}
@@ -463,7 +479,10 @@ class Projector:
             self._resync(list(parts), "inconsistent cache")
             return False
         except psycopg.Error as e:
-            log.warning("PostgreSQL error while loading agent states: %s", e)
+            if isinstance(e, psycopg.OperationalError):
+                self._pg.failed(e)
+            else:
+                log.warning("PostgreSQL error while loading agent states: %s", e)
             self._resync(list(parts), "load failed")
             return False
         t1 = time.perf_counter()
@@ -482,16 +501,20 @@ class Projector:
                 )
         except Fenced as e:
             self._stats.fenced += 1
-            self._resync(list(parts), f"fenced: {e}")
+            self._resync(list(parts), f"offsets rolled back: {e}" if e.rolled_back else f"fenced: {e}")
             return True
         except Inconsistent as e:
             log.error("batch could not be written: %s", e)
             self._resync(list(parts), "write inconsistent")
             return False
         except psycopg.Error as e:
-            log.warning("batch not written (%s: %s); it will be re-read", type(e).__name__, e)
+            if isinstance(e, psycopg.OperationalError):
+                self._pg.failed(e)
+            else:
+                log.warning("batch not written (%s: %s); it will be re-read", type(e).__name__, e)
             self._resync(list(parts), "write failed")
             return False
+        self._pg.answered()
         t2 = time.perf_counter()
         self._committed(batch, advances)
         self._apply_stops(batch)

@@ -6,8 +6,11 @@ The transaction, in order:
    exclusively to swap a rebuilt schema in between two batches);
 2. the fencing compare-and-set, partition by partition in ascending order (so two
    processes never deadlock on it): ``update projector_offsets set next_offset = end
-   where partition = p and next_offset = start``. No row updated: another process owns
-   the partition now; the transaction is rolled back (``Fenced``). Doing it first means
+   where partition = p and next_offset = start``. No row updated: the stored offset moved
+   under this process; the transaction is rolled back (``Fenced``, which says whether
+   another process advanced it -- it owns the partition now -- or the offset is behind what
+   this process committed: PostgreSQL lost commits, ``synchronous_commit = off`` and a
+   crash, and the partition is re-read from there). Doing it first means
    nothing below can collide with the new owner's rows: it holds the row lock until
    commit;
 3. the rows, by binary COPY: audit rows and checkpoints straight into their tables,
@@ -169,6 +172,8 @@ class ProjectionWriter:
             "update {} set next_offset = %s, high_watermark = %s, last_record_at = %s, committed_at = %s, owner = %s"
             " where partition = %s and next_offset = %s"
         ).format(q("projector_offsets"))
+        self._position = sql.SQL("select next_offset, owner from {} where partition = %s").format(
+            q("projector_offsets"))
         self._notify = sql.SQL("select pg_notify({}, '')").format(sql.Literal(notify_channel(schema)))
 
     # -- the transaction ------------------------------------------------------------------
@@ -193,13 +198,21 @@ class ProjectionWriter:
                     cur.execute(self._cas, (a.end, a.high_watermark, ts(a.last_record_ms), now, self.owner,
                                             a.partition, a.start))
                     if cur.rowcount != 1:
-                        raise Fenced(a.partition, a.start)
+                        raise self._fenced(cur, a)
             if after_cas is not None:
                 after_cas()
             if batch.outcomes:
                 self._write_range(conn, batch.outcomes, refused)
             conn.execute(self._notify)
         return refused
+
+    def _fenced(self, cur: psycopg.Cursor[Any], a: Advance) -> Fenced:
+        """What the table says instead of ``a.start``: ahead (another owner advanced it)
+        or behind (commits lost, e.g. ``synchronous_commit = off`` and a crash)."""
+        row = cur.execute(self._position, (a.partition,)).fetchone()
+        if row is None:
+            return Fenced(a.partition, a.start, me=self.owner)
+        return Fenced(a.partition, a.start, stored=int(row[0]), owner=row[1], me=self.owner)
 
     def _write_range(self, conn: psycopg.Connection[Any], outs: list[FoldedRecord], refused: list[Refusal]) -> None:
         try:

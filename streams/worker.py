@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aosk._gc import tune_gc
-from aosk._kafka import consume_ready
+from aosk._kafka import KafkaClientLog, consume_ready
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.journal import Quarantines, record_from_message
@@ -127,6 +127,7 @@ class Worker:
         self._read_snapshots = read_snapshots or (
             lambda ps: read_partitions(self._bootstrap, self.snapshots_topic, ps))
         self._delivery_error: str | None = None
+        self._quiet: KafkaClientLog | None = None
         self._last_commit = 0.0
         self._last_tick = 0.0
         self._last_recheck = 0.0
@@ -141,12 +142,14 @@ class Worker:
         from confluent_kafka import Consumer, Producer
 
         k = self.settings.kafka
+        self._quiet = quiet = KafkaClientLog(self._bootstrap, role="worker")  # an outage: a few lines, not hundreds
         if self._producer is None:
-            self._producer = Producer(worker_producer_config(self._bootstrap, client_id=f"aosk-worker-{self.node}"))
+            self._producer = Producer(quiet.configure(
+                worker_producer_config(self._bootstrap, client_id=f"aosk-worker-{self.node}")))
         if self._consumer is None:
-            self._consumer = Consumer(consumer_config(
+            self._consumer = Consumer(quiet.configure_consumer(consumer_config(
                 self._bootstrap, group=group_id(k.topic_prefix), client_id=f"aosk-worker-{self.node}",
-                session_timeout_ms=k.session_timeout_ms))
+                session_timeout_ms=k.session_timeout_ms)))
         self._consumer.subscribe([self.journal], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)
         log.info("aosk worker %s joins group %s on %s", self.node, group_id(k.topic_prefix), self.journal)
@@ -314,6 +317,8 @@ class Worker:
         from confluent_kafka import TopicPartition
 
         ps = sorted(tp.partition for tp in tps)
+        if self._quiet is not None:
+            self._quiet.reached()
         committed = self._committed_offsets(consumer, ps)
         t0 = time.monotonic()
         snapshots = self._read_snapshots([p for p in ps if committed.get(p) is not None])
@@ -374,7 +379,11 @@ class Worker:
             except KafkaException as e:
                 if self._stop.is_set():
                     raise
-                log.warning("committed offsets unavailable (%s); retrying", e.args[0].str() if e.args else e)
+                why = f"committed offsets unavailable ({e.args[0].str() if e.args else e})"
+                if self._quiet is not None:  # part of an outage's few lines
+                    self._quiet.failure(why)
+                else:
+                    log.warning("%s; retrying", why)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 

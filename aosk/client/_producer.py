@@ -100,6 +100,10 @@ class DeliveringProducer:
     def __init__(self, config: dict[str, Any]) -> None:
         from confluent_kafka import Producer
 
+        from aosk._kafka import KafkaClientLog
+
+        if "logger" not in config:  # a broker outage: a few lines, not one per reconnect
+            config = KafkaClientLog(str(config.get("bootstrap.servers", "")), role="client").configure(config)
         self._producer = Producer(config)
         self._cond = threading.Condition()
         self._waiters = 0

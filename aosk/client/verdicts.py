@@ -29,7 +29,7 @@ from collections import OrderedDict
 from types import TracebackType
 from typing import Any
 
-from aosk._kafka import cluster_metadata, consume_ready, high_watermark
+from aosk._kafka import KafkaClientLog, cluster_metadata, consume_ready, high_watermark
 from aosk.config import KafkaSettings
 from aosk.errors import AoskError, DecodeError
 from aosk.events import Transition, decode_transition
@@ -51,14 +51,15 @@ class VerdictWatcher:
         self._cond = threading.Condition()
         self._error: str | None = None
         self._closed = threading.Event()
-        self._consumer = Consumer({
+        self._quiet = KafkaClientLog(bootstrap, role="client")  # an outage: a few lines, not one per reconnect
+        self._consumer = Consumer(self._quiet.configure_consumer({
             "bootstrap.servers": bootstrap,
             "group.id": f"aosk-verdicts-{uuid.uuid4().hex[:12]}",  # assign() only, never committed
             "enable.auto.commit": False,
             "enable.partition.eof": False,
             "fetch.wait.max.ms": 50,
             "log_level": 3,
-        })
+        }))
         try:
             md = cluster_metadata(self._consumer, bootstrap, self._topic, timeout=10).topics.get(self._topic)
             if md is None or md.error is not None:
@@ -86,6 +87,8 @@ class VerdictWatcher:
                 msgs = consume_ready(self._consumer, 1000, timeout=self._poll_interval)
                 if not msgs:
                     continue
+                if msgs[-1].error() is None:  # appended after an outage began: it is over
+                    self._quiet.reached(msgs[-1].timestamp()[1])
                 got: list[Transition] = []
                 for m in msgs:
                     if m.error():

@@ -164,3 +164,18 @@ def test_reader_refusals_say_what_to_do() -> None:
     assert "fold version 9" in str(newer) and "deploy the newer aosk" in str(newer)
     assert "AOSK_TOPIC_PREFIX=a" in str(aosk.errors.JournalMismatch("s", "a.agent-events", "b.agent-events"))
     assert "aosk db migrate --schema nope" in str(aosk.errors.SchemaNotFound("nope"))
+
+
+def test_fenced_says_whether_another_projector_moved_on_or_the_database_lost_commits() -> None:
+    from aosk.errors import Fenced
+
+    ahead = Fenced(3, 100, stored=140, owner="node-2/77", me="node-1/12")
+    assert not ahead.rolled_back
+    assert str(ahead) == ("partition 3: another projector advanced the offsets past ours (140 > 100 (owner "
+                          "node-2/77)); it owns the partition now")
+    behind = Fenced(3, 100, stored=60, owner="node-1/12", me="node-1/12")
+    assert behind.rolled_back
+    assert str(behind).startswith("partition 3: the stored offset 60 is behind what this process committed (100) "
+                                  "(written last by this process): the database lost committed transactions")
+    assert "re-reading from the stored offset" in str(behind)
+    assert "no row" in str(Fenced(3, 100)) and not Fenced(3, 100).rolled_back
