@@ -1,4 +1,4 @@
-"""The metrics AOSK processes keep (prometheus-client); serving them over HTTP comes later.
+"""The metrics AOSK processes keep (prometheus-client); `serve` exposes them at /metrics.
 
 Definitions live in ``KernelMetrics``, built against a registry. ``METRICS`` is the
 instance on prometheus-client's default registry, built once when this module is first
@@ -12,9 +12,9 @@ and platform collectors register into. Tests build their own ``KernelMetrics`` o
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
-__all__ = ["KernelMetrics", "METRICS"]
+__all__ = ["KernelMetrics", "METRICS", "serve"]
 
 
 class KernelMetrics:
@@ -32,9 +32,41 @@ class KernelMetrics:
         """Labels: ``dependency`` ``kafka`` or ``postgres``; ``role`` the process's
         (``worker``, ``projector``, ``client``)."""
 
+        self.partition_stopped = Gauge(
+            "aosk_partition_stopped",
+            "1 for each journal partition this process holds stopped at a record it must not skip "
+            "(`aosk db status` and docs/recovery.md say what to do); the series goes away when it goes on.",
+            ["role", "partition", "reason"],
+            registry=registry,
+        )
+        """Labels: ``role`` ``worker`` or ``projector``; ``partition``; ``reason`` the stop's
+        code (``unknown_fingerprint``, ``unknown_fold_version``, ...). Partitions are few
+        and fixed, so they make a bounded label; agent ids never do."""
+        self._stops: dict[tuple[str, int], str] = {}
+
+    def stopped(self, role: str, partition: int, reason: str) -> None:
+        """``partition`` is stopped in this process (for ``reason``)."""
+        self.going_on(role, partition)
+        self._stops[(role, partition)] = reason
+        self.partition_stopped.labels(role=role, partition=str(partition), reason=reason).set(1)
+
+    def going_on(self, role: str, partition: int) -> None:
+        """``partition`` is not stopped here any more (released, or no longer owned)."""
+        reason = self._stops.pop((role, partition), None)
+        if reason is not None:
+            self.partition_stopped.remove(role, str(partition), reason)
+
     def outage_counter(self, dependency: str, role: str) -> Counter:
         """The child counter of one dependency seen by one role (``.inc()`` per outage)."""
         return self.dependency_unavailable.labels(dependency=dependency, role=role)
 
 
 METRICS = KernelMetrics(REGISTRY)
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> None:
+    """Serve the default registry (``METRICS`` and the client library's process metrics)
+    at ``http://addr:port/metrics`` from a daemon thread, for Prometheus to scrape."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, addr=addr)

@@ -45,6 +45,7 @@ from aosk.endpoints import resolve_endpoints
 from aosk.errors import PartitionCountChanged, PostgresUnavailable
 from aosk.journal import Quarantines, record_from_message
 from aosk.kernel import LATEST_VERSION, AgentSlot, Record, params_for, pseudo_key
+from aosk.metrics import METRICS
 from aosk.projectors.batch import AgentEntry, FoldedBatch, Inconsistent, PartitionStop, fold_batch
 from aosk.projectors.db import (
     DEFAULT_SCHEMA,
@@ -259,6 +260,7 @@ class Projector:
             tp.offset = off if off > 0 else _OFFSET_BEGINNING
             self._pos[tp.partition] = off
             self._stopped.pop(tp.partition, None)
+            METRICS.going_on("projector", tp.partition)
             self._drop(tp.partition)
         consumer.assign(parts)
         log.info("assigned partitions %s of %s at stored offsets %s", sorted(ps), self.topic,
@@ -269,6 +271,7 @@ class Projector:
         for p in ps:
             self._pos.pop(p, None)
             self._stopped.pop(p, None)
+            METRICS.going_on("projector", p)
             self._pending_seek.discard(p)
             self._drop(p)
         if ps:
@@ -396,6 +399,7 @@ class Projector:
     def _stop_partition(self, stop: PartitionStop) -> None:
         p = stop.partition
         self._stopped[p] = stop
+        METRICS.stopped("projector", p, stop.code)
         log.critical("partition %d of %s STOPPED at offset %d: %s. It is not projected any further until this is "
                      "fixed; the other partitions go on.", p, self.topic, stop.offset, stop.reason)
         self._record_stop(stop)
@@ -436,6 +440,7 @@ class Projector:
         from confluent_kafka import TopicPartition
 
         del self._stopped[p]
+        METRICS.going_on("projector", p)
         self._record_stop(None, p)
         self._drop(p)
         self._pending_seek.add(p)

@@ -40,6 +40,7 @@ from aosk._kafka import KafkaClientLog, consume_ready
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.journal import Quarantines, record_from_message
+from aosk.metrics import METRICS
 from aosk.streams.forks import PastStates
 from aosk.streams.kafka import (
     OFFSET_BEGINNING,
@@ -230,6 +231,7 @@ class Worker:
             cursors.advance(p, offset)
         for stop in batch.stops:
             self._pause(stop.partition)
+            METRICS.stopped("worker", stop.partition, stop.reason)
         self.folded += batch.folded
         self.refolded += batch.refolded
 
@@ -351,6 +353,7 @@ class Worker:
             stop = self.processor.check_partition_count(p, live) if live else None
             if stop is not None:
                 self.cursors.stop(p)
+                METRICS.stopped("worker", p, stop.reason)
         consumer.assign([TopicPartition(self.journal, p, starts[p]) for p in ps])
         for p in ps:
             if self.processor.stops.stopped(p) is not None:
@@ -407,6 +410,8 @@ class Worker:
 
     def _drop(self, ps: set[int]) -> None:
         self.processor.revoke(ps)
+        for p in ps:
+            METRICS.going_on("worker", p)
         self.cursors.disarm(ps)
         for p in ps:
             self._floors.pop(p, None)
@@ -439,6 +444,7 @@ class Worker:
                 continue
             p = stop.partition
             self.processor.stops.clear([p])
+            METRICS.going_on("worker", p)
             self.cursors.release(p, stop.offset)
             tp = TopicPartition(self.journal, p, stop.offset)
             self._consumer.seek(tp)

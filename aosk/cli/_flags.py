@@ -169,3 +169,9 @@ __all__ = [
     "add_processes", "add_repeat", "add_schema", "add_tenant", "configure_logging", "field_default", "journal_offset",
     "param_default", "positive_int",
 ]
+
+
+def add_metrics_port(parser: argparse.ArgumentParser) -> None:
+    """``--metrics-port``: serve Prometheus metrics at ``/metrics`` on that port (off by default)."""
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (default: not served)")

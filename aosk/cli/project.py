@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from aosk.cli._flags import add_batch_max, add_log_level, add_schema, configure_logging, field_default
+from aosk.cli._flags import add_batch_max, add_log_level, add_metrics_port, add_schema, configure_logging, field_default
 from aosk.config import Settings
 
 
@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "(default %(default)s)")
     p.add_argument("--max-cached-agents", type=int, default=field_default(ProjectorOptions, "max_cached_agents"),
                    metavar="N", help="agent states kept in memory between batches (default %(default)s)")
+    add_metrics_port(p)
     # A long-running daemon: its start, partition assignments and stops are worth seeing.
     add_log_level(p, default="info")
     p.set_defaults(run=_run)
@@ -39,6 +40,10 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.projectors.runner import Projector, ProjectorOptions, install_signal_handlers
 
     configure_logging(args.log_level)
+    if args.metrics_port is not None:
+        from aosk.metrics import serve
+
+        serve(args.metrics_port)
     options = ProjectorOptions(
         schema=args.schema,
         group_id=args.group,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import signal
 
-from aosk.cli._flags import add_batch_max, add_log_level, add_schema, configure_logging, field_default
+from aosk.cli._flags import add_batch_max, add_log_level, add_metrics_port, add_schema, configure_logging, field_default
 from aosk.config import Settings
 
 
@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     worker.add_argument("--node-id", metavar="ID",
                         help="this worker's name (default: node_id from config / AOSK_NODE_ID); "
                              "its Kafka client id is aosk-worker-<ID>")
+    add_metrics_port(worker)
     # A long-running daemon: its start, partition assignments and stops are worth seeing.
     add_log_level(worker, default="info")
     add_batch_max(worker, default=field_default(WorkerOptions, "batch_max"), help="most records folded in one batch")
@@ -39,6 +40,10 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.topics import ensure_topics
 
     configure_logging(args.log_level)
+    if args.metrics_port is not None:
+        from aosk.metrics import serve
+
+        serve(args.metrics_port)
     if args.node_id:
         settings = settings.model_copy(update={"node_id": args.node_id})
     endpoints = resolve_endpoints(settings)

@@ -9,6 +9,8 @@ points here."""
 from __future__ import annotations
 
 import json
+import socket
+import urllib.request
 import uuid
 
 import psycopg
@@ -46,6 +48,19 @@ def _status_row(stdout: str, partition: int) -> list[str]:
     raise AssertionError(f"no row for partition {partition} in:\n{stdout}")
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stopped_series(port: int) -> list[str]:
+    """The aosk_partition_stopped samples a process serves at /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return [line for line in text.splitlines() if line.startswith("aosk_partition_stopped{")]
+
+
 def _journal(settings) -> list:
     k = settings.kafka
     with JournalReader(k.bootstrap_servers, k.journal_topic) as reader:
@@ -77,9 +92,10 @@ def test_garbage_halts_its_partition_until_quarantined_then_every_reader_agrees(
     ends = end_offsets(bootstrap, k.journal_topic)
     assert ends[P] - bad == 7  # the garbage and six records behind it
 
-    projectors = Projectors(s, tmp_path, schema="aosk")
+    wport, pport = _free_port(), _free_port()
+    projectors = Projectors(s, tmp_path, schema="aosk", args=("--metrics-port", str(pport)))
     try:
-        with Workers(s, tmp_path) as workers:
+        with Workers(s, tmp_path, args=("--metrics-port", str(wport))) as workers:
             workers.start("w1")
             projectors.start("p1")
 
@@ -100,6 +116,10 @@ def test_garbage_halts_its_partition_until_quarantined_then_every_reader_agrees(
             wait_for(lambda: projector_stop() == (bad, "unknown_fingerprint"), timeout=60,
                      what="the projector's stop in projector_offsets")
             assert not {(P, o) for o in range(bad, ends[P])} & set(_verdicts(bootstrap, k.transitions_topic))
+            # ... and their metrics say so
+            for port, role in ((wport, "worker"), (pport, "projector")):
+                assert _stopped_series(port) == [
+                    f'aosk_partition_stopped{{partition="{P}",reason="unknown_fingerprint",role="{role}"}} 1.0']
 
             # db status: STOPPED, and the lag the broker says (7), not 0.
             st = run_cli(s, "db", "status")
@@ -146,6 +166,7 @@ def test_garbage_halts_its_partition_until_quarantined_then_every_reader_agrees(
             wait_caught_up(dsn, "aosk", ends, timeout=120, procs=projectors)
             assert "is quarantined by the marker" in workers.procs["w1"].log()
             assert "is quarantined by the marker" in projectors.log("p1")
+            assert _stopped_series(wport) == _stopped_series(pport) == []
             verdicts = _verdicts(bootstrap, k.transitions_topic)
             assert workers.stop("w1") == 0
     finally:
