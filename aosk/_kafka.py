@@ -129,7 +129,7 @@ recovered (librdkafka retries a dead broker at least every ``reconnect.backoff.m
 10 s by default; a bootstrap alias no longer used may never show up again)."""
 
 
-_RECOVERY_GRACE_S: Final = 2.0
+_RECOVERY_GRACE_S: Final = 10.0
 """Failures reported this soon after a recovery do not start a new outage: each client
 hands over its logs only when polled, so a client that sat in another one's ``flush``
 delivers the failures of the outage just ended after the first client saw the broker up."""

@@ -11,7 +11,9 @@ The loop, per batch (``docs/workers.md`` has the why of each step):
    markers (``streams.snapshots``: a snapshot is never ahead of the committed offset);
 4. every ``timeout_tick_s``: write ``CallTimedOut`` for calls past their deadline;
 5. every ``stop_recheck_s``: look for quarantine markers naming the records that stopped
-   partitions (``aosk journal quarantine``); a partition released so resumes at that record.
+   partitions (``aosk journal quarantine``); a partition released so resumes at that record;
+   and a partition that fetched nothing for ``stall_s`` although the broker has records
+   beyond it is sought again at its next offset (``streams.stalls``).
 
 Rebalances are librdkafka callbacks that run inside ``consume``: on revocation the
 worker commits and snapshots everything of the revoked partitions (best effort within
@@ -53,6 +55,7 @@ from aosk.streams.offsets import Cursors
 from aosk.streams.processor import Processor
 from aosk.streams.records import Output, Sink
 from aosk.streams.snapshots import SnapshotPolicy, encode_floor, encode_snapshot, floor_key, restore
+from aosk.streams.stalls import StallWatch
 from aosk.streams.timeouts import SentTimeouts, caught_up
 
 __all__ = ["WorkerOptions", "Worker", "EXIT_DELIVERY_FAILED", "EXIT_STOP_TIMEOUT"]
@@ -90,6 +93,10 @@ class WorkerOptions:
     stop_recheck_s: float = 5.0
     """How often a partition stopped at an unknown schema fingerprint looks for a
     quarantine marker naming its record (``aosk journal quarantine``)."""
+    stall_s: float = 30.0
+    """A partition that fetched nothing this long while the broker's end offset is past its
+    next offset is sought again there (librdkafka's fetcher was seen to sit idle after a
+    broker restart, with records waiting)."""
     flush_timeout_s: float = 30.0
     """Longest wait for acknowledgements before a commit (the commit is skipped, not
     forced, when they do not come)."""
@@ -132,8 +139,10 @@ class Worker:
         self._last_commit = 0.0
         self._last_tick = 0.0
         self._last_recheck = 0.0
+        self._stalls = StallWatch(opts.stall_s)
         self.folded = 0
         self.refolded = 0
+        self._refolded_reported = 0
         self._busy = {"wait": 0.0, "fold": 0.0, "commit": 0.0}
         """Seconds the loop spent waiting for records, folding and sending, committing."""
 
@@ -200,7 +209,10 @@ class Worker:
                 if now - self._last_recheck >= opts.stop_recheck_s:
                     self._last_recheck = now
                     self._recheck_stops()
-                if now - last_report >= 5:
+                    self._check_stalls(now)
+                # Every 5 s while records are judged; an idle (or cut-off) worker once a minute,
+                # so an outage is a few lines, not a report every 5 s.
+                if now - last_report >= (5 if self.folded or self.refolded != self._refolded_reported else 60):
                     self._report(now - last_report)
                     last_report = now
         finally:
@@ -229,6 +241,7 @@ class Worker:
             self._send(o)
         for p, offset in batch.next_offsets.items():
             cursors.advance(p, offset)
+            self._stalls.progressed(p, time.monotonic())
         for stop in batch.stops:
             self._pause(stop.partition)
             METRICS.stopped("worker", stop.partition, stop.reason)
@@ -410,6 +423,7 @@ class Worker:
 
     def _drop(self, ps: set[int]) -> None:
         self.processor.revoke(ps)
+        self._stalls.forget(ps)
         for p in ps:
             METRICS.going_on("worker", p)
         self.cursors.disarm(ps)
@@ -451,6 +465,39 @@ class Worker:
             self._consumer.resume([tp])
             log.warning("%s[%d]: record %d is quarantined by the marker at offset %d (%s); the partition resumes",
                         self.journal, p, stop.offset, marker.offset, marker.reason)
+
+    def _check_stalls(self, now: float) -> None:
+        """Seek partitions that fetch nothing while the broker has records for them."""
+        from confluent_kafka import TopicPartition
+
+        if self._quiet is not None and self._quiet.down:
+            # An outage: nothing can be fetched anyway, and each question would block. Idle
+            # time is counted from its end, so a partition is not "stalled" by the outage.
+            for p in self.cursors.owned():
+                self._stalls.progressed(p, now)
+            return
+        for p in sorted(self.cursors.owned()):
+            nxt = self.cursors.next_offset(p)
+            if nxt is None or self.processor.stops.stopped(p) is not None or not self._stalls.due(p, now):
+                continue
+            tp = TopicPartition(self.journal, p)
+            try:
+                _, high = self._consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+                (pos,) = self._consumer.position([tp])
+            except Exception:  # noqa: BLE001 - the broker is away: looked at again next round
+                return
+            fetched = max(nxt, pos.offset if pos.offset is not None and pos.offset >= 0 else 0)
+            if high is None or high <= fetched:
+                self._stalls.progressed(p, now)  # caught up: nothing to fetch
+                continue
+            loud = self._stalls.reseek(p, now)
+            (log.warning if loud else log.debug)(
+                "%s[%d]: nothing fetched for %.0fs while the broker's end offset is %d and this worker is at %d; "
+                "seeking again", self.journal, p, self._stalls.idle(p, now), high, nxt)
+            try:
+                self._consumer.seek(TopicPartition(self.journal, p, nxt))
+            except Exception as e:  # noqa: BLE001 - tried again after the next interval
+                log.debug("seek of %d to %d failed: %r", p, nxt, e)
 
     # -- timeouts ------------------------------------------------------------------------
 
@@ -501,6 +548,7 @@ class Worker:
         log.info("aosk worker %s: %d records judged%s, %d re-folded, %d agents, %d partitions, %d stopped (%s)",
                  self.node, self.folded, rate, self.refolded, len(self.processor.slots),
                  len(self.cursors.owned()), len(self.processor.stops), busy)
+        self._refolded_reported = self.refolded
         if interval:
             self.folded = 0
             self._busy = dict.fromkeys(self._busy, 0.0)

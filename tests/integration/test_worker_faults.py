@@ -44,6 +44,7 @@ from worker_harness import (
     changelog_slots,
     check_run,
     committed_offsets,
+    end_offsets,
     group_assignment,
     last_hash_by_agent,
     read_topic,
@@ -344,8 +345,13 @@ def test_sigterm_with_the_broker_down_stops_within_15s_and_nothing_is_lost(stack
                 broker.start()
             assert stopped_in < 15, f"the worker took {stopped_in:.1f}s to stop:\n{w1.log()[-3000:]}"
             workers.start("w2")
-            wait_settled(bootstrap, k.journal_topic, coverage, quiet_s=3.0, timeout=300,
-                         alive=lambda: workers.procs["w2"].alive() or pytest.fail(workers.logs()))
+            try:
+                wait_settled(bootstrap, k.journal_topic, coverage, quiet_s=3.0, timeout=300,
+                             alive=lambda: workers.procs["w2"].alive() or pytest.fail(workers.logs()))
+            except TimeoutError as e:  # say where each side stands, not only that it timed out
+                raise TimeoutError(f"{e}\nends {end_offsets(bootstrap, k.journal_topic)}\ncommitted "
+                                   f"{committed_offsets(bootstrap, group_id(k.topic_prefix), k.journal_topic)}\n"
+                                   f"{workers.procs['w2'].log()[-4000:]}") from e
             assert workers.stop("w2") == 0
     finally:
         coverage.close()

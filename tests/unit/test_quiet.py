@@ -224,7 +224,7 @@ def test_a_consumer_gets_the_error_callback_only_and_records_appended_after_the_
         assert kl.down == []
         kl.error_cb(_Err("_TRANSPORT", "h:1/1: Connect to ipv4#10.0.0.1:1 failed: Connection refused"))
         assert kl.down == []  # within the grace after a recovery: a late report of the old outage
-        clock.now += 5
+        clock.now += 11  # past the grace: a new outage
         kl.error_cb(_Err("_TRANSPORT", "h:1/1: Connect to ipv4#10.0.0.1:1 failed: Connection refused"))
         kl.reached()  # an assignment: the cluster answered
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [

@@ -260,6 +260,9 @@ class FakeConsumer:
         """Raise ``Crash`` on this commit call (1-based), before the broker stores it."""
         self.closed = False
         self.unassigned = 0
+        self.stuck: set[int] = set()
+        """Partitions whose fetcher sits idle (nothing delivered) until they are sought."""
+        self.seeks: list[tuple[int, int]] = []
 
     # subscription and assignment
 
@@ -285,6 +288,14 @@ class FakeConsumer:
     def pause(self, tps: list[TopicPartition]) -> None:
         self.paused.update(tp.partition for tp in tps)
 
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.partition, tp.offset))
+        self.positions[tp.partition] = tp.offset
+        self.stuck.discard(tp.partition)
+
+    def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.positions.get(tp.partition, -1001)) for tp in tps]
+
     # records
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
@@ -295,7 +306,7 @@ class FakeConsumer:
         while len(out) < num_messages:
             took = False
             for p in sorted(self.positions):
-                if p in self.paused:
+                if p in self.paused or p in self.stuck:
                     continue
                 log = self.broker.topics[self.journal][p]
                 pos = self.positions[p]

@@ -75,7 +75,8 @@ def _drive(w: Worker, c: FakeConsumer, *, batch: int = 40, commit_every: int = 3
 
 
 def _more(c: FakeConsumer) -> bool:
-    return any(pos < len(c.broker.topics[JOURNAL][p]) for p, pos in c.positions.items() if p not in c.paused)
+    return any(pos < len(c.broker.topics[JOURNAL][p]) for p, pos in c.positions.items()
+               if p not in c.paused and p not in c.stuck)
 
 
 def _journal_records(broker: FakeBroker) -> list[Record]:
@@ -122,6 +123,24 @@ def test_a_single_worker_folds_everything_and_commits_only_acknowledged_outputs(
     assert len(broker.messages(TRANSITIONS)) == len(_journal_records(broker))  # nothing crashed: once each
     assert broker.committed == {(JOURNAL, p): len(broker.topics[JOURNAL][p]) for p in range(PARTS)}
     assert len(broker.commits) > 5
+
+
+def test_a_partition_whose_fetcher_sits_idle_is_sought_again(journal: Journal) -> None:
+    broker = _broker(journal)
+    w, c, _ = _worker(broker, stall_s=30.0)
+    c.rebalance("assign", range(PARTS))
+    c.stuck.add(3)  # librdkafka delivers nothing for it, though the broker has its records
+    _drive(w, c)
+    assert w.cursors.next_offset(3) == 0 and len(broker.topics[JOURNAL][3]) > 0
+    t0 = time.monotonic()
+    w._check_stalls(t0)
+    assert c.seeks == []  # idle, but not for long yet
+    w._check_stalls(t0 + 31)
+    assert c.seeks == [(3, 0)]  # only the partition with records waiting; the others are caught up
+    _drive(w, c)
+    _check(broker, w, journal)
+    w._check_stalls(t0 + 62)
+    assert c.seeks == [(3, 0)]  # progress since: nothing to do
 
 
 def test_nothing_is_committed_while_outputs_are_outstanding(journal: Journal) -> None:
