@@ -102,6 +102,16 @@ class MemorySettings(_Section):
     """Dimension d of every embedding in the cluster (``vector(d)``)."""
 
 
+class ApiSettings(_Section):
+    host: str = "0.0.0.0"
+    """Address ``aosk api`` listens on."""
+    port: int = Field(8080, ge=1, le=65535)
+    """Port ``aosk api`` listens on (the deployment guide's 8080)."""
+    schema_name: str = Field("aosk_api", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    """PostgreSQL schema of the API's own tables (keys), outside the projection schema
+    ``aosk replay`` swaps."""
+
+
 class Settings(_Section):
     """Everything an AOSK process needs to know, validated once at start."""
 
@@ -111,6 +121,7 @@ class Settings(_Section):
     kafka: KafkaSettings = KafkaSettings()
     dev: DevStackSettings = DevStackSettings()
     memory: MemorySettings = MemorySettings()
+    api: ApiSettings = ApiSettings()
 
 
 # Environment variable -> dotted key. Kept explicit: the documented names are the contract.
@@ -135,6 +146,9 @@ ENV_KEYS: Mapping[str, str] = {
     "AOSK_CACHE_DIR": "dev.cache_dir",
     "AOSK_KAFKA_HEAP": "dev.kafka_heap",
     "AOSK_EMBEDDING_DIMENSION": "memory.embedding_dimension",
+    "AOSK_API_HOST": "api.host",
+    "AOSK_API_PORT": "api.port",
+    "AOSK_API_SCHEMA": "api.schema_name",
 }
 
 

@@ -1,0 +1,56 @@
+"""``create_app(settings)``: the FastAPI application, one router per resource."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from aosk.api.auth import key_cache
+from aosk.api.problems import Problem, problem_response
+from aosk.config import Settings
+
+__all__ = ["create_app", "app_from_environment"]
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API for ``settings``; its PostgreSQL pool opens at start-up and closes at shutdown."""
+    from aosk.api.routes import health, status
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from aosk.api.keys import ensure_schema
+        from aosk.endpoints import resolve_endpoints
+        from aosk.projectors.db import connect, open_pool
+
+        ep = resolve_endpoints(settings)
+        with connect(ep.dsn) as conn:
+            ensure_schema(conn, settings.api.schema_name)
+        pool = open_pool(ep.dsn, settings.storage.postgresql, name="aosk-api", min_size=1, max_size=4)
+        app.state.pool = pool
+        app.state.keys = key_cache(pool, settings.api.schema_name)
+        app.state.endpoints = ep
+        try:
+            yield
+        finally:
+            pool.close()
+
+    app = FastAPI(title="AOSK API", version="1", lifespan=lifespan,
+                  description="The Agent OS Kernel's front door. Every /api/v1 route needs an X-API-Key.")
+    app.state.settings = settings
+    app.state.started = time.monotonic()
+    app.add_exception_handler(Problem, problem_response)
+    app.include_router(health.router)
+    app.include_router(status.router)
+    return app
+
+
+def app_from_environment() -> Any:
+    """The app for the settings of this process's environment (``AOSK_CONFIG``,
+    ``AOSK_*``): what each uvicorn worker process builds (``aosk api --workers N``)."""
+    from aosk.config import load_settings
+
+    return create_app(load_settings())

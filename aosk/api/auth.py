@@ -1,0 +1,50 @@
+"""The one authentication dependency: ``X-API-Key`` -> the caller's key (tenant, scope)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from aosk.api.keys import ApiKey, KeyCache, KeyStore
+from aosk.api.problems import Problem
+
+__all__ = ["api_key_header", "require", "key_cache"]
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                              description="An AOSK API key (`aosk keys create --tenant T --scope S`)")
+
+
+def key_cache(pool: Any, schema: str) -> KeyCache:
+    """A process's cache of authenticated keys, looking up misses in ``pool``."""
+
+    def lookup(key: str) -> ApiKey | None:
+        with pool.connection() as conn:
+            return KeyStore(conn, schema).authenticate(key)
+
+    return KeyCache(lookup)
+
+
+def _caller(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> ApiKey:
+    if not key:
+        raise Problem(401, "unauthenticated", "Unauthenticated", "send an API key in the X-API-Key header",
+                      headers={"WWW-Authenticate": "X-API-Key"})
+    found = request.app.state.keys.get(key)
+    if found is None:
+        raise Problem(401, "unauthenticated", "Unauthenticated", "the API key is unknown or revoked",
+                      headers={"WWW-Authenticate": "X-API-Key"})
+    return found
+
+
+def require(scope: str) -> Callable[..., ApiKey]:
+    """A dependency: the caller's key, which must allow ``scope``."""
+
+    def dependency(caller: Annotated[ApiKey, Depends(_caller)]) -> ApiKey:
+        if not caller.allows(scope):
+            raise Problem(403, "forbidden", "Forbidden", f"this route needs a key with scope {scope}; "
+                          f"this key has {caller.scope}")
+        return caller
+
+    return dependency

@@ -1,0 +1,133 @@
+"""``aosk api`` under uvicorn on a real port, with keys made by ``aosk keys`` in the real
+PostgreSQL: liveness, readiness, the key check (missing, malformed, unknown, revoked,
+too narrow a scope) as problem documents, and tenant scoping of ``/api/v1/status``."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from aosk.projectors.db import migrate
+from aosk.topics import ensure_topics
+from aosk.waiting import wait_for
+from projector_harness import projector_env, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _key(settings, tenant: str, scope: str) -> tuple[str, str]:
+    out = run_cli(settings, "keys", "create", "--tenant", tenant, "--scope", scope, "--name", f"{tenant}-{scope}")
+    assert out.returncode == 0, out
+    lines = out.stdout.strip().splitlines()
+    key = lines[-1]
+    assert key.startswith("aosk_") and key not in lines[0]
+    return lines[0].split()[1], key
+
+
+@pytest.fixture(scope="module")
+def api(settings, tmp_path_factory) -> Iterator[tuple[str, object]]:
+    ensure_topics(settings.kafka.bootstrap_servers, settings.kafka)
+    with psycopg.connect(settings.storage.postgresql.dsn) as conn:
+        migrate(conn, schema="aosk")
+        conn.execute("insert into aosk.agent_state (agent_id, journal_partition, tenant_id, status, fold_version, "
+                     "seq, last_offset, state_hash, audit_head, tokens_used, tool_calls_used, steps_used, tokens_left, "
+                     "tool_calls_left, steps_left, window_entries, window_tokens, inbox_messages, open_calls, "
+                     "capabilities, memories_stored, memories_forgotten, messages_sent, messages_received, "
+                     "messages_bounced, children_requested, accepted, rejected, duplicates, updated_at, state) "
+                     "select 'a' || t, 0, t, 'READY', 3, 1, 0, '', '', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, '{}', "
+                     "0, 0, 0, 0, 0, 0, 1, 0, 0, now(), '' from unnest(array['acme', 'acme2', 'globex']) t")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("api") / "api.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "aosk.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
+                                env=projector_env(settings), stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"aosk api exited {proc.returncode}:\n{Path(log).read_text()}")
+        try:
+            return httpx.get(base + "/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, timeout=60, what="aosk api to answer /health")
+        yield base, settings
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_liveness_and_readiness(api) -> None:
+    base, _ = api
+    assert httpx.get(base + "/health").json() == {"status": "healthy"}
+    r = httpx.get(base + "/api/health", timeout=30)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] in ("healthy", "degraded")
+    assert body["checks"]["kafka"]["status"] == "ok" and body["checks"]["postgresql"]["status"] == "ok", body
+
+
+@pytest.mark.parametrize("header", [None, "", "not-a-key", "aosk_0123456789abcdef_" + "A" * 43])
+def test_a_missing_malformed_or_unknown_key_is_a_401_problem(api, header) -> None:
+    base, _ = api
+    headers = {} if header is None else {"X-API-Key": header}
+    r = httpx.get(base + "/api/v1/status", headers=headers)
+    assert r.status_code == 401
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["type"].endswith("/unauthenticated") and r.json()["status"] == 401
+
+
+def test_scopes_and_tenants(api) -> None:
+    base, settings = api
+    _, read = _key(settings, "acme", "read")
+    _, admin = _key(settings, "acme", "admin")
+    _, other = _key(settings, "globex", "admin")
+    r = httpx.get(base + "/api/v1/status", headers={"X-API-Key": read})
+    assert r.status_code == 403 and "scope admin" in r.json()["detail"]
+    mine = httpx.get(base + "/api/v1/status", headers={"X-API-Key": admin}).json()
+    assert mine["tenant_id"] == "acme" and mine["agents_by_status"] == {"READY": 1}
+    theirs = httpx.get(base + "/api/v1/status", headers={"X-API-Key": other}).json()
+    assert theirs["tenant_id"] == "globex" and theirs["agents_by_status"] == {"READY": 1}
+
+
+def test_a_revoked_key_is_refused_within_a_second_or_two(api) -> None:
+    base, settings = api
+    key_id, admin = _key(settings, "acme", "admin")
+    assert httpx.get(base + "/api/v1/status", headers={"X-API-Key": admin}).status_code == 200
+    out = run_cli(settings, "keys", "revoke", key_id)
+    assert out.returncode == 0, out
+    wait_for(lambda: httpx.get(base + "/api/v1/status", headers={"X-API-Key": admin}).status_code == 401,
+             timeout=3, what="the revoked key to be refused")
+    listed = run_cli(settings, "keys", "list", "--tenant", "acme")
+    assert key_id in listed.stdout and admin not in listed.stdout  # ids only, never a key
+    again = run_cli(settings, "keys", "revoke", key_id)
+    assert again.returncode == 1 and "no live key" in again.stderr
+
+
+def test_the_openapi_schema_declares_the_key(api) -> None:
+    base, _ = api
+    spec = httpx.get(base + "/openapi.json").json()
+    assert spec["openapi"].startswith("3.1")
+    assert spec["components"]["securitySchemes"]["APIKeyHeader"] == {
+        "type": "apiKey", "in": "header", "name": "X-API-Key",
+        "description": "An AOSK API key (`aosk keys create --tenant T --scope S`)"}
+    assert spec["paths"]["/api/v1/status"]["get"]["security"] == [{"APIKeyHeader": []}]
