@@ -429,8 +429,56 @@ def _section_quarantine(settings: Settings, ep: Endpoints) -> None:
           "a replay or `aosk state --at-offset` folds it the same way")
 
 
+def _section_api(settings: Settings, ep: Endpoints) -> None:
+    _heading("9. the front door: aosk api with per-tenant keys")
+    import json
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from aosk.waiting import wait_for
+
+    def get(url: str, headers: dict[str, str]) -> tuple[int, str, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
+                return r.status, r.headers.get("content-type", ""), json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("content-type", ""), json.loads(e.read())
+
+    with socket.socket() as s:  # a free loopback port for this demo's API process
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    made = subprocess.run([sys.executable, "-m", "aosk.cli", "keys", "create", "--tenant", "acme", "--scope", "admin",
+                           "--name", "demo"], capture_output=True, text=True, timeout=60)
+    key = made.stdout.strip().splitlines()[-1]
+    print(f"  aosk keys create --tenant acme --scope admin -> {made.stdout.splitlines()[0][:90]}")
+    print(f"    {key[:22]}... (stored as SHA-256 only; shown once)")
+    base = f"http://127.0.0.1:{port}"
+    with open(settings.dev.state_dir.expanduser().resolve() / "demo-logs" / "api.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "aosk.cli", "api", "--host", "127.0.0.1", "--port", str(port),
+                                 "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def up() -> bool:
+            try:
+                return get(base + "/health", {})[0] == 200
+            except OSError:
+                return False
+
+        wait_for(up, timeout=60, what="aosk api to answer")
+        for path, headers in (("/health", {}), ("/api/health", {}), ("/api/v1/status", {}),
+                              ("/api/v1/status", {"X-API-Key": key})):
+            code, ctype, body = get(base + path, headers)
+            shown = "with the key" if headers else "no key"
+            brief = (body.get("status") if path.endswith("health") else
+                     body.get("title") if code >= 400 else body.get("agents_by_status"))
+            print(f"  GET {path:15} ({shown:12}) -> {code} {ctype.split(';')[0]}: {str(brief)[:90]}")
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
 def _section_errors() -> None:
-    _heading("9. when a dependency is down: one line and an exit code")
+    _heading("10. when a dependency is down: one line and an exit code")
     import os
     import socket
 
@@ -462,6 +510,7 @@ def run_demo(settings: Settings) -> int:
         _section_time_travel(settings, ep, ctx)
         _section_replay(settings, ep)
         _section_quarantine(settings, ep)
+        _section_api(settings, ep)
     finally:
         procs.stop()
     _section_errors()
