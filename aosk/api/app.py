@@ -18,7 +18,7 @@ __all__ = ["create_app", "app_from_environment"]
 
 def create_app(settings: Settings) -> FastAPI:
     """The API for ``settings``; its PostgreSQL pool opens at start-up and closes at shutdown."""
-    from aosk.api.routes import health, status
+    from aosk.api.routes import agents, health, status
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -29,13 +29,17 @@ def create_app(settings: Settings) -> FastAPI:
         ep = resolve_endpoints(settings)
         with connect(ep.dsn) as conn:
             ensure_schema(conn, settings.api.schema_name)
+        from aosk.client import KernelClient
+
         pool = open_pool(ep.dsn, settings.storage.postgresql, name="aosk-api", min_size=1, max_size=4)
         app.state.pool = pool
         app.state.keys = key_cache(pool, settings.api.schema_name)
         app.state.endpoints = ep
+        app.state.kernel = KernelClient.from_settings(settings, client_id=f"aosk-api-{settings.node_id}")
         try:
             yield
         finally:
+            app.state.kernel.close(10)
             pool.close()
 
     app = FastAPI(title="AOSK API", version="1", lifespan=lifespan,
@@ -45,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(Problem, problem_response)
     app.include_router(health.router)
     app.include_router(status.router)
+    app.include_router(agents.router)
     return app
 
 

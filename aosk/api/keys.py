@@ -74,6 +74,13 @@ def ensure_schema(conn: psycopg.Connection[Any], schema: str) -> None:
             " secret_sha256 bytea not null,"
             " created_at timestamptz not null default now(),"
             " revoked_at timestamptz)").format(sql.Identifier(schema, "api_keys")))
+        # The owner of every agent the API created, recorded before its spawn is produced:
+        # ownership is checked here first, so another tenant's agent is a plain 404.
+        conn.execute(sql.SQL(
+            "create table if not exists {} ("
+            " agent_id text primary key,"
+            " tenant_id text not null,"
+            " created_at timestamptz not null default now())").format(sql.Identifier(schema, "agents")))
 
 
 class KeyStore:

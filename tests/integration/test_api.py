@@ -17,7 +17,7 @@ import pytest
 from aosk.projectors.db import migrate
 from aosk.topics import ensure_topics
 from aosk.waiting import wait_for
-from projector_harness import projector_env, run_cli
+from projector_harness import Projectors, projector_env, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -131,3 +131,44 @@ def test_the_openapi_schema_declares_the_key(api) -> None:
         "type": "apiKey", "in": "header", "name": "X-API-Key",
         "description": "An AOSK API key (`aosk keys create --tenant T --scope S`)"}
     assert spec["paths"]["/api/v1/status"]["get"]["security"] == [{"APIKeyHeader": []}]
+
+
+def test_create_an_agent_then_read_it_back_only_from_its_tenant(api, tmp_path) -> None:
+    base, settings = api
+    _, write = _key(settings, "acme", "write")
+    _, read = _key(settings, "acme", "read")
+    _, other = _key(settings, "globex", "admin")
+    body = {"name": "researcher", "priority": 70, "capabilities": ["search"],
+            "budgets": {"max_tokens": 5000, "max_tool_calls": 10, "max_steps": 100, "context_window_tokens": 2000}}
+    assert httpx.post(base + "/api/v1/agents", json=body, headers={"X-API-Key": read}).status_code == 403
+    bad = httpx.post(base + "/api/v1/agents", json={**body, "priority": 500}, headers={"X-API-Key": write})
+    assert bad.status_code == 422 and "priority" in bad.text
+    r = httpx.post(base + "/api/v1/agents", json=body, headers={"X-API-Key": write}, timeout=30)
+    assert r.status_code == 202, r.text
+    made = r.json()
+    agent_id = made["agent_id"]
+    assert set(made) == {"agent_id", "event_id", "partition", "offset"}
+
+    projectors = Projectors(settings, tmp_path, schema="aosk")
+    try:
+        projectors.start("p1")
+
+        def projected() -> dict:
+            got = httpx.get(f"{base}/api/v1/agents/{agent_id}", headers={"X-API-Key": read}).json()
+            return got if got.get("projected") else {}
+
+        wait_for(lambda: bool(projected()), timeout=120, what="the new agent to be projected")
+    finally:
+        projectors.stop_all()
+        projectors.close()
+    view = projected()
+    assert (view["tenant_id"], view["status"], view["seq"], view["tokens_left"], view["capabilities"]) == (
+        "acme", "READY", 1, 5000, ["search"])
+    assert (view["partition"], view["last_offset"]) == (made["partition"], made["offset"])
+
+    # Another tenant's agent and an agent that does not exist: the same 404, word for word.
+    theirs = httpx.get(f"{base}/api/v1/agents/{agent_id}", headers={"X-API-Key": other})
+    missing_id = "00000000-0000-4000-8000-000000000000"
+    missing = httpx.get(f"{base}/api/v1/agents/{missing_id}", headers={"X-API-Key": other})
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json()["detail"].replace(agent_id, "X") == missing.json()["detail"].replace(missing_id, "X")

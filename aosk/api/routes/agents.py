@@ -1,0 +1,117 @@
+"""``/api/v1/agents``: create an agent (the API allocates its id) and read it back."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from aosk.api.auth import require
+from aosk.api.keys import ApiKey
+from aosk.api.problems import Problem
+
+router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
+
+
+class BudgetsIn(BaseModel):
+    max_tokens: int = Field(100_000, ge=0, le=2**62)
+    max_tool_calls: int = Field(1_000, ge=0, le=2**62)
+    max_steps: int = Field(10_000, ge=0, le=2**62)
+    context_window_tokens: int = Field(8_000, ge=1, le=2**62)
+
+
+class AgentCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    priority: int = Field(50, ge=0, le=100)
+    capabilities: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list,
+                                                                                   max_length=100)
+    budgets: BudgetsIn = Field(default_factory=BudgetsIn)
+    metadata: dict[Annotated[str, Field(max_length=100)], Annotated[str, Field(max_length=1000)]] = Field(
+        default_factory=dict, max_length=50)
+
+
+class Accepted(BaseModel):
+    agent_id: str
+    event_id: str
+    partition: int
+    offset: int
+
+
+class AgentOut(BaseModel):
+    agent_id: str
+    tenant_id: str
+    projected: bool
+    """False until a projector has folded the agent's first record."""
+    status: str | None = None
+    seq: int | None = None
+    partition: int | None = None
+    last_offset: int | None = None
+    tokens_used: int | None = None
+    tokens_left: int | None = None
+    tool_calls_left: int | None = None
+    steps_left: int | None = None
+    capabilities: list[str] | None = None
+
+
+def _not_found(agent_id: str) -> Problem:
+    # The same answer for a missing agent and another tenant's: ids reveal nothing.
+    return Problem(404, "agent-not-found", "Agent not found", f"no agent {agent_id} for this key's tenant")
+
+
+@router.post("", status_code=202, response_model=Accepted, summary="Create an agent (READY once judged)")
+def create_agent(body: AgentCreate, request: Request,
+                 caller: Annotated[ApiKey, Depends(require("write"))]) -> Accepted:
+    from psycopg import sql
+
+    from aosk.errors import AoskError
+    from aosk.events import Budgets
+
+    settings = request.app.state.settings
+    agent_id = str(uuid.uuid4())
+    with request.app.state.pool.connection() as conn:
+        conn.execute(sql.SQL("insert into {} (agent_id, tenant_id) values (%s, %s)").format(
+            sql.Identifier(settings.api.schema_name, "agents")), (agent_id, caller.tenant_id))
+    try:
+        pending = request.app.state.kernel.spawn(
+            agent_id=agent_id, tenant_id=caller.tenant_id, name=body.name, priority=body.priority,
+            capabilities=body.capabilities, budgets=Budgets(**body.budgets.model_dump()), metadata=body.metadata)
+        d = pending.result(10)
+    except AoskError as e:
+        raise Problem(503, "journal-unavailable", "Journal unavailable", f"the spawn was not written: {e}",
+                      headers={"Retry-After": "5"}) from e
+    except TimeoutError as e:
+        raise Problem(503, "journal-unavailable", "Journal unavailable",
+                      "the broker did not acknowledge the spawn within 10 s", headers={"Retry-After": "5"}) from e
+    return Accepted(agent_id=agent_id, event_id=pending.event_id, partition=d.partition, offset=d.offset)
+
+
+@router.get("/{agent_id}", response_model=AgentOut, summary="One agent of the caller's tenant, as projected")
+def get_agent(agent_id: str, request: Request, caller: Annotated[ApiKey, Depends(require("read"))]) -> AgentOut:
+    from psycopg import sql
+
+    from aosk.projectors.db import DEFAULT_SCHEMA, qualified
+    from aosk.projectors.rows import storage_key
+
+    import psycopg
+
+    settings = request.app.state.settings
+    with request.app.state.pool.connection() as conn:
+        owned = conn.execute(sql.SQL("select 1 from {} where agent_id = %s and tenant_id = %s").format(
+            sql.Identifier(settings.api.schema_name, "agents")), (agent_id, caller.tenant_id)).fetchone()
+        if owned is None:
+            raise _not_found(agent_id)
+        try:
+            row: Any = conn.execute(
+                sql.SQL("select status, seq, journal_partition, last_offset, tokens_used, tokens_left, "
+                        "tool_calls_left, steps_left, capabilities from {} where agent_id = %s").format(
+                    qualified(DEFAULT_SCHEMA, "agent_state")), (storage_key(agent_id),)).fetchone()
+        except psycopg.errors.UndefinedTable:
+            row = None  # no projection yet: known to the API, not projected
+    if row is None:
+        return AgentOut(agent_id=agent_id, tenant_id=caller.tenant_id, projected=False)
+    status, seq, partition, last_offset, used, left, calls_left, steps_left, caps = row
+    return AgentOut(agent_id=agent_id, tenant_id=caller.tenant_id, projected=True, status=status, seq=seq,
+                    partition=partition, last_offset=last_offset, tokens_used=used, tokens_left=left,
+                    tool_calls_left=calls_left, steps_left=steps_left, capabilities=list(caps))
