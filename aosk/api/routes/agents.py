@@ -89,12 +89,11 @@ def create_agent(body: AgentCreate, request: Request,
 
 @router.get("/{agent_id}", response_model=AgentOut, summary="One agent of the caller's tenant, as projected")
 def get_agent(agent_id: str, request: Request, caller: Annotated[ApiKey, Depends(require("read"))]) -> AgentOut:
+    import psycopg
     from psycopg import sql
 
     from aosk.projectors.db import DEFAULT_SCHEMA, qualified
     from aosk.projectors.rows import storage_key
-
-    import psycopg
 
     settings = request.app.state.settings
     with request.app.state.pool.connection() as conn:
