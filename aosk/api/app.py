@@ -35,7 +35,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.pool = pool
         app.state.keys = key_cache(pool, settings.api.schema_name)
         app.state.endpoints = ep
-        app.state.kernel = KernelClient.from_settings(settings, client_id=f"aosk-api-{settings.node_id}")
+        app.state.kernel = KernelClient.from_settings(settings, client_id=f"aosk-api-{settings.node_id}",
+                                                      watch_verdicts=True)
         try:
             yield
         finally:

@@ -172,3 +172,51 @@ def test_create_an_agent_then_read_it_back_only_from_its_tenant(api, tmp_path) -
     missing = httpx.get(f"{base}/api/v1/agents/{missing_id}", headers={"X-API-Key": other})
     assert theirs.status_code == missing.status_code == 404
     assert theirs.json()["detail"].replace(agent_id, "X") == missing.json()["detail"].replace(missing_id, "X")
+
+
+def test_append_events_with_the_kernels_verdict(api, tmp_path) -> None:
+    from aosk.events import decode_transition
+    from worker_harness import Workers, read_topic
+
+    base, settings = api
+    _, write = _key(settings, "acme", "write")
+    _, other = _key(settings, "globex", "write")
+    h = {"X-API-Key": write}
+    made = httpx.post(base + "/api/v1/agents", json={"name": "doer"}, headers=h, timeout=30).json()
+    agent_id = made["agent_id"]
+    events = f"{base}/api/v1/agents/{agent_id}/events"
+    with Workers(settings, tmp_path) as workers:
+        workers.start("w1")
+        started = {"type": "AgentStarted", "payload": {}}
+        # The worker judges the spawn first; then one AgentStarted gets its verdict within the wait.
+        k = settings.kafka
+
+        def spawn_judged() -> bool:
+            return any(decode_transition(m.value).event_id == made["event_id"]
+                       for m in read_topic(k.bootstrap_servers, k.transitions_topic))
+
+        wait_for(spawn_judged, timeout=120, what="the worker to judge the spawn")
+        r = httpx.post(events + "?wait=verdict", json=started, headers=h, timeout=30)
+        assert r.status_code == 200, r.text
+        v = r.json()["verdict"]
+        assert (v["verdict"], v["reason"], v["status"], v["seq"]) == ("accepted", "ok", "RUNNING", 2)
+        again = httpx.post(events + "?wait=verdict", json=started, headers=h, timeout=30)
+        assert again.status_code == 409 and again.json()["reason"] == "illegal_transition", again.text
+        assert again.headers["content-type"].startswith("application/problem+json")
+        ctx = {"type": "ContextAppended", "payload": {"entry_id": "e1", "role": "user", "content": "hello",
+                                                      "tokens": 3, "importance": 0.5}}
+        ok = httpx.post(events + "?wait=verdict", json=ctx, headers=h, timeout=30)
+        assert ok.status_code == 200 and ok.json()["verdict"]["seq"] >= 3, ok.text
+        plain = httpx.post(events, json={**ctx, "payload": {**ctx["payload"], "entry_id": "e2"}}, headers=h)
+        assert plain.status_code == 202 and set(plain.json()) >= {"event_id", "partition", "offset"}
+        assert workers.stop("w1") == 0
+    for body, status in (({"type": "CallTimedOut", "payload": {"call_id": "c"}}, 403),
+                         ({"type": "LlmCallRequested", "payload": {}}, 403),
+                         ({"type": "NoSuchType", "payload": {}}, 422),
+                         ({"type": "ContextAppended", "payload": {"entry_id": "e3"}}, 422),
+                         ({"type": "ContextAppended", "payload": {"tenant_id": "globex"}}, 422)):
+        r = httpx.post(events, json=body, headers=h)
+        assert r.status_code == status, (body, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+    theirs = httpx.post(events, json={"type": "AgentStarted", "payload": {}}, headers={"X-API-Key": other})
+    assert theirs.status_code == 404

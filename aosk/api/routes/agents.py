@@ -114,3 +114,107 @@ def get_agent(agent_id: str, request: Request, caller: Annotated[ApiKey, Depends
     return AgentOut(agent_id=agent_id, tenant_id=caller.tenant_id, projected=True, status=status, seq=seq,
                     partition=partition, last_offset=last_offset, tokens_used=used, tokens_left=left,
                     tool_calls_left=calls_left, steps_left=steps_left, capabilities=list(caps))
+
+
+# Types a client may send here: not the kernel's own (derived events, partition markers),
+# not the ones the runtime owns (model and tool calls), and not a spawn (POST /agents).
+_RUNTIME_TYPES = frozenset({"LlmCallRequested", "LlmCallCompleted", "ToolCallRequested", "ToolCallCompleted"})
+_HEADER_FIELDS = frozenset({"event_id", "agent_id", "tenant_id", "occurred_at", "origin"})
+_REJECTION_STATUS = {"illegal_transition": 409, "budget_exhausted": 409, "not_spawned": 409,
+                     "capability_denied": 403, "tenant_mismatch": 404}
+
+
+def client_event_types() -> frozenset[str]:
+    from aosk.events import EVENT_TYPES
+    from aosk.kernel import KERNEL_ONLY
+
+    return frozenset(EVENT_TYPES) - KERNEL_ONLY - _RUNTIME_TYPES - {"AgentSpawned"}
+
+
+class EventIn(BaseModel):
+    type: str = Field(min_length=1, max_length=100, description="an event type a client may send")
+    payload: dict[str, Any] = Field(default_factory=dict, description="the event's own fields (docs/events.md)")
+    event_id: uuid.UUID | None = Field(None, description="the idempotency key of the event (default: a new UUID)")
+
+
+class VerdictOut(BaseModel):
+    verdict: str
+    reason: str
+    message: str
+    status: str
+    seq: int
+
+
+class EventAccepted(BaseModel):
+    event_id: str
+    partition: int
+    offset: int
+    verdict: VerdictOut | None = None
+
+
+def _owned(request: Request, caller: ApiKey, agent_id: str) -> None:
+    from psycopg import sql
+
+    settings = request.app.state.settings
+    with request.app.state.pool.connection() as conn:
+        owned = conn.execute(sql.SQL("select 1 from {} where agent_id = %s and tenant_id = %s").format(
+            sql.Identifier(settings.api.schema_name, "agents")), (agent_id, caller.tenant_id)).fetchone()
+    if owned is None:
+        raise _not_found(agent_id)
+
+
+@router.post("/{agent_id}/events", status_code=202, response_model=EventAccepted,
+             summary="Append an event to the agent's journal (?wait=verdict: answer with the kernel's verdict)")
+def append_event(agent_id: str, body: EventIn, request: Request,
+                 caller: Annotated[ApiKey, Depends(require("write"))], wait: str | None = None) -> Any:
+    import time
+
+    from fastapi.responses import JSONResponse
+
+    from aosk.errors import AoskError, EventRejected
+    from aosk.events import EVENT_TYPES
+    from aosk.kernel import event_from_plain
+
+    if wait not in (None, "verdict"):
+        raise Problem(422, "invalid-request", "Invalid request", "wait must be `verdict` or absent")
+    _owned(request, caller, agent_id)
+    if body.type not in EVENT_TYPES:
+        raise Problem(422, "unknown-event-type", "Unknown event type",
+                      f"{body.type!r} is not an event type; clients may send {sorted(client_event_types())}")
+    if body.type not in client_event_types():
+        raise Problem(403, "event-type-not-allowed", "Event type not allowed",
+                      f"{body.type} is written by the kernel or the runtime, not by clients")
+    stray = sorted(_HEADER_FIELDS & set(body.payload))
+    if stray:
+        raise Problem(422, "invalid-event", "Invalid event", f"payload must not set {stray}: the API stamps them")
+    plain = {"type": body.type, **body.payload, "event_id": str(body.event_id or uuid.uuid4()), "agent_id": agent_id,
+             "tenant_id": caller.tenant_id, "occurred_at": time.time_ns() // 1000, "origin": "client",
+             "correlation_id": body.payload.get("correlation_id"), "causation_id": body.payload.get("causation_id")}
+    try:
+        event = event_from_plain(plain)
+    except (TypeError, ValueError, KeyError) as e:
+        raise Problem(422, "invalid-event", "Invalid event", f"{body.type}: {e}") from e
+    kernel = request.app.state.kernel
+    try:
+        pending = kernel.send(event)
+        d = pending.result(10)
+    except EventRejected as e:
+        raise Problem(422, "invalid-event", "Invalid event", str(e)) from e
+    except (AoskError, TimeoutError) as e:
+        raise Problem(503, "journal-unavailable", "Journal unavailable", f"the event was not written: {e}",
+                      headers={"Retry-After": "5"}) from e
+    out = EventAccepted(event_id=event.event_id, partition=d.partition, offset=d.offset)
+    if wait is None:
+        return out
+    try:
+        t = kernel.wait_for_verdict(event.event_id, timeout=10)
+    except TimeoutError:
+        return out  # 202 without a verdict: written, not judged yet (is a worker running?)
+    out.verdict = VerdictOut(verdict=t.verdict, reason=t.reason, message=t.message, status=t.status, seq=t.seq)
+    if t.verdict == "rejected":
+        status = _REJECTION_STATUS.get(t.reason, 422)
+        if status == 404:
+            raise _not_found(agent_id)
+        raise Problem(status, "rejected", "Rejected by the kernel", t.message, reason=t.reason,
+                      event_id=event.event_id, partition=d.partition, offset=d.offset)
+    return JSONResponse(out.model_dump(), status_code=200)
