@@ -220,3 +220,22 @@ def test_append_events_with_the_kernels_verdict(api, tmp_path) -> None:
         assert r.headers["content-type"].startswith("application/problem+json")
     theirs = httpx.post(events, json={"type": "AgentStarted", "payload": {}}, headers={"X-API-Key": other})
     assert theirs.status_code == 404
+
+
+def test_list_pages_through_the_tenants_agents_and_delete_kills(api) -> None:
+    base, settings = api
+    _, write = _key(settings, "pager", "write")
+    _, other = _key(settings, "pager2", "write")
+    h = {"X-API-Key": write}
+    made = sorted(httpx.post(base + "/api/v1/agents", json={"name": f"a{i}"}, headers=h, timeout=30).json()["agent_id"]
+                  for i in range(3))
+    first = httpx.get(base + "/api/v1/agents?limit=2", headers=h).json()
+    assert [a["agent_id"] for a in first["agents"]] == made[:2] and first["has_more"]
+    rest = httpx.get(base + f"/api/v1/agents?limit=2&cursor={first['next_cursor']}", headers=h).json()
+    assert [a["agent_id"] for a in rest["agents"]] == made[2:] and not rest["has_more"]
+    assert httpx.get(base + "/api/v1/agents", headers={"X-API-Key": other}).json() == {
+        "agents": [], "has_more": False, "next_cursor": None}
+    assert httpx.get(base + "/api/v1/agents?limit=0", headers=h).status_code == 422
+    assert httpx.delete(f"{base}/api/v1/agents/{made[0]}", headers={"X-API-Key": other}).status_code == 404
+    killed = httpx.delete(f"{base}/api/v1/agents/{made[0]}", headers=h, timeout=30)
+    assert killed.status_code == 202 and set(killed.json()) == {"event_id", "partition", "offset"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from aosk.api.auth import require
@@ -34,6 +34,12 @@ class AgentCreate(BaseModel):
 
 class Accepted(BaseModel):
     agent_id: str
+    event_id: str
+    partition: int
+    offset: int
+
+
+class EventAcceptedBrief(BaseModel):
     event_id: str
     partition: int
     offset: int
@@ -87,6 +93,70 @@ def create_agent(body: AgentCreate, request: Request,
     return Accepted(agent_id=agent_id, event_id=pending.event_id, partition=d.partition, offset=d.offset)
 
 
+class AgentPage(BaseModel):
+    agents: list[AgentOut]
+    has_more: bool
+    next_cursor: str | None = None
+    """Pass as ``cursor`` for the next page (agents are ordered by id)."""
+
+
+@router.get("", response_model=AgentPage, summary="The caller's tenant's agents, a page at a time")
+def list_agents(request: Request, caller: Annotated[ApiKey, Depends(require("read"))],
+                status: str | None = None, cursor: str | None = None,
+                limit: Annotated[int, Query(ge=1, le=500)] = 50) -> AgentPage:
+    """Every agent the API created for this tenant (no hidden cap: page with ``cursor``
+    until ``has_more`` is false); ``status`` filters on the projected status."""
+    import psycopg
+    from psycopg import sql
+
+    from aosk.projectors.db import DEFAULT_SCHEMA, qualified
+
+    settings = request.app.state.settings
+    owners = sql.Identifier(settings.api.schema_name, "agents")
+    q = sql.SQL(
+        "select o.agent_id, s.status, s.seq, s.journal_partition, s.last_offset, s.tokens_used, s.tokens_left, "
+        "s.tool_calls_left, s.steps_left, s.capabilities from {} o left join {} s on s.agent_id = o.agent_id "
+        "where o.tenant_id = %s and o.agent_id > %s and (%s::text is null or s.status = %s) "
+        "order by o.agent_id limit %s").format(owners, qualified(DEFAULT_SCHEMA, "agent_state"))
+    try:
+        with request.app.state.pool.connection() as conn:
+            rows = conn.execute(q, (caller.tenant_id, cursor or "", status, status, limit + 1)).fetchall()
+    except psycopg.errors.UndefinedTable as e:
+        raise Problem(503, "projections-unavailable", "Projections unavailable",
+                      f"the projection schema {DEFAULT_SCHEMA} does not exist yet (start `aosk project`)",
+                      headers={"Retry-After": "5"}) from e
+    page = [_view(caller.tenant_id, r[0], r[1:] if r[1] is not None else None) for r in rows[:limit]]
+    more = len(rows) > limit
+    return AgentPage(agents=page, has_more=more, next_cursor=page[-1].agent_id if more else None)
+
+
+def _view(tenant_id: str, agent_id: str, row: Any) -> AgentOut:
+    if row is None:
+        return AgentOut(agent_id=agent_id, tenant_id=tenant_id, projected=False)
+    status, seq, partition, last_offset, used, left, calls_left, steps_left, caps = row
+    return AgentOut(agent_id=agent_id, tenant_id=tenant_id, projected=True, status=status, seq=seq,
+                    partition=partition, last_offset=last_offset, tokens_used=used, tokens_left=left,
+                    tool_calls_left=calls_left, steps_left=steps_left, capabilities=list(caps))
+
+
+@router.delete("/{agent_id}", status_code=202, response_model=EventAcceptedBrief,
+               summary="Kill the agent (AgentKilled; TERMINATED once judged)")
+def kill_agent(agent_id: str, request: Request, caller: Annotated[ApiKey, Depends(require("write"))]) -> Any:
+    from aosk.errors import AoskError
+    from aosk.events import AgentKilled
+
+    _owned(request, caller, agent_id)
+    kernel = request.app.state.kernel
+    try:
+        pending = kernel.emit(AgentKilled, agent_id=agent_id, tenant_id=caller.tenant_id, signal="SIGKILL",
+                              by=f"api-key:{caller.key_id}")
+        d = pending.result(10)
+    except (AoskError, TimeoutError) as e:
+        raise Problem(503, "journal-unavailable", "Journal unavailable", f"the kill was not written: {e}",
+                      headers={"Retry-After": "5"}) from e
+    return EventAcceptedBrief(event_id=pending.event_id, partition=d.partition, offset=d.offset)
+
+
 @router.get("/{agent_id}", response_model=AgentOut, summary="One agent of the caller's tenant, as projected")
 def get_agent(agent_id: str, request: Request, caller: Annotated[ApiKey, Depends(require("read"))]) -> AgentOut:
     import psycopg
@@ -108,12 +178,7 @@ def get_agent(agent_id: str, request: Request, caller: Annotated[ApiKey, Depends
                     qualified(DEFAULT_SCHEMA, "agent_state")), (storage_key(agent_id),)).fetchone()
         except psycopg.errors.UndefinedTable:
             row = None  # no projection yet: known to the API, not projected
-    if row is None:
-        return AgentOut(agent_id=agent_id, tenant_id=caller.tenant_id, projected=False)
-    status, seq, partition, last_offset, used, left, calls_left, steps_left, caps = row
-    return AgentOut(agent_id=agent_id, tenant_id=caller.tenant_id, projected=True, status=status, seq=seq,
-                    partition=partition, last_offset=last_offset, tokens_used=used, tokens_left=left,
-                    tool_calls_left=calls_left, steps_left=steps_left, capabilities=list(caps))
+    return _view(caller.tenant_id, agent_id, row)
 
 
 # Types a client may send here: not the kernel's own (derived events, partition markers),
