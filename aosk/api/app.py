@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from aosk.api.auth import key_cache
-from aosk.api.problems import Problem, problem_response
+from aosk.api.problems import Problem, problem_response, validation_problem
 from aosk.config import Settings
 
 __all__ = ["create_app", "app_from_environment"]
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.started = time.monotonic()
     app.add_exception_handler(Problem, problem_response)
+    app.add_exception_handler(RequestValidationError, validation_problem)
     app.include_router(health.router)
     app.include_router(status.router)
     app.include_router(agents.router)

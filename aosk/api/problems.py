@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-__all__ = ["Problem", "problem_response", "TYPE_BASE"]
+__all__ = ["Problem", "problem_response", "validation_problem", "TYPE_BASE"]
 
 TYPE_BASE = "https://aosk.dev/problems/"
 """Problem ``type`` URIs are this plus a stable slug (docs/api.md lists them)."""
@@ -32,3 +32,17 @@ def problem_response(request: Request, exc: Exception) -> JSONResponse:
     body = {"type": TYPE_BASE + exc.slug, "title": exc.title, "status": exc.status, "detail": exc.detail,
             "instance": request.url.path, **exc.extra}
     return JSONResponse(body, status_code=exc.status, headers=exc.headers, media_type="application/problem+json")
+
+
+def validation_problem(request: Request, exc: Exception) -> JSONResponse:
+    """A request that does not fit the schema (FastAPI's ``RequestValidationError``): 422,
+    naming each field and what is wrong with it."""
+    from fastapi.exceptions import RequestValidationError
+
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"field": ".".join(str(x) for x in e.get("loc", ())), "problem": e.get("msg", "")}
+              for e in exc.errors()]
+    detail = "; ".join(f"{e['field']}: {e['problem']}" for e in errors[:5])
+    body = {"type": TYPE_BASE + "invalid-request", "title": "Invalid request", "status": 422, "detail": detail,
+            "instance": request.url.path, "errors": errors}
+    return JSONResponse(body, status_code=422, media_type="application/problem+json")

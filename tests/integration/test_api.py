@@ -142,7 +142,8 @@ def test_create_an_agent_then_read_it_back_only_from_its_tenant(api, tmp_path) -
             "budgets": {"max_tokens": 5000, "max_tool_calls": 10, "max_steps": 100, "context_window_tokens": 2000}}
     assert httpx.post(base + "/api/v1/agents", json=body, headers={"X-API-Key": read}).status_code == 403
     bad = httpx.post(base + "/api/v1/agents", json={**body, "priority": 500}, headers={"X-API-Key": write})
-    assert bad.status_code == 422 and "priority" in bad.text
+    assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json")
+    assert bad.json()["errors"][0]["field"] == "body.priority" and "priority" in bad.json()["detail"]
     r = httpx.post(base + "/api/v1/agents", json=body, headers={"X-API-Key": write}, timeout=30)
     assert r.status_code == 202, r.text
     made = r.json()
