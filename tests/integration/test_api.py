@@ -240,3 +240,13 @@ def test_list_pages_through_the_tenants_agents_and_delete_kills(api) -> None:
     assert httpx.delete(f"{base}/api/v1/agents/{made[0]}", headers={"X-API-Key": other}).status_code == 404
     killed = httpx.delete(f"{base}/api/v1/agents/{made[0]}", headers=h, timeout=30)
     assert killed.status_code == 202 and set(killed.json()) == {"event_id", "partition", "offset"}
+
+
+def test_ids_that_cannot_exist_are_client_errors_not_server_errors(api) -> None:
+    base, settings = api
+    _, write = _key(settings, "acme", "write")
+    h = {"X-API-Key": write}
+    for path in ("/api/v1/agents/%00", "/api/v1/agents/" + "x" * 300, "/api/v1/agents?cursor=%00",
+                 "/api/v1/agents?status=%00"):
+        assert httpx.get(base + path, headers=h).status_code == 422, path
+    assert httpx.delete(base + "/api/v1/agents/a%00b", headers=h).status_code == 422

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from aosk.api.auth import require
@@ -13,6 +13,9 @@ from aosk.api.keys import ApiKey
 from aosk.api.problems import Problem
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
+
+AgentId = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00]+$",
+                              description="the agent's id, as POST /api/v1/agents allocated it")]
 
 
 class BudgetsIn(BaseModel):
@@ -102,7 +105,8 @@ class AgentPage(BaseModel):
 
 @router.get("", response_model=AgentPage, summary="The caller's tenant's agents, a page at a time")
 def list_agents(request: Request, caller: Annotated[ApiKey, Depends(require("read"))],
-                status: str | None = None, cursor: str | None = None,
+                status: Annotated[str | None, Query(max_length=32, pattern=r"^[A-Z]+$")] = None,
+                cursor: Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00]*$")] = None,
                 limit: Annotated[int, Query(ge=1, le=500)] = 50) -> AgentPage:
     """Every agent the API created for this tenant (no hidden cap: page with ``cursor``
     until ``has_more`` is false); ``status`` filters on the projected status."""
@@ -141,7 +145,7 @@ def _view(tenant_id: str, agent_id: str, row: Any) -> AgentOut:
 
 @router.delete("/{agent_id}", status_code=202, response_model=EventAcceptedBrief,
                summary="Kill the agent (AgentKilled; TERMINATED once judged)")
-def kill_agent(agent_id: str, request: Request, caller: Annotated[ApiKey, Depends(require("write"))]) -> Any:
+def kill_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, Depends(require("write"))]) -> Any:
     from aosk.errors import AoskError
     from aosk.events import AgentKilled
 
@@ -158,7 +162,7 @@ def kill_agent(agent_id: str, request: Request, caller: Annotated[ApiKey, Depend
 
 
 @router.get("/{agent_id}", response_model=AgentOut, summary="One agent of the caller's tenant, as projected")
-def get_agent(agent_id: str, request: Request, caller: Annotated[ApiKey, Depends(require("read"))]) -> AgentOut:
+def get_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, Depends(require("read"))]) -> AgentOut:
     import psycopg
     from psycopg import sql
 
@@ -230,7 +234,7 @@ def _owned(request: Request, caller: ApiKey, agent_id: str) -> None:
 
 @router.post("/{agent_id}/events", status_code=202, response_model=EventAccepted,
              summary="Append an event to the agent's journal (?wait=verdict: answer with the kernel's verdict)")
-def append_event(agent_id: str, body: EventIn, request: Request,
+def append_event(agent_id: AgentId, body: EventIn, request: Request,
                  caller: Annotated[ApiKey, Depends(require("write"))], wait: str | None = None) -> Any:
     import time
 
