@@ -34,6 +34,7 @@
      +-- PartitionStopped       a reader met a record it must not skip (unknown fingerprint or fold version)
      +-- RecallError            a recall query that cannot be answered as asked (also a ValueError)
      +-- ReplayError            a replay cannot go on; the live schema is unchanged
+     +-- Problem                an HTTP API answer other than success (RFC 9457; aosk.api.problems)
 
 The modules that raise an error re-export it (``aosk.topics.TopicMismatch``,
 ``aosk.projectors.db.MigrationError``, ...), so either import path works.
@@ -50,6 +51,7 @@ stay pure.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 __all__ = [
     "AoskError", "ConfigError", "TopicMismatch", "InvalidSchemas",
@@ -57,7 +59,7 @@ __all__ = [
     "DecodeError", "Undecodable", "UnknownFingerprint", "Quarantined", "StateDecodeError", "UnknownFoldVersion",
     "PartitionCountChanged", "EventRejected", "DeliveryError", "ProjectionTimeout", "ProjectionConfigError",
     "SchemaNotFound", "JournalMismatch", "MigrationError", "UndecodableState", "Fenced", "Inconsistent",
-    "CheckpointError", "HistoryError", "NoSuchAgent", "PartitionStopped", "RecallError", "ReplayError",
+    "CheckpointError", "HistoryError", "NoSuchAgent", "PartitionStopped", "RecallError", "ReplayError", "Problem",
 ]
 
 
@@ -363,3 +365,18 @@ class RecallError(AoskError, ValueError):
 class ReplayError(AoskError):
     """The replay cannot go on (a shadow left by an interrupted replay, another replay
     running, a partition the fold stops on); the live schema is unchanged."""
+
+
+class Problem(AoskError):
+    """What the HTTP API answers instead of a success: an RFC 9457 problem document with a
+    stable ``type`` slug (``aosk.api.problems`` renders it; docs/api.md lists them)."""
+
+    def __init__(self, status: int, slug: str, title: str, detail: str, *,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.title = title
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import Request
 from fastapi.responses import JSONResponse
+
+from aosk.errors import Problem
 
 __all__ = ["Problem", "problem_response", "validation_problem", "TYPE_BASE"]
 
 TYPE_BASE = "https://aosk.dev/problems/"
 """Problem ``type`` URIs are this plus a stable slug (docs/api.md lists them)."""
-
-
-class Problem(Exception):
-    """An error answered as ``application/problem+json``."""
-
-    def __init__(self, status: int, slug: str, title: str, detail: str, *,
-                 headers: dict[str, str] | None = None, **extra: Any) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.slug = slug
-        self.title = title
-        self.detail = detail
-        self.headers = headers or {}
-        self.extra = extra
 
 
 def problem_response(request: Request, exc: Exception) -> JSONResponse:
