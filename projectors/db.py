@@ -360,3 +360,15 @@ def postgres_address(dsn: str) -> str:
     except psycopg.ProgrammingError:
         return "(unparsable DSN)"
     return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}"
+
+
+def record_stop(conn: psycopg.Connection[Any], schema: str, partition: int, *, offset: int | None = None,
+                code: str | None = None, message: str | None = None) -> None:
+    """Write why ``partition`` is not projected any further into ``projector_offsets``
+    (``offset`` None: it goes on, the stop is cleared); read by ``aosk.status``."""
+    conn.execute(
+        sql.SQL("update {} set stopped_offset = %s, stop_reason = %s, stop_message = %s, "
+                "stopped_at = case when %s::bigint is null then null else now() end "
+                "where partition = %s").format(qualified(schema, "projector_offsets")),
+        (offset, code, message, offset, partition),
+    )

@@ -54,7 +54,7 @@ from aosk.endpoints import resolve_endpoints
 from aosk.errors import JournalMismatch, ReplayError
 from aosk.journal import Quarantines, record_from_message
 from aosk.kernel import AgentSlot, Record, pseudo_key
-from aosk.projectors.batch import AgentEntry, fold_batch
+from aosk.projectors.batch import AgentEntry, PartitionStop, fold_batch
 from aosk.projectors.db import (
     BATCH_LOCK_KEY,
     DEFAULT_SCHEMA,
@@ -63,6 +63,7 @@ from aosk.projectors.db import (
     get_meta,
     migrate,
     qualified,
+    record_stop,
     set_meta,
 )
 from aosk.projectors.digest import schema_exists
@@ -177,8 +178,7 @@ class Replay:
         self._fresh = True
         """Nothing stored in the shadow that is not in ``_entries`` (a replay from 0)."""
         self._pos: dict[int, int] = {}
-        self._stopped: dict[int, tuple[int, str]] = {}
-        self._stop_codes: dict[int, str] = {}
+        self._stopped: dict[int, PartitionStop] = {}
         self._quarantines = Quarantines.from_journal(self._bootstrap, self.topic)
         self._eof: set[int] = set()
         self._paused: set[int] = set()
@@ -390,10 +390,12 @@ class Replay:
         for a in advances:
             self._pos[a.partition] = a.end
         for s in batch.stops:
-            self._stopped[s.partition] = (s.offset, s.reason)
-            self._stop_codes[s.partition] = s.code
+            self._stopped[s.partition] = s
             log.critical("partition %d STOPPED at offset %d in the rebuild: %s", s.partition, s.offset, s.reason)
         return len(batch.outcomes)
+
+    def _stopped_result(self) -> dict[int, tuple[int, str]]:
+        return {p: (s.offset, s.reason) for p, s in self._stopped.items()}
 
     def _adopt_live_stops(self, conn: psycopg.Connection[Any]) -> None:
         """Stops live projectors recorded at the offsets the rebuild was capped at: the
@@ -410,18 +412,14 @@ class Replay:
                 qualified(self.schema, "projector_offsets"))).fetchall()
         for p, offset, code, message in rows:
             if int(p) not in self._stopped:
-                self._stopped[int(p)] = (int(offset), message or code or "stopped")
-                self._stop_codes[int(p)] = code or "error"
+                self._stopped[int(p)] = PartitionStop(int(p), int(offset), message or code or "stopped",
+                                                      code or "error")
 
     def _record_stops(self, conn: psycopg.Connection[Any]) -> None:
         """The rebuild's stops into the shadow's ``projector_offsets`` (as a live
         projector records its own), so ``aosk db status`` shows them after the swap."""
-        for p, (offset, why) in self._stopped.items():
-            conn.execute(
-                sql.SQL("update {} set stopped_offset = %s, stop_reason = %s, stop_message = %s, stopped_at = now() "
-                        "where partition = %s").format(qualified(self.shadow, "projector_offsets")),
-                (offset, self._stop_codes.get(p, "error"), why, p),
-            )
+        for s in self._stopped.values():
+            record_stop(conn, self.shadow, s.partition, offset=s.offset, code=s.code, message=s.reason)
 
     def _take(self, msgs: list[Any], caps: dict[int, int], over: set[int]) -> dict[int, list[Record]]:
         parts: dict[int, list[Record]] = {}
@@ -515,7 +513,7 @@ class Replay:
                              time.monotonic() - t0)
                     if helper:
                         return ReplayResult(self.schema, self.shadow, None, self.records, 0.0, 0, 0.0, live,
-                                            dict(self._stopped))
+                                            self._stopped_result())
                     if helpers:
                         self._join_helpers(helpers, conn, bar)
                         consumer.close()
@@ -540,7 +538,7 @@ class Replay:
             conn.close()
             self._quarantines.close()
         return ReplayResult(self.schema, self.shadow, old, records, seconds, swapped, lock_ms, live,
-                            dict(self._stopped))
+                            self._stopped_result())
 
     def _shadow_total(self, conn: psycopg.Connection[Any]) -> int:
         return self._shadow_total_in(conn, self.shadow)
@@ -710,7 +708,7 @@ class Replay:
                     self.records += swapped
                 behind = {p: (self._pos[p], caps[p]) for p in self._pos if self._pos[p] != caps[p]}
                 if behind:
-                    why = {p: self._stopped[p][1] for p in behind if p in self._stopped}
+                    why = {p: self._stopped[p].reason for p in behind if p in self._stopped}
                     raise ReplayError(f"the rebuild cannot reach the live offsets on partitions {behind} ({why}); "
                                       "the live schema is unchanged")
                 conn.execute(

@@ -57,6 +57,7 @@ from aosk.projectors.db import (
     migrate,
     open_pool,
     qualified,
+    record_stop,
     set_meta,
 )
 from aosk.projectors.rows import storage_key
@@ -408,15 +409,13 @@ class Projector:
         """Show the stop (None: that the partition goes on) in ``projector_offsets``, for
         ``aosk db status`` and health checks; best effort (the log has it anyway)."""
         p = stop.partition if stop is not None else partition
+        assert p is not None  # a stop, or the partition that goes on
         try:
             with self._pool.connection() as conn:
-                conn.execute(
-                    sql.SQL("update {} set stopped_offset = %s, stop_reason = %s, stop_message = %s, "
-                            "stopped_at = case when %s::bigint is null then null else now() end "
-                            "where partition = %s").format(qualified(self.schema, "projector_offsets")),
-                    (None, None, None, None, p) if stop is None else
-                    (stop.offset, stop.code, stop.reason, stop.offset, p),
-                )
+                if stop is None:
+                    record_stop(conn, self.schema, p)
+                else:
+                    record_stop(conn, self.schema, p, offset=stop.offset, code=stop.code, message=stop.reason)
         except psycopg.Error as e:
             log.warning("could not record the stop of partition %s in projector_offsets: %s", p, e)
 

@@ -64,6 +64,11 @@ class AgentOut(BaseModel):
     capabilities: list[str] | None = None
 
 
+def _journal_unavailable(what: str, error: Exception) -> Problem:
+    return Problem(503, "journal-unavailable", "Journal unavailable", f"the {what} was not written: {error}",
+                   headers={"Retry-After": "5"})
+
+
 def _not_found(agent_id: str) -> Problem:
     # The same answer for a missing agent and another tenant's: ids reveal nothing.
     return Problem(404, "agent-not-found", "Agent not found", f"no agent {agent_id} for this key's tenant")
@@ -88,11 +93,9 @@ def create_agent(body: AgentCreate, request: Request,
             capabilities=body.capabilities, budgets=Budgets(**body.budgets.model_dump()), metadata=body.metadata)
         d = pending.result(10)
     except AoskError as e:
-        raise Problem(503, "journal-unavailable", "Journal unavailable", f"the spawn was not written: {e}",
-                      headers={"Retry-After": "5"}) from e
+        raise _journal_unavailable("spawn", e) from e
     except TimeoutError as e:
-        raise Problem(503, "journal-unavailable", "Journal unavailable",
-                      "the broker did not acknowledge the spawn within 10 s", headers={"Retry-After": "5"}) from e
+        raise _journal_unavailable("spawn", TimeoutError("the broker did not acknowledge it within 10 s")) from e
     return Accepted(agent_id=agent_id, event_id=pending.event_id, partition=d.partition, offset=d.offset)
 
 
@@ -156,8 +159,7 @@ def kill_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, De
                               by=f"api-key:{caller.key_id}")
         d = pending.result(10)
     except (AoskError, TimeoutError) as e:
-        raise Problem(503, "journal-unavailable", "Journal unavailable", f"the kill was not written: {e}",
-                      headers={"Retry-After": "5"}) from e
+        raise _journal_unavailable("kill", e) from e
     return EventAcceptedBrief(event_id=pending.event_id, partition=d.partition, offset=d.offset)
 
 
@@ -169,12 +171,8 @@ def get_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, Dep
     from aosk.projectors.db import DEFAULT_SCHEMA, qualified
     from aosk.projectors.rows import storage_key
 
-    settings = request.app.state.settings
+    _owned(request, caller, agent_id)
     with request.app.state.pool.connection() as conn:
-        owned = conn.execute(sql.SQL("select 1 from {} where agent_id = %s and tenant_id = %s").format(
-            sql.Identifier(settings.api.schema_name, "agents")), (agent_id, caller.tenant_id)).fetchone()
-        if owned is None:
-            raise _not_found(agent_id)
         try:
             row: Any = conn.execute(
                 sql.SQL("select status, seq, journal_partition, last_offset, tokens_used, tokens_left, "
@@ -270,8 +268,7 @@ def append_event(agent_id: AgentId, body: EventIn, request: Request,
     except EventRejected as e:
         raise Problem(422, "invalid-event", "Invalid event", str(e)) from e
     except (AoskError, TimeoutError) as e:
-        raise Problem(503, "journal-unavailable", "Journal unavailable", f"the event was not written: {e}",
-                      headers={"Retry-After": "5"}) from e
+        raise _journal_unavailable("event", e) from e
     out = EventAccepted(event_id=event.event_id, partition=d.partition, offset=d.offset)
     if wait is None:
         return out

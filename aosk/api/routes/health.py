@@ -19,10 +19,11 @@ def readiness(request: Request) -> dict[str, Any]:
     """``healthy`` or ``degraded`` with the checks (``aosk.status.health``). A shared
     dependency's trouble is ``degraded`` with status 200: one bad database must not take
     every replica out of its load balancer at once."""
+    from aosk.projectors.db import DEFAULT_SCHEMA
     from aosk.status import health
     from aosk.streams.kafka import group_id
 
     settings = request.app.state.settings
     ep = request.app.state.endpoints
     return health(bootstrap=ep.bootstrap, dsn=ep.dsn, topic=settings.kafka.journal_topic,
-                  worker_group=group_id(settings.kafka.topic_prefix), schema="aosk", timeout=3.0).to_json()
+                  worker_group=group_id(settings.kafka.topic_prefix), schema=DEFAULT_SCHEMA, timeout=3.0).to_json()
