@@ -209,6 +209,10 @@ def test_unknown_fingerprint_stops_only_its_partition(settings, tmp_path) -> Non
             _start(workers, s, node)
             wanted = {(p, o) for p, e in ends.items() if p != 3 for o in range(e)} | {(3, o) for o in range(bad_offset)}
             wait_for(lambda: wanted <= verdict_positions(), timeout=120, what="verdicts on the other partitions")  # noqa: B023 - wait_for calls it within this iteration
+            # After a restart the verdicts above already exist, so they say nothing about this worker:
+            # wait until it has reached the unknown record itself.
+            wait_for(lambda: "partition STOPPED" in workers.procs[node].log(), timeout=120,  # noqa: B023 - as above
+                     what=f"worker {node} to stop partition 3")
             got = verdict_positions()
             assert not {(3, o) for o in range(bad_offset, ends[3])} & got, "records at/after the unknown one"
             log = workers.procs[node].log()
