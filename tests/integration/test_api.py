@@ -4,11 +4,7 @@ too narrow a scope) as problem documents, and tenant scoping of ``/api/v1/status
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import psycopg
@@ -17,24 +13,10 @@ import pytest
 from aosk.projectors.db import migrate
 from aosk.topics import ensure_topics
 from aosk.waiting import wait_for
-from projector_harness import Projectors, projector_env, run_cli
+from api_harness import api_process, make_key
+from projector_harness import Projectors, run_cli
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _key(settings, tenant: str, scope: str) -> tuple[str, str]:
-    out = run_cli(settings, "keys", "create", "--tenant", tenant, "--scope", scope, "--name", f"{tenant}-{scope}")
-    assert out.returncode == 0, out
-    lines = out.stdout.strip().splitlines()
-    key = lines[-1]
-    assert key.startswith("aosk_") and key not in lines[0]
-    return lines[0].split()[1], key
 
 
 @pytest.fixture(scope="module")
@@ -49,31 +31,8 @@ def api(settings, tmp_path_factory) -> Iterator[tuple[str, object]]:
                      "messages_bounced, children_requested, accepted, rejected, duplicates, updated_at, state) "
                      "select 'a' || t, 0, t, 'READY', 3, 1, 0, '', '', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, '{}', "
                      "0, 0, 0, 0, 0, 0, 1, 0, 0, now(), '' from unnest(array['acme', 'acme2', 'globex']) t")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("api") / "api.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "aosk.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
-                                env=projector_env(settings), stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"aosk api exited {proc.returncode}:\n{Path(log).read_text()}")
-        try:
-            return httpx.get(base + "/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(up, timeout=60, what="aosk api to answer /health")
-        yield base, settings
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    with api_process(settings, tmp_path_factory.mktemp("api")) as api:
+        yield api.base, settings
 
 
 def test_liveness_and_readiness(api) -> None:
@@ -98,9 +57,9 @@ def test_a_missing_malformed_or_unknown_key_is_a_401_problem(api, header) -> Non
 
 def test_scopes_and_tenants(api) -> None:
     base, settings = api
-    _, read = _key(settings, "acme", "read")
-    _, admin = _key(settings, "acme", "admin")
-    _, other = _key(settings, "globex", "admin")
+    _, read = make_key(settings, "acme", "read")
+    _, admin = make_key(settings, "acme", "admin")
+    _, other = make_key(settings, "globex", "admin")
     r = httpx.get(base + "/api/v1/status", headers={"X-API-Key": read})
     assert r.status_code == 403 and "scope admin" in r.json()["detail"]
     mine = httpx.get(base + "/api/v1/status", headers={"X-API-Key": admin}).json()
@@ -111,7 +70,7 @@ def test_scopes_and_tenants(api) -> None:
 
 def test_a_revoked_key_is_refused_within_a_second_or_two(api) -> None:
     base, settings = api
-    key_id, admin = _key(settings, "acme", "admin")
+    key_id, admin = make_key(settings, "acme", "admin")
     assert httpx.get(base + "/api/v1/status", headers={"X-API-Key": admin}).status_code == 200
     out = run_cli(settings, "keys", "revoke", key_id)
     assert out.returncode == 0, out
@@ -135,9 +94,9 @@ def test_the_openapi_schema_declares_the_key(api) -> None:
 
 def test_create_an_agent_then_read_it_back_only_from_its_tenant(api, tmp_path) -> None:
     base, settings = api
-    _, write = _key(settings, "acme", "write")
-    _, read = _key(settings, "acme", "read")
-    _, other = _key(settings, "globex", "admin")
+    _, write = make_key(settings, "acme", "write")
+    _, read = make_key(settings, "acme", "read")
+    _, other = make_key(settings, "globex", "admin")
     body = {"name": "researcher", "priority": 70, "capabilities": ["search"],
             "budgets": {"max_tokens": 5000, "max_tool_calls": 10, "max_steps": 100, "context_window_tokens": 2000}}
     assert httpx.post(base + "/api/v1/agents", json=body, headers={"X-API-Key": read}).status_code == 403
@@ -180,8 +139,8 @@ def test_append_events_with_the_kernels_verdict(api, tmp_path) -> None:
     from worker_harness import Workers, read_topic
 
     base, settings = api
-    _, write = _key(settings, "acme", "write")
-    _, other = _key(settings, "globex", "write")
+    _, write = make_key(settings, "acme", "write")
+    _, other = make_key(settings, "globex", "write")
     h = {"X-API-Key": write}
     made = httpx.post(base + "/api/v1/agents", json={"name": "doer"}, headers=h, timeout=30).json()
     agent_id = made["agent_id"]
@@ -225,8 +184,8 @@ def test_append_events_with_the_kernels_verdict(api, tmp_path) -> None:
 
 def test_list_pages_through_the_tenants_agents_and_delete_kills(api) -> None:
     base, settings = api
-    _, write = _key(settings, "pager", "write")
-    _, other = _key(settings, "pager2", "write")
+    _, write = make_key(settings, "pager", "write")
+    _, other = make_key(settings, "pager2", "write")
     h = {"X-API-Key": write}
     made = sorted(httpx.post(base + "/api/v1/agents", json={"name": f"a{i}"}, headers=h, timeout=30).json()["agent_id"]
                   for i in range(3))
@@ -244,7 +203,7 @@ def test_list_pages_through_the_tenants_agents_and_delete_kills(api) -> None:
 
 def test_ids_that_cannot_exist_are_client_errors_not_server_errors(api) -> None:
     base, settings = api
-    _, write = _key(settings, "acme", "write")
+    _, write = make_key(settings, "acme", "write")
     h = {"X-API-Key": write}
     for path in ("/api/v1/agents/%00", "/api/v1/agents/" + "x" * 300, "/api/v1/agents?cursor=%00",
                  "/api/v1/agents?status=%00"):
@@ -259,7 +218,7 @@ def test_no_request_the_schema_allows_is_a_server_error(api) -> None:
     from hypothesis import HealthCheck, given, settings
 
     base, cfg = api
-    _, key = _key(cfg, "fuzz", "admin")
+    _, key = make_key(cfg, "fuzz", "admin")
     spec = schemathesis.openapi.from_url(base + "/openapi.json")
     checked = []
     for result in spec.get_all_operations():
