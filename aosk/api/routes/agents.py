@@ -19,15 +19,15 @@ AgentId = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00]+$
 
 
 class BudgetsIn(BaseModel):
-    max_tokens: int = Field(100_000, ge=0, le=2**62)
-    max_tool_calls: int = Field(1_000, ge=0, le=2**62)
-    max_steps: int = Field(10_000, ge=0, le=2**62)
-    context_window_tokens: int = Field(8_000, ge=1, le=2**62)
+    max_tokens: int = Field(100_000, ge=0, le=2**62, strict=True)
+    max_tool_calls: int = Field(1_000, ge=0, le=2**62, strict=True)
+    max_steps: int = Field(10_000, ge=0, le=2**62, strict=True)
+    context_window_tokens: int = Field(8_000, ge=1, le=2**62, strict=True)
 
 
 class AgentCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-    priority: int = Field(50, ge=0, le=100)
+    priority: int = Field(50, ge=0, le=100, strict=True)
     capabilities: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list,
                                                                                    max_length=100)
     budgets: BudgetsIn = Field(default_factory=BudgetsIn)
@@ -199,7 +199,8 @@ def client_event_types() -> frozenset[str]:
 
 
 class EventIn(BaseModel):
-    type: str = Field(min_length=1, max_length=100, description="an event type a client may send")
+    type: str = Field(min_length=1, max_length=100, description="an event type a client may send",
+                      json_schema_extra={"enum": sorted(client_event_types())})
     payload: dict[str, Any] = Field(default_factory=dict, description="the event's own fields (docs/events.md)")
     event_id: uuid.UUID | None = Field(None, description="the idempotency key of the event (default: a new UUID)")
 
