@@ -198,9 +198,13 @@ def client_event_types() -> frozenset[str]:
     return frozenset(EVENT_TYPES) - KERNEL_ONLY - _RUNTIME_TYPES - {"AgentSpawned"}
 
 
+def _client_type_enum() -> dict[str, Any]:
+    return {"enum": sorted(client_event_types())}
+
+
 class EventIn(BaseModel):
     type: str = Field(min_length=1, max_length=100, description="an event type a client may send",
-                      json_schema_extra={"enum": sorted(client_event_types())})
+                      json_schema_extra=_client_type_enum())
     payload: dict[str, Any] = Field(default_factory=dict, description="the event's own fields (docs/events.md)")
     event_id: uuid.UUID | None = Field(None, description="the idempotency key of the event (default: a new UUID)")
 
