@@ -169,5 +169,25 @@ def test_no_route_tells_one_tenants_agents_from_missing_ones(stack) -> None:
             assert got == _shape(_call(api, key, method, path, missing), missing), (method, path, key)
             assert got[0] == 401, (method, path, key, got)
         tried.append(f"{method} {path}")
+    # An event of the other tenant's own agent that names this one: the same 404 as a missing agent.
+    sender = _agent(api, theirs, "sender")
+    with api.client(theirs) as c:
+        def message_to(to: str) -> tuple[int, str, str]:
+            body = {"type": "MessageSent", "payload": {"message_id": str(uuid.uuid4()), "to_agent_id": to,
+                                                       "body": "hi"}}
+            return _shape(c.post(f"/api/v1/agents/{sender}/events", json=body), to)
+
+        missing = str(uuid.uuid4())
+        assert message_to(agent) == message_to(missing) and message_to(agent)[0] == 404
+        # Ids of new agents are the API's to give: a client cannot name (and so collide with) one.
+        named = c.post(f"/api/v1/agents/{sender}/events",
+                       json={"type": "SpawnRequested", "payload": {"child_id": agent, "name": "x"}})
+        assert named.status_code == 422 and "child_id" in named.json()["detail"], named.text
+        child_spec = {"name": "x", "priority": 50, "capabilities": [], "metadata": {}, "budgets": {
+            "max_tokens": 100, "max_tool_calls": 1, "max_steps": 10, "context_window_tokens": 100}}
+        spawned = c.post(f"/api/v1/agents/{sender}/events", json={"type": "SpawnRequested", "payload": child_spec})
+        assert spawned.status_code == 202, spawned.text
+        child = spawned.json()["new_agent_id"]
+        assert c.get(f"/api/v1/agents/{child}").status_code == 200
     # Nothing any of that sent reached the agent's journal.
     assert journal_of(agent) == before, tried

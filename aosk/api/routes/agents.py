@@ -74,19 +74,27 @@ def _not_found(agent_id: str) -> Problem:
     return Problem(404, "agent-not-found", "Agent not found", f"no agent {agent_id} for this key's tenant")
 
 
+def new_agent(request: Request, caller: ApiKey, agent_id: str | None = None) -> str:
+    """A new agent id (a UUID, or ``agent_id`` the API drew), recorded as the caller's
+    tenant's before anything names it in the journal: ids are the API's to give, so they
+    reveal nothing across tenants."""
+    from psycopg import sql
+
+    agent_id = agent_id or str(uuid.uuid4())
+    with request.app.state.pool.connection() as conn:
+        conn.execute(sql.SQL("insert into {} (agent_id, tenant_id) values (%s, %s)").format(
+            sql.Identifier(request.app.state.settings.api.schema_name, "agents")), (agent_id, caller.tenant_id))
+    return agent_id
+
+
 @router.post("", status_code=202, response_model=Accepted, summary="Create an agent (READY once judged)")
 def create_agent(body: AgentCreate, request: Request,
                  caller: Annotated[ApiKey, Depends(require("write"))]) -> Accepted:
-    from psycopg import sql
 
     from aosk.errors import AoskError
     from aosk.events import Budgets
 
-    settings = request.app.state.settings
-    agent_id = str(uuid.uuid4())
-    with request.app.state.pool.connection() as conn:
-        conn.execute(sql.SQL("insert into {} (agent_id, tenant_id) values (%s, %s)").format(
-            sql.Identifier(settings.api.schema_name, "agents")), (agent_id, caller.tenant_id))
+    agent_id = new_agent(request, caller)
     try:
         pending = request.app.state.kernel.spawn(
             agent_id=agent_id, tenant_id=caller.tenant_id, name=body.name, priority=body.priority,
@@ -187,6 +195,8 @@ def get_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, Dep
 # not the ones the runtime owns (model and tool calls), and not a spawn (POST /agents).
 _RUNTIME_TYPES = frozenset({"LlmCallRequested", "LlmCallCompleted", "ToolCallRequested", "ToolCallCompleted"})
 _HEADER_FIELDS = frozenset({"event_id", "agent_id", "tenant_id", "occurred_at", "origin"})
+_NEW_AGENT_FIELD = {"SpawnRequested": "child_id", "ForkRequested": "new_agent_id"}
+"""Events that name a new agent: the API allocates its id (and records its owner) first."""
 _REJECTION_STATUS = {"illegal_transition": 409, "budget_exhausted": 409, "not_spawned": 409,
                      "capability_denied": 403, "tenant_mismatch": 404}
 
@@ -221,6 +231,8 @@ class EventAccepted(BaseModel):
     event_id: str
     partition: int
     offset: int
+    new_agent_id: str | None = None
+    """The id the API allocated for the agent a SpawnRequested or ForkRequested names."""
     verdict: VerdictOut | None = None
 
 
@@ -259,13 +271,25 @@ def append_event(agent_id: AgentId, body: EventIn, request: Request,
     stray = sorted(_HEADER_FIELDS & set(body.payload))
     if stray:
         raise Problem(422, "invalid-event", "Invalid event", f"payload must not set {stray}: the API stamps them")
-    plain = {"type": body.type, **body.payload, "event_id": str(body.event_id or uuid.uuid4()), "agent_id": agent_id,
+    payload = dict(body.payload)
+    new_id = _NEW_AGENT_FIELD.get(body.type)
+    if new_id is not None:
+        if new_id in payload:
+            raise Problem(422, "invalid-event", "Invalid event",
+                          f"payload must not set {new_id}: the API allocates new agents' ids")
+        payload[new_id] = str(uuid.uuid4())  # recorded as the caller's once the event is valid
+    to = payload.get("to_agent_id") if body.type == "MessageSent" else None
+    if isinstance(to, str):
+        _owned(request, caller, to)  # a message to another tenant's agent never reaches its journal
+    plain = {"type": body.type, **payload, "event_id": str(body.event_id or uuid.uuid4()), "agent_id": agent_id,
              "tenant_id": caller.tenant_id, "occurred_at": time.time_ns() // 1000, "origin": "client",
              "correlation_id": body.payload.get("correlation_id"), "causation_id": body.payload.get("causation_id")}
     try:
         event = event_from_plain(plain)
     except (TypeError, ValueError, KeyError) as e:
         raise Problem(422, "invalid-event", "Invalid event", f"{body.type}: {e}") from e
+    if new_id is not None:
+        new_agent(request, caller, payload[new_id])
     kernel = request.app.state.kernel
     try:
         pending = kernel.send(event)
@@ -274,7 +298,8 @@ def append_event(agent_id: AgentId, body: EventIn, request: Request,
         raise Problem(422, "invalid-event", "Invalid event", str(e)) from e
     except (AoskError, TimeoutError) as e:
         raise _journal_unavailable("event", e) from e
-    out = EventAccepted(event_id=event.event_id, partition=d.partition, offset=d.offset)
+    out = EventAccepted(event_id=event.event_id, partition=d.partition, offset=d.offset,
+                        new_agent_id=payload[new_id] if new_id else None)
     if wait is None:
         return out
     try:
