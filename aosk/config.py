@@ -110,6 +110,19 @@ class ApiSettings(_Section):
     schema_name: str = Field("aosk_api", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     """PostgreSQL schema of the API's own tables (keys), outside the projection schema
     ``aosk replay`` swaps."""
+    idempotency_ttl_s: int = Field(86_400, ge=1)
+    """Seconds an ``Idempotency-Key`` record is kept (a retry after that is a new request)."""
+    idempotency_lease_s: float = Field(30.0, gt=0)
+    """Seconds a pending ``Idempotency-Key`` is leased to the request producing it; a
+    retry after the lease expired (its producer crashed) takes it over with the same event id."""
+    consistency_wait_s: float = Field(5.0, ge=0)
+    """Longest a read with an ``AOSK-Consistency-Token`` waits for the projection (then 504)."""
+    rate_limit_per_s: float = Field(1000.0, ge=0)
+    """Requests per second per API key in each API process (a token bucket); 0 turns it off."""
+    rate_limit_burst: int = Field(2000, ge=1)
+    """Bucket size: the requests a key may send at once after being idle."""
+    max_body_bytes: int = Field(1_048_576, ge=1)
+    """Largest request body accepted (413 above it, checked before parsing)."""
 
 
 class Settings(_Section):
@@ -149,6 +162,12 @@ ENV_KEYS: Mapping[str, str] = {
     "AOSK_API_HOST": "api.host",
     "AOSK_API_PORT": "api.port",
     "AOSK_API_SCHEMA": "api.schema_name",
+    "AOSK_API_IDEMPOTENCY_TTL_S": "api.idempotency_ttl_s",
+    "AOSK_API_IDEMPOTENCY_LEASE_S": "api.idempotency_lease_s",
+    "AOSK_API_CONSISTENCY_WAIT_S": "api.consistency_wait_s",
+    "AOSK_API_RATE_LIMIT_PER_S": "api.rate_limit_per_s",
+    "AOSK_API_RATE_LIMIT_BURST": "api.rate_limit_burst",
+    "AOSK_API_MAX_BODY_BYTES": "api.max_body_bytes",
 }
 
 

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aosk.api.auth import key_cache
+from aosk.api.limits import BodyCap, RateLimiter
 from aosk.api.openapi import install_openapi
 from aosk.api.problems import Problem, http_problem, problem_response, validation_problem
 from aosk.config import Settings
@@ -25,6 +26,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from aosk.api.idempotency import IdempotencyStore
+        from aosk.api.idempotency import ensure_schema as ensure_idempotency_schema
         from aosk.api.keys import ensure_schema
         from aosk.endpoints import resolve_endpoints
         from aosk.projectors.db import connect, open_pool
@@ -32,11 +35,14 @@ def create_app(settings: Settings) -> FastAPI:
         ep = resolve_endpoints(settings)
         with connect(ep.dsn) as conn:
             ensure_schema(conn, settings.api.schema_name)
+            ensure_idempotency_schema(conn, settings.api.schema_name)
         from aosk.client import KernelClient
 
         pool = open_pool(ep.dsn, settings.storage.postgresql, name="aosk-api", min_size=1, max_size=4)
         app.state.pool = pool
         app.state.keys = key_cache(pool, settings.api.schema_name)
+        app.state.idempotency = IdempotencyStore(pool, settings.api.schema_name, ttl_s=settings.api.idempotency_ttl_s,
+                                                 lease_s=settings.api.idempotency_lease_s)
         app.state.endpoints = ep
         app.state.kernel = KernelClient.from_settings(settings, client_id=f"aosk-api-{settings.node_id}",
                                                       watch_verdicts=True)
@@ -50,6 +56,8 @@ def create_app(settings: Settings) -> FastAPI:
                   description="The Agent OS Kernel's front door. Every /api/v1 route needs an X-API-Key.")
     app.state.settings = settings
     app.state.started = time.monotonic()
+    app.state.rate_limiter = RateLimiter(settings.api.rate_limit_per_s, settings.api.rate_limit_burst)
+    app.add_middleware(BodyCap, max_bytes=settings.api.max_body_bytes)
     app.add_exception_handler(Problem, problem_response)
     app.add_exception_handler(RequestValidationError, validation_problem)
     app.add_exception_handler(StarletteHTTPException, http_problem)

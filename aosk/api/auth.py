@@ -35,6 +35,7 @@ def _caller(request: Request, key: Annotated[str | None, Security(api_key_header
     if found is None:
         raise Problem(401, "unauthenticated", "Unauthenticated", "the API key is unknown or revoked",
                       headers={"WWW-Authenticate": "X-API-Key"})
+    request.app.state.rate_limiter.check(found.key_id)  # 429 rate-limited (aosk/api/limits.py)
     return found
 
 

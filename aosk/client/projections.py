@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from aosk.errors import AoskError, PostgresUnavailable, ProjectionTimeout
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from aosk.client._producer import Delivery
     from aosk.config import Settings
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from aosk.projectors.history import PointInTime
     from aosk.projectors.memory import Recalled
 
-__all__ = ["ProjectionReader", "AgentView", "ProjectionTimeout"]
+__all__ = ["ProjectionReader", "AgentView", "ProjectionTimeout", "wait_until_projected"]
 
 
 @dataclass(frozen=True)
@@ -141,35 +141,7 @@ class ProjectionReader:
     def wait_until_projected(self, partition: int, offset: int, *, timeout: float = 30.0) -> None:
         """Return once the journal record at (``partition``, ``offset``) is in every
         projection; ``ProjectionTimeout`` after ``timeout`` seconds."""
-        import psycopg
-        from psycopg import sql
-
-        from aosk.projectors.db import qualified
-        from aosk.projectors.writer import notify_channel
-
-        deadline = time.monotonic() + timeout
-        query = sql.SQL("select next_offset from {} where partition = %s").format(
-            qualified(self.schema, "projector_offsets")
-        )
-        with psycopg.connect(self._dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("listen {}").format(sql.Identifier(notify_channel(self.schema))))
-            while True:
-                try:
-                    row = conn.execute(query, (partition,)).fetchone()
-                except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
-                    row = None  # projectors not started yet: they migrate the schema at start
-                if row is not None and int(row[0]) > offset:
-                    return
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    have = None if row is None else int(row[0])
-                    raise ProjectionTimeout(
-                        f"journal record {partition}:{offset} not projected within {timeout:.0f}s (partition "
-                        f"{partition} is projected up to {have}); are projectors running (`aosk project`)?"
-                    )
-                # woken by the projectors' NOTIFY after each batch; re-checked at least every second
-                for _ in conn.notifies(timeout=min(left, 1.0), stop_after=1):
-                    pass
+        wait_until_projected(self._dsn, self.schema, {partition: offset}, timeout=timeout)
 
     def wait_for(self, delivery: Delivery, *, timeout: float = 30.0) -> None:
         """``wait_until_projected`` for a produced event's acknowledgement."""
@@ -200,3 +172,37 @@ class ProjectionReader:
 
     def __repr__(self) -> str:
         return f"ProjectionReader(schema={self.schema!r})"
+
+
+def wait_until_projected(dsn: str, schema: str, positions: Mapping[int, int], *, timeout: float) -> None:
+    """Return once, for every ``partition -> offset`` in ``positions``, the journal record
+    at that offset is in the projection ``schema``; ``ProjectionTimeout`` after ``timeout``
+    seconds. Sleeps on the projectors' ``NOTIFY`` (re-checking at least every second)."""
+    import psycopg
+    from psycopg import sql
+
+    from aosk.projectors.db import qualified
+    from aosk.projectors.writer import notify_channel
+
+    deadline = time.monotonic() + timeout
+    query = sql.SQL("select partition, next_offset from {} where partition = any(%s)").format(
+        qualified(schema, "projector_offsets"))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("listen {}").format(sql.Identifier(notify_channel(schema))))
+        while True:
+            try:
+                have = {int(p): int(o) for p, o in conn.execute(query, (list(positions),)).fetchall()}
+            except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+                have = {}  # projectors not started yet: they migrate the schema at start
+            behind = {p: o for p, o in positions.items() if have.get(p, 0) <= o}
+            if not behind:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                p, o = min(behind.items())
+                raise ProjectionTimeout(
+                    f"journal record {p}:{o} not projected within {timeout:g}s (partition {p} is projected up "
+                    f"to {have.get(p)}); are projectors running (`aosk project`)?")
+            # woken by the projectors' NOTIFY after each batch; re-checked at least every second
+            for _ in conn.notifies(timeout=min(left, 1.0), stop_after=1):
+                pass

@@ -9,6 +9,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from aosk.api.auth import require
+from aosk.api.consistency import consistent_read, write_token
+from aosk.api.idempotency import Idempotency, idempotency
 from aosk.api.keys import ApiKey
 from aosk.api.problems import Problem
 
@@ -81,30 +83,36 @@ def new_agent(request: Request, caller: ApiKey, agent_id: str | None = None) -> 
     from psycopg import sql
 
     agent_id = agent_id or str(uuid.uuid4())
-    with request.app.state.pool.connection() as conn:
-        conn.execute(sql.SQL("insert into {} (agent_id, tenant_id) values (%s, %s)").format(
+    with request.app.state.pool.connection() as conn:  # a retry taking over an Idempotency-Key finds its row
+        conn.execute(sql.SQL("insert into {} (agent_id, tenant_id) values (%s, %s) on conflict do nothing").format(
             sql.Identifier(request.app.state.settings.api.schema_name, "agents")), (agent_id, caller.tenant_id))
     return agent_id
 
 
 @router.post("", status_code=202, response_model=Accepted, summary="Create an agent (READY once judged)")
-def create_agent(body: AgentCreate, request: Request,
-                 caller: Annotated[ApiKey, Depends(require("write"))]) -> Accepted:
+def create_agent(body: AgentCreate, request: Request, caller: Annotated[ApiKey, Depends(require("write"))],
+                 idem: Annotated[Idempotency, Depends(idempotency)]) -> Any:
+    from fastapi.responses import JSONResponse
 
     from aosk.errors import AoskError
     from aosk.events import Budgets
 
-    agent_id = new_agent(request, caller)
-    try:
-        pending = request.app.state.kernel.spawn(
-            agent_id=agent_id, tenant_id=caller.tenant_id, name=body.name, priority=body.priority,
-            capabilities=body.capabilities, budgets=Budgets(**body.budgets.model_dump()), metadata=body.metadata)
-        d = pending.result(10)
-    except AoskError as e:
-        raise _journal_unavailable("spawn", e) from e
-    except TimeoutError as e:
-        raise _journal_unavailable("spawn", TimeoutError("the broker did not acknowledge it within 10 s")) from e
-    return Accepted(agent_id=agent_id, event_id=pending.event_id, partition=d.partition, offset=d.offset)
+    def produce(event_id: str, agent_id: str) -> JSONResponse:
+        new_agent(request, caller, agent_id)
+        try:
+            pending = request.app.state.kernel.spawn(
+                agent_id=agent_id, tenant_id=caller.tenant_id, name=body.name, priority=body.priority,
+                capabilities=body.capabilities, budgets=Budgets(**body.budgets.model_dump()), metadata=body.metadata,
+                event_id=event_id)
+            d = pending.result(10)
+        except AoskError as e:
+            raise _journal_unavailable("spawn", e) from e
+        except TimeoutError as e:
+            raise _journal_unavailable("spawn", TimeoutError("the broker did not acknowledge it within 10 s")) from e
+        out = Accepted(agent_id=agent_id, event_id=pending.event_id, partition=d.partition, offset=d.offset)
+        return JSONResponse(out.model_dump(), status_code=202, headers=write_token(d.partition, d.offset))
+
+    return idem.run(produce)
 
 
 class AgentPage(BaseModel):
@@ -114,7 +122,8 @@ class AgentPage(BaseModel):
     """Pass as ``cursor`` for the next page (agents are ordered by id)."""
 
 
-@router.get("", response_model=AgentPage, summary="The caller's tenant's agents, a page at a time")
+@router.get("", response_model=AgentPage, summary="The caller's tenant's agents, a page at a time",
+            dependencies=[Depends(consistent_read)])
 def list_agents(request: Request, caller: Annotated[ApiKey, Depends(require("read"))],
                 status: Annotated[str | None, Query(max_length=32, pattern=r"^[A-Z]+$")] = None,
                 cursor: Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00]*$")] = None,
@@ -156,22 +165,31 @@ def _view(tenant_id: str, agent_id: str, row: Any) -> AgentOut:
 
 @router.delete("/{agent_id}", status_code=202, response_model=EventAcceptedBrief,
                summary="Kill the agent (AgentKilled; TERMINATED once judged)")
-def kill_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, Depends(require("write"))]) -> Any:
+def kill_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, Depends(require("write"))],
+               idem: Annotated[Idempotency, Depends(idempotency)]) -> Any:
+    from fastapi.responses import JSONResponse
+
     from aosk.errors import AoskError
     from aosk.events import AgentKilled
 
     _owned(request, caller, agent_id)
     kernel = request.app.state.kernel
-    try:
-        pending = kernel.emit(AgentKilled, agent_id=agent_id, tenant_id=caller.tenant_id, signal="SIGKILL",
-                              by=f"api-key:{caller.key_id}")
-        d = pending.result(10)
-    except (AoskError, TimeoutError) as e:
-        raise _journal_unavailable("kill", e) from e
-    return EventAcceptedBrief(event_id=pending.event_id, partition=d.partition, offset=d.offset)
+
+    def produce(event_id: str, _: str) -> JSONResponse:
+        try:
+            pending = kernel.emit(AgentKilled, agent_id=agent_id, tenant_id=caller.tenant_id, signal="SIGKILL",
+                                  by=f"api-key:{caller.key_id}", event_id=event_id)
+            d = pending.result(10)
+        except (AoskError, TimeoutError) as e:
+            raise _journal_unavailable("kill", e) from e
+        out = EventAcceptedBrief(event_id=pending.event_id, partition=d.partition, offset=d.offset)
+        return JSONResponse(out.model_dump(), status_code=202, headers=write_token(d.partition, d.offset))
+
+    return idem.run(produce)
 
 
-@router.get("/{agent_id}", response_model=AgentOut, summary="One agent of the caller's tenant, as projected")
+@router.get("/{agent_id}", response_model=AgentOut, summary="One agent of the caller's tenant, as projected",
+            dependencies=[Depends(consistent_read)])
 def get_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, Depends(require("read"))]) -> AgentOut:
     import psycopg
     from psycopg import sql
@@ -250,7 +268,8 @@ def _owned(request: Request, caller: ApiKey, agent_id: str) -> None:
 @router.post("/{agent_id}/events", status_code=202, response_model=EventAccepted,
              summary="Append an event to the agent's journal (?wait=verdict: answer with the kernel's verdict)")
 def append_event(agent_id: AgentId, body: EventIn, request: Request,
-                 caller: Annotated[ApiKey, Depends(require("write"))], wait: str | None = None) -> Any:
+                 caller: Annotated[ApiKey, Depends(require("write"))],
+                 idem: Annotated[Idempotency, Depends(idempotency)], wait: str | None = None) -> Any:
     import time
 
     from fastapi.responses import JSONResponse
@@ -271,46 +290,53 @@ def append_event(agent_id: AgentId, body: EventIn, request: Request,
     stray = sorted(_HEADER_FIELDS & set(body.payload))
     if stray:
         raise Problem(422, "invalid-event", "Invalid event", f"payload must not set {stray}: the API stamps them")
-    payload = dict(body.payload)
-    new_id = _NEW_AGENT_FIELD.get(body.type)
-    if new_id is not None:
-        if new_id in payload:
-            raise Problem(422, "invalid-event", "Invalid event",
-                          f"payload must not set {new_id}: the API allocates new agents' ids")
-        payload[new_id] = str(uuid.uuid4())  # recorded as the caller's once the event is valid
-    to = payload.get("to_agent_id") if body.type == "MessageSent" else None
+    new_field = _NEW_AGENT_FIELD.get(body.type)
+    if new_field is not None and new_field in body.payload:
+        raise Problem(422, "invalid-event", "Invalid event",
+                      f"payload must not set {new_field}: the API allocates new agents' ids")
+    to = body.payload.get("to_agent_id") if body.type == "MessageSent" else None
     if isinstance(to, str):
         _owned(request, caller, to)  # a message to another tenant's agent never reaches its journal
-    plain = {"type": body.type, **payload, "event_id": str(body.event_id or uuid.uuid4()), "agent_id": agent_id,
-             "tenant_id": caller.tenant_id, "occurred_at": time.time_ns() // 1000, "origin": "client",
-             "correlation_id": body.payload.get("correlation_id"), "causation_id": body.payload.get("causation_id")}
-    try:
-        event = event_from_plain(plain)
-    except (TypeError, ValueError, KeyError) as e:
-        raise Problem(422, "invalid-event", "Invalid event", f"{body.type}: {e}") from e
-    if new_id is not None:
-        new_agent(request, caller, payload[new_id])
     kernel = request.app.state.kernel
-    try:
-        pending = kernel.send(event)
-        d = pending.result(10)
-    except EventRejected as e:
-        raise Problem(422, "invalid-event", "Invalid event", str(e)) from e
-    except (AoskError, TimeoutError) as e:
-        raise _journal_unavailable("event", e) from e
-    out = EventAccepted(event_id=event.event_id, partition=d.partition, offset=d.offset,
-                        new_agent_id=payload[new_id] if new_id else None)
-    if wait is None:
-        return out
-    try:
-        t = kernel.wait_for_verdict(event.event_id, timeout=10)
-    except TimeoutError:
-        return out  # 202 without a verdict: written, not judged yet (is a worker running?)
-    out.verdict = VerdictOut(verdict=t.verdict, reason=t.reason, message=t.message, status=t.status, seq=t.seq)
-    if t.verdict == "rejected":
-        status = _REJECTION_STATUS.get(t.reason, 422)
-        if status == 404:
-            raise _not_found(agent_id)
-        raise Problem(status, "rejected", "Rejected by the kernel", t.message, reason=t.reason,
-                      event_id=event.event_id, partition=d.partition, offset=d.offset)
-    return JSONResponse(out.model_dump(), status_code=200)
+
+    def produce(event_id: str, new_id: str) -> JSONResponse:
+        # new_id: the id of the agent a SpawnRequested / ForkRequested names, stable across
+        # retries of one Idempotency-Key; recorded as the caller's once the event is valid
+        payload = {**body.payload, new_field: new_id} if new_field is not None else dict(body.payload)
+        plain = {"type": body.type, **payload, "event_id": event_id, "agent_id": agent_id,
+                 "tenant_id": caller.tenant_id, "occurred_at": time.time_ns() // 1000, "origin": "client",
+                 "correlation_id": body.payload.get("correlation_id"),
+                 "causation_id": body.payload.get("causation_id")}
+        try:
+            event = event_from_plain(plain)
+        except (TypeError, ValueError, KeyError) as e:
+            raise Problem(422, "invalid-event", "Invalid event", f"{body.type}: {e}") from e
+        if new_field is not None:
+            new_agent(request, caller, new_id)
+        try:
+            pending = kernel.send(event)
+            d = pending.result(10)
+        except EventRejected as e:
+            raise Problem(422, "invalid-event", "Invalid event", str(e)) from e
+        except (AoskError, TimeoutError) as e:
+            raise _journal_unavailable("event", e) from e
+        token = write_token(d.partition, d.offset)
+        out = EventAccepted(event_id=event.event_id, partition=d.partition, offset=d.offset,
+                            new_agent_id=new_id if new_field is not None else None)
+        if wait is None:
+            return JSONResponse(out.model_dump(), status_code=202, headers=token)
+        try:
+            t = kernel.wait_for_verdict(event.event_id, timeout=10)
+        except TimeoutError:
+            # 202 without a verdict: written, not judged yet (is a worker running?)
+            return JSONResponse(out.model_dump(), status_code=202, headers=token)
+        out.verdict = VerdictOut(verdict=t.verdict, reason=t.reason, message=t.message, status=t.status, seq=t.seq)
+        if t.verdict == "rejected":
+            status = _REJECTION_STATUS.get(t.reason, 422)
+            if status == 404:
+                raise _not_found(agent_id)
+            raise Problem(status, "rejected", "Rejected by the kernel", t.message, reason=t.reason,
+                          event_id=event.event_id, partition=d.partition, offset=d.offset, headers=token)
+        return JSONResponse(out.model_dump(), status_code=200, headers=token)
+
+    return idem.run(produce, event_id=str(body.event_id) if body.event_id else None)
