@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 
 from aosk.api.idempotency import request_hash
 from aosk.topics import ensure_topics
-from api_harness import ApiProcess, api_process, make_key
+from api_harness import ApiProcess, api_process
 from projector_harness import Projectors
 from worker_harness import Workers, read_journal
 
@@ -35,6 +36,15 @@ class Stack:
     other: str
 
 
+def _keys(settings: Any, *wanted: tuple[str, str]) -> list[str]:
+    """New keys (tenant, scope) straight from the key store (``aosk keys`` is tested in test_api.py)."""
+    from aosk.api.keys import KeyStore
+
+    with psycopg.connect(settings.storage.postgresql.dsn) as conn:
+        store = KeyStore(conn, settings.api.schema_name)
+        return [store.create(tenant_id=t, scope=scope)[1] for t, scope in wanted]
+
+
 @pytest.fixture(scope="module")
 def stack(settings, tmp_path_factory) -> Iterator[Stack]:
     ensure_topics(settings.kafka.bootstrap_servers, settings.kafka)
@@ -45,19 +55,38 @@ def stack(settings, tmp_path_factory) -> Iterator[Stack]:
         projectors.start("p1")
         workers = es.enter_context(Workers(settings, logs / "workers"))
         workers.start("w1")
-        api1 = es.enter_context(api_process(settings, logs, name="api1"))
-        api2 = es.enter_context(api_process(settings, logs, name="api2"))
-        tight = es.enter_context(api_process(settings, logs, name="tight", env={
-            "AOSK_API_RATE_LIMIT_PER_S": "0.5", "AOSK_API_RATE_LIMIT_BURST": "2", "AOSK_API_CONSISTENCY_WAIT_S": "0.3"}))
-        _, write = make_key(settings, "acme", "write")
-        _, other = make_key(settings, "acme", "read")
+        tight_env = {"AOSK_API_RATE_LIMIT_PER_S": "0.5", "AOSK_API_RATE_LIMIT_BURST": "2",
+                     "AOSK_API_CONSISTENCY_WAIT_S": "0.3"}
+        starting = [api_process(settings, logs, name="api1"), api_process(settings, logs, name="api2"),
+                    api_process(settings, logs, name="tight", env=tight_env)]
+        api1, api2, tight = _enter_all(es, starting)
+        write, other = _keys(settings, ("acme", "write"), ("acme", "read"))
         yield Stack(settings, api1, api2, tight, write, other)
+
+
+def _enter_all(es: ExitStack, managers: list[Any]) -> list[Any]:
+    """Enter ``managers`` at once (each waits for its process to answer), exits pushed on ``es``."""
+    def enter(cm: Any) -> Any:
+        try:
+            return cm.__enter__(), None
+        except BaseException as e:  # noqa: BLE001 - re-raised below, after the others are registered
+            return None, e
+
+    with ThreadPoolExecutor(len(managers)) as pool:
+        entered = list(pool.map(enter, managers))
+    for cm, (_, error) in zip(managers, entered, strict=True):
+        if error is None:
+            es.push(cm.__exit__)
+    for _, error in entered:
+        if error is not None:
+            raise error
+    return [value for value, _ in entered]
 
 
 def _post(api: ApiProcess, path: str, body: Any, key: str, idem: str | None = None) -> httpx.Response:
     headers = {"X-API-Key": key, **({"Idempotency-Key": idem} if idem else {})}
-    return httpx.post(api.base + path, content=json.dumps(body), headers={**headers, "content-type": "application/json"},
-                      timeout=30)
+    return httpx.post(api.base + path, content=json.dumps(body),
+                      headers={**headers, "content-type": "application/json"}, timeout=30)
 
 
 def _same(a: httpx.Response, b: httpx.Response) -> bool:
@@ -98,7 +127,8 @@ def test_one_key_to_two_api_processes_writes_once_and_answers_the_same(stack: St
         "X-API-Key": s.other, "AOSK-Consistency-Token": answers[0].headers["aosk-consistency-token"]})
     assert seen.json()["status"] == "RUNNING", seen.text
     k = s.settings.kafka
-    journal = [r for r in read_journal(k.bootstrap_servers, k.journal_topic) if r.event and r.event.event_id == event_id]
+    journal = [r for r in read_journal(k.bootstrap_servers, k.journal_topic)
+               if r.event is not None and r.event.event_id == event_id]
     assert len(journal) == 1
     with psycopg.connect(s.settings.storage.postgresql.dsn) as conn:
         rows = conn.execute("select count(*) from aosk.audit_log where event_id = %s", (event_id,)).fetchone()
@@ -134,9 +164,12 @@ def test_a_pending_key_is_409_while_leased_and_taken_over_with_its_event_id_afte
 def test_consistency_tokens_that_cannot_be_met_or_read(stack: Stack) -> None:
     s = stack
     h = {"X-API-Key": s.other}
-    listed = httpx.get(f"{s.tight.base}/api/v1/agents", headers={**h, "AOSK-Consistency-Token": "0:0"}, timeout=30)
-    assert listed.status_code == 200, listed.text
-    assert all(":" in pair for pair in listed.headers["aosk-projected-offset"].split(","))
+    token = _post(s.api1, "/api/v1/agents", {"name": "listed"}, s.write).headers["aosk-consistency-token"]
+    listed = httpx.get(f"{s.api2.base}/api/v1/agents", headers={**h, "AOSK-Consistency-Token": token}, timeout=30)
+    assert listed.status_code == 200 and "listed" not in listed.text, listed.text  # names are not in the view
+    projected = dict(pair.split(":") for pair in listed.headers["aosk-projected-offset"].split(","))
+    partition, offset = token.split(":")
+    assert int(projected[partition]) > int(offset)
     far = httpx.get(f"{s.tight.base}/api/v1/agents", headers={**h, "AOSK-Consistency-Token": "0:999999999"})
     assert far.status_code == 504 and far.json()["type"].endswith("/not-yet-projected"), far.text
     bad = httpx.get(f"{s.api1.base}/api/v1/agents", headers={**h, "AOSK-Consistency-Token": "zero"})
@@ -145,7 +178,7 @@ def test_consistency_tokens_that_cannot_be_met_or_read(stack: Stack) -> None:
 
 def test_a_key_over_its_rate_is_429_with_retry_after(stack: Stack) -> None:
     s = stack
-    _, key = make_key(s.settings, "limited", "read")
+    [key] = _keys(s.settings, ("limited", "read"))
     codes = [httpx.get(f"{s.tight.base}/api/v1/agents", headers={"X-API-Key": key}) for _ in range(3)]
     assert [c.status_code for c in codes[:2]] == [200, 200]
     assert codes[2].status_code == 429 and codes[2].json()["type"].endswith("/rate-limited")
