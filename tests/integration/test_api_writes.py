@@ -153,6 +153,10 @@ def test_a_pending_key_is_409_while_leased_and_taken_over_with_its_event_id_afte
     with psycopg.connect(s.settings.storage.postgresql.dsn, autocommit=True) as conn:
         conn.execute(insert, ("leased", digest, 60, crashed_event))
         conn.execute(insert, ("crashed", digest, -1, crashed_event))
+        conn.execute(insert.replace("now() + interval '1 hour'", "now()"), ("expired", b"another request", 60,
+                                                                             crashed_event))
+    fresh = _post(s.api1, path, body, s.write, "expired")  # past its ttl: the key is new again
+    assert fresh.status_code == 202 and fresh.json()["event_id"] != crashed_event, fresh.text
     busy = _post(s.api2, path, body, s.write, "leased")
     assert busy.status_code == 409 and busy.json()["type"].endswith("/idempotency-in-progress"), busy.text
     assert 1 <= int(busy.headers["retry-after"]) <= 60

@@ -98,3 +98,68 @@ def test_the_body_cap_refuses_long_and_chunked_bodies_before_the_app_sees_them()
     assert status == 413 and problem["type"].endswith("/body-too-large") and "Content-Length 11" in problem["detail"]
     status, problem = _call(cap, [b"123456", b"789012"], [])  # chunked: no length, counted as received
     assert status == 413 and "at most 10 bytes" in problem["detail"]
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def claim(self, tenant_id: str, key: str, digest: bytes, event_id: str, resource_id: str) -> Any:
+        from aosk.api.idempotency import Claimed
+
+        self.calls.append("claim")
+        return Claimed("stored-event", "stored-id")
+
+    def finish(self, tenant_id: str, key: str, response: Any) -> Any:
+        self.calls.append(f"finish {response.status_code}")
+        return response
+
+    def release(self, tenant_id: str, key: str) -> None:
+        self.calls.append("release")
+
+
+def _idem(key: str | None) -> tuple[Any, _Store]:
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from aosk.api.idempotency import Idempotency
+
+    store = _Store()
+    request = Request({"type": "http", "method": "POST", "path": "/x", "headers": [], "query_string": b"",
+                       "app": SimpleNamespace(state=SimpleNamespace(idempotency=store))})
+    return Idempotency(request, "acme", key, b"d"), store
+
+
+def test_run_produces_with_the_claimed_ids_stores_results_and_releases_on_a_5xx() -> None:
+    from fastapi.responses import JSONResponse
+
+    idem, store = _idem("k")
+    seen: list[tuple[str, str]] = []
+
+    def ok(event_id: str, new_id: str) -> JSONResponse:
+        seen.append((event_id, new_id))
+        return JSONResponse({"ok": True}, status_code=202)
+
+    assert idem.run(ok, event_id="mine").status_code == 202
+    assert seen == [("stored-event", "stored-id")] and store.calls == ["claim", "finish 202"]
+
+    def rejected(event_id: str, new_id: str) -> JSONResponse:
+        raise Problem(409, "rejected", "Rejected", "illegal transition")
+
+    idem, store = _idem("k")
+    answer = idem.run(rejected)  # a result of producing: stored and answered, not raised
+    assert answer.status_code == 409 and json.loads(bytes(answer.body))["type"].endswith("/rejected")
+    assert store.calls == ["claim", "finish 409"]
+
+    def unavailable(event_id: str, new_id: str) -> JSONResponse:
+        raise Problem(503, "journal-unavailable", "Journal unavailable", "broker down")
+
+    idem, store = _idem("k")
+    with pytest.raises(Problem):
+        idem.run(unavailable)
+    assert store.calls == ["claim", "release"]  # the next retry takes the key over
+
+    idem, store = _idem(None)
+    assert idem.run(ok, event_id="mine").status_code == 202
+    assert seen[-1][0] == "mine" and store.calls == []
