@@ -28,13 +28,23 @@ from aosk.api.auth import require
 from aosk.api.keys import ApiKey
 from aosk.api.problems import Problem
 
-__all__ = ["TOKEN_HEADER", "PROJECTED_HEADER", "parse_token", "format_positions", "consistent_read",
-           "write_token"]
+__all__ = ["TOKEN_HEADER", "PROJECTED_HEADER", "WRITE_RESPONSES", "READ_RESPONSES", "parse_token",
+           "format_positions", "consistent_read", "write_token"]
 
 TOKEN_HEADER: Final = "AOSK-Consistency-Token"
 PROJECTED_HEADER: Final = "AOSK-Projected-Offset"
 _PAIR: Final = re.compile(r"^\s*(\d{1,9}):(\d{1,19})\s*$")
 _MAX_PAIRS: Final = 1024
+
+
+WRITE_RESPONSES: Final[dict[int | str, dict[str, object]]] = {202: {"headers": {TOKEN_HEADER: {
+    "description": "`<partition>:<offset>` of the record written: send it back on a read to read this write",
+    "schema": {"type": "string"}}}}}
+"""OpenAPI ``responses=`` of a write route (the header it answers with)."""
+READ_RESPONSES: Final[dict[int | str, dict[str, object]]] = {200: {"headers": {PROJECTED_HEADER: {
+    "description": "`<partition>:<next offset>[,...]`: records below it were projected before this read",
+    "schema": {"type": "string"}}}}}
+"""OpenAPI ``responses=`` of a read route with ``consistent_read``."""
 
 
 def parse_token(token: str) -> dict[int, int]:

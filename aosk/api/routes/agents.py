@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from aosk.api.auth import require
-from aosk.api.consistency import consistent_read, write_token
+from aosk.api.consistency import READ_RESPONSES, WRITE_RESPONSES, consistent_read, write_token
 from aosk.api.idempotency import Idempotency, idempotency
 from aosk.api.keys import ApiKey
 from aosk.api.problems import Problem
@@ -89,7 +89,8 @@ def new_agent(request: Request, caller: ApiKey, agent_id: str | None = None) -> 
     return agent_id
 
 
-@router.post("", status_code=202, response_model=Accepted, summary="Create an agent (READY once judged)")
+@router.post("", status_code=202, response_model=Accepted, summary="Create an agent (READY once judged)",
+             responses=WRITE_RESPONSES)
 def create_agent(body: AgentCreate, request: Request, caller: Annotated[ApiKey, Depends(require("write"))],
                  idem: Annotated[Idempotency, Depends(idempotency)]) -> Any:
     from fastapi.responses import JSONResponse
@@ -123,7 +124,7 @@ class AgentPage(BaseModel):
 
 
 @router.get("", response_model=AgentPage, summary="The caller's tenant's agents, a page at a time",
-            dependencies=[Depends(consistent_read)])
+            dependencies=[Depends(consistent_read)], responses=READ_RESPONSES)
 def list_agents(request: Request, caller: Annotated[ApiKey, Depends(require("read"))],
                 status: Annotated[str | None, Query(max_length=32, pattern=r"^[A-Z]+$")] = None,
                 cursor: Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00]*$")] = None,
@@ -164,7 +165,7 @@ def _view(tenant_id: str, agent_id: str, row: Any) -> AgentOut:
 
 
 @router.delete("/{agent_id}", status_code=202, response_model=EventAcceptedBrief,
-               summary="Kill the agent (AgentKilled; TERMINATED once judged)")
+               summary="Kill the agent (AgentKilled; TERMINATED once judged)", responses=WRITE_RESPONSES)
 def kill_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, Depends(require("write"))],
                idem: Annotated[Idempotency, Depends(idempotency)]) -> Any:
     from fastapi.responses import JSONResponse
@@ -189,7 +190,7 @@ def kill_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, De
 
 
 @router.get("/{agent_id}", response_model=AgentOut, summary="One agent of the caller's tenant, as projected",
-            dependencies=[Depends(consistent_read)])
+            dependencies=[Depends(consistent_read)], responses=READ_RESPONSES)
 def get_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, Depends(require("read"))]) -> AgentOut:
     import psycopg
     from psycopg import sql
@@ -266,7 +267,8 @@ def _owned(request: Request, caller: ApiKey, agent_id: str) -> None:
 
 
 @router.post("/{agent_id}/events", status_code=202, response_model=EventAccepted,
-             summary="Append an event to the agent's journal (?wait=verdict: answer with the kernel's verdict)")
+             summary="Append an event to the agent's journal (?wait=verdict: answer with the kernel's verdict)",
+             responses=WRITE_RESPONSES)
 def append_event(agent_id: AgentId, body: EventIn, request: Request,
                  caller: Annotated[ApiKey, Depends(require("write"))],
                  idem: Annotated[Idempotency, Depends(idempotency)], wait: str | None = None) -> Any:
