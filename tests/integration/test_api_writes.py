@@ -164,6 +164,14 @@ def test_a_pending_key_is_409_while_leased_and_taken_over_with_its_event_id_afte
     assert took.status_code == 202 and took.json()["event_id"] == crashed_event, took.text
     assert _same(took, _post(s.api1, path, body, s.write, "crashed"))
 
+    # The id of a new agent an event names is allocated once per key, like the event id.
+    spec = {"name": "child", "priority": 50, "capabilities": [], "metadata": {}, "budgets": {
+        "max_tokens": 100, "max_tool_calls": 1, "max_steps": 10, "context_window_tokens": 100}}
+    spawns = [_post(api, path, {"type": "SpawnRequested", "payload": spec}, s.write, "spawn-1")
+              for api in (s.api1, s.api2)]
+    assert spawns[0].status_code == 202 and _same(*spawns), spawns[0].text
+    assert spawns[0].json()["new_agent_id"] not in (None, agent_id)
+
 
 def test_consistency_tokens_that_cannot_be_met_or_read(stack: Stack) -> None:
     s = stack
