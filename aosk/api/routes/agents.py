@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from aosk.api.auth import not_found, owned, require
 from aosk.api.keys import ApiKey
-from aosk.api.problems import Problem
+from aosk.api.problems import Problem, projections_unavailable
 from aosk.reads.agents import AgentSummary
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
@@ -129,9 +129,7 @@ def list_agents(request: Request, caller: Annotated[ApiKey, Depends(require("rea
             rows = owned_agents(conn, DEFAULT_SCHEMA, settings.api.schema_name, caller.tenant_id, after=cursor or "",
                                 status=status, limit=limit + 1)
     except psycopg.errors.UndefinedTable as e:
-        raise Problem(503, "projections-unavailable", "Projections unavailable",
-                      f"the projection schema {DEFAULT_SCHEMA} does not exist yet (start `aosk project`)",
-                      headers={"Retry-After": "5"}) from e
+        raise projections_unavailable(DEFAULT_SCHEMA) from e
     page = [_view(caller.tenant_id, agent_id, summary) for agent_id, summary in rows[:limit]]
     more = len(rows) > limit
     return AgentPage(agents=page, has_more=more, next_cursor=page[-1].agent_id if more else None)

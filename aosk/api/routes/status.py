@@ -17,7 +17,7 @@ router = APIRouter(prefix="/api/v1", tags=["status"])
 def status(request: Request, caller: Annotated[ApiKey, Depends(require("admin"))]) -> dict[str, Any]:
     import psycopg
 
-    from aosk.api.problems import Problem
+    from aosk.api.problems import projections_unavailable
     from aosk.projectors.db import DEFAULT_SCHEMA
     from aosk.reads.status import agents_by_status, projected_records
 
@@ -26,9 +26,7 @@ def status(request: Request, caller: Annotated[ApiKey, Depends(require("admin"))
             by_status = agents_by_status(conn, DEFAULT_SCHEMA, caller.tenant_id)
             projected = projected_records(conn, DEFAULT_SCHEMA)
     except psycopg.errors.UndefinedTable as e:
-        raise Problem(503, "projections-unavailable", "Projections unavailable",
-                      f"the projection schema {DEFAULT_SCHEMA} does not exist yet (start `aosk project`)",
-                      headers={"Retry-After": "5"}) from e
+        raise projections_unavailable(DEFAULT_SCHEMA) from e
     return {
         "tenant_id": caller.tenant_id,
         "agents_by_status": by_status,

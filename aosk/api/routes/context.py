@@ -1,0 +1,101 @@
+"""``/api/v1/context``: append to an agent's context window (a ``ContextAppended`` through
+``POST /api/v1/agents/{id}/events``'s code path) and read the window as projected, with
+the entries the kernel paged out of it (``aosk.kernel.paging``)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from aosk.api.auth import owned, require
+from aosk.api.keys import ApiKey
+from aosk.api.problems import projections_unavailable
+from aosk.api.routes.agents import AgentId, EventAccepted, EventIn, append_event
+
+router = APIRouter(prefix="/api/v1/context", tags=["context"])
+
+
+class ContextIn(BaseModel):
+    agent_id: str = Field(min_length=1, max_length=256, pattern=r"^[^\x00]+$")
+    role: str = Field("user", min_length=1, max_length=64)
+    content: str = Field(max_length=1_000_000)
+    tokens: int | None = Field(None, ge=0, le=2**31, strict=True,
+                               description="default: the content's UTF-8 bytes / 4, rounded up")
+    importance: float = Field(0.5, ge=0, le=1, description=">= 0.95 pins the entry (never paged out)")
+    entry_id: str | None = Field(None, min_length=1, max_length=256, pattern=r"^[^\x00]+$",
+                                 description="default: the event id (a new UUID)")
+
+
+class EntryOut(BaseModel):
+    entry_id: str
+    role: str
+    content: str
+    tokens: int
+    importance: float
+    seq: int
+    pinned: bool
+
+
+class PagedOutEntry(BaseModel):
+    entry_id: str
+    """Also the id of the memory the entry became."""
+    role: str | None
+    summary: str
+    tokens: int | None
+    importance: float | None
+    seq: int
+    journal_offset: int
+    forgotten: bool
+
+
+class ContextOut(BaseModel):
+    agent_id: str
+    projected: bool
+    """False until a projector has folded the agent's first record."""
+    seq: int
+    entries: list[EntryOut]
+    tokens_used: int
+    tokens_limit: int
+    paged_out: list[PagedOutEntry]
+    """Newest first."""
+
+
+@router.post("", status_code=202, response_model=EventAccepted,
+             summary="Append an entry to the agent's context window (ContextAppended; ?wait=verdict as for events)")
+def append_context(body: ContextIn, request: Request, caller: Annotated[ApiKey, Depends(require("write"))],
+                   wait: str | None = None) -> Any:
+    event_id = uuid.uuid4()
+    tokens = body.tokens if body.tokens is not None else -(-len(body.content.encode()) // 4)
+    payload = {"entry_id": body.entry_id or str(event_id), "role": body.role, "content": body.content,
+               "tokens": tokens, "importance": body.importance}
+    event = EventIn(type="ContextAppended", payload=payload, event_id=event_id)
+    return append_event(body.agent_id, event, request, caller, wait)
+
+
+@router.get("/{agent_id}", response_model=ContextOut,
+            summary="The agent's context window in order, its token use, and the entries paged out of it")
+def get_context(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, Depends(require("read"))],
+                paged_out_limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> ContextOut:
+    import dataclasses
+
+    import psycopg
+
+    from aosk.projectors.db import DEFAULT_SCHEMA
+    from aosk.reads.context import context_window
+
+    owned(request, caller, agent_id)
+    try:
+        with request.app.state.pool.connection() as conn:
+            w = context_window(conn, DEFAULT_SCHEMA, agent_id, paged_out_limit=paged_out_limit)
+    except psycopg.errors.UndefinedTable as e:
+        raise projections_unavailable(DEFAULT_SCHEMA) from e
+    if w is None:
+        return ContextOut(agent_id=agent_id, projected=False, seq=0, entries=[], tokens_used=0, tokens_limit=0,
+                          paged_out=[])
+    return ContextOut(agent_id=agent_id, projected=True, seq=w.seq, tokens_used=w.tokens_used,
+                      tokens_limit=w.tokens_limit,
+                      entries=[EntryOut(**dataclasses.asdict(e)) for e in w.entries],
+                      paged_out=[PagedOutEntry(**dataclasses.asdict(p)) for p in w.paged_out])

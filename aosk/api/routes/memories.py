@@ -1,0 +1,80 @@
+"""``POST /api/v1/memories/search``: an agent's nearest memories to a query embedding
+(pgvector cosine recall, ``aosk.reads.memory``; a fork also recalls its source's)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from aosk.api.auth import owned, require
+from aosk.api.keys import ApiKey
+from aosk.api.problems import Problem, projections_unavailable
+
+router = APIRouter(prefix="/api/v1/memories", tags=["memories"])
+
+
+class SearchIn(BaseModel):
+    agent_id: str = Field(min_length=1, max_length=256, pattern=r"^[^\x00]+$")
+    query_embedding: list[float] = Field(min_length=1, max_length=16_000,
+                                         description="memory.embedding_dimension finite numbers, not all zero")
+    k: int = Field(10, ge=1, le=1000, strict=True)
+    as_of_offset: int | None = Field(None, ge=0, le=2**62, strict=True,
+                                     description="leave out what the agent stored after this offset of its partition")
+
+
+class MemoryOut(BaseModel):
+    agent_id: str
+    """The agent that stored it (for a fork, possibly an ancestor, up to the fork point)."""
+    memory_id: str
+    source: str
+    """``stored`` (MemoryStored) or ``paged_out`` (an entry paged out of the context window)."""
+    role: str | None
+    text: str | None
+    metadata: dict[str, Any]
+    importance: float | None
+    distance: float
+    """Cosine distance to the query (0 = same direction, 2 = opposite)."""
+    journal_partition: int
+    journal_offset: int
+    seq: int
+
+
+class SearchOut(BaseModel):
+    agent_id: str
+    memories: list[MemoryOut]
+    """Nearest first."""
+
+
+def _invalid_embedding(detail: str) -> Problem:
+    return Problem(422, "invalid-embedding", "Invalid query embedding", f"query_embedding: {detail}")
+
+
+@router.post("/search", response_model=SearchOut, summary="The agent's k memories nearest to a query embedding")
+def search_memories(body: SearchIn, request: Request,
+                    caller: Annotated[ApiKey, Depends(require("read"))]) -> SearchOut:
+    import psycopg
+
+    from aosk.errors import RecallError
+    from aosk.projectors.db import DEFAULT_SCHEMA
+    from aosk.reads.memory import check_query, recall
+
+    owned(request, caller, body.agent_id)
+    try:
+        query = check_query(body.query_embedding, request.app.state.settings.memory.embedding_dimension)
+    except RecallError as e:
+        raise _invalid_embedding(str(e)) from e
+    try:
+        with request.app.state.pool.connection() as conn:
+            found = recall(conn, DEFAULT_SCHEMA, query, k=body.k, tenant_id=caller.tenant_id, agent_id=body.agent_id,
+                           as_of_offset=body.as_of_offset)
+    except psycopg.errors.UndefinedTable as e:
+        raise projections_unavailable(DEFAULT_SCHEMA) from e
+    except RecallError as e:  # the projection's dimension differs from this process's settings
+        raise _invalid_embedding(str(e)) from e
+    return SearchOut(agent_id=body.agent_id, memories=[
+        MemoryOut(agent_id=m.agent_id, memory_id=m.memory_id, source=m.source, role=m.role, text=m.text,
+                  metadata=m.metadata, importance=m.importance, distance=m.distance,
+                  journal_partition=m.journal_partition, journal_offset=m.journal_offset, seq=m.seq)
+        for m in found])
