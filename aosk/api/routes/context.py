@@ -14,6 +14,7 @@ from aosk.api.auth import owned, require
 from aosk.api.keys import ApiKey
 from aosk.api.problems import projections_unavailable
 from aosk.api.routes.agents import AgentId, EventAccepted, EventIn, append_event
+from aosk.reads.context import PagedOut, WindowEntry
 
 router = APIRouter(prefix="/api/v1/context", tags=["context"])
 
@@ -29,37 +30,15 @@ class ContextIn(BaseModel):
                                  description="default: the event id (a new UUID)")
 
 
-class EntryOut(BaseModel):
-    entry_id: str
-    role: str
-    content: str
-    tokens: int
-    importance: float
-    seq: int
-    pinned: bool
-
-
-class PagedOutEntry(BaseModel):
-    entry_id: str
-    """Also the id of the memory the entry became."""
-    role: str | None
-    summary: str
-    tokens: int | None
-    importance: float | None
-    seq: int
-    journal_offset: int
-    forgotten: bool
-
-
 class ContextOut(BaseModel):
     agent_id: str
     projected: bool
     """False until a projector has folded the agent's first record."""
     seq: int
-    entries: list[EntryOut]
+    entries: list[WindowEntry]
     tokens_used: int
     tokens_limit: int
-    paged_out: list[PagedOutEntry]
+    paged_out: list[PagedOut]
     """Newest first."""
 
 
@@ -79,8 +58,6 @@ def append_context(body: ContextIn, request: Request, caller: Annotated[ApiKey, 
             summary="The agent's context window in order, its token use, and the entries paged out of it")
 def get_context(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, Depends(require("read"))],
                 paged_out_limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> ContextOut:
-    import dataclasses
-
     import psycopg
 
     from aosk.projectors.db import DEFAULT_SCHEMA
@@ -97,5 +74,4 @@ def get_context(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, D
                           paged_out=[])
     return ContextOut(agent_id=agent_id, projected=True, seq=w.seq, tokens_used=w.tokens_used,
                       tokens_limit=w.tokens_limit,
-                      entries=[EntryOut(**dataclasses.asdict(e)) for e in w.entries],
-                      paged_out=[PagedOutEntry(**dataclasses.asdict(p)) for p in w.paged_out])
+                      entries=w.entries, paged_out=w.paged_out)

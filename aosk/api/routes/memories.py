@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from aosk.api.auth import owned, require
 from aosk.api.keys import ApiKey
 from aosk.api.problems import Problem, projections_unavailable
+from aosk.reads.memory import Recalled
 
 router = APIRouter(prefix="/api/v1/memories", tags=["memories"])
 
@@ -24,26 +25,9 @@ class SearchIn(BaseModel):
                                      description="leave out what the agent stored after this offset of its partition")
 
 
-class MemoryOut(BaseModel):
-    agent_id: str
-    """The agent that stored it (for a fork, possibly an ancestor, up to the fork point)."""
-    memory_id: str
-    source: str
-    """``stored`` (MemoryStored) or ``paged_out`` (an entry paged out of the context window)."""
-    role: str | None
-    text: str | None
-    metadata: dict[str, Any]
-    importance: float | None
-    distance: float
-    """Cosine distance to the query (0 = same direction, 2 = opposite)."""
-    journal_partition: int
-    journal_offset: int
-    seq: int
-
-
 class SearchOut(BaseModel):
     agent_id: str
-    memories: list[MemoryOut]
+    memories: list[Recalled]
     """Nearest first."""
 
 
@@ -73,8 +57,4 @@ def search_memories(body: SearchIn, request: Request,
         raise projections_unavailable(DEFAULT_SCHEMA) from e
     except RecallError as e:  # the projection's dimension differs from this process's settings
         raise _invalid_embedding(str(e)) from e
-    return SearchOut(agent_id=body.agent_id, memories=[
-        MemoryOut(agent_id=m.agent_id, memory_id=m.memory_id, source=m.source, role=m.role, text=m.text,
-                  metadata=m.metadata, importance=m.importance, distance=m.distance,
-                  journal_partition=m.journal_partition, journal_offset=m.journal_offset, seq=m.seq)
-        for m in found])
+    return SearchOut(agent_id=body.agent_id, memories=found)
