@@ -231,7 +231,7 @@ def _section_projections(settings: Settings, ep: Endpoints, ctx: dict[str, objec
     import psycopg
 
     from aosk.client import ProjectionReader
-    from aosk.projectors.audit import verify
+    from aosk.reads.audit import verify
     from aosk.topics import ensure_topics
     from aosk.workload import generate_workload, produce_workload
 
@@ -286,8 +286,8 @@ def _tamper(settings: Settings, ep: Endpoints, agent: str) -> None:
     import psycopg
 
     from aosk.journal import JournalReader
-    from aosk.projectors.audit import verify
     from aosk.projectors.audit_journal import verify_against_journal
+    from aosk.reads.audit import verify
 
     edits: list[tuple[str, list[str]]] = [
         ("agent_state.status edited", ["update aosk.agent_state set status = 'RUNNING' where agent_id = %s"]),

@@ -13,73 +13,19 @@ does not shrink (and in its log and ``aosk_partition_stopped``).
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import psycopg
-from psycopg import sql
 
 from aosk.errors import AoskError, KafkaUnavailable, PostgresUnavailable
+from aosk.reads.status import PartitionStatus, ProjectionStatus, projection_status
 
 __all__ = ["PartitionStatus", "ProjectionStatus", "Health", "broker_offsets", "projection_status", "health",
            "LAG_DEGRADED_RECORDS"]
 
 LAG_DEGRADED_RECORDS: Final = 10_000
 """Projector or worker lag (records) above which health says ``degraded``."""
-
-
-@dataclass(frozen=True, slots=True)
-class Stopped:
-    offset: int
-    reason: str
-    """``unknown_fingerprint`` | ``unknown_fold_version`` | ``moved_key`` | ``offset_out_of_range`` | ``error``."""
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionStatus:
-    partition: int
-    projected: int
-    """The projection's next offset (``projector_offsets.next_offset``)."""
-    end: int | None
-    """The broker's end offset now (None: not known, Kafka unreachable)."""
-    judged: int | None
-    """The workers' committed offset (None: never committed, or not known)."""
-    last_record_at: Any
-    owner: str | None
-    stopped: Stopped | None
-
-    @property
-    def lag(self) -> int | None:
-        """Records not projected yet."""
-        return None if self.end is None else max(self.end - self.projected, 0)
-
-    @property
-    def worker_lag(self) -> int | None:
-        """Records not judged (committed by a worker) yet."""
-        return None if self.end is None else max(self.end - (self.judged or 0), 0)
-
-
-@dataclass
-class ProjectionStatus:
-    schema: str
-    partitions: list[PartitionStatus] = field(default_factory=list)
-    kafka_problem: str | None = None
-    """Why end offsets are unknown (Kafka unreachable), or None."""
-
-    @property
-    def stopped(self) -> list[PartitionStatus]:
-        return [p for p in self.partitions if p.stopped is not None]
-
-    @property
-    def lag(self) -> int | None:
-        lags = [p.lag for p in self.partitions]
-        return None if any(x is None for x in lags) else sum(x for x in lags if x is not None)
-
-    @property
-    def worker_lag(self) -> int | None:
-        lags = [p.worker_lag for p in self.partitions]
-        return None if any(x is None for x in lags) else sum(x for x in lags if x is not None)
 
 
 def broker_offsets(bootstrap: str, topic: str, worker_group: str, *, timeout: float = 10.0
@@ -106,25 +52,6 @@ def broker_offsets(bootstrap: str, topic: str, worker_group: str, *, timeout: fl
         return ends, committed
     finally:
         c.close()
-
-
-def projection_status(conn: psycopg.Connection[Any], schema: str, *, ends: dict[int, int] | None,
-                      judged: dict[int, int] | None = None, kafka_problem: str | None = None) -> ProjectionStatus:
-    """Each partition of ``schema``'s projection against the broker's ``ends`` (None: unknown)."""
-    from aosk.projectors.db import qualified
-
-    out = ProjectionStatus(schema, kafka_problem=kafka_problem)
-    rows = conn.execute(
-        sql.SQL("select partition, next_offset, last_record_at, owner, stopped_offset, stop_reason, stop_message "
-                "from {} order by partition").format(qualified(schema, "projector_offsets"))
-    ).fetchall()
-    for p, nxt, last, owner, s_off, s_reason, s_msg in rows:
-        # A stop below next_offset is stale: a later projector got past the record.
-        stopped = Stopped(int(s_off), s_reason or "error", s_msg or "") if s_off is not None and s_off >= nxt else None
-        out.partitions.append(PartitionStatus(
-            int(p), int(nxt), None if ends is None else ends.get(int(p)),
-            None if judged is None else judged.get(int(p)), last, owner, stopped))
-    return out
 
 
 Level = Literal["healthy", "degraded", "unhealthy"]

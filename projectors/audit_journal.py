@@ -32,9 +32,9 @@ from psycopg import sql
 from aosk.errors import AoskError
 from aosk.journal import JournalReader, Quarantines
 from aosk.kernel import AgentSlot, Record, apply, fold_args, pseudo_key, route, state_hash
-from aosk.projectors.audit import Break, VerifyResult
 from aosk.projectors.db import qualified
 from aosk.projectors.rows import storage_key
+from aosk.reads.audit import Break, VerifyResult
 
 __all__ = ["verify_against_journal"]
 

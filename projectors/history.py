@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from aosk.errors import HistoryError, NoSuchAgent, PartitionStopped, UnknownFingerprint, UnknownFoldVersion
 from aosk.journal import JournalReader, Quarantines
@@ -40,8 +39,8 @@ from aosk.kernel import (
 )
 from aosk.partitioning import partition_for
 from aosk.projectors.checkpoints import Checkpoint, nearest_checkpoint
-from aosk.projectors.db import qualified
 from aosk.projectors.rows import storage_key
+from aosk.reads.agents import first_offset, stored_state
 
 __all__ = ["PointInTime", "HistoryError", "NoSuchAgent", "PartitionStopped", "state_at", "state_at_seq",
            "CheckpointPastStates"]
@@ -103,17 +102,14 @@ def _fold_range(reader: JournalReader, agent_id: str, partition: int, start_slot
 def _recorded_partitions(conn: psycopg.Connection[Any], schema: str, partition: int) -> int:
     """The partition count ``partition``'s pseudo-agent recorded (0: none, or unknown here)."""
     try:
-        row = conn.execute(
-            sql.SQL("select state from {} where agent_id = %s").format(qualified(schema, "agent_state")),
-            (storage_key(pseudo_key(partition)),),
-        ).fetchone()
+        blob = stored_state(conn, schema, storage_key(pseudo_key(partition)))
     except psycopg.errors.UndefinedTable:
         conn.rollback()
         return 0
-    if row is None:
+    if blob is None:
         return 0
     try:
-        return decode_state(bytes(row[0])).partitions
+        return decode_state(blob).partitions
     except StateDecodeError:
         return 0
 
@@ -173,15 +169,10 @@ def _no_record(conn: psycopg.Connection[Any], schema: str, agent_id: str, partit
                searched: str) -> NoSuchAgent:
     """The error for an agent without a record at or before ``point`` (``searched``: what
     of the journal was read): unknown to ``schema`` too, or not spawned yet then."""
-    row = conn.execute(
-        sql.SQL("select journal_offset from {} where agent_id = %s order by seq limit 1").format(
-            qualified(schema, "audit_log")),
-        (storage_key(agent_id),),
-    ).fetchone()
-    if row is None:
+    first = first_offset(conn, schema, agent_id)
+    if first is None:
         return NoSuchAgent(agent_id, f"no such agent: {agent_id!r} (no record of it in schema {schema}, {searched}); "
                                      "check the agent id")
-    first = int(row[0])
     return NoSuchAgent(agent_id, f"agent {agent_id!r} did not exist yet at {point}: its first record is at "
                                  f"offset {first} of partition {partition}; ask for a point at or after it",
                        first_offset=first)

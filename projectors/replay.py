@@ -71,6 +71,7 @@ from aosk.projectors.rows import storage_key
 from aosk.projectors.runner import checkpoint_every_of, ensure_journal
 from aosk.projectors.stored import UndecodableState, read_stored_entries
 from aosk.projectors.writer import Advance, Fenced, ProjectionWriter, notify_channel, prepare_connection
+from aosk.reads.status import projected_offsets, projected_records
 
 __all__ = ["ReplayError", "ReplayOptions", "ReplayResult", "Replay", "replay", "discard_shadow", "shadow_name"]
 
@@ -235,10 +236,7 @@ class Replay:
                 ).format(qualified(self.shadow, "projector_offsets")),
                 (self.settings.kafka.journal_partitions - 1,),
             )
-            rows = conn.execute(
-                sql.SQL("select partition, next_offset from {}").format(qualified(self.shadow, "projector_offsets"))
-            ).fetchall()
-        self._pos = {int(p): int(o) for p, o in rows}
+            self._pos = projected_offsets(conn, self.shadow)
         if self.options.partitions is not None:
             self._pos = {p: o for p, o in self._pos.items() if p in self.options.partitions}
             return
@@ -309,10 +307,7 @@ class Replay:
         caps: dict[int, int] = {}
         if live:
             try:
-                rows = conn.execute(
-                    sql.SQL("select partition, next_offset from {}").format(qualified(self.schema, "projector_offsets"))
-                ).fetchall()
-                caps = {int(p): int(o) for p, o in rows}
+                caps = projected_offsets(conn, self.schema)
             except psycopg.errors.UndefinedTable:
                 live = False
         conn.commit()
@@ -545,10 +540,9 @@ class Replay:
 
     @staticmethod
     def _shadow_total_in(conn: psycopg.Connection[Any], schema: str) -> int:
-        row = conn.execute(sql.SQL("select coalesce(sum(next_offset), 0) from {}").format(
-            qualified(schema, "projector_offsets"))).fetchone()
+        total = projected_records(conn, schema)
         conn.commit()
-        return int(row[0]) if row else 0
+        return total
 
     def _spawn_helpers(self) -> list[Any]:
         """Processes 2..N of the catch-up, each folding its own share of the partitions
@@ -691,10 +685,7 @@ class Replay:
             live = schema_exists(conn, self.schema)
             old: str | None = None
             if live:
-                rows = conn.execute(
-                    sql.SQL("select partition, next_offset from {}").format(qualified(self.schema, "projector_offsets"))
-                ).fetchall()
-                caps = {int(p): int(o) for p, o in rows}
+                caps = projected_offsets(conn, self.schema)
                 for p in self._pos:
                     caps.setdefault(p, 0)
                 ahead = {p: (self._pos[p], caps[p]) for p in self._pos if self._pos[p] > caps[p]}

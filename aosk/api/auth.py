@@ -11,7 +11,7 @@ from fastapi.security import APIKeyHeader
 from aosk.api.keys import ApiKey, KeyCache, KeyStore
 from aosk.api.problems import Problem
 
-__all__ = ["api_key_header", "require", "key_cache"]
+__all__ = ["api_key_header", "require", "key_cache", "owned", "not_found"]
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="An AOSK API key (`aosk keys create --tenant T --scope S`)")
@@ -49,3 +49,19 @@ def require(scope: str) -> Callable[..., ApiKey]:
         return caller
 
     return dependency
+
+
+def not_found(agent_id: str) -> Problem:
+    """The one answer for a missing agent and another tenant's: ids reveal nothing."""
+    return Problem(404, "agent-not-found", "Agent not found", f"no agent {agent_id} for this key's tenant")
+
+
+def owned(request: Request, caller: ApiKey, agent_id: str) -> None:
+    """Raise ``not_found`` unless the caller's tenant owns ``agent_id``: every route that
+    takes an agent id calls this first."""
+    from aosk.reads.agents import is_owned
+
+    with request.app.state.pool.connection() as conn:
+        mine = is_owned(conn, request.app.state.settings.api.schema_name, agent_id, caller.tenant_id)
+    if not mine:
+        raise not_found(agent_id)

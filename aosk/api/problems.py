@@ -7,7 +7,8 @@ from fastapi.responses import JSONResponse
 
 from aosk.errors import Problem
 
-__all__ = ["Problem", "problem_response", "validation_problem", "http_problem", "TYPE_BASE"]
+__all__ = ["Problem", "problem_response", "validation_problem", "http_problem", "projections_unavailable",
+           "TYPE_BASE"]
 
 TYPE_BASE = "https://aosk.dev/problems/"
 """Problem ``type`` URIs are this plus a stable slug (docs/api.md lists them)."""
@@ -60,3 +61,10 @@ def _allowed(request: Request) -> set[str]:
         if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
             methods |= route.methods
     return methods
+
+
+def projections_unavailable(schema: str) -> Problem:
+    """503 while the projection schema does not exist (no projector has started yet)."""
+    return Problem(503, "projections-unavailable", "Projections unavailable",
+                   f"the projection schema {schema} does not exist yet (start `aosk project`)",
+                   headers={"Retry-After": "5"})

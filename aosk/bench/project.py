@@ -369,7 +369,7 @@ def _check(dsn: str, schema: str, events: int) -> _Checked:
     ``aosk audit verify`` passes."""
     import psycopg
 
-    from aosk.projectors.audit import verify
+    from aosk.reads.audit import verify
 
     with psycopg.connect(dsn) as conn:
         rows = {t: int(conn.execute(f"select count(*) from {schema}.{t}").fetchone()[0])  # type: ignore[index]

@@ -11,7 +11,7 @@ from aosk.cli._flags import add_agent, add_no_progress, add_schema
 from aosk.config import Settings
 
 if TYPE_CHECKING:
-    from aosk.projectors.audit import Break
+    from aosk.reads.audit import Break
 
 _SHOWN = 20
 """Breaks printed (the first, then this many more at most)."""
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.cli.db import connect_schema
-    from aosk.projectors.audit import verify
+    from aosk.reads.audit import verify
 
     with connect_schema(settings, args.schema) as conn:
         res = verify(conn, args.schema, agent_id=args.agent)

@@ -82,7 +82,8 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.errors import AoskError
     from aosk.projectors.db import qualified
     from aosk.projectors.runner import checkpoint_every_of
-    from aosk.status import broker_offsets, projection_status
+    from aosk.reads.status import projection_status
+    from aosk.status import broker_offsets
     from aosk.streams.kafka import group_id
 
     k = settings.kafka

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from aosk.projectors.memory import recall
+    from aosk.reads.memory import recall
 
     mem = sub.add_parser("memory", help="agent memories (pgvector)")
     actions = mem.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -35,23 +35,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _query(conn: psycopg.Connection[Any], args: argparse.Namespace) -> list[float]:
-    from psycopg import sql
-
-    from aosk.projectors.db import qualified
-    from aosk.projectors.rows import storage_key
+    from aosk.reads.memory import memory_embedding
 
     if args.like is not None:
         if args.agent is None:
             raise AoskError("--like needs --agent (memory ids are per agent)")
-        row = conn.execute(
-            sql.SQL("select embedding::text from {} where agent_id = %s and memory_id = %s").format(
-                qualified(args.schema, "memories")
-            ),
-            (storage_key(args.agent), args.like),
-        ).fetchone()
-        if row is None or row[0] is None:
+        found = memory_embedding(conn, args.schema, args.agent, args.like)
+        if found is None:
             raise AoskError(f"memory {args.like} of agent {args.agent} does not exist or has no embedding")
-        return [float(x) for x in row[0].strip("[]").split(",")]
+        return found
     text = args.vector if args.vector is not None else args.vector_file.read_text()
     try:
         value = json.loads(text)
@@ -64,7 +56,7 @@ def _query(conn: psycopg.Connection[Any], args: argparse.Namespace) -> list[floa
 
 def _search(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.cli.db import _connect
-    from aosk.projectors.memory import explain_recall, recall
+    from aosk.reads.memory import explain_recall, recall
 
     if args.tenant is None and args.agent is None:
         raise AoskError("give --tenant (and optionally --agent): memories are scoped by tenant")

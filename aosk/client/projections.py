@@ -15,43 +15,21 @@ on PostgreSQL ``LISTEN`` between checks: projectors ``NOTIFY`` after every batch
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from aosk.errors import AoskError, PostgresUnavailable, ProjectionTimeout
+from aosk.reads.agents import AgentView
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from aosk.client._producer import Delivery
     from aosk.config import Settings
-    from aosk.kernel import AgentState
     from aosk.projectors.history import PointInTime
-    from aosk.projectors.memory import Recalled
+    from aosk.reads.memory import Recalled
 
 __all__ = ["ProjectionReader", "AgentView", "ProjectionTimeout", "wait_until_projected"]
-
-
-@dataclass(frozen=True)
-class AgentView:
-    """An agent as projected: the queryable columns and the full fold state."""
-
-    agent_id: str
-    tenant_id: str | None
-    status: str
-    seq: int
-    partition: int
-    last_offset: int
-    tokens_used: int
-    tokens_left: int
-    tool_calls_used: int
-    tool_calls_left: int
-    steps_used: int
-    steps_left: int
-    state_hash: bytes
-    audit_head: bytes
-    state: AgentState
 
 
 class ProjectionReader:
@@ -87,26 +65,10 @@ class ProjectionReader:
 
     def agent_state(self, agent_id: str) -> AgentView | None:
         """The projected state of ``agent_id`` (None if the projection has never seen it)."""
-        from psycopg import sql
-
-        from aosk.kernel import decode_state
-        from aosk.projectors.db import qualified
-        from aosk.projectors.rows import storage_key
+        from aosk.reads.agents import agent_view
 
         with self._pool.connection() as conn:
-            row = conn.execute(
-                sql.SQL(
-                    "select tenant_id, status, seq, journal_partition, last_offset, tokens_used, tokens_left,"
-                    " tool_calls_used, tool_calls_left, steps_used, steps_left, state_hash, audit_head, state"
-                    " from {} where agent_id = %s"
-                ).format(qualified(self.schema, "agent_state")),
-                (storage_key(agent_id),),
-            ).fetchone()
-        if row is None:
-            return None
-        *cols, state_hash, head, state = row
-        # the row's columns in AgentView's field order (mypy cannot count a starred row)
-        return AgentView(agent_id, *cols, bytes(state_hash), bytes(head), decode_state(bytes(state)))  # type: ignore[call-arg]
+            return agent_view(conn, self.schema, agent_id)
 
     def recall(
         self,
@@ -120,7 +82,7 @@ class ProjectionReader:
         """The ``k`` memories nearest to ``query_embedding`` (cosine distance) within a
         tenant, optionally one agent (an agent alone scopes to its own tenant). Raises
         ``RecallError`` for a query of the wrong dimension or without a scope."""
-        from aosk.projectors.memory import recall
+        from aosk.reads.memory import recall
 
         with self._pool.connection() as conn:
             return recall(conn, self.schema, query_embedding, k=k, tenant_id=tenant_id, agent_id=agent_id,
@@ -128,15 +90,10 @@ class ProjectionReader:
 
     def projected_offsets(self) -> dict[int, int]:
         """``next_offset`` of every journal partition (records below it are projected)."""
-        from psycopg import sql
-
-        from aosk.projectors.db import qualified
+        from aosk.reads.status import projected_offsets
 
         with self._pool.connection() as conn:
-            rows = conn.execute(
-                sql.SQL("select partition, next_offset from {}").format(qualified(self.schema, "projector_offsets"))
-            ).fetchall()
-        return {int(p): int(o) for p, o in rows}
+            return projected_offsets(conn, self.schema)
 
     def wait_until_projected(self, partition: int, offset: int, *, timeout: float = 30.0) -> None:
         """Return once the journal record at (``partition``, ``offset``) is in every
@@ -181,17 +138,15 @@ def wait_until_projected(dsn: str, schema: str, positions: Mapping[int, int], *,
     import psycopg
     from psycopg import sql
 
-    from aosk.projectors.db import qualified
     from aosk.projectors.writer import notify_channel
+    from aosk.reads.status import projected_offsets
 
     deadline = time.monotonic() + timeout
-    query = sql.SQL("select partition, next_offset from {} where partition = any(%s)").format(
-        qualified(schema, "projector_offsets"))
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("listen {}").format(sql.Identifier(notify_channel(schema))))
         while True:
             try:
-                have = {int(p): int(o) for p, o in conn.execute(query, (list(positions),)).fetchall()}
+                have = projected_offsets(conn, schema)
             except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
                 have = {}  # projectors not started yet: they migrate the schema at start
             behind = {p: o for p, o in positions.items() if have.get(p, 0) <= o}

@@ -47,12 +47,12 @@ from aosk.events import (
 )
 from aosk.journal import JournalReader
 from aosk.kernel import decode_state, encode_state
-from aosk.projectors.audit import VerifyResult, verify
 from aosk.projectors.audit_journal import verify_against_journal
 from aosk.projectors.checkpoints import thin
 from aosk.projectors.digest import digest_schema
 from aosk.projectors.rows import memory_hash
 from aosk.projectors.runner import ensure_journal
+from aosk.reads.audit import VerifyResult, verify
 from aosk.workload import generate_workload, produce_workload
 from projection_oracle import end_offsets
 from projector_harness import Projectors, run_cli, wait_caught_up
@@ -386,7 +386,7 @@ def test_audit_row_with_another_record_hash_is_caught_against_the_journal(settin
                               " where agent_id = %s and seq = 3", ("audit-mem-2",))
     # recompute the chain from seq 3 on with a forged value hash, keeping each verdict
     from aosk.kernel import canonical_verdict_bytes
-    from aosk.projectors.audit import verdict_from_row
+    from aosk.reads.audit import verdict_from_row
 
     with tampered(projected) as c:
         cols = [d.name for d in c.execute(f"select * from {SCHEMA}.audit_log limit 0").description or ()]

@@ -17,8 +17,8 @@ import pytest
 from aosk.client import KernelClient, ProjectionReader
 from aosk.config import Settings
 from aosk.events import AgentStarted, Budgets, MemoryStored
-from aosk.projectors.memory import explain_recall
 from aosk.projectors.runner import ensure_journal
+from aosk.reads.memory import explain_recall
 from projection_oracle import end_offsets
 from projector_harness import Projectors, wait_caught_up
 

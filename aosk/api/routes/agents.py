@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from aosk.api.auth import require
+from aosk.api.auth import not_found, owned, require
 from aosk.api.consistency import READ_RESPONSES, WRITE_RESPONSES, consistent_read, write_token
 from aosk.api.idempotency import Idempotency, idempotency
 from aosk.api.keys import ApiKey
-from aosk.api.problems import Problem
+from aosk.api.problems import Problem, projections_unavailable
+from aosk.reads.agents import AgentSummary
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
 
@@ -66,14 +68,9 @@ class AgentOut(BaseModel):
     capabilities: list[str] | None = None
 
 
-def _journal_unavailable(what: str, error: Exception) -> Problem:
+def journal_unavailable(what: str, error: Exception) -> Problem:
     return Problem(503, "journal-unavailable", "Journal unavailable", f"the {what} was not written: {error}",
                    headers={"Retry-After": "5"})
-
-
-def _not_found(agent_id: str) -> Problem:
-    # The same answer for a missing agent and another tenant's: ids reveal nothing.
-    return Problem(404, "agent-not-found", "Agent not found", f"no agent {agent_id} for this key's tenant")
 
 
 def new_agent(request: Request, caller: ApiKey, agent_id: str | None = None) -> str:
@@ -107,9 +104,9 @@ def create_agent(body: AgentCreate, request: Request, caller: Annotated[ApiKey, 
                 event_id=event_id)
             d = pending.result(10)
         except AoskError as e:
-            raise _journal_unavailable("spawn", e) from e
+            raise journal_unavailable("spawn", e) from e
         except TimeoutError as e:
-            raise _journal_unavailable("spawn", TimeoutError("the broker did not acknowledge it within 10 s")) from e
+            raise journal_unavailable("spawn", TimeoutError("the broker did not acknowledge it within 10 s")) from e
         out = Accepted(agent_id=agent_id, event_id=pending.event_id, partition=d.partition, offset=d.offset)
         return JSONResponse(out.model_dump(), status_code=202, headers=write_token(d.partition, d.offset))
 
@@ -132,36 +129,26 @@ def list_agents(request: Request, caller: Annotated[ApiKey, Depends(require("rea
     """Every agent the API created for this tenant (no hidden cap: page with ``cursor``
     until ``has_more`` is false); ``status`` filters on the projected status."""
     import psycopg
-    from psycopg import sql
 
-    from aosk.projectors.db import DEFAULT_SCHEMA, qualified
+    from aosk.projectors.db import DEFAULT_SCHEMA
+    from aosk.reads.agents import owned_agents
 
     settings = request.app.state.settings
-    owners = sql.Identifier(settings.api.schema_name, "agents")
-    q = sql.SQL(
-        "select o.agent_id, s.status, s.seq, s.journal_partition, s.last_offset, s.tokens_used, s.tokens_left, "
-        "s.tool_calls_left, s.steps_left, s.capabilities from {} o left join {} s on s.agent_id = o.agent_id "
-        "where o.tenant_id = %s and o.agent_id > %s and (%s::text is null or s.status = %s) "
-        "order by o.agent_id limit %s").format(owners, qualified(DEFAULT_SCHEMA, "agent_state"))
     try:
         with request.app.state.pool.connection() as conn:
-            rows = conn.execute(q, (caller.tenant_id, cursor or "", status, status, limit + 1)).fetchall()
+            rows = owned_agents(conn, DEFAULT_SCHEMA, settings.api.schema_name, caller.tenant_id, after=cursor or "",
+                                status=status, limit=limit + 1)
     except psycopg.errors.UndefinedTable as e:
-        raise Problem(503, "projections-unavailable", "Projections unavailable",
-                      f"the projection schema {DEFAULT_SCHEMA} does not exist yet (start `aosk project`)",
-                      headers={"Retry-After": "5"}) from e
-    page = [_view(caller.tenant_id, r[0], r[1:] if r[1] is not None else None) for r in rows[:limit]]
+        raise projections_unavailable(DEFAULT_SCHEMA) from e
+    page = [_view(caller.tenant_id, agent_id, summary) for agent_id, summary in rows[:limit]]
     more = len(rows) > limit
     return AgentPage(agents=page, has_more=more, next_cursor=page[-1].agent_id if more else None)
 
 
-def _view(tenant_id: str, agent_id: str, row: Any) -> AgentOut:
-    if row is None:
+def _view(tenant_id: str, agent_id: str, summary: AgentSummary | None) -> AgentOut:
+    if summary is None:
         return AgentOut(agent_id=agent_id, tenant_id=tenant_id, projected=False)
-    status, seq, partition, last_offset, used, left, calls_left, steps_left, caps = row
-    return AgentOut(agent_id=agent_id, tenant_id=tenant_id, projected=True, status=status, seq=seq,
-                    partition=partition, last_offset=last_offset, tokens_used=used, tokens_left=left,
-                    tool_calls_left=calls_left, steps_left=steps_left, capabilities=list(caps))
+    return AgentOut(agent_id=agent_id, tenant_id=tenant_id, projected=True, **dataclasses.asdict(summary))
 
 
 @router.delete("/{agent_id}", status_code=202, response_model=EventAcceptedBrief,
@@ -173,7 +160,7 @@ def kill_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, De
     from aosk.errors import AoskError
     from aosk.events import AgentKilled
 
-    _owned(request, caller, agent_id)
+    owned(request, caller, agent_id)
     kernel = request.app.state.kernel
 
     def produce(event_id: str, _: str) -> JSONResponse:
@@ -182,7 +169,7 @@ def kill_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, De
                                   by=f"api-key:{caller.key_id}", event_id=event_id)
             d = pending.result(10)
         except (AoskError, TimeoutError) as e:
-            raise _journal_unavailable("kill", e) from e
+            raise journal_unavailable("kill", e) from e
         out = EventAcceptedBrief(event_id=pending.event_id, partition=d.partition, offset=d.offset)
         return JSONResponse(out.model_dump(), status_code=202, headers=write_token(d.partition, d.offset))
 
@@ -192,22 +179,13 @@ def kill_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, De
 @router.get("/{agent_id}", response_model=AgentOut, summary="One agent of the caller's tenant, as projected",
             dependencies=[Depends(consistent_read)], responses=READ_RESPONSES)
 def get_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, Depends(require("read"))]) -> AgentOut:
-    import psycopg
-    from psycopg import sql
+    from aosk.projectors.db import DEFAULT_SCHEMA
+    from aosk.reads.agents import agent_summary
 
-    from aosk.projectors.db import DEFAULT_SCHEMA, qualified
-    from aosk.projectors.rows import storage_key
-
-    _owned(request, caller, agent_id)
+    owned(request, caller, agent_id)
     with request.app.state.pool.connection() as conn:
-        try:
-            row: Any = conn.execute(
-                sql.SQL("select status, seq, journal_partition, last_offset, tokens_used, tokens_left, "
-                        "tool_calls_left, steps_left, capabilities from {} where agent_id = %s").format(
-                    qualified(DEFAULT_SCHEMA, "agent_state")), (storage_key(agent_id),)).fetchone()
-        except psycopg.errors.UndefinedTable:
-            row = None  # no projection yet: known to the API, not projected
-    return _view(caller.tenant_id, agent_id, row)
+        summary = agent_summary(conn, DEFAULT_SCHEMA, agent_id)  # None: known to the API, not projected yet
+    return _view(caller.tenant_id, agent_id, summary)
 
 
 # Types a client may send here: not the kernel's own (derived events, partition markers),
@@ -255,34 +233,32 @@ class EventAccepted(BaseModel):
     verdict: VerdictOut | None = None
 
 
-def _owned(request: Request, caller: ApiKey, agent_id: str) -> None:
-    from psycopg import sql
-
-    settings = request.app.state.settings
-    with request.app.state.pool.connection() as conn:
-        owned = conn.execute(sql.SQL("select 1 from {} where agent_id = %s and tenant_id = %s").format(
-            sql.Identifier(settings.api.schema_name, "agents")), (agent_id, caller.tenant_id)).fetchone()
-    if owned is None:
-        raise _not_found(agent_id)
-
-
 @router.post("/{agent_id}/events", status_code=202, response_model=EventAccepted,
              summary="Append an event to the agent's journal (?wait=verdict: answer with the kernel's verdict)",
              responses=WRITE_RESPONSES)
 def append_event(agent_id: AgentId, body: EventIn, request: Request,
                  caller: Annotated[ApiKey, Depends(require("write"))],
                  idem: Annotated[Idempotency, Depends(idempotency)], wait: str | None = None) -> Any:
-    import time
-
     from fastapi.responses import JSONResponse
 
-    from aosk.errors import AoskError, EventRejected
+    check_client_event(agent_id, body, request, caller, wait)
+
+    def produce(event_id: str, new_id: str) -> JSONResponse:
+        out, status, headers = send_client_event(agent_id, body, request, caller, wait, event_id, new_id)
+        return JSONResponse(out.model_dump(), status_code=status, headers=headers)
+
+    return idem.run(produce, event_id=str(body.event_id) if body.event_id else None)
+
+
+def check_client_event(agent_id: str, body: EventIn, request: Request, caller: ApiKey, wait: str | None) -> None:
+    """What ``POST .../events`` refuses before anything is produced (and before an
+    Idempotency-Key is claimed): an agent not the caller's, a type clients may not send,
+    header fields or new agents' ids set by the client, a message to an agent not the caller's."""
     from aosk.events import EVENT_TYPES
-    from aosk.kernel import event_from_plain
 
     if wait not in (None, "verdict"):
         raise Problem(422, "invalid-request", "Invalid request", "wait must be `verdict` or absent")
-    _owned(request, caller, agent_id)
+    owned(request, caller, agent_id)
     if body.type not in EVENT_TYPES:
         raise Problem(422, "unknown-event-type", "Unknown event type",
                       f"{body.type!r} is not an event type; clients may send {sorted(client_event_types())}")
@@ -298,47 +274,54 @@ def append_event(agent_id: AgentId, body: EventIn, request: Request,
                       f"payload must not set {new_field}: the API allocates new agents' ids")
     to = body.payload.get("to_agent_id") if body.type == "MessageSent" else None
     if isinstance(to, str):
-        _owned(request, caller, to)  # a message to another tenant's agent never reaches its journal
+        owned(request, caller, to)  # a message to another tenant's agent never reaches its journal
+
+
+def send_client_event(agent_id: str, body: EventIn, request: Request, caller: ApiKey, wait: str | None,
+                      event_id: str, new_id: str) -> tuple[EventAccepted, int, dict[str, str]]:
+    """Produce a checked client event (``check_client_event``) as ``event_id``, stamped with
+    the caller's tenant and ``origin=client``; with ``wait``, wait (bounded) for its verdict.
+    Answers the body, the status (202 written, 200 judged) and the consistency header.
+    ``new_id``: the id of the agent a SpawnRequested / ForkRequested names, stable across
+    retries of one Idempotency-Key; recorded as the caller's once the event is valid."""
+    import time
+
+    from aosk.errors import AoskError, EventRejected
+    from aosk.kernel import event_from_plain
+
     kernel = request.app.state.kernel
-
-    def produce(event_id: str, new_id: str) -> JSONResponse:
-        # new_id: the id of the agent a SpawnRequested / ForkRequested names, stable across
-        # retries of one Idempotency-Key; recorded as the caller's once the event is valid
-        payload = {**body.payload, new_field: new_id} if new_field is not None else dict(body.payload)
-        plain = {"type": body.type, **payload, "event_id": event_id, "agent_id": agent_id,
-                 "tenant_id": caller.tenant_id, "occurred_at": time.time_ns() // 1000, "origin": "client",
-                 "correlation_id": body.payload.get("correlation_id"),
-                 "causation_id": body.payload.get("causation_id")}
-        try:
-            event = event_from_plain(plain)
-        except (TypeError, ValueError, KeyError) as e:
-            raise Problem(422, "invalid-event", "Invalid event", f"{body.type}: {e}") from e
-        if new_field is not None:
-            new_agent(request, caller, new_id)
-        try:
-            pending = kernel.send(event)
-            d = pending.result(10)
-        except EventRejected as e:
-            raise Problem(422, "invalid-event", "Invalid event", str(e)) from e
-        except (AoskError, TimeoutError) as e:
-            raise _journal_unavailable("event", e) from e
-        token = write_token(d.partition, d.offset)
-        out = EventAccepted(event_id=event.event_id, partition=d.partition, offset=d.offset,
-                            new_agent_id=new_id if new_field is not None else None)
-        if wait is None:
-            return JSONResponse(out.model_dump(), status_code=202, headers=token)
-        try:
-            t = kernel.wait_for_verdict(event.event_id, timeout=10)
-        except TimeoutError:
-            # 202 without a verdict: written, not judged yet (is a worker running?)
-            return JSONResponse(out.model_dump(), status_code=202, headers=token)
-        out.verdict = VerdictOut(verdict=t.verdict, reason=t.reason, message=t.message, status=t.status, seq=t.seq)
-        if t.verdict == "rejected":
-            status = _REJECTION_STATUS.get(t.reason, 422)
-            if status == 404:
-                raise _not_found(agent_id)
-            raise Problem(status, "rejected", "Rejected by the kernel", t.message, reason=t.reason,
-                          event_id=event.event_id, partition=d.partition, offset=d.offset, headers=token)
-        return JSONResponse(out.model_dump(), status_code=200, headers=token)
-
-    return idem.run(produce, event_id=str(body.event_id) if body.event_id else None)
+    new_field = _NEW_AGENT_FIELD.get(body.type)
+    payload = {**body.payload, new_field: new_id} if new_field is not None else dict(body.payload)
+    plain = {"type": body.type, **payload, "event_id": event_id, "agent_id": agent_id,
+             "tenant_id": caller.tenant_id, "occurred_at": time.time_ns() // 1000, "origin": "client",
+             "correlation_id": body.payload.get("correlation_id"), "causation_id": body.payload.get("causation_id")}
+    try:
+        event = event_from_plain(plain)
+    except (TypeError, ValueError, KeyError) as e:
+        raise Problem(422, "invalid-event", "Invalid event", f"{body.type}: {e}") from e
+    if new_field is not None:
+        new_agent(request, caller, new_id)
+    try:
+        pending = kernel.send(event)
+        d = pending.result(10)
+    except EventRejected as e:
+        raise Problem(422, "invalid-event", "Invalid event", str(e)) from e
+    except (AoskError, TimeoutError) as e:
+        raise journal_unavailable("event", e) from e
+    token = write_token(d.partition, d.offset)
+    out = EventAccepted(event_id=event.event_id, partition=d.partition, offset=d.offset,
+                        new_agent_id=new_id if new_field is not None else None)
+    if wait is None:
+        return out, 202, token
+    try:
+        t = kernel.wait_for_verdict(event.event_id, timeout=10)
+    except TimeoutError:
+        return out, 202, token  # written, not judged yet (is a worker running?)
+    out.verdict = VerdictOut(verdict=t.verdict, reason=t.reason, message=t.message, status=t.status, seq=t.seq)
+    if t.verdict == "rejected":
+        status = _REJECTION_STATUS.get(t.reason, 422)
+        if status == 404:
+            raise not_found(agent_id)
+        raise Problem(status, "rejected", "Rejected by the kernel", t.message, reason=t.reason,
+                      event_id=event.event_id, partition=d.partition, offset=d.offset, headers=token)
+    return out, 200, token

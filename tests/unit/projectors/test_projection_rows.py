@@ -29,7 +29,6 @@ from aosk.events import (
 )
 from aosk.journal import record_from_message
 from aosk.kernel import Record, canonical_verdict_bytes, fold_with_verdicts
-from aosk.projectors.audit import verdict_from_row
 from aosk.projectors.batch import fold_batch
 from aosk.projectors.checkpoints import checkpoint_reason
 from aosk.projectors.memory import MemoryChanges
@@ -49,6 +48,7 @@ from aosk.projectors.rows import (
     storage_key,
     ts,
 )
+from aosk.reads.audit import verdict_from_row
 from aosk.workload import RawRecord, generate_workload
 
 BIG = Budgets(max_tokens=10**9, max_tool_calls=10**6, max_steps=10**6, context_window_tokens=300)

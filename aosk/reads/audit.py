@@ -46,7 +46,8 @@ from aosk.projectors.audit_checks import (
 from aosk.projectors.db import qualified
 from aosk.projectors.rows import AGENT_COLUMNS, GENESIS, count_verdict, link, ms_of, storable, storage_key
 
-__all__ = ["Break", "VerifyResult", "verify", "verdict_from_row"]
+__all__ = ["Break", "VerifyResult", "verify", "verdict_from_row", "ChainReport", "chain_report", "offset_of_seq",
+           "seq_at_offset"]
 
 _AUDIT_COLS: Final = (
     "agent_id", "seq", "journal_partition", "journal_offset", "recorded_at", "event_id", "event_type", "kind",
@@ -281,3 +282,47 @@ def _compare_head(res: VerifyResult, agent: str, end: ChainEnd, stored: dict[str
     else:
         return True
     return False
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """One agent's audit chain, verified: its head and, if broken, the first break."""
+
+    agent_id: str
+    records: int
+    """Audit rows of the agent (one per journal record of its key)."""
+    head: bytes | None
+    """``agent_state.audit_head``: the hash of the chain's last row (None: not projected)."""
+    seq: int
+    intact: bool
+    first_break: Break | None
+    break_offset: int | None
+    """The journal offset of the first broken row (None: intact, or the row is missing)."""
+
+
+def offset_of_seq(conn: psycopg.Connection[Any], schema: str, agent_id: str, seq: int) -> int | None:
+    """The journal offset of ``agent_id``'s ``seq``-th record, from its audit row."""
+    row = conn.execute(
+        sql.SQL("select journal_offset from {} where agent_id = %s and seq = %s").format(
+            qualified(schema, "audit_log")), (storage_key(agent_id), seq)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def seq_at_offset(conn: psycopg.Connection[Any], schema: str, agent_id: str, offset: int) -> int | None:
+    """The seq of ``agent_id``'s last record at or before journal ``offset`` of its partition."""
+    row = conn.execute(
+        sql.SQL("select max(seq) from {} where agent_id = %s and journal_offset <= %s").format(
+            qualified(schema, "audit_log")), (storage_key(agent_id), offset)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def chain_report(conn: psycopg.Connection[Any], schema: str, agent_id: str) -> ChainReport:
+    """``verify`` for one agent, with the chain's head and the first break's journal offset."""
+    res = verify(conn, schema, agent_id=agent_id, max_breaks=1)
+    row = conn.execute(
+        sql.SQL("select seq, audit_head from {} where agent_id = %s").format(qualified(schema, "agent_state")),
+        (storage_key(agent_id),)).fetchone()
+    first = res.first
+    at = None if first is None or not first.seq else offset_of_seq(conn, schema, agent_id, first.seq)
+    return ChainReport(agent_id=agent_id, records=res.rows, head=None if row is None else bytes(row[1]),
+                       seq=0 if row is None else int(row[0]), intact=res.ok, first_break=first, break_offset=at)
