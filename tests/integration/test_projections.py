@@ -75,7 +75,7 @@ def test_migrations_are_versioned_idempotent_and_in_their_schema(settings: Setti
         assert migrate(conn, schema="m_test") == []
         listed = conn.execute("select table_name from information_schema.tables where table_schema = 'm_test'")
         tables = {r[0] for r in listed}
-        assert {"agent_state", "audit_log", "checkpoints", "memories", "projector_offsets", "recent_audit",
+        assert {"agent_state", "audit_log", "events", "checkpoints", "memories", "projector_offsets", "recent_audit",
                 "projector_lag", "agents_by_status"} <= tables
         assert not conn.execute("select 1 from information_schema.tables where table_schema = 'public'"
                                 " and table_name = 'audit_log'").fetchone()
