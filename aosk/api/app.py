@@ -19,7 +19,7 @@ __all__ = ["create_app", "app_from_environment"]
 
 def create_app(settings: Settings) -> FastAPI:
     """The API for ``settings``; its PostgreSQL pool opens at start-up and closes at shutdown."""
-    from aosk.api.routes import agents, health, status
+    from aosk.api.routes import agents, health, history, status, stream
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -36,11 +36,16 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.pool = pool
         app.state.keys = key_cache(pool, settings.api.schema_name)
         app.state.endpoints = ep
+        from aosk.api.wakeups import ProjectionWakeups
+        from aosk.projectors.db import DEFAULT_SCHEMA
+
+        app.state.wakeups = ProjectionWakeups(ep.dsn, DEFAULT_SCHEMA)
         app.state.kernel = KernelClient.from_settings(settings, client_id=f"aosk-api-{settings.node_id}",
                                                       watch_verdicts=True)
         try:
             yield
         finally:
+            app.state.wakeups.close()
             app.state.kernel.close(10)
             pool.close()
 
@@ -53,6 +58,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(status.router)
     app.include_router(agents.router)
+    app.include_router(history.router)
+    app.include_router(stream.router)
     return app
 
 

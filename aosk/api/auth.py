@@ -11,7 +11,7 @@ from fastapi.security import APIKeyHeader
 from aosk.api.keys import ApiKey, KeyCache, KeyStore
 from aosk.api.problems import Problem
 
-__all__ = ["api_key_header", "require", "key_cache"]
+__all__ = ["api_key_header", "require", "key_cache", "owned_agent", "agent_not_found"]
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="An AOSK API key (`aosk keys create --tenant T --scope S`)")
@@ -48,3 +48,21 @@ def require(scope: str) -> Callable[..., ApiKey]:
         return caller
 
     return dependency
+
+
+def agent_not_found(agent_id: str) -> Problem:
+    """The one answer for a missing agent and another tenant's: ids reveal nothing."""
+    return Problem(404, "agent-not-found", "Agent not found", f"no agent {agent_id} for this key's tenant")
+
+
+def owned_agent(request: Request, caller: ApiKey, agent_id: str) -> None:
+    """The check every route that takes an agent id makes first: ``agent_id`` was created
+    through the API for the caller's tenant, else ``agent_not_found``."""
+    from psycopg import sql
+
+    settings = request.app.state.settings
+    with request.app.state.pool.connection() as conn:
+        owned = conn.execute(sql.SQL("select 1 from {} where agent_id = %s and tenant_id = %s").format(
+            sql.Identifier(settings.api.schema_name, "agents")), (agent_id, caller.tenant_id)).fetchone()
+    if owned is None:
+        raise agent_not_found(agent_id)

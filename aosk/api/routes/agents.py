@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from aosk.api.auth import require
+from aosk.api.auth import agent_not_found, owned_agent, require
 from aosk.api.keys import ApiKey
 from aosk.api.problems import Problem
 
@@ -69,9 +69,7 @@ def _journal_unavailable(what: str, error: Exception) -> Problem:
                    headers={"Retry-After": "5"})
 
 
-def _not_found(agent_id: str) -> Problem:
-    # The same answer for a missing agent and another tenant's: ids reveal nothing.
-    return Problem(404, "agent-not-found", "Agent not found", f"no agent {agent_id} for this key's tenant")
+_not_found = agent_not_found
 
 
 @router.post("", status_code=202, response_model=Accepted, summary="Create an agent (READY once judged)")
@@ -219,15 +217,7 @@ class EventAccepted(BaseModel):
     verdict: VerdictOut | None = None
 
 
-def _owned(request: Request, caller: ApiKey, agent_id: str) -> None:
-    from psycopg import sql
-
-    settings = request.app.state.settings
-    with request.app.state.pool.connection() as conn:
-        owned = conn.execute(sql.SQL("select 1 from {} where agent_id = %s and tenant_id = %s").format(
-            sql.Identifier(settings.api.schema_name, "agents")), (agent_id, caller.tenant_id)).fetchone()
-    if owned is None:
-        raise _not_found(agent_id)
+_owned = owned_agent
 
 
 @router.post("/{agent_id}/events", status_code=202, response_model=EventAccepted,
