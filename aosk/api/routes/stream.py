@@ -21,7 +21,6 @@ cancels the response when the disconnect arrives).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator

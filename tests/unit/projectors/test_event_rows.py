@@ -8,11 +8,12 @@ import re
 from importlib import resources
 from typing import Any
 
+from test_projection_rows import mixed_journal
+
 from aosk.kernel import apply, fold_journal, state_hash
 from aosk.projectors.batch import fold_batch
 from aosk.projectors.event_rows import EVENT_COLUMNS, EVENT_TYPES, event_row, payload_json, record_of
 from aosk.projectors.rows import ms_of
-from test_projection_rows import mixed_journal
 
 
 def _rows() -> tuple[list[Any], list[dict[str, Any]]]:
