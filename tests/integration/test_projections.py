@@ -316,6 +316,7 @@ def test_rebuild_in_another_schema_gives_identical_rows(settings: Settings, tmp_
                     ("agent_state", "*", "agent_id"),
                     ("checkpoints", "*", "agent_id, seq"),
                     ("memories", "*", "agent_id, memory_id"),
+                    ("events", "*", "journal_partition, journal_offset"),
                     ("projector_offsets", "partition, next_offset", "partition"),
                 )
             }
