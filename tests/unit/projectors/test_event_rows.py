@@ -66,3 +66,18 @@ def test_values_jsonb_would_refuse_are_escaped_and_come_back() -> None:
     assert back == {"a": "x\x00y", "n": float("inf"), "s": ["\udcff", "ok"], "m": {"k\ufffd": 1}}
     row = event_row((0, 1, "a", 2, None, "t", "e", "T", None, "accepted", "ok"), None, None)
     assert json.loads(row[EVENT_COLUMNS.index("payload")].obj) == {"error": "undecodable", "reason": "None"}
+
+
+def test_the_fast_plain_conversion_is_event_to_plain() -> None:
+    from aosk.kernel import event_to_plain
+    from aosk.projectors.event_rows import _plain_fields
+
+    records, _ = _rows()
+    seen = set()
+    for r in records:
+        if r.event is not None:
+            want = event_to_plain(r.event)
+            del want["type"]
+            assert _plain_fields(r.event) == want
+            seen.add(type(r.event).__name__)
+    assert {"AgentSpawned", "MemoryStored", "ContextAppended"} <= seen
