@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from aosk.errors import HistoryError, NoSuchAgent, StateDecodeError
-from aosk.kernel import AgentSlot, AgentState, apply, decode_state, pseudo_key, state_hash
+from aosk.kernel import AgentSlot, AgentState, Record, apply, decode_state, pseudo_key, state_hash
 from aosk.projectors.checkpoints import nearest_checkpoint
 from aosk.projectors.db import qualified
 from aosk.projectors.event_rows import record_of
@@ -151,6 +151,15 @@ def _not_yet(conn: psycopg.Connection[Any], schema: str, agent_id: str, point: s
                                  f"offset {first}; ask for a point at or after it", first_offset=first)
 
 
+def _record(key: str | None, partition: int, offset: int, event_type: str | None, payload: dict[str, Any],
+            broker_ms: int) -> Record:
+    try:
+        return record_of(key, partition, offset, event_type, payload, broker_ms)
+    except (TypeError, ValueError, KeyError) as e:  # a row written without its payload (refused)
+        raise HistoryError(f"the events row of {partition}:{offset} cannot be folded back ({e}); "
+                           "`aosk state --at-offset` reads the journal instead") from e
+
+
 def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offset: int | None = None,
              time_ms: int | None = None) -> PointState:
     """``agent_id``'s state after the record at ``offset`` of its partition, or after its
@@ -191,12 +200,11 @@ def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offse
     folded = 0
     for owner, off, etype, payload, at in rows:
         st = marker.state
+        # rows are stored under the key they fold into (fold_key): misrouted ones are not here
+        rec = _record(None if owner != key else agent_id, p, int(off), etype, payload, ms_of(at))
         if owner != key:
-            rec = record_of(None, p, int(off), etype, payload, ms_of(at))
             marker, _ = apply(marker, rec, version=st.fold_version, partitions=st.partitions)
             continue
-        # rows are stored under the key they fold into (fold_key): misrouted ones are not here
-        rec = record_of(agent_id, p, int(off), etype, payload, ms_of(at))
         slot, _ = apply(slot, rec, version=st.fold_version, partitions=st.partitions, hash_state=False)
         folded += 1
     if slot is None:

@@ -99,7 +99,7 @@ def _at_time_ms(text: str) -> int:
 
     try:
         ms = parse_broker_time(text)
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:
         raise Problem(422, "invalid-request", "Invalid request", f"at_time: {e}") from e
     if ms < 0 or ms > time.time() * 1000:
         raise Problem(422, "invalid-request", "Invalid request",
