@@ -43,7 +43,8 @@ test: $(VENV)/.installed
 	AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev down; exit $$status
 
 # Full-size fault and load tests (too slow for `make test`): ~17 min on a 2-core machine,
-# 11 of them the worker fault scenario run 20 times in a row under `stress-ng --cpu 2`.
+# 11 of them the worker fault scenario run 20 times in a row under `stress-ng --cpu 2`, and
+# schemathesis against the API with 500 examples per operation and a new seed.
 chaos: $(VENV)/.installed
 	command -v stress-ng >/dev/null || (apt-get update -q && apt-get install -y -q stress-ng)
 	AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev up

@@ -9,9 +9,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aosk.api.auth import key_cache
-from aosk.api.problems import Problem, problem_response, validation_problem
+from aosk.api.openapi import install_openapi
+from aosk.api.problems import Problem, http_problem, problem_response, validation_problem
 from aosk.config import Settings
 
 __all__ = ["create_app", "app_from_environment"]
@@ -55,11 +57,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.started = time.monotonic()
     app.add_exception_handler(Problem, problem_response)
     app.add_exception_handler(RequestValidationError, validation_problem)
+    app.add_exception_handler(StarletteHTTPException, http_problem)
     app.include_router(health.router)
     app.include_router(status.router)
     app.include_router(agents.router)
     app.include_router(history.router)
     app.include_router(stream.router)
+    install_openapi(app)
     return app
 
 

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from aosk.errors import Problem
 
-__all__ = ["Problem", "problem_response", "validation_problem", "TYPE_BASE"]
+__all__ = ["Problem", "problem_response", "validation_problem", "http_problem", "TYPE_BASE"]
 
 TYPE_BASE = "https://aosk.dev/problems/"
 """Problem ``type`` URIs are this plus a stable slug (docs/api.md lists them)."""
@@ -32,3 +32,31 @@ def validation_problem(request: Request, exc: Exception) -> JSONResponse:
     body = {"type": TYPE_BASE + "invalid-request", "title": "Invalid request", "status": 422, "detail": detail,
             "instance": request.url.path, "errors": errors}
     return JSONResponse(body, status_code=422, media_type="application/problem+json")
+
+
+_HTTP_SLUGS = {404: ("not-found", "Not found"), 405: ("method-not-allowed", "Method not allowed")}
+
+
+def http_problem(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own answers (an unknown path, a method a path does not have) as problems too."""
+    from starlette.exceptions import HTTPException
+
+    assert isinstance(exc, HTTPException)
+    slug, title = _HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
+    body = {"type": TYPE_BASE + slug, "title": title, "status": exc.status_code, "detail": str(exc.detail),
+            "instance": request.url.path}
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # One route answered; the path may have others (GET and POST /api/v1/agents): name them all.
+        headers["Allow"] = ", ".join(sorted(_allowed(request)))
+    return JSONResponse(body, status_code=exc.status_code, headers=headers, media_type="application/problem+json")
+
+
+def _allowed(request: Request) -> set[str]:
+    from starlette.routing import Match, Route
+
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    return methods

@@ -19,15 +19,15 @@ AgentId = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00]+$
 
 
 class BudgetsIn(BaseModel):
-    max_tokens: int = Field(100_000, ge=0, le=2**62)
-    max_tool_calls: int = Field(1_000, ge=0, le=2**62)
-    max_steps: int = Field(10_000, ge=0, le=2**62)
-    context_window_tokens: int = Field(8_000, ge=1, le=2**62)
+    max_tokens: int = Field(100_000, ge=0, le=2**62, strict=True)
+    max_tool_calls: int = Field(1_000, ge=0, le=2**62, strict=True)
+    max_steps: int = Field(10_000, ge=0, le=2**62, strict=True)
+    context_window_tokens: int = Field(8_000, ge=1, le=2**62, strict=True)
 
 
 class AgentCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-    priority: int = Field(50, ge=0, le=100)
+    priority: int = Field(50, ge=0, le=100, strict=True)
     capabilities: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list,
                                                                                    max_length=100)
     budgets: BudgetsIn = Field(default_factory=BudgetsIn)
@@ -72,19 +72,27 @@ def _journal_unavailable(what: str, error: Exception) -> Problem:
 _not_found = agent_not_found
 
 
+def new_agent(request: Request, caller: ApiKey, agent_id: str | None = None) -> str:
+    """A new agent id (a UUID, or ``agent_id`` the API drew), recorded as the caller's
+    tenant's before anything names it in the journal: ids are the API's to give, so they
+    reveal nothing across tenants."""
+    from psycopg import sql
+
+    agent_id = agent_id or str(uuid.uuid4())
+    with request.app.state.pool.connection() as conn:
+        conn.execute(sql.SQL("insert into {} (agent_id, tenant_id) values (%s, %s)").format(
+            sql.Identifier(request.app.state.settings.api.schema_name, "agents")), (agent_id, caller.tenant_id))
+    return agent_id
+
+
 @router.post("", status_code=202, response_model=Accepted, summary="Create an agent (READY once judged)")
 def create_agent(body: AgentCreate, request: Request,
                  caller: Annotated[ApiKey, Depends(require("write"))]) -> Accepted:
-    from psycopg import sql
 
     from aosk.errors import AoskError
     from aosk.events import Budgets
 
-    settings = request.app.state.settings
-    agent_id = str(uuid.uuid4())
-    with request.app.state.pool.connection() as conn:
-        conn.execute(sql.SQL("insert into {} (agent_id, tenant_id) values (%s, %s)").format(
-            sql.Identifier(settings.api.schema_name, "agents")), (agent_id, caller.tenant_id))
+    agent_id = new_agent(request, caller)
     try:
         pending = request.app.state.kernel.spawn(
             agent_id=agent_id, tenant_id=caller.tenant_id, name=body.name, priority=body.priority,
@@ -185,6 +193,8 @@ def get_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, Dep
 # not the ones the runtime owns (model and tool calls), and not a spawn (POST /agents).
 _RUNTIME_TYPES = frozenset({"LlmCallRequested", "LlmCallCompleted", "ToolCallRequested", "ToolCallCompleted"})
 _HEADER_FIELDS = frozenset({"event_id", "agent_id", "tenant_id", "occurred_at", "origin"})
+_NEW_AGENT_FIELD = {"SpawnRequested": "child_id", "ForkRequested": "new_agent_id"}
+"""Events that name a new agent: the API allocates its id (and records its owner) first."""
 _REJECTION_STATUS = {"illegal_transition": 409, "budget_exhausted": 409, "not_spawned": 409,
                      "capability_denied": 403, "tenant_mismatch": 404}
 
@@ -196,8 +206,13 @@ def client_event_types() -> frozenset[str]:
     return frozenset(EVENT_TYPES) - KERNEL_ONLY - _RUNTIME_TYPES - {"AgentSpawned"}
 
 
+def _client_type_enum() -> dict[str, Any]:
+    return {"enum": sorted(client_event_types())}
+
+
 class EventIn(BaseModel):
-    type: str = Field(min_length=1, max_length=100, description="an event type a client may send")
+    type: str = Field(min_length=1, max_length=100, description="an event type a client may send",
+                      json_schema_extra=_client_type_enum())
     payload: dict[str, Any] = Field(default_factory=dict, description="the event's own fields (docs/events.md)")
     event_id: uuid.UUID | None = Field(None, description="the idempotency key of the event (default: a new UUID)")
 
@@ -214,6 +229,8 @@ class EventAccepted(BaseModel):
     event_id: str
     partition: int
     offset: int
+    new_agent_id: str | None = None
+    """The id the API allocated for the agent a SpawnRequested or ForkRequested names."""
     verdict: VerdictOut | None = None
 
 
@@ -244,13 +261,25 @@ def append_event(agent_id: AgentId, body: EventIn, request: Request,
     stray = sorted(_HEADER_FIELDS & set(body.payload))
     if stray:
         raise Problem(422, "invalid-event", "Invalid event", f"payload must not set {stray}: the API stamps them")
-    plain = {"type": body.type, **body.payload, "event_id": str(body.event_id or uuid.uuid4()), "agent_id": agent_id,
+    payload = dict(body.payload)
+    new_id = _NEW_AGENT_FIELD.get(body.type)
+    if new_id is not None:
+        if new_id in payload:
+            raise Problem(422, "invalid-event", "Invalid event",
+                          f"payload must not set {new_id}: the API allocates new agents' ids")
+        payload[new_id] = str(uuid.uuid4())  # recorded as the caller's once the event is valid
+    to = payload.get("to_agent_id") if body.type == "MessageSent" else None
+    if isinstance(to, str):
+        _owned(request, caller, to)  # a message to another tenant's agent never reaches its journal
+    plain = {"type": body.type, **payload, "event_id": str(body.event_id or uuid.uuid4()), "agent_id": agent_id,
              "tenant_id": caller.tenant_id, "occurred_at": time.time_ns() // 1000, "origin": "client",
              "correlation_id": body.payload.get("correlation_id"), "causation_id": body.payload.get("causation_id")}
     try:
         event = event_from_plain(plain)
     except (TypeError, ValueError, KeyError) as e:
         raise Problem(422, "invalid-event", "Invalid event", f"{body.type}: {e}") from e
+    if new_id is not None:
+        new_agent(request, caller, payload[new_id])
     kernel = request.app.state.kernel
     try:
         pending = kernel.send(event)
@@ -259,7 +288,8 @@ def append_event(agent_id: AgentId, body: EventIn, request: Request,
         raise Problem(422, "invalid-event", "Invalid event", str(e)) from e
     except (AoskError, TimeoutError) as e:
         raise _journal_unavailable("event", e) from e
-    out = EventAccepted(event_id=event.event_id, partition=d.partition, offset=d.offset)
+    out = EventAccepted(event_id=event.event_id, partition=d.partition, offset=d.offset,
+                        new_agent_id=payload[new_id] if new_id else None)
     if wait is None:
         return out
     try:
