@@ -41,6 +41,7 @@ from aosk.kernel import (
 )
 from aosk.kernel.state import Status
 from aosk.projectors.checkpoints import checkpoint_reason
+from aosk.projectors.event_rows import event_row
 from aosk.projectors.memory import MemoryOp, memory_ops, op_hashes
 from aosk.projectors.rows import (
     EPOCH,
@@ -104,6 +105,8 @@ class FoldedRecord:
     verdict_bytes: bytes
     checkpoint: tuple[Any, ...] | None
     memory: tuple[MemoryOp, ...]
+    event: tuple[Any, ...] = ()
+    """Its ``events`` row (``aosk.projectors.event_rows``)."""
 
 
 @dataclass(frozen=True)
@@ -249,17 +252,10 @@ def fold_batch(
             if reason is not None:  # the checkpoint's audit row records its state hash too
                 sh = state_hash(st)
                 cp = checkpoint_row(v, reason, encode_state(st), sh)
-            outcomes.append(
-                FoldedRecord(
-                    p, rec.offset, key, ne,
-                    audit_row(v, value_hash=vh, chain_hash=head, verdict_bytes=vb, tenant_id=tenant_id, event=ev,
+            audit = audit_row(v, value_hash=vh, chain_hash=head, verdict_bytes=vb, tenant_id=tenant_id, event=ev,
                               recorded_at=at, state_hash=sh, checkpoint=reason,
-                              memory_hashes=op_hashes(mem) if mem else None),
-                    vb,
-                    cp,
-                    mem,
-                )
-            )
+                              memory_hashes=op_hashes(mem) if mem else None)
+            outcomes.append(FoldedRecord(p, rec.offset, key, ne, audit, vb, cp, mem, event_row(audit, ev, rec.error)))
             last = (rec.offset + 1, rec.timestamp)
         if last is not None:
             out.ends[p] = last

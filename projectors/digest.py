@@ -35,6 +35,7 @@ DIGEST_TABLES: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...] | None]
     "audit_log": (("journal_partition", "journal_offset"), None),
     "checkpoints": (("agent_id", "seq"), None),
     "memories": (("agent_id", "memory_id"), None),
+    "events": (("journal_partition", "journal_offset"), None),
     "projector_offsets": (("partition",), ("partition", "next_offset")),
 }
 """Excluded: ``projector_offsets.high_watermark / last_record_at / committed_at / owner``

@@ -43,7 +43,7 @@ from aosk.projectors.rows import storage_key
 from aosk.reads.agents import first_offset, stored_state
 
 __all__ = ["PointInTime", "HistoryError", "NoSuchAgent", "PartitionStopped", "state_at", "state_at_seq",
-           "CheckpointPastStates"]
+           "fold_start", "CheckpointPastStates"]
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,8 @@ def _recorded_partitions(conn: psycopg.Connection[Any], schema: str, partition: 
         return 0
 
 
-def _start(conn: psycopg.Connection[Any] | None, schema: str, partition: int,
-           cp: Checkpoint | None) -> tuple[AgentSlot | None, int, int, int]:
+def fold_start(conn: psycopg.Connection[Any] | None, schema: str, partition: int,
+               cp: Checkpoint | None) -> tuple[AgentSlot | None, int, int, int]:
     """Where to start folding: (slot, version, recorded partition count, offset). From the
     checkpoint when the partition's rules at it are known, else from offset 0."""
     if cp is None:
@@ -148,7 +148,7 @@ def state_at(conn: psycopg.Connection[Any], schema: str, reader: JournalReader, 
         raise HistoryError(f"offset {offset} is past the end of partition {p} of {reader.topic} (next offset {end}); "
                            f"ask for an offset below {end}")
     cp = nearest_checkpoint(conn, schema, agent_id, at_offset=offset) if offset >= 0 else None
-    start_slot, version, partitions, start = _start(conn, schema, p, cp)
+    start_slot, version, partitions, start = fold_start(conn, schema, p, cp)
     if start_slot is None:
         cp = None
     slot, folded = _fold_range(reader, agent_id, p, start_slot, version, start, offset + 1, partitions=partitions)
@@ -186,7 +186,7 @@ def state_at_seq(conn: psycopg.Connection[Any] | None, schema: str, reader: Jour
     cp = nearest_checkpoint(conn, schema, agent_id, at_seq=seq) if conn is not None else None
     if cp is not None and cp.seq == seq:
         return cp.state
-    start_slot, version, partitions, start = _start(conn, schema, p, cp)
+    start_slot, version, partitions, start = fold_start(conn, schema, p, cp)
     slot, _ = _fold_range(reader, agent_id, p, start_slot, version, start, reader.end_offset(p),
                           partitions=partitions, until_seq=seq)
     if slot is None or slot.state.seq != seq:

@@ -13,7 +13,7 @@ The transaction, in order:
    crash, and the partition is re-read from there). Doing it first means
    nothing below can collide with the new owner's rows: it holds the row lock until
    commit;
-3. the rows, by binary COPY: audit rows and checkpoints straight into their tables,
+3. the rows, by binary COPY: audit rows, events rows and checkpoints straight into their tables,
    agent states and memories through temporary staging tables into an upsert. The audit
    row of each agent's last record in the batch records the hash of the state written
    to agent_state (``state_hash``), so ``aosk audit verify`` can tell a stored state
@@ -44,6 +44,7 @@ from aosk.errors import Fenced, Inconsistent
 from aosk.kernel import state_hash
 from aosk.projectors.batch import FoldedBatch, FoldedRecord
 from aosk.projectors.db import BATCH_LOCK_KEY, qualified, register_vector_dumper
+from aosk.projectors.event_rows import EVENT_COLUMNS, EVENT_TYPES, refused_event_row
 from aosk.projectors.memory import MemoryChanges, patch_statements
 from aosk.projectors.rows import (
     AGENT_COLUMNS,
@@ -155,6 +156,9 @@ class ProjectionWriter:
         self._copy_audit = sql.SQL("copy {} ({}) from stdin (format binary)").format(
             q("audit_log"), _cols(AUDIT_COLUMNS)
         )
+        self._copy_events = sql.SQL("copy {} ({}) from stdin (format binary)").format(
+            q("events"), _cols(EVENT_COLUMNS)
+        )
         self._copy_cp = sql.SQL("copy {} ({}) from stdin (format binary)").format(
             q("checkpoints"), _cols(CHECKPOINT_COLUMNS)
         )
@@ -235,6 +239,10 @@ class ProjectionWriter:
                 cp.set_types(AUDIT_TYPES)
                 for o in outs:
                     cp.write_row(o.audit if lasts[o.key] is not o else with_state_hash(o))
+            with cur.copy(self._copy_events) as cp:
+                cp.set_types(EVENT_TYPES)
+                for o in outs:
+                    cp.write_row(o.event)
             cps = [o.checkpoint for o in outs if o.checkpoint is not None]
             if cps:
                 with cur.copy(self._copy_cp) as cp:
@@ -301,6 +309,7 @@ class ProjectionWriter:
                         f"even the reduced audit row of {o.partition}:{o.offset} was refused ({e2}); "
                         "the audit_log table does not have the expected shape"
                     ) from e2
+        self._write_refused_event(conn, o, error)
         try:
             with conn.transaction():
                 with conn.cursor() as cur:
@@ -311,3 +320,17 @@ class ProjectionWriter:
         except REFUSALS as e3:
             log.error("the agent_state row of %s after %d:%d was refused too: %s", agent, o.partition, o.offset, e3)
         refused.append(Refusal(o.partition, o.offset, agent, seq, error))
+
+    def _write_refused_event(self, conn: psycopg.Connection[Any], o: FoldedRecord, error: str) -> None:
+        """The ``events`` row of a refused record: as built if PostgreSQL takes it, else
+        without its payload; every record keeps its row, so streams never wait on a gap."""
+        for row in (o.event, refused_event_row(o.event, error)):
+            try:
+                with conn.transaction():
+                    with conn.cursor() as cur:
+                        with cur.copy(self._copy_events) as cp:
+                            cp.set_types(EVENT_TYPES)
+                            cp.write_row(row)
+                return
+            except REFUSALS as e:
+                log.error("the events row of %d:%d was refused: %s", o.partition, o.offset, e)

@@ -22,7 +22,7 @@ __all__ = ["create_app", "app_from_environment"]
 
 def create_app(settings: Settings) -> FastAPI:
     """The API for ``settings``; its PostgreSQL pool opens at start-up and closes at shutdown."""
-    from aosk.api.routes import agents, audit, context, forks, health, memories, status
+    from aosk.api.routes import agents, audit, context, forks, health, history, memories, status, stream
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,11 +44,16 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.idempotency = IdempotencyStore(pool, settings.api.schema_name, ttl_s=settings.api.idempotency_ttl_s,
                                                  lease_s=settings.api.idempotency_lease_s)
         app.state.endpoints = ep
+        from aosk.api.wakeups import ProjectionWakeups
+        from aosk.projectors.db import DEFAULT_SCHEMA
+
+        app.state.wakeups = ProjectionWakeups(ep.dsn, DEFAULT_SCHEMA)
         app.state.kernel = KernelClient.from_settings(settings, client_id=f"aosk-api-{settings.node_id}",
                                                       watch_verdicts=True)
         try:
             yield
         finally:
+            app.state.wakeups.close()
             app.state.kernel.close(10)
             pool.close()
 
@@ -64,7 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(status.router)
     app.include_router(agents.router)
-    for router in (audit.router, forks.router, context.router, memories.router):
+    for router in (audit.router, forks.router, context.router, memories.router, history.router, stream.router):
         app.include_router(router)
     install_openapi(app)
     return app

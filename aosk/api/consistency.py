@@ -77,18 +77,15 @@ def write_token(partition: int, offset: int) -> dict[str, str]:
 
 def _projected(request: Request, partitions: list[int] | None) -> dict[int, int]:
     import psycopg
-    from psycopg import sql
 
-    from aosk.projectors.db import DEFAULT_SCHEMA, qualified
+    from aosk.projectors.db import DEFAULT_SCHEMA
+    from aosk.reads.status import projected_offsets
 
-    q = sql.SQL("select partition, next_offset from {} where %s::int[] is null or partition = any(%s)").format(
-        qualified(DEFAULT_SCHEMA, "projector_offsets"))
     try:
         with request.app.state.pool.connection() as conn:
-            rows = conn.execute(q, (partitions, partitions)).fetchall()
+            have = projected_offsets(conn, DEFAULT_SCHEMA)
     except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
-        rows = []  # no projection yet: nothing is projected
-    have = {int(p): int(o) for p, o in rows}
+        have = {}  # no projection yet: nothing is projected
     return {p: have.get(p, 0) for p in partitions} if partitions is not None else have
 
 

@@ -71,11 +71,11 @@ def test_migrations_are_versioned_idempotent_and_in_their_schema(settings: Setti
     with psycopg.connect(database) as conn:
         applied = migrate(conn, schema="m_test")
         assert applied == [f"{m.version:04d}_{m.name}" for m in migrations()]
-        assert applied == ["0001_projections", "0002_views", "0003_audit_hashes", "0004_partition_stops"]
+        assert applied == ["0001_projections", "0002_views", "0003_audit_hashes", "0004_partition_stops", "0005_events"]
         assert migrate(conn, schema="m_test") == []
         listed = conn.execute("select table_name from information_schema.tables where table_schema = 'm_test'")
         tables = {r[0] for r in listed}
-        assert {"agent_state", "audit_log", "checkpoints", "memories", "projector_offsets", "recent_audit",
+        assert {"agent_state", "audit_log", "events", "checkpoints", "memories", "projector_offsets", "recent_audit",
                 "projector_lag", "agents_by_status"} <= tables
         assert not conn.execute("select 1 from information_schema.tables where table_schema = 'public'"
                                 " and table_name = 'audit_log'").fetchone()
@@ -316,6 +316,7 @@ def test_rebuild_in_another_schema_gives_identical_rows(settings: Settings, tmp_
                     ("agent_state", "*", "agent_id"),
                     ("checkpoints", "*", "agent_id, seq"),
                     ("memories", "*", "agent_id, memory_id"),
+                    ("events", "*", "journal_partition, journal_offset"),
                     ("projector_offsets", "partition, next_offset", "partition"),
                 )
             }

@@ -28,7 +28,7 @@ from projector_harness import Projectors, wait_caught_up
 
 pytestmark = pytest.mark.integration
 
-TABLES = ("agent_state", "audit_log", "checkpoints", "memories", "projector_offsets")
+TABLES = ("agent_state", "audit_log", "events", "checkpoints", "memories", "projector_offsets")
 
 
 def test_offsets_behind_what_a_lone_projector_committed_are_re_projected_without_duplicates(

@@ -1,0 +1,213 @@
+"""Reads of the ``events`` projection: an agent's history by seq, its records after a
+journal offset (the SSE stream), and its state now or at any offset or broker time.
+
+Point-in-time states are the nearest checkpoint at or before the point plus the agent's
+``events`` rows after it, folded with the kernel's ``apply`` -- what
+``aosk.projectors.history.state_at`` does from Kafka, here without a consumer. The
+partition's accepted markers (rows of its pseudo-agent) switch the fold version and
+partition count as they do live. Only what the projector has committed is read: a point
+past the partition's projected end is refused (``HistoryError``), not waited for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+
+from aosk.errors import HistoryError, NoSuchAgent, StateDecodeError
+from aosk.kernel import AgentSlot, AgentState, Record, apply, decode_state, pseudo_key, state_hash
+from aosk.projectors.checkpoints import nearest_checkpoint
+from aosk.projectors.db import qualified
+from aosk.projectors.event_rows import record_of
+from aosk.projectors.history import fold_start
+from aosk.projectors.rows import ms_of, storage_key, ts
+
+__all__ = ["EventItem", "EventPage", "PointState", "history", "events_after", "partition_of", "projected_end",
+           "current_state", "state_at"]
+
+_ITEM: Final = sql.SQL("seq, journal_partition, journal_offset, event_id, event_type, payload, verdict, reason, "
+                       "broker_time")
+
+
+@dataclass(frozen=True)
+class EventItem:
+    """One journal record of an agent, as the ``events`` projection holds it."""
+
+    seq: int
+    partition: int
+    offset: int
+    event_id: str | None
+    type: str | None
+    """None: the record did not decode (``payload`` then says why)."""
+    payload: dict[str, Any]
+    verdict: str
+    reason: str
+    broker_time: datetime
+
+
+@dataclass(frozen=True)
+class EventPage:
+    items: list[EventItem]
+    has_more: bool
+    next_cursor: int | None
+    """The seq to pass as ``after_seq`` for the next page (None: no more)."""
+
+
+@dataclass(frozen=True)
+class PointState:
+    agent_id: str
+    partition: int
+    offset: int
+    """The last journal offset of the partition included (now: the agent's last record's)."""
+    seq: int
+    state: AgentState
+    state_hash: bytes
+    checkpoint_seq: int | None
+    """Seq of the checkpoint the fold started from (None: from the beginning, or the
+    current projected state)."""
+    folded: int
+
+
+def _item(row: tuple[Any, ...]) -> EventItem:
+    return EventItem(int(row[0]), int(row[1]), int(row[2]), row[3], row[4], row[5], row[6], row[7], row[8])
+
+
+def history(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, after_seq: int = 0,
+            limit: int = 100) -> EventPage:
+    """``agent_id``'s records with seq > ``after_seq``, by seq, at most ``limit``."""
+    rows = conn.execute(
+        sql.SQL("select {} from {} where agent_id = %s and seq > %s order by seq limit %s").format(
+            _ITEM, qualified(schema, "events")),
+        (storage_key(agent_id), after_seq, limit + 1),
+    ).fetchall()
+    items = [_item(r) for r in rows[:limit]]
+    more = len(rows) > limit
+    return EventPage(items, more, items[-1].seq if more else None)
+
+
+def events_after(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, after_offset: int,
+                 limit: int = 500) -> list[EventItem]:
+    """``agent_id``'s records after journal offset ``after_offset`` (-1: all), by offset."""
+    rows = conn.execute(
+        sql.SQL("select {} from {} where agent_id = %s and journal_offset > %s order by journal_offset "
+                "limit %s").format(_ITEM, qualified(schema, "events")),
+        (storage_key(agent_id), after_offset, limit),
+    ).fetchall()
+    return [_item(r) for r in rows]
+
+
+def partition_of(conn: psycopg.Connection[Any], schema: str, agent_id: str) -> int | None:
+    """The journal partition of ``agent_id``'s records (None: none projected)."""
+    row = conn.execute(
+        sql.SQL("select journal_partition from {} where agent_id = %s limit 1").format(qualified(schema, "events")),
+        (storage_key(agent_id),),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def projected_end(conn: psycopg.Connection[Any], schema: str, partition: int) -> int:
+    """The next offset of ``partition`` the projection has not committed yet."""
+    row = conn.execute(
+        sql.SQL("select next_offset from {} where partition = %s").format(qualified(schema, "projector_offsets")),
+        (partition,),
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def current_state(conn: psycopg.Connection[Any], schema: str, agent_id: str) -> PointState | None:
+    """``agent_id``'s projected state now (None: not projected)."""
+    row = conn.execute(
+        sql.SQL("select journal_partition, last_offset, state from {} where agent_id = %s").format(
+            qualified(schema, "agent_state")),
+        (storage_key(agent_id),),
+    ).fetchone()
+    if row is None:
+        return None
+    try:
+        st = decode_state(bytes(row[2]))
+    except StateDecodeError as e:
+        raise HistoryError(f"the projected state of {agent_id!r} does not decode: {e}") from e
+    return PointState(agent_id, int(row[0]), int(row[1]), st.seq, st, state_hash(st), None, 0)
+
+
+def _first_offset(conn: psycopg.Connection[Any], schema: str, agent_id: str) -> int | None:
+    row = conn.execute(
+        sql.SQL("select journal_offset from {} where agent_id = %s order by seq limit 1").format(
+            qualified(schema, "events")),
+        (storage_key(agent_id),),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _not_yet(conn: psycopg.Connection[Any], schema: str, agent_id: str, point: str) -> NoSuchAgent:
+    first = _first_offset(conn, schema, agent_id)
+    if first is None:
+        return NoSuchAgent(agent_id, f"no such agent: {agent_id!r} has no projected record")
+    return NoSuchAgent(agent_id, f"agent {agent_id!r} did not exist yet at {point}: its first record is at "
+                                 f"offset {first}; ask for a point at or after it", first_offset=first)
+
+
+def _record(key: str | None, partition: int, offset: int, event_type: str | None, payload: dict[str, Any],
+            broker_ms: int) -> Record:
+    try:
+        return record_of(key, partition, offset, event_type, payload, broker_ms)
+    except (TypeError, ValueError, KeyError) as e:  # a row written without its payload (refused)
+        raise HistoryError(f"the events row of {partition}:{offset} cannot be folded back ({e}); "
+                           "`aosk state --at-offset` reads the journal instead") from e
+
+
+def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offset: int | None = None,
+             time_ms: int | None = None) -> PointState:
+    """``agent_id``'s state after the record at ``offset`` of its partition, or after its
+    last record with broker time <= ``time_ms``. ``NoSuchAgent``: no record at or before
+    the point; ``HistoryError``: ``offset`` is past what the projection has committed."""
+    if (offset is None) == (time_ms is None):
+        raise ValueError("give exactly one of offset and time_ms")
+    p = partition_of(conn, schema, agent_id)
+    if p is None:
+        raise NoSuchAgent(agent_id, f"no such agent: {agent_id!r} has no projected record")
+    key = storage_key(agent_id)
+    events = qualified(schema, "events")
+    if time_ms is not None:
+        row = conn.execute(
+            sql.SQL("select max(journal_offset) from {} where agent_id = %s and broker_time <= %s").format(events),
+            (key, ts(time_ms)),
+        ).fetchone()
+        if row is None or row[0] is None:
+            raise _not_yet(conn, schema, agent_id, f"broker time {ts(time_ms).isoformat(timespec='milliseconds')}")
+        offset = int(row[0])
+    assert offset is not None
+    end = projected_end(conn, schema, p)
+    if offset >= end:
+        raise HistoryError(f"offset {offset} is past what is projected of partition {p} (next offset {end}); "
+                           f"ask for an offset below {end}")
+    cp = nearest_checkpoint(conn, schema, agent_id, at_offset=offset)
+    slot, version, partitions, start = fold_start(conn, schema, p, cp)
+    if slot is None:
+        cp = None
+    rows = conn.execute(
+        sql.SQL("select agent_id, journal_offset, event_type, payload, broker_time from {} "
+                "where journal_partition = %s and journal_offset >= %s and journal_offset <= %s "
+                "and (agent_id = %s or (agent_id = %s and verdict = 'accepted')) order by journal_offset").format(
+            events),
+        (p, start, offset, key, storage_key(pseudo_key(p))),
+    ).fetchall()
+    marker = AgentSlot(AgentState(agent_id=pseudo_key(p), fold_version=version, partitions=partitions))
+    folded = 0
+    for owner, off, etype, payload, at in rows:
+        st = marker.state
+        # rows are stored under the key they fold into (fold_key): misrouted ones are not here
+        rec = _record(None if owner != key else agent_id, p, int(off), etype, payload, ms_of(at))
+        if owner != key:
+            marker, _ = apply(marker, rec, version=st.fold_version, partitions=st.partitions)
+            continue
+        slot, _ = apply(slot, rec, version=st.fold_version, partitions=st.partitions, hash_state=False)
+        folded += 1
+    if slot is None:
+        raise _not_yet(conn, schema, agent_id, f"offset {offset} of partition {p}")
+    return PointState(agent_id, p, offset, slot.state.seq, slot.state, state_hash(slot.state),
+                      cp.seq if cp else None, folded)
