@@ -110,6 +110,9 @@ class ApiSettings(_Section):
     schema_name: str = Field("aosk_api", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     """PostgreSQL schema of the API's own tables (keys), outside the projection schema
     ``aosk replay`` swaps."""
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    """Port of the API's Prometheus ``/metrics`` (for operators, never the public port);
+    ``None``: no metrics (docs/api.md "Metrics")."""
 
 
 class Settings(_Section):
@@ -149,6 +152,7 @@ ENV_KEYS: Mapping[str, str] = {
     "AOSK_API_HOST": "api.host",
     "AOSK_API_PORT": "api.port",
     "AOSK_API_SCHEMA": "api.schema_name",
+    "AOSK_API_METRICS_PORT": "api.metrics_port",
 }
 
 

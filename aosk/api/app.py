@@ -43,6 +43,10 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             app.state.kernel.close(10)
             pool.close()
+            if settings.api.metrics_port is not None:
+                from aosk.api.metrics import mark_dead
+
+                mark_dead()
 
     app = FastAPI(title="AOSK API", version="1", lifespan=lifespan,
                   description="The Agent OS Kernel's front door. Every /api/v1 route needs an X-API-Key.")
@@ -53,6 +57,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(status.router)
     app.include_router(agents.router)
+    if settings.api.metrics_port is not None:
+        from aosk.api.metrics import install
+
+        install(app)
     return app
 
 

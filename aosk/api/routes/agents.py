@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from aosk.api.auth import require
 from aosk.api.keys import ApiKey
+from aosk.api.metrics import produce_timer
 from aosk.api.problems import Problem
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
@@ -88,10 +89,12 @@ def create_agent(body: AgentCreate, request: Request,
         conn.execute(sql.SQL("insert into {} (agent_id, tenant_id) values (%s, %s)").format(
             sql.Identifier(settings.api.schema_name, "agents")), (agent_id, caller.tenant_id))
     try:
-        pending = request.app.state.kernel.spawn(
-            agent_id=agent_id, tenant_id=caller.tenant_id, name=body.name, priority=body.priority,
-            capabilities=body.capabilities, budgets=Budgets(**body.budgets.model_dump()), metadata=body.metadata)
-        d = pending.result(10)
+        with produce_timer(request, "spawn"):
+            pending = request.app.state.kernel.spawn(
+                agent_id=agent_id, tenant_id=caller.tenant_id, name=body.name, priority=body.priority,
+                capabilities=body.capabilities, budgets=Budgets(**body.budgets.model_dump()),
+                metadata=body.metadata)
+            d = pending.result(10)
     except AoskError as e:
         raise _journal_unavailable("spawn", e) from e
     except TimeoutError as e:
@@ -155,9 +158,10 @@ def kill_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, De
     _owned(request, caller, agent_id)
     kernel = request.app.state.kernel
     try:
-        pending = kernel.emit(AgentKilled, agent_id=agent_id, tenant_id=caller.tenant_id, signal="SIGKILL",
-                              by=f"api-key:{caller.key_id}")
-        d = pending.result(10)
+        with produce_timer(request, "kill"):
+            pending = kernel.emit(AgentKilled, agent_id=agent_id, tenant_id=caller.tenant_id, signal="SIGKILL",
+                                  by=f"api-key:{caller.key_id}")
+            d = pending.result(10)
     except (AoskError, TimeoutError) as e:
         raise _journal_unavailable("kill", e) from e
     return EventAcceptedBrief(event_id=pending.event_id, partition=d.partition, offset=d.offset)
@@ -263,8 +267,9 @@ def append_event(agent_id: AgentId, body: EventIn, request: Request,
         raise Problem(422, "invalid-event", "Invalid event", f"{body.type}: {e}") from e
     kernel = request.app.state.kernel
     try:
-        pending = kernel.send(event)
-        d = pending.result(10)
+        with produce_timer(request, "event"):
+            pending = kernel.send(event)
+            d = pending.result(10)
     except EventRejected as e:
         raise Problem(422, "invalid-event", "Invalid event", str(e)) from e
     except (AoskError, TimeoutError) as e:
