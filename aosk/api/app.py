@@ -24,6 +24,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from aosk.api.keys import ensure_schema
+        from aosk.api.owners import owner_cache
         from aosk.endpoints import resolve_endpoints
         from aosk.projectors.db import connect, open_pool
 
@@ -35,6 +36,7 @@ def create_app(settings: Settings) -> FastAPI:
         pool = open_pool(ep.dsn, settings.storage.postgresql, name="aosk-api", min_size=1, max_size=4)
         app.state.pool = pool
         app.state.keys = key_cache(pool, settings.api.schema_name)
+        app.state.owners = owner_cache(pool, settings.api.schema_name)
         app.state.endpoints = ep
         app.state.kernel = KernelClient.from_settings(settings, client_id=f"aosk-api-{settings.node_id}",
                                                       watch_verdicts=True)

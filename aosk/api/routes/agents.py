@@ -12,6 +12,8 @@ from aosk.api.auth import require
 from aosk.api.keys import ApiKey
 from aosk.api.metrics import produce_timer
 from aosk.api.problems import Problem
+from aosk.events import EVENT_TYPES
+from aosk.kernel import KERNEL_ONLY, event_from_plain
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
 
@@ -88,6 +90,7 @@ def create_agent(body: AgentCreate, request: Request,
     with request.app.state.pool.connection() as conn:
         conn.execute(sql.SQL("insert into {} (agent_id, tenant_id) values (%s, %s)").format(
             sql.Identifier(settings.api.schema_name, "agents")), (agent_id, caller.tenant_id))
+    request.app.state.owners.add(caller.tenant_id, agent_id)
     try:
         with produce_timer(request, "spawn"):
             pending = request.app.state.kernel.spawn(
@@ -196,9 +199,6 @@ _REJECTION_STATUS = {"illegal_transition": 409, "budget_exhausted": 409, "not_sp
 
 
 def client_event_types() -> frozenset[str]:
-    from aosk.events import EVENT_TYPES
-    from aosk.kernel import KERNEL_ONLY
-
     return frozenset(EVENT_TYPES) - KERNEL_ONLY - _RUNTIME_TYPES - {"AgentSpawned"}
 
 
@@ -224,13 +224,7 @@ class EventAccepted(BaseModel):
 
 
 def _owned(request: Request, caller: ApiKey, agent_id: str) -> None:
-    from psycopg import sql
-
-    settings = request.app.state.settings
-    with request.app.state.pool.connection() as conn:
-        owned = conn.execute(sql.SQL("select 1 from {} where agent_id = %s and tenant_id = %s").format(
-            sql.Identifier(settings.api.schema_name, "agents")), (agent_id, caller.tenant_id)).fetchone()
-    if owned is None:
+    if not request.app.state.owners.owns(caller.tenant_id, agent_id):
         raise _not_found(agent_id)
 
 
@@ -243,8 +237,6 @@ def append_event(agent_id: AgentId, body: EventIn, request: Request,
     from fastapi.responses import JSONResponse
 
     from aosk.errors import AoskError, EventRejected
-    from aosk.events import EVENT_TYPES
-    from aosk.kernel import event_from_plain
 
     if wait not in (None, "verdict"):
         raise Problem(422, "invalid-request", "Invalid request", "wait must be `verdict` or absent")
