@@ -20,6 +20,8 @@ from typing import Any
 
 __all__ = ["OpenLoopResult", "open_loop"]
 
+KEEP_ALIVE_S = 4.0
+"""Idle connections older than this are not reused (uvicorn closes them after 5 s)."""
 _LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.I)
 
 
@@ -61,7 +63,7 @@ def open_loop(host: str, port: int, make_request: Callable[[int], bytes], *, rat
 async def _run(host: str, port: int, make_request: Callable[[int], bytes], rate: float, seconds: float,
                warmup_s: float, max_connections: int, timeout: float) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
     opened = 0
     slots = asyncio.Semaphore(max_connections)
     latencies: list[float] = []
@@ -75,7 +77,13 @@ async def _run(host: str, port: int, make_request: Callable[[int], bytes], rate:
     async def one(i: int, due: float) -> None:
         nonlocal opened, errors
         async with slots:
-            conn = idle.pop() if idle else None
+            conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+            while idle and conn is None:
+                reader, writer, last = idle.pop()
+                if loop.time() - last < KEEP_ALIVE_S:
+                    conn = reader, writer
+                else:
+                    writer.close()  # the server may have closed it already
             try:
                 if conn is None:
                     conn = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
@@ -94,7 +102,7 @@ async def _run(host: str, port: int, make_request: Callable[[int], bytes], rate:
                 if due >= measured_from:
                     errors += 1
                 return
-            idle.append(conn)
+            idle.append((reader, writer, done))
             if due >= measured_from:
                 statuses[status] += 1
                 if 200 <= status < 300:
@@ -110,7 +118,7 @@ async def _run(host: str, port: int, make_request: Callable[[int], bytes], rate:
             lag_max = max(lag_max, now - due)
         tasks.append(asyncio.create_task(one(i, due)))
     await asyncio.gather(*tasks)
-    for _, w in idle:
+    for _, w, _ in idle:
         w.close()
     return {"offered": rate, "seconds": seconds, "latencies": latencies, "statuses": statuses, "errors": errors,
             "lag_max": lag_max, "connections": opened}
