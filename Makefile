@@ -38,6 +38,7 @@ lint: $(VENV)/.installed
 	  | sed -e 's#^aosk/streams/#streams/#' -e 's#^aosk/projectors/#projectors/#'; exit $${PIPESTATUS[0]}
 
 test: $(VENV)/.installed
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)  # aosk bench api's load generator
 	AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev up
 	status=0; AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
 	AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev down; exit $$status

@@ -123,6 +123,9 @@ class ApiSettings(_Section):
     """Bucket size: the requests a key may send at once after being idle."""
     max_body_bytes: int = Field(1_048_576, ge=1)
     """Largest request body accepted (413 above it, checked before parsing)."""
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    """Port of the API's Prometheus ``/metrics`` (for operators, never the public port);
+    ``None``: no metrics (docs/api.md "Metrics")."""
 
 
 class Settings(_Section):
@@ -168,6 +171,7 @@ ENV_KEYS: Mapping[str, str] = {
     "AOSK_API_RATE_LIMIT_PER_S": "api.rate_limit_per_s",
     "AOSK_API_RATE_LIMIT_BURST": "api.rate_limit_burst",
     "AOSK_API_MAX_BODY_BYTES": "api.max_body_bytes",
+    "AOSK_API_METRICS_PORT": "api.metrics_port",
 }
 
 

@@ -29,6 +29,7 @@ def create_app(settings: Settings) -> FastAPI:
         from aosk.api.idempotency import IdempotencyStore
         from aosk.api.idempotency import ensure_schema as ensure_idempotency_schema
         from aosk.api.keys import ensure_schema
+        from aosk.api.owners import owner_cache
         from aosk.endpoints import resolve_endpoints
         from aosk.projectors.db import connect, open_pool
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.keys = key_cache(pool, settings.api.schema_name)
         app.state.idempotency = IdempotencyStore(pool, settings.api.schema_name, ttl_s=settings.api.idempotency_ttl_s,
                                                  lease_s=settings.api.idempotency_lease_s)
+        app.state.owners = owner_cache(pool, settings.api.schema_name)
         app.state.endpoints = ep
         from aosk.api.wakeups import ProjectionWakeups
         from aosk.projectors.db import DEFAULT_SCHEMA
@@ -56,6 +58,10 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.wakeups.close()
             app.state.kernel.close(10)
             pool.close()
+            if settings.api.metrics_port is not None:
+                from aosk.api.metrics import mark_dead
+
+                mark_dead()
 
     app = FastAPI(title="AOSK API", version="1", lifespan=lifespan,
                   description="The Agent OS Kernel's front door. Every /api/v1 route needs an X-API-Key.")
@@ -72,6 +78,10 @@ def create_app(settings: Settings) -> FastAPI:
     for router in (audit.router, forks.router, context.router, memories.router, history.router, stream.router):
         app.include_router(router)
     install_openapi(app)
+    if settings.api.metrics_port is not None:
+        from aosk.api.metrics import install
+
+        install(app)
     return app
 
 

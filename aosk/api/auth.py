@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
+from starlette.concurrency import run_in_threadpool
 
 from aosk.api.keys import ApiKey, KeyCache, KeyStore
 from aosk.api.problems import Problem
@@ -27,11 +28,16 @@ def key_cache(pool: Any, schema: str) -> KeyCache:
     return KeyCache(lookup)
 
 
-def _caller(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> ApiKey:
+async def _caller(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> ApiKey:
+    # async: a sync dependency would cost a threadpool round trip on every request; a key
+    # remembered is answered here, a miss (a database lookup) goes to the threadpool.
     if not key:
         raise Problem(401, "unauthenticated", "Unauthenticated", "send an API key in the X-API-Key header",
                       headers={"WWW-Authenticate": "X-API-Key"})
-    found = request.app.state.keys.get(key)
+    cache = request.app.state.keys
+    hit, found = cache.cached(key)
+    if not hit:
+        found = await run_in_threadpool(cache.get, key)
     if found is None:
         raise Problem(401, "unauthenticated", "Unauthenticated", "the API key is unknown or revoked",
                       headers={"WWW-Authenticate": "X-API-Key"})
@@ -39,10 +45,10 @@ def _caller(request: Request, key: Annotated[str | None, Security(api_key_header
     return found
 
 
-def require(scope: str) -> Callable[..., ApiKey]:
+def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
     """A dependency: the caller's key, which must allow ``scope``."""
 
-    def dependency(caller: Annotated[ApiKey, Depends(_caller)]) -> ApiKey:
+    async def dependency(caller: Annotated[ApiKey, Depends(_caller)]) -> ApiKey:
         if not caller.allows(scope):
             raise Problem(403, "forbidden", "Forbidden", f"this route needs a key with scope {scope}; "
                           f"this key has {caller.scope}")
@@ -58,10 +64,6 @@ def not_found(agent_id: str) -> Problem:
 
 def owned(request: Request, caller: ApiKey, agent_id: str) -> None:
     """Raise ``not_found`` unless the caller's tenant owns ``agent_id``: every route that
-    takes an agent id calls this first."""
-    from aosk.reads.agents import is_owned
-
-    with request.app.state.pool.connection() as conn:
-        mine = is_owned(conn, request.app.state.settings.api.schema_name, agent_id, caller.tenant_id)
-    if not mine:
+    takes an agent id calls this first (``aosk.api.owners``: found once, remembered)."""
+    if not request.app.state.owners.owns(caller.tenant_id, agent_id):
         raise not_found(agent_id)

@@ -148,6 +148,14 @@ class KeyCache:
         self._size = size
         self._entries: dict[bytes, tuple[float, ApiKey | None]] = {}
 
+    def cached(self, key: str) -> tuple[bool, ApiKey | None]:
+        """(True, the answer) if ``key``'s answer is remembered and fresh, else (False, None):
+        no lookup (an async caller sends a miss to ``get`` off its event loop)."""
+        hit = self._entries.get(_digest(key))
+        if hit is not None and self._clock() - hit[0] < self._ttl:
+            return True, hit[1]
+        return False, None
+
     def get(self, key: str) -> ApiKey | None:
         digest = _digest(key)  # the cache never holds a key itself
         now = self._clock()

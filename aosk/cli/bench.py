@@ -20,6 +20,7 @@ from aosk.config import Settings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from aosk.bench.api import bench_api
     from aosk.bench.ingest import bench_ingest
     from aosk.bench.project import bench_project
     from aosk.bench.replay import bench_replay
@@ -72,6 +73,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     wk.add_argument("--plot", type=Path, default=None, metavar="PATH",
                     help="latency plot (PNG; default worker-latency.png next to --output)")
     wk.set_defaults(run=_worker)
+    api = kinds.add_parser("api", help="aosk api's authenticated POST .../events (max/s closed loop, p50/p99 at half "
+                                       "load open loop) vs. a bare FastAPI endpoint")
+    api.add_argument("--duration", type=float, default=param_default(bench_api, "duration"), metavar="SECONDS",
+                     help="each closed-loop (wrk) run (default %(default)s)")
+    api.add_argument("--open-seconds", type=float, default=param_default(bench_api, "open_seconds"),
+                     metavar="SECONDS", help="each open-loop run, after 1 s of warm-up (default %(default)s)")
+    add_repeat(api, default=param_default(bench_api, "repeat"),
+               help="closed-loop runs at the best connection count; the median is reported")
+    conns = param_default(bench_api, "connections")
+    api.add_argument("--connections", type=_counts, default=conns, metavar="N1,N2,...",
+                     help=f"wrk connection counts tried (default {','.join(map(str, conns))})")
+    api.add_argument("--workers", type=int, default=param_default(bench_api, "workers"), metavar="N",
+                     help="uvicorn workers of each server (default %(default)s)")
+    api.add_argument("--quick", action="store_true",
+                     help="a short run (2 s closed loops, one connection count, 3 s open loop, no repeats)")
+    add_no_progress(api)
+    add_output(api)
+    api.set_defaults(run=_api)
 
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
@@ -110,6 +129,30 @@ def _rates(text: str) -> tuple[float, ...]:
     if not rates or any(r <= 0 for r in rates):
         raise argparse.ArgumentTypeError(f"{text!r}: give positive events/s separated by commas, e.g. 300,1000")
     return rates
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        counts = ()
+    if not counts or any(c < 1 for c in counts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give connection counts separated by commas, e.g. 16,64")
+    return counts
+
+
+def _api(settings: Settings, args: argparse.Namespace) -> int:
+    from aosk.bench.api import bench_api, report_markdown
+    from aosk.bench.report import machine_line
+
+    if args.quick:
+        args.duration, args.open_seconds, args.repeat, args.connections = 2.0, 3.0, 1, args.connections[-1:]
+    result = bench_api(settings, workers=args.workers, duration=args.duration, repeat=args.repeat,
+                       connections=args.connections, open_seconds=args.open_seconds, progress=not args.no_progress)
+    command = ("aosk bench api --quick" if args.quick else
+               f"aosk bench api --duration {args.duration:g} --repeat {args.repeat} --open-seconds "
+               f"{args.open_seconds:g} --connections {','.join(map(str, args.connections))}")
+    return _publish(args.output, "api", report_markdown(result, machine_line(), command))
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:

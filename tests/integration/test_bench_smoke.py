@@ -1,5 +1,5 @@
-"""The benchmarks stay runnable: ``aosk bench project``, ``aosk bench replay`` and
-``aosk bench worker`` at a small size on the real stack produce a verified projection
+"""The benchmarks stay runnable: ``aosk bench project``, ``aosk bench replay``,
+``aosk bench worker`` and ``aosk bench api`` at a small size on the real stack produce a verified projection
 (or every verdict) and a report. (Their figures
 are not asserted: speed targets live in docs/benchmarks.md, never in timed tests.)"""
 
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from aosk.bench.api import bench_api
+from aosk.bench.api import report_markdown as api_report
 from aosk.bench.project import bench_project
 from aosk.bench.project import report_markdown as project_report
 from aosk.bench.replay import bench_replay
@@ -64,3 +66,18 @@ def test_bench_worker_small(settings: Settings, tmp_path) -> None:
                   "CPU µs/record", "one worker process"):
         assert field in written, field
     assert ("worker-latency.png" in written) == drawn
+
+
+def test_bench_api_tiny(settings: Settings) -> None:
+    import shutil
+
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+    r = bench_api(settings, duration=1, repeat=1, connections=(4,), open_seconds=1, progress=False)
+    for t in (r.bare, r.idle, r.running):
+        assert t.max_per_s > 0 and t.best_connections == 4, t
+        assert t.open is not None and t.open.latencies and t.open.errors == 0, t.open
+        assert set(t.open.statuses) == {202}, t.open.statuses  # every request accepted
+    text = api_report(r, "test machine", "aosk bench api --duration 1")
+    for field in ("aosk bench api --duration 1", "test machine", "bare FastAPI endpoint", "p99 ms", "Goals"):
+        assert field in text, field

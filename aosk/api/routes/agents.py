@@ -13,7 +13,10 @@ from aosk.api.auth import not_found, owned, require
 from aosk.api.consistency import READ_RESPONSES, WRITE_RESPONSES, consistent_read, write_token
 from aosk.api.idempotency import Idempotency, idempotency
 from aosk.api.keys import ApiKey
+from aosk.api.metrics import produce_timer
 from aosk.api.problems import Problem, projections_unavailable
+from aosk.events import EVENT_TYPES
+from aosk.kernel import KERNEL_ONLY, event_from_plain
 from aosk.reads.agents import AgentSummary
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
@@ -83,6 +86,7 @@ def new_agent(request: Request, caller: ApiKey, agent_id: str | None = None) -> 
     with request.app.state.pool.connection() as conn:  # a retry taking over an Idempotency-Key finds its row
         conn.execute(sql.SQL("insert into {} (agent_id, tenant_id) values (%s, %s) on conflict do nothing").format(
             sql.Identifier(request.app.state.settings.api.schema_name, "agents")), (agent_id, caller.tenant_id))
+    request.app.state.owners.add(caller.tenant_id, agent_id)
     return agent_id
 
 
@@ -98,11 +102,12 @@ def create_agent(body: AgentCreate, request: Request, caller: Annotated[ApiKey, 
     def produce(event_id: str, agent_id: str) -> JSONResponse:
         new_agent(request, caller, agent_id)
         try:
-            pending = request.app.state.kernel.spawn(
-                agent_id=agent_id, tenant_id=caller.tenant_id, name=body.name, priority=body.priority,
-                capabilities=body.capabilities, budgets=Budgets(**body.budgets.model_dump()), metadata=body.metadata,
-                event_id=event_id)
-            d = pending.result(10)
+            with produce_timer(request, "spawn"):
+                pending = request.app.state.kernel.spawn(
+                    agent_id=agent_id, tenant_id=caller.tenant_id, name=body.name, priority=body.priority,
+                    capabilities=body.capabilities, budgets=Budgets(**body.budgets.model_dump()),
+                    metadata=body.metadata, event_id=event_id)
+                d = pending.result(10)
         except AoskError as e:
             raise journal_unavailable("spawn", e) from e
         except TimeoutError as e:
@@ -165,9 +170,10 @@ def kill_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, De
 
     def produce(event_id: str, _: str) -> JSONResponse:
         try:
-            pending = kernel.emit(AgentKilled, agent_id=agent_id, tenant_id=caller.tenant_id, signal="SIGKILL",
-                                  by=f"api-key:{caller.key_id}", event_id=event_id)
-            d = pending.result(10)
+            with produce_timer(request, "kill"):
+                pending = kernel.emit(AgentKilled, agent_id=agent_id, tenant_id=caller.tenant_id, signal="SIGKILL",
+                                      by=f"api-key:{caller.key_id}", event_id=event_id)
+                d = pending.result(10)
         except (AoskError, TimeoutError) as e:
             raise journal_unavailable("kill", e) from e
         out = EventAcceptedBrief(event_id=pending.event_id, partition=d.partition, offset=d.offset)
@@ -199,9 +205,6 @@ _REJECTION_STATUS = {"illegal_transition": 409, "budget_exhausted": 409, "not_sp
 
 
 def client_event_types() -> frozenset[str]:
-    from aosk.events import EVENT_TYPES
-    from aosk.kernel import KERNEL_ONLY
-
     return frozenset(EVENT_TYPES) - KERNEL_ONLY - _RUNTIME_TYPES - {"AgentSpawned"}
 
 
@@ -254,7 +257,6 @@ def check_client_event(agent_id: str, body: EventIn, request: Request, caller: A
     """What ``POST .../events`` refuses before anything is produced (and before an
     Idempotency-Key is claimed): an agent not the caller's, a type clients may not send,
     header fields or new agents' ids set by the client, a message to an agent not the caller's."""
-    from aosk.events import EVENT_TYPES
 
     if wait not in (None, "verdict"):
         raise Problem(422, "invalid-request", "Invalid request", "wait must be `verdict` or absent")
@@ -287,7 +289,6 @@ def send_client_event(agent_id: str, body: EventIn, request: Request, caller: Ap
     import time
 
     from aosk.errors import AoskError, EventRejected
-    from aosk.kernel import event_from_plain
 
     kernel = request.app.state.kernel
     new_field = _NEW_AGENT_FIELD.get(body.type)
@@ -302,8 +303,9 @@ def send_client_event(agent_id: str, body: EventIn, request: Request, caller: Ap
     if new_field is not None:
         new_agent(request, caller, new_id)
     try:
-        pending = kernel.send(event)
-        d = pending.result(10)
+        with produce_timer(request, "event"):
+            pending = kernel.send(event)
+            d = pending.result(10)
     except EventRejected as e:
         raise Problem(422, "invalid-event", "Invalid event", str(e)) from e
     except (AoskError, TimeoutError) as e:

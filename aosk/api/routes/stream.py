@@ -33,6 +33,7 @@ from starlette.types import Send
 
 from aosk.api.auth import owned, require
 from aosk.api.keys import ApiKey
+from aosk.api.metrics import sse_client
 from aosk.api.problems import Problem
 from aosk.api.routes.agents import AgentId
 from aosk.api.routes.history import event_out
@@ -102,31 +103,32 @@ async def _messages(request: Request, agent_id: str, after: int) -> AsyncIterato
         with pool.connection() as conn:
             return events_after(conn, DEFAULT_SCHEMA, agent_id, after_offset=offset, limit=_BATCH)
 
-    last = after
-    sent_at = time.monotonic()
-    yield "retry: 1000\n\n"
-    while True:
-        ticket = wakeups.ticket()
-        try:
-            items = await run_in_threadpool(fetch, last)
-        except Exception as e:  # noqa: BLE001 - PostgreSQL away: the client resumes from its last id
-            log.warning("stream of %s ends: %s", agent_id, " ".join(str(e).split()) or type(e).__name__)
-            return
-        if items:
-            yield "".join(sse_message(i) for i in items)
-            last = items[-1].offset
-            sent_at = time.monotonic()
-            if len(items) == _BATCH:
-                continue
-        idle = time.monotonic() - sent_at
-        if idle >= _KEEPALIVE:
-            yield ": keep-alive\n\n"
-            sent_at = time.monotonic()
-            idle = 0.0
-        try:
-            await asyncio.wait_for(ticket.wait(), timeout=min(_POLL, _KEEPALIVE - idle))
-        except TimeoutError:
-            pass
+    with sse_client(request):  # counted while connected; a closed client cancels the generator
+        last = after
+        sent_at = time.monotonic()
+        yield "retry: 1000\n\n"
+        while True:
+            ticket = wakeups.ticket()
+            try:
+                items = await run_in_threadpool(fetch, last)
+            except Exception as e:  # noqa: BLE001 - PostgreSQL away: the client resumes from its last id
+                log.warning("stream of %s ends: %s", agent_id, " ".join(str(e).split()) or type(e).__name__)
+                return
+            if items:
+                yield "".join(sse_message(i) for i in items)
+                last = items[-1].offset
+                sent_at = time.monotonic()
+                if len(items) == _BATCH:
+                    continue
+            idle = time.monotonic() - sent_at
+            if idle >= _KEEPALIVE:
+                yield ": keep-alive\n\n"
+                sent_at = time.monotonic()
+                idle = 0.0
+            try:
+                await asyncio.wait_for(ticket.wait(), timeout=min(_POLL, _KEEPALIVE - idle))
+            except TimeoutError:
+                pass
 
 
 @router.get("/{agent_id}/stream", response_class=EventStream,
