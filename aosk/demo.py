@@ -369,7 +369,6 @@ def _section_replay(settings: Settings, ep: Endpoints) -> None:
 
 def _section_quarantine(settings: Settings, ep: Endpoints) -> None:
     _heading("8. a garbage record halts its partition; aosk journal quarantine releases it")
-    import uuid
 
     import psycopg
     from confluent_kafka import Producer
@@ -430,7 +429,7 @@ def _section_quarantine(settings: Settings, ep: Endpoints) -> None:
 
 
 def _section_api(settings: Settings, ep: Endpoints) -> None:
-    _heading("9. the front door: aosk api with per-tenant keys")
+    _heading("9. the front door: aosk api, as a client sees it (curl-like, per-tenant keys)")
     import json
     import socket
     import urllib.error
@@ -438,40 +437,123 @@ def _section_api(settings: Settings, ep: Endpoints) -> None:
 
     from aosk.waiting import wait_for
 
-    def get(url: str, headers: dict[str, str]) -> tuple[int, str, dict[str, Any]]:
+    def call(method: str, path: str, key: str | None = None, body: object = None,
+             headers: dict[str, str] | None = None, *, base_url: str | None = None) -> tuple[int, Any, Any]:
+        sent = {**(headers or {}), **({"X-API-Key": key} if key else {})}
+        data = None if body is None else json.dumps(body).encode()
+        if data is not None:
+            sent["content-type"] = "application/json"
+        req = urllib.request.Request((base_url or base) + path, data=data, headers=sent, method=method)
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
-                return r.status, r.headers.get("content-type", ""), json.loads(r.read())
+            with urllib.request.urlopen(req, timeout=30) as r:
+                raw = r.read()
+                return r.status, r.headers, json.loads(raw) if "json" in r.headers.get("content-type", "") else raw
         except urllib.error.HTTPError as e:
-            return e.code, e.headers.get("content-type", ""), json.loads(e.read())
+            return e.code, e.headers, json.loads(e.read())
 
-    with socket.socket() as s:  # a free loopback port for this demo's API process
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    made = subprocess.run([sys.executable, "-m", "aosk.cli", "keys", "create", "--tenant", "acme", "--scope", "admin",
-                           "--name", "demo"], capture_output=True, text=True, timeout=60)
-    key = made.stdout.strip().splitlines()[-1]
-    print(f"  aosk keys create --tenant acme --scope admin -> {made.stdout.splitlines()[0][:90]}")
-    print(f"    {key[:22]}... (stored as SHA-256 only; shown once)")
+    def show(line: str) -> None:
+        print(f"  {line[:150]}")
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    def new_key(tenant: str, scope: str) -> str:
+        made = subprocess.run([sys.executable, "-m", "aosk.cli", "keys", "create", "--tenant", tenant, "--scope",
+                               scope, "--name", "demo"], capture_output=True, text=True, timeout=60, check=True)
+        return made.stdout.strip().splitlines()[-1]
+
+    key, other = new_key("acme", "admin"), new_key("globex", "admin")
+    show(f"aosk keys create --tenant acme --scope admin -> {key[:14]}... (shown once, stored as SHA-256 only)")
+    show(f"aosk keys create --tenant globex --scope admin -> {other[:14]}...")
+    port, metrics_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     with open(settings.dev.state_dir.expanduser().resolve() / "demo-logs" / "api.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "aosk.cli", "api", "--host", "127.0.0.1", "--port", str(port),
-                                 "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
+                                 "--metrics-port", str(metrics_port), "--log-level", "warning"],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         def up() -> bool:
             try:
-                return get(base + "/health", {})[0] == 200
+                return call("GET", "/health")[0] == 200
             except OSError:
                 return False
 
         wait_for(up, timeout=60, what="aosk api to answer")
-        for path, headers in (("/health", {}), ("/api/health", {}), ("/api/v1/status", {}),
-                              ("/api/v1/status", {"X-API-Key": key})):
-            code, ctype, body = get(base + path, headers)
-            shown = "with the key" if headers else "no key"
-            brief = (body.get("status") if path.endswith("health") else
-                     body.get("title") if code >= 400 else body.get("agents_by_status"))
-            print(f"  GET {path:15} ({shown:12}) -> {code} {ctype.split(';')[0]}: {str(brief)[:90]}")
+        show(f"aosk api --port {port} --metrics-port {metrics_port}   (docs/api.md has every route)")
+        code, _, body = call("GET", "/api/health")
+        show(f"GET /health -> 200; GET /api/health -> {code} {body['status']} "
+             f"(checks: {', '.join(sorted(body['checks']))})")
+        code, _, body = call("GET", "/api/v1/status")
+        show(f"GET /api/v1/status without a key -> {code} {body['type'].rsplit('/', 1)[-1]}")
+
+        idem = {"Idempotency-Key": str(uuid.uuid4())}
+        spec = {"name": "researcher", "priority": 5, "capabilities": ["search"]}
+        code, h, made = call("POST", "/api/v1/agents", key, spec, idem)
+        agent = made["agent_id"]
+        show(f"POST /api/v1/agents {json.dumps(spec)} -> {code} agent {agent} at {made['partition']}:"
+             f"{made['offset']}")
+        code, h, again = call("POST", "/api/v1/agents", key, spec, idem)
+        show(f"  the same POST again (same Idempotency-Key, e.g. a retry after a timeout) -> {code} "
+             f"Idempotent-Replayed: {h.get('Idempotent-Replayed')}, same agent: {again['agent_id'] == agent}")
+        code, h, out = call("POST", f"/api/v1/agents/{agent}/events?wait=verdict", key,
+                            {"type": "AgentStarted", "payload": {}})
+        show(f"POST .../events?wait=verdict AgentStarted -> {code} verdict {out['verdict']['verdict']}, "
+             f"status {out['verdict']['status']}")
+        code, h, out = call("POST", "/api/v1/context?wait=verdict", key,
+                            {"agent_id": agent, "role": "user", "content": "find the Q3 numbers"})
+        show(f"POST /api/v1/context?wait=verdict -> {code} {out['verdict']['verdict']}")
+        dim = settings.memory.embedding_dimension
+        code, h, out = call("POST", f"/api/v1/agents/{agent}/events?wait=verdict", key, {
+            "type": "MemoryStored", "payload": {"memory_id": "m-q3", "text": "Q3 revenue grew 12%",
+                                                "embedding": [1.0] + [0.0] * (dim - 1), "importance": 0.8,
+                                                "metadata": {}}})
+        token = h.get("AOSK-Consistency-Token")
+        show(f"POST .../events MemoryStored -> {code} {out['verdict']['verdict']}; "
+             f"AOSK-Consistency-Token: {token}")
+        code, h, view = call("GET", f"/api/v1/agents/{agent}", key, headers={"AOSK-Consistency-Token": token})
+        show(f"GET /api/v1/agents/{{id}} with that token (read-your-writes) -> {code} {view['status']}, "
+             f"seq {view['seq']}, tokens_used {view['tokens_used']}")
+        code, _, hist = call("GET", f"/api/v1/agents/{agent}/events", key)
+        show(f"GET .../events -> {code} {len(hist['events'])} records: "
+             f"{', '.join(e['type'] + ' ' + e['verdict'] for e in hist['events'])}")
+        first = hist["events"][0]["offset"]
+        with urllib.request.urlopen(urllib.request.Request(base + f"/api/v1/agents/{agent}/stream",
+                                                           headers={"X-API-Key": key,
+                                                                    "Last-Event-ID": str(first)}),
+                                    timeout=30) as stream:
+            ids: list[int] = []
+            deadline = time.monotonic() + 30
+            while len(ids) < len(hist["events"]) - 1 and time.monotonic() < deadline:
+                line = stream.readline().decode()
+                if line.startswith("id:"):
+                    ids.append(int(line[3:]))
+        show(f"GET .../stream with Last-Event-ID: {first} (SSE) -> ids {ids}: every record after it, once")
+        code, _, st = call("GET", f"/api/v1/agents/{agent}/state?at_offset={first}", key)
+        show(f"GET .../state?at_offset={first} (time travel) -> {code} status {st['state']['status']} at seq "
+             f"{st['seq']}")
+        code, _, out = call("POST", "/api/v1/memories/search", key,
+                            {"agent_id": agent, "query_embedding": [0.9, 0.1] + [0.0] * (dim - 2), "k": 3})
+        show(f"POST /api/v1/memories/search -> {code} "
+             f"{[(m['text'], round(m['distance'], 3)) for m in out['memories']]}")
+        code, _, out = call("GET", f"/api/v1/agents/{agent}/audit/verify", key)
+        show(f"GET .../audit/verify -> {code} intact: {out['intact']}, {out['records']} records, "
+             f"head {str(out['head'])[:16]}...")
+        code, _, fork = call("POST", f"/api/v1/agents/{agent}/fork", key, {"at_offset": first})
+        show(f"POST .../fork {{\"at_offset\": {first}}} -> {code} child {fork['agent_id']}")
+        code, _, out = call("POST", f"/api/v1/agents/{agent}/events", key,
+                            {"type": "LlmCallCompleted", "payload": {}})
+        show(f"POST .../events LlmCallCompleted (the runtime's to write) -> {code} "
+             f"{out['type'].rsplit('/', 1)[-1]}")
+        theirs = call("GET", f"/api/v1/agents/{agent}", other)
+        missing = call("GET", f"/api/v1/agents/{uuid.uuid4()}", other)
+        show(f"GET acme's agent with globex's key -> {theirs[0]}; a missing id -> {missing[0]}: "
+             f"the same answer, ids reveal nothing across tenants")
+        code, _, text = call("GET", "/metrics", base_url=f"http://127.0.0.1:{metrics_port}")
+        lines = [line for line in text.decode().splitlines() if line.startswith("aosk_api_requests_total{")]
+        show(f"GET :{metrics_port}/metrics -> {code} {len(lines)} aosk_api_requests_total series, e.g.")
+        show(f"  {max(lines, key=lambda line: float(line.rsplit(' ', 1)[1]))}")
     finally:
         proc.terminate()
         proc.wait(20)
