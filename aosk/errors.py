@@ -31,6 +31,8 @@
      +-- CheckpointError        a stored checkpoint does not decode or match its hash
      +-- HistoryError           the point in time asked for does not exist
      |    +-- NoSuchAgent           the agent has no record at or before that point
+     |    +-- HistoryIncomplete     the events projection lacks the rows the read needs
+     |                              (projected before migration 0005; ``aosk replay``)
      +-- PartitionStopped       a reader met a record it must not skip (unknown fingerprint or fold version)
      +-- RecallError            a recall query that cannot be answered as asked (also a ValueError)
      +-- ReplayError            a replay cannot go on; the live schema is unchanged
@@ -59,7 +61,8 @@ __all__ = [
     "DecodeError", "Undecodable", "UnknownFingerprint", "Quarantined", "StateDecodeError", "UnknownFoldVersion",
     "PartitionCountChanged", "EventRejected", "DeliveryError", "ProjectionTimeout", "ProjectionConfigError",
     "SchemaNotFound", "JournalMismatch", "MigrationError", "UndecodableState", "Fenced", "Inconsistent",
-    "CheckpointError", "HistoryError", "NoSuchAgent", "PartitionStopped", "RecallError", "ReplayError", "Problem",
+    "CheckpointError", "HistoryError", "NoSuchAgent", "HistoryIncomplete", "PartitionStopped", "RecallError",
+    "ReplayError", "Problem",
 ]
 
 
@@ -336,6 +339,25 @@ class NoSuchAgent(HistoryError):
         self.agent_id = agent_id
         self.first_offset = first_offset
         super().__init__(message)
+
+
+class HistoryIncomplete(HistoryError):
+    """The ``events`` projection has no rows below ``complete_from`` of ``partition``
+    (``events_coverage``, migration 0006): the schema was projected before migration
+    0005 stored event bodies, and the read needs records from ``offset``, below it. Reading
+    on would list or fold a partial history, so the read is refused; ``aosk replay``
+    rebuilds every projection from the journal, events included."""
+
+    def __init__(self, partition: int, complete_from: int, offset: int, *, what: str) -> None:
+        self.partition = partition
+        self.complete_from = complete_from
+        self.offset = offset
+        super().__init__(
+            f"{what} needs records of partition {partition} from offset {offset}, but the events projection of "
+            f"partition {partition} is complete only from offset {complete_from} (the records before it were "
+            "projected before events were stored); run `aosk replay` to rebuild every projection from the "
+            "journal, events included (docs/recovery.md, \"Events missing after an upgrade\")"
+        )
 
 
 class PartitionStopped(AoskError):

@@ -42,7 +42,8 @@ _WHY: Final = {
     413: "the request body is over the size cap",
     422: "a field, parameter or event that does not fit",
     429: "this key's rate limit (see Retry-After)",
-    503: "the journal or the projections cannot be reached (see Retry-After)",
+    503: "the journal or the projections cannot be reached (see Retry-After), or the events projection lacks "
+         "the records a history read needs (`history-incomplete`: no retry helps before `aosk replay`)",
     504: "the consistency token's position was not projected in time",
 }
 _BY_METHOD: Final = {

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from aosk.errors import Problem
+from aosk.errors import HistoryIncomplete, Problem
 
 __all__ = ["Problem", "problem_response", "validation_problem", "http_problem", "projections_unavailable",
-           "TYPE_BASE"]
+           "history_incomplete", "TYPE_BASE"]
 
 TYPE_BASE = "https://aosk.dev/problems/"
 """Problem ``type`` URIs are this plus a stable slug (docs/api.md lists them)."""
@@ -68,3 +68,11 @@ def projections_unavailable(schema: str) -> Problem:
     return Problem(503, "projections-unavailable", "Projections unavailable",
                    f"the projection schema {schema} does not exist yet (start `aosk project`)",
                    headers={"Retry-After": "5"})
+
+
+def history_incomplete(error: HistoryIncomplete) -> Problem:
+    """503 when the events projection lacks rows a history, stream or state read needs
+    (a schema projected before events were stored): no retry helps until an operator
+    runs ``aosk replay``, so no ``Retry-After``. ``partition`` and ``complete_from`` in the body."""
+    return Problem(503, "history-incomplete", "History incomplete", str(error),
+                   partition=error.partition, complete_from=error.complete_from)

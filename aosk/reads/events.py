@@ -7,6 +7,10 @@ Point-in-time states are the nearest checkpoint at or before the point plus the 
 partition's accepted markers (rows of its pseudo-agent) switch the fold version and
 partition count as they do live. Only what the projector has committed is read: a point
 past the partition's projected end is refused (``HistoryError``), not waited for.
+
+A schema projected before migration 0005 lacks the ``events`` rows of its early records
+(``aosk.reads.coverage``): every read here that would need one of them refuses with
+``HistoryIncomplete`` instead of answering from part of the history.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from aosk.errors import HistoryError, NoSuchAgent, StateDecodeError
+from aosk.errors import HistoryError, HistoryIncomplete, NoSuchAgent, StateDecodeError
 from aosk.kernel import AgentSlot, AgentState, Record, apply, decode_state, pseudo_key, state_hash
 from aosk.projectors.checkpoints import nearest_checkpoint
 from aosk.projectors.db import qualified
 from aosk.projectors.event_rows import record_of
 from aosk.projectors.history import fold_start
 from aosk.projectors.rows import ms_of, storage_key, ts
+from aosk.reads.coverage import complete_from, require_events
 
 __all__ = ["EventItem", "EventPage", "PointState", "history", "events_after", "partition_of", "projected_end",
            "current_state", "state_at"]
@@ -78,7 +83,9 @@ def _item(row: tuple[Any, ...]) -> EventItem:
 
 def history(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, after_seq: int = 0,
             limit: int = 100) -> EventPage:
-    """``agent_id``'s records with seq > ``after_seq``, by seq, at most ``limit``."""
+    """``agent_id``'s records with seq > ``after_seq``, by seq, at most ``limit``.
+    ``HistoryIncomplete``: some of them have no ``events`` row."""
+    require_events(conn, schema, agent_id, after_seq=after_seq, what=f"the history of {agent_id!r}")
     rows = conn.execute(
         sql.SQL("select {} from {} where agent_id = %s and seq > %s order by seq limit %s").format(
             _ITEM, qualified(schema, "events")),
@@ -90,8 +97,13 @@ def history(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, after_
 
 
 def events_after(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, after_offset: int,
-                 limit: int = 500) -> list[EventItem]:
-    """``agent_id``'s records after journal offset ``after_offset`` (-1: all), by offset."""
+                 limit: int = 500, checked: bool = False) -> list[EventItem]:
+    """``agent_id``'s records after journal offset ``after_offset`` (-1: all), by offset.
+    ``HistoryIncomplete``: some of them have no ``events`` row. ``checked``: the caller
+    already made that check for this ``after_offset`` or a lower one (a stream polling
+    on: rows below ``complete_from`` never appear later, so once is enough)."""
+    if not checked:
+        require_events(conn, schema, agent_id, after_offset=after_offset, what=f"the records of {agent_id!r}")
     rows = conn.execute(
         sql.SQL("select {} from {} where agent_id = %s and journal_offset > %s order by journal_offset "
                 "limit %s").format(_ITEM, qualified(schema, "events")),
@@ -164,11 +176,15 @@ def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offse
              time_ms: int | None = None) -> PointState:
     """``agent_id``'s state after the record at ``offset`` of its partition, or after its
     last record with broker time <= ``time_ms``. ``NoSuchAgent``: no record at or before
-    the point; ``HistoryError``: ``offset`` is past what the projection has committed."""
+    the point; ``HistoryError``: ``offset`` is past what the projection has committed;
+    ``HistoryIncomplete``: the fold would start below the partition's ``complete_from``
+    (it needs ``events`` rows the schema does not have)."""
     if (offset is None) == (time_ms is None):
         raise ValueError("give exactly one of offset and time_ms")
+    what = f"the state of {agent_id!r} at {'offset ' + str(offset) if time_ms is None else 'a broker time'}"
     p = partition_of(conn, schema, agent_id)
     if p is None:
+        require_events(conn, schema, agent_id, what=what)  # all of its records predate the events rows
         raise NoSuchAgent(agent_id, f"no such agent: {agent_id!r} has no projected record")
     key = storage_key(agent_id)
     events = qualified(schema, "events")
@@ -178,6 +194,7 @@ def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offse
             (key, ts(time_ms)),
         ).fetchone()
         if row is None or row[0] is None:
+            require_events(conn, schema, agent_id, what=what)  # its rows at that time may be missing
             raise _not_yet(conn, schema, agent_id, f"broker time {ts(time_ms).isoformat(timespec='milliseconds')}")
         offset = int(row[0])
     assert offset is not None
@@ -189,6 +206,9 @@ def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offse
     slot, version, partitions, start = fold_start(conn, schema, p, cp)
     if slot is None:
         cp = None
+    complete = complete_from(conn, schema, p)
+    if start < complete:
+        raise HistoryIncomplete(p, complete, start, what=what)
     rows = conn.execute(
         sql.SQL("select agent_id, journal_offset, event_type, payload, broker_time from {} "
                 "where journal_partition = %s and journal_offset >= %s and journal_offset <= %s "

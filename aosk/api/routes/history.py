@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from aosk.api.auth import owned, require
 from aosk.api.consistency import READ_RESPONSES, consistent_read
 from aosk.api.keys import ApiKey
-from aosk.api.problems import Problem
+from aosk.api.problems import Problem, history_incomplete
 from aosk.api.routes.agents import AgentId
 
 router = APIRouter(prefix="/api/v1/agents", tags=["history"])
@@ -86,12 +86,16 @@ def agent_events(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, 
                  limit: Annotated[int, Query(ge=1, le=500)] = 100) -> EventHistory:
     """Every record of the agent the projector has committed, including rejected ones and
     duplicates; page with ``after_seq=next_cursor`` until ``has_more`` is false."""
+    from aosk.errors import HistoryIncomplete
     from aosk.projectors.db import DEFAULT_SCHEMA
     from aosk.reads.events import history
 
     owned(request, caller, agent_id)
     with projection(request) as conn:
-        page = history(conn, DEFAULT_SCHEMA, agent_id, after_seq=after_seq, limit=limit)
+        try:
+            page = history(conn, DEFAULT_SCHEMA, agent_id, after_seq=after_seq, limit=limit)
+        except HistoryIncomplete as e:
+            raise history_incomplete(e) from e
     return EventHistory(events=[event_out(i) for i in page.items], has_more=page.has_more,
                         next_cursor=page.next_cursor)
 
@@ -120,7 +124,7 @@ def agent_state(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, D
                 ) -> StateOut:
     """The nearest checkpoint at or before the point plus the agent's records after it,
     folded with the kernel's ``apply`` (``aosk state --at-offset`` does the same from Kafka)."""
-    from aosk.errors import HistoryError, NoSuchAgent
+    from aosk.errors import HistoryError, HistoryIncomplete, NoSuchAgent
     from aosk.kernel import encode_state
     from aosk.projectors.db import DEFAULT_SCHEMA
     from aosk.reads.events import current_state, state_at
@@ -141,6 +145,8 @@ def agent_state(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, D
                 point = state_at(conn, DEFAULT_SCHEMA, agent_id, offset=at_offset, time_ms=time_ms)
         except NoSuchAgent as e:
             raise Problem(404, "state-not-found", "No state at that point", f"{param}: {e}") from e
+        except HistoryIncomplete as e:
+            raise history_incomplete(e) from e
         except HistoryError as e:
             raise Problem(422, "point-out-of-range", "Point out of range", f"{param}: {e}") from e
     return StateOut(agent_id=agent_id, partition=point.partition, offset=point.offset, seq=point.seq,

@@ -6,7 +6,9 @@ of the agent, read from the ``events`` projection (so each carries its verdict).
 the history route. ``Last-Event-ID`` (or ``?last_event_id=``) resumes strictly after
 that offset, on any API process, at any age: the rows are read by offset from
 PostgreSQL, nothing is kept per process. Without it the stream starts at the agent's
-first record.
+first record. A stream that would need records the ``events`` projection lacks (a
+schema projected before events were stored) is refused before it starts (503
+``history-incomplete``), never started late.
 
 Resources per client: no connection is held while a stream waits. Each read borrows a
 pooled connection for one query (at most ``_BATCH`` rows) and gives it back; waiting is
@@ -34,9 +36,9 @@ from starlette.types import Send
 from aosk.api.auth import owned, require
 from aosk.api.keys import ApiKey
 from aosk.api.metrics import sse_client
-from aosk.api.problems import Problem
+from aosk.api.problems import Problem, history_incomplete
 from aosk.api.routes.agents import AgentId
-from aosk.api.routes.history import event_out
+from aosk.api.routes.history import event_out, projection
 
 router = APIRouter(prefix="/api/v1/agents", tags=["stream"])
 
@@ -92,6 +94,19 @@ def _resume_point(header: str | None, query: int | None) -> int:
     return value
 
 
+def _require_events(request: Request, agent_id: str, after: int) -> None:
+    """Refuse the stream (503 ``history-incomplete``) if records after ``after`` lack rows."""
+    from aosk.errors import HistoryIncomplete
+    from aosk.projectors.db import DEFAULT_SCHEMA
+    from aosk.reads.coverage import require_events
+
+    with projection(request) as conn:
+        try:
+            require_events(conn, DEFAULT_SCHEMA, agent_id, after_offset=after, what=f"the stream of {agent_id!r}")
+        except HistoryIncomplete as e:
+            raise history_incomplete(e) from e
+
+
 async def _messages(request: Request, agent_id: str, after: int) -> AsyncIterator[str]:
     from aosk.projectors.db import DEFAULT_SCHEMA
     from aosk.reads.events import events_after
@@ -100,8 +115,8 @@ async def _messages(request: Request, agent_id: str, after: int) -> AsyncIterato
     wakeups = request.app.state.wakeups
 
     def fetch(offset: int) -> list[Any]:
-        with pool.connection() as conn:
-            return events_after(conn, DEFAULT_SCHEMA, agent_id, after_offset=offset, limit=_BATCH)
+        with pool.connection() as conn:  # checked from ``after`` on by agent_stream
+            return events_after(conn, DEFAULT_SCHEMA, agent_id, after_offset=offset, limit=_BATCH, checked=True)
 
     with sse_client(request):  # counted while connected; a closed client cancels the generator
         last = after
@@ -142,5 +157,6 @@ async def agent_stream(agent_id: AgentId, request: Request, caller: Annotated[Ap
                                                                           max_length=64)] = None) -> EventStream:
     after = _resume_point(last_event_id_header, last_event_id)
     await run_in_threadpool(owned, request, caller, agent_id)
+    await run_in_threadpool(_require_events, request, agent_id, after)
     return EventStream(_messages(request, agent_id, after),
                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
