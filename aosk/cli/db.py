@@ -109,11 +109,22 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
           f"{'last record':26}  {'owner':20}  state")
     for p in status.partitions:
         state = "ok" if p.stopped is None else f"STOPPED at {p.stopped.offset}: {p.stopped.reason}"
+        if p.events_from:
+            state += f"; events from {p.events_from}"
         print(f"{p.partition:>9} {p.projected:>10} {num(p.end):>10} {num(p.lag):>8} {num(p.judged):>10} "
               f"{num(p.worker_lag):>10}  {str(p.last_record_at or '-'):26.26}  {(p.owner or '-'):20.20}  {state}")
     for p in status.stopped:
         assert p.stopped is not None
         print(f"partition {p.partition} STOPPED at offset {p.stopped.offset}: {p.stopped.message}")
+    # Not a stop (projection goes on), but reads of the early history are refused until a replay.
+    for p in status.events_incomplete:
+        print(f"partition {p.partition} EVENTS INCOMPLETE below offset {p.events_from}: projected before events "
+              "were stored, so history, streams and time travel that need earlier records are refused; "
+              "`aosk replay` rebuilds every projection from the journal, events included (docs/recovery.md, "
+              "\"Events missing after an upgrade\")")
+    if not status.events_known:
+        print(f"events completeness unknown: schema {args.schema} predates migration 0006; "
+              f"run `aosk db migrate --schema {args.schema}`")
     if kafka_problem is not None:
         print(f"aosk: end offsets unknown, lag not shown: {kafka_problem}", file=sys.stderr)
         from aosk.cli import exit_code

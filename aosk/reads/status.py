@@ -1,6 +1,7 @@
 """The projection's own progress and what it holds per tenant: ``projector_offsets``
-(next offset, stops) and ``agents_by_status``; the reads behind ``aosk db status``,
-``/api/health``, ``/api/v1/status`` and read-your-writes waits."""
+(next offset, stops), ``events_coverage`` (``aosk.reads.coverage``) and
+``agents_by_status``; the reads behind ``aosk db status``, ``/api/health``,
+``/api/v1/status`` and read-your-writes waits."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import psycopg
 from psycopg import sql
 
 from aosk.projectors.db import qualified
+from aosk.reads.coverage import incomplete_partitions
 
 __all__ = ["Stopped", "PartitionStatus", "ProjectionStatus", "projection_status", "projected_offsets",
            "agents_by_status", "projected_records"]
@@ -36,6 +38,9 @@ class PartitionStatus:
     last_record_at: Any
     owner: str | None
     stopped: Stopped | None
+    events_from: int = 0
+    """The offset from which the ``events`` projection has every record (0: all of it;
+    more on a schema projected before events were stored: ``aosk replay`` completes it)."""
 
     @property
     def lag(self) -> int | None:
@@ -54,10 +59,17 @@ class ProjectionStatus:
     partitions: list[PartitionStatus] = field(default_factory=list)
     kafka_problem: str | None = None
     """Why end offsets are unknown (Kafka unreachable), or None."""
+    events_known: bool = True
+    """False: the schema predates ``events_coverage`` (migration 0006), completeness unknown."""
 
     @property
     def stopped(self) -> list[PartitionStatus]:
         return [p for p in self.partitions if p.stopped is not None]
+
+    @property
+    def events_incomplete(self) -> list[PartitionStatus]:
+        """Partitions whose ``events`` rows start above offset 0."""
+        return [p for p in self.partitions if p.events_from > 0]
 
     @property
     def lag(self) -> int | None:
@@ -75,6 +87,8 @@ def projection_status(conn: psycopg.Connection[Any], schema: str, *, ends: dict[
                       judged: dict[int, int] | None = None, kafka_problem: str | None = None) -> ProjectionStatus:
     """Each partition of ``schema``'s projection against the broker's ``ends`` (None: unknown)."""
     out = ProjectionStatus(schema, kafka_problem=kafka_problem)
+    incomplete = incomplete_partitions(conn, schema)
+    out.events_known = incomplete is not None
     rows = conn.execute(
         sql.SQL("select partition, next_offset, last_record_at, owner, stopped_offset, stop_reason, stop_message "
                 "from {} order by partition").format(qualified(schema, "projector_offsets"))
@@ -84,7 +98,8 @@ def projection_status(conn: psycopg.Connection[Any], schema: str, *, ends: dict[
         stopped = Stopped(int(s_off), s_reason or "error", s_msg or "") if s_off is not None and s_off >= nxt else None
         out.partitions.append(PartitionStatus(
             int(p), int(nxt), None if ends is None else ends.get(int(p)),
-            None if judged is None else judged.get(int(p)), last, owner, stopped))
+            None if judged is None else judged.get(int(p)), last, owner, stopped,
+            (incomplete or {}).get(int(p), 0)))
     return out
 
 
