@@ -29,7 +29,7 @@ from psycopg import sql
 from psycopg.adapt import Dumper
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import Format
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from aosk._quiet import Backoff, OutageFilter, OutageLog
 from aosk.config import PostgresSettings
@@ -280,11 +280,14 @@ def open_pool(
     min_size: int = 1,
     max_size: int | None = None,
     configure: Callable[[psycopg.Connection[Any]], None] | None = None,
+    autocommit: bool = False,
 ) -> ConnectionPool:
     """A psycopg pool sized by ``pool_size`` + ``max_overflow`` (or ``max_size``);
     opened, ready to use. Connections are checked before they are handed out, so a
     connection the server closed (e.g. a paused process's timed-out transaction) is
-    replaced instead of failing the next batch."""
+    replaced instead of failing the next batch. ``autocommit``: each statement commits
+    by itself (one round trip instead of BEGIN, statement, COMMIT); a caller needing
+    several statements in one transaction opens ``conn.transaction()``."""
     size = max_size if max_size is not None else pg.pool_size + pg.max_overflow
     pool = ConnectionPool(
         dsn,
@@ -292,7 +295,7 @@ def open_pool(
         max_size=size,
         name=name,
         open=False,
-        kwargs={"autocommit": False},
+        kwargs={"autocommit": autocommit},
         configure=configure,
         check=ConnectionPool.check_connection,
     )
@@ -372,3 +375,16 @@ def record_stop(conn: psycopg.Connection[Any], schema: str, partition: int, *, o
                 "where partition = %s").format(qualified(schema, "projector_offsets")),
         (offset, code, message, offset, partition),
     )
+
+
+async def open_async_pool(dsn: str, *, name: str = "aosk", min_size: int = 1, max_size: int = 4) -> AsyncConnectionPool:
+    """``open_pool`` for asyncio code, always in autocommit mode (each statement stands
+    alone); opened, ready to use, connections checked before they are handed out."""
+    pool = AsyncConnectionPool(dsn, min_size=min(min_size, max_size), max_size=max_size, name=name, open=False,
+                               kwargs={"autocommit": True}, check=AsyncConnectionPool.check_connection)
+    try:
+        await pool.open(wait=True, timeout=30)
+    except Exception as e:
+        await pool.close()
+        raise PostgresUnavailable(dsn, str(e) or type(e).__name__) from e
+    return pool

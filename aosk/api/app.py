@@ -31,7 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
         from aosk.api.keys import ensure_schema
         from aosk.api.owners import owner_cache
         from aosk.endpoints import resolve_endpoints
-        from aosk.projectors.db import connect, open_pool
+        from aosk.projectors.db import connect, open_async_pool, open_pool
 
         ep = resolve_endpoints(settings)
         with connect(ep.dsn) as conn:
@@ -39,10 +39,16 @@ def create_app(settings: Settings) -> FastAPI:
             ensure_idempotency_schema(conn, settings.api.schema_name)
         from aosk.client import KernelClient
 
-        pool = open_pool(ep.dsn, settings.storage.postgresql, name="aosk-api", min_size=1, max_size=4)
+        # autocommit: the API's statements stand alone (an idempotency claim, an owner row,
+        # a read); the few multi-statement reads open their own transaction
+        pool = open_pool(ep.dsn, settings.storage.postgresql, name="aosk-api", min_size=1, max_size=4,
+                         autocommit=True)
         app.state.pool = pool
         app.state.keys = key_cache(pool, settings.api.schema_name)
-        app.state.idempotency = IdempotencyStore(pool, settings.api.schema_name, ttl_s=settings.api.idempotency_ttl_s,
+        # the writes' hot path (an idempotency claim, then its answer) stays on the event loop
+        apool = await open_async_pool(ep.dsn, name="aosk-api-writes", min_size=1, max_size=4)
+        app.state.idempotency = IdempotencyStore(apool, settings.api.schema_name,
+                                                 ttl_s=settings.api.idempotency_ttl_s,
                                                  lease_s=settings.api.idempotency_lease_s)
         app.state.owners = owner_cache(pool, settings.api.schema_name)
         app.state.endpoints = ep
@@ -58,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.wakeups.close()
             app.state.kernel.close(10)
             pool.close()
+            await apool.close()
             if settings.api.metrics_port is not None:
                 from aosk.api.metrics import mark_dead
 

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from aosk.api.keys import ApiKey, KeyCache, KeyStore
 from aosk.api.problems import Problem
 
-__all__ = ["api_key_header", "require", "key_cache", "owned", "not_found"]
+__all__ = ["api_key_header", "require", "key_cache", "owned", "owned_async", "not_found"]
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="An AOSK API key (`aosk keys create --tenant T --scope S`)")
@@ -67,3 +67,11 @@ def owned(request: Request, caller: ApiKey, agent_id: str) -> None:
     takes an agent id calls this first (``aosk.api.owners``: found once, remembered)."""
     if not request.app.state.owners.owns(caller.tenant_id, agent_id):
         raise not_found(agent_id)
+
+
+
+async def owned_async(request: Request, caller: ApiKey, agent_id: str) -> None:
+    """``owned`` for async routes: a remembered pair costs no thread; a miss looks it up
+    in the threadpool."""
+    if not request.app.state.owners.known(caller.tenant_id, agent_id):
+        await run_in_threadpool(owned, request, caller, agent_id)

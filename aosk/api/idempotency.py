@@ -1,7 +1,8 @@
 """Idempotent writes: ``Idempotency-Key`` recorded in PostgreSQL before producing.
 
 A write route takes ``idem: Annotated[Idempotency, Depends(idempotency)]`` and wraps
-its produce step in one line, ``return idem.run(lambda event_id, new_id: ...)``. With
+its produce step, an async function ``produce(event_id, new_id) -> Response``, in one
+line: ``return await idem.run(produce)``. With
 no header, ``run`` just produces. With one, per tenant:
 
 1. ``INSERT ... ON CONFLICT DO NOTHING`` a *pending* row with the SHA-256 of the
@@ -30,7 +31,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
@@ -101,7 +102,9 @@ class Claimed:
 
 
 class IdempotencyStore:
-    """The ``idempotency_keys`` table of ``schema``, through ``pool``."""
+    """The ``idempotency_keys`` table of ``schema``, through ``pool`` (a psycopg
+    ``AsyncConnectionPool`` in autocommit mode: every statement here stands alone, and
+    the hot path of a write never leaves the event loop)."""
 
     def __init__(self, pool: Any, schema: str, *, ttl_s: float, lease_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -109,32 +112,34 @@ class IdempotencyStore:
         self._table = sql.Identifier(schema, "idempotency_keys")
         self._next_sweep = 0.0
 
-    def claim(self, tenant_id: str, key: str, digest: bytes, event_id: str, resource_id: str) -> Claimed | Response:
+    async def claim(self, tenant_id: str, key: str, digest: bytes, event_id: str,
+                    resource_id: str) -> Claimed | Response:
         """Hold ``key`` (a ``Claimed``) or answer for it: the stored ``Response``, or raise
         the 409 / 422 problem."""
-        self._sweep()
+        await self._sweep()
         t = self._table
-        with self._pool.connection() as conn:
+        async with self._pool.connection() as conn:
             for _ in range(3):
-                row = conn.execute(sql.SQL(
+                row = await (await conn.execute(sql.SQL(
                     "insert into {} (tenant_id, key, request_sha256, state, lease_until, event_id, resource_id, "
                     "expires_at) values (%s, %s, %s, 'pending', now() + make_interval(secs => %s), %s, %s, "
                     "now() + make_interval(secs => %s)) on conflict (tenant_id, key) do nothing "
                     "returning event_id, resource_id").format(t),
-                    (tenant_id, key, digest, self._lease, event_id, resource_id, self._ttl)).fetchone()
+                    (tenant_id, key, digest, self._lease, event_id, resource_id, self._ttl))).fetchone()
                 if row is not None:
                     return Claimed(row[0], row[1])
-                row = conn.execute(sql.SQL(
+                row = await (await conn.execute(sql.SQL(
                     "select request_sha256, state, attempt, lease_until > now(), event_id, resource_id, "
                     "response_status, response_body::text, response_headers, expires_at <= now(), "
                     "greatest(1, ceil(extract(epoch from lease_until - now())))::int "
-                    "from {} where tenant_id = %s and key = %s").format(t), (tenant_id, key)).fetchone()
+                    "from {} where tenant_id = %s and key = %s").format(t), (tenant_id, key))).fetchone()
                 if row is None:
                     continue  # deleted between the two statements: insert again
                 sha, state, attempt, live, ev, res, status, body, headers, expired, retry_s = row
                 if expired:
-                    conn.execute(sql.SQL("delete from {} where tenant_id = %s and key = %s and expires_at <= now()")
-                                 .format(t), (tenant_id, key))
+                    await conn.execute(sql.SQL(
+                        "delete from {} where tenant_id = %s and key = %s and expires_at <= now()").format(t),
+                        (tenant_id, key))
                     continue
                 if bytes(sha) != digest:
                     raise Problem(422, "idempotency-key-reused", "Idempotency key reused",
@@ -146,7 +151,7 @@ class IdempotencyStore:
                     raise Problem(409, "idempotency-in-progress", "Idempotency key in progress",
                                   f"header {IDEMPOTENCY_HEADER}: the first request with this key is still being "
                                   f"processed; retry after {retry_s} s", headers={"Retry-After": str(retry_s)})
-                took = conn.execute(sql.SQL(
+                took = await conn.execute(sql.SQL(
                     "update {} set attempt = attempt + 1, lease_until = now() + make_interval(secs => %s) "
                     "where tenant_id = %s and key = %s and state = 'pending' and attempt = %s "
                     "and lease_until <= now()").format(t), (self._lease, tenant_id, key, attempt))
@@ -156,37 +161,37 @@ class IdempotencyStore:
                       f"header {IDEMPOTENCY_HEADER}: other requests with this key keep racing this one; retry",
                       headers={"Retry-After": "1"})
 
-    def finish(self, tenant_id: str, key: str, response: Response) -> Response:
+    async def finish(self, tenant_id: str, key: str, response: Response) -> Response:
         """Store ``response`` as the key's answer; the answer stored first if another
         holder of the key finished before this one (every retry sees one answer)."""
         headers = {k: v for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS}
         body = bytes(response.body).decode()
-        with self._pool.connection() as conn:
-            done = conn.execute(sql.SQL(
+        async with self._pool.connection() as conn:
+            done = await conn.execute(sql.SQL(
                 "update {} set state = 'done', lease_until = null, response_status = %s, response_body = %s::json, "
                 "response_headers = %s::jsonb where tenant_id = %s and key = %s and state = 'pending'").format(
                 self._table), (response.status_code, body, json.dumps(headers), tenant_id, key))
             if done.rowcount == 1:
                 return response
-            row = conn.execute(sql.SQL(
+            row = await (await conn.execute(sql.SQL(
                 "select response_status, response_body::text, response_headers from {} "
                 "where tenant_id = %s and key = %s and state = 'done'").format(self._table),
-                (tenant_id, key)).fetchone()
+                (tenant_id, key))).fetchone()
         return _replay(*row) if row is not None else response
 
-    def release(self, tenant_id: str, key: str) -> None:
+    async def release(self, tenant_id: str, key: str) -> None:
         """End the lease of a pending key (a 5xx): the next retry takes it over."""
-        with self._pool.connection() as conn:
-            conn.execute(sql.SQL("update {} set lease_until = now() where tenant_id = %s and key = %s "
+        async with self._pool.connection() as conn:
+            await conn.execute(sql.SQL("update {} set lease_until = now() where tenant_id = %s and key = %s "
                                  "and state = 'pending'").format(self._table), (tenant_id, key))
 
-    def _sweep(self) -> None:
+    async def _sweep(self) -> None:
         now = self._clock()
         if now < self._next_sweep:
             return
         self._next_sweep = now + _SWEEP_EVERY_S
-        with self._pool.connection() as conn:
-            conn.execute(sql.SQL("delete from {t} where ctid = any(array(select ctid from {t} "
+        async with self._pool.connection() as conn:
+            await conn.execute(sql.SQL("delete from {t} where ctid = any(array(select ctid from {t} "
                                  "where expires_at <= now() limit 1000))").format(t=self._table))
 
 
@@ -203,28 +208,29 @@ class Idempotency:
     key: str | None
     digest: bytes
 
-    def run(self, produce: Callable[[str, str], Response], *, event_id: str | None = None) -> Response:
+    async def run(self, produce: Callable[[str, str], Awaitable[Response]], *,
+                  event_id: str | None = None) -> Response:
         """``produce(event_id, new_id)`` once for this key, or the stored answer. ``new_id``
         is the id of a resource the write creates (an agent), stable across retries."""
         fresh_event, fresh_id = event_id or str(uuid.uuid4()), str(uuid.uuid4())
         if self.key is None:
-            return produce(fresh_event, fresh_id)
+            return await produce(fresh_event, fresh_id)
         store: IdempotencyStore = self.request.app.state.idempotency
         tenant_id = self.tenant_id
-        claim = store.claim(tenant_id, self.key, self.digest, fresh_event, fresh_id)
+        claim = await store.claim(tenant_id, self.key, self.digest, fresh_event, fresh_id)
         if isinstance(claim, Response):
             return claim
         try:
-            response = produce(claim.event_id, claim.resource_id)
+            response = await produce(claim.event_id, claim.resource_id)
         except Problem as e:
             if e.status >= 500:
-                store.release(tenant_id, self.key)
+                await store.release(tenant_id, self.key)
                 raise
             response = problem_response(self.request, e)
         except BaseException:
-            store.release(tenant_id, self.key)
+            await store.release(tenant_id, self.key)
             raise
-        return store.finish(tenant_id, self.key, response)
+        return await store.finish(tenant_id, self.key, response)
 
 
 _KeyHeader = Annotated[str | None, Header(

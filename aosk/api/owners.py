@@ -23,6 +23,10 @@ class OwnerCache:
         self._size = size
         self._owned: set[tuple[str, str]] = set()
 
+    def known(self, tenant_id: str, agent_id: str) -> bool:
+        """Whether the pair is remembered (no lookup)."""
+        return (tenant_id, agent_id) in self._owned
+
     def owns(self, tenant_id: str, agent_id: str) -> bool:
         pair = (tenant_id, agent_id)
         if pair in self._owned:

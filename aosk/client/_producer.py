@@ -7,6 +7,7 @@ thread is safe (librdkafka is thread-safe).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -39,24 +40,25 @@ class DeliveryFuture:
     raw producer.
     """
 
-    __slots__ = ("_owner", "_msg", "_error", "_done", "_waiter")
+    __slots__ = ("_owner", "_msg", "_error", "_done", "_waiters")
 
     def __init__(self, owner: DeliveringProducer) -> None:
         self._owner = owner
         self._msg: Any = None
         self._error: str | None = None
         self._done = False
-        self._waiter: threading.Event | None = None
+        self._waiters: list[threading.Event | _LoopWaker] | None = None
 
     def _complete(self, err: Any, msg: Any) -> None:
         if err is not None:
             self._error = f"{msg.topic()}: {err.str()}"
         else:
             self._msg = msg
-        self._done = True  # before reading _waiter: a waiter sets _waiter before reading _done
-        waiter = self._waiter
-        if waiter is not None:
-            waiter.set()
+        self._done = True  # before reading _waiters: a waiter adds itself before reading _done
+        waiters = self._waiters
+        if waiters is not None:
+            for waiter in waiters:
+                waiter.set()
 
     def done(self) -> bool:
         return self._done
@@ -66,10 +68,46 @@ class DeliveryFuture:
         TimeoutError if it is still unacknowledged after ``timeout`` seconds."""
         if not self._done:
             self._owner._wait(self, timeout)
+        return self._delivery()
+
+    async def delivered(self, timeout: float = 30.0) -> Delivery:
+        """``result`` for asyncio code: awaits the acknowledgement on the running loop
+        (the delivery callback wakes it), holding no thread while it waits."""
+        if not self._done:
+            loop = asyncio.get_running_loop()
+            woken: asyncio.Future[None] = loop.create_future()
+            self._owner._add_waiter(self, _LoopWaker(loop, woken))
+            if not self._done:
+                try:
+                    await asyncio.wait_for(woken, timeout)
+                except TimeoutError:
+                    raise TimeoutError(f"no acknowledgement from the broker within {timeout}s") from None
+        return self._delivery()
+
+    def _delivery(self) -> Delivery:
         if self._error is not None:
             raise DeliveryError(self._error)
         m = self._msg
         return Delivery(m.topic(), m.partition(), m.offset(), m.timestamp()[1])
+
+
+class _LoopWaker:
+    """A waiter (``set()``, like ``threading.Event``) that resolves a future on its event loop."""
+
+    __slots__ = ("_loop", "_future")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+        self._loop, self._future = loop, future
+
+    def set(self) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._resolve)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    def _resolve(self) -> None:
+        if not self._future.done():
+            self._future.set_result(None)
 
 
 def producer_config(bootstrap: str, *, client_id: str, **overrides: Any) -> dict[str, Any]:
@@ -118,13 +156,18 @@ class DeliveringProducer:
         while not self._closed.is_set():
             self._producer.poll(0.05)
 
+    def _add_waiter(self, future: DeliveryFuture, waiter: threading.Event | _LoopWaker) -> None:
+        with self._waiter_lock:
+            if future._waiters is None:
+                future._waiters = [waiter]
+            else:
+                future._waiters.append(waiter)
+
     def _wait(self, future: DeliveryFuture, timeout: float | None) -> None:
-        with self._waiter_lock:  # two threads waiting on one record share one event
-            waiter = future._waiter
-            if waiter is None:
-                waiter = future._waiter = threading.Event()
-        # _waiter is set before _done is read; the callback sets _done before reading
-        # _waiter: whichever runs second sees the other, so no acknowledgement is missed.
+        waiter = threading.Event()
+        self._add_waiter(future, waiter)
+        # the waiter is added before _done is read; the callback sets _done before reading
+        # the waiters: whichever runs second sees the other, so no acknowledgement is missed.
         if not future._done and not waiter.wait(timeout):
             raise TimeoutError(f"no acknowledgement from the broker within {timeout}s")
 

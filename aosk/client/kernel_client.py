@@ -40,6 +40,10 @@ class PendingEvent:
     def result(self, timeout: float | None = 30.0) -> Delivery:
         return self.future.result(timeout)
 
+    async def delivered(self, timeout: float = 30.0) -> Delivery:
+        """``result`` for asyncio code (no thread held while waiting)."""
+        return await self.future.delivered(timeout)
+
 
 class KernelClient:
     """Produces journal events with an idempotent producer (acks=all, murmur2 keys).

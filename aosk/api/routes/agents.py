@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
-from aosk.api.auth import not_found, owned, require
+from aosk.api.auth import not_found, owned, owned_async, require
 from aosk.api.consistency import READ_RESPONSES, WRITE_RESPONSES, consistent_read, write_token
 from aosk.api.idempotency import Idempotency, idempotency
 from aosk.api.keys import ApiKey
@@ -92,22 +93,22 @@ def new_agent(request: Request, caller: ApiKey, agent_id: str | None = None) -> 
 
 @router.post("", status_code=202, response_model=Accepted, summary="Create an agent (READY once judged)",
              responses=WRITE_RESPONSES)
-def create_agent(body: AgentCreate, request: Request, caller: Annotated[ApiKey, Depends(require("write"))],
-                 idem: Annotated[Idempotency, Depends(idempotency)]) -> Any:
+async def create_agent(body: AgentCreate, request: Request, caller: Annotated[ApiKey, Depends(require("write"))],
+                       idem: Annotated[Idempotency, Depends(idempotency)]) -> Any:
     from fastapi.responses import JSONResponse
 
     from aosk.errors import AoskError
     from aosk.events import Budgets
 
-    def produce(event_id: str, agent_id: str) -> JSONResponse:
-        new_agent(request, caller, agent_id)
+    async def produce(event_id: str, agent_id: str) -> JSONResponse:
+        await run_in_threadpool(new_agent, request, caller, agent_id)
         try:
             with produce_timer(request, "spawn"):
                 pending = request.app.state.kernel.spawn(
                     agent_id=agent_id, tenant_id=caller.tenant_id, name=body.name, priority=body.priority,
                     capabilities=body.capabilities, budgets=Budgets(**body.budgets.model_dump()),
                     metadata=body.metadata, event_id=event_id)
-                d = pending.result(10)
+                d = await pending.delivered(10)
         except AoskError as e:
             raise journal_unavailable("spawn", e) from e
         except TimeoutError as e:
@@ -115,7 +116,7 @@ def create_agent(body: AgentCreate, request: Request, caller: Annotated[ApiKey, 
         out = Accepted(agent_id=agent_id, event_id=pending.event_id, partition=d.partition, offset=d.offset)
         return JSONResponse(out.model_dump(), status_code=202, headers=write_token(d.partition, d.offset))
 
-    return idem.run(produce)
+    return await idem.run(produce)
 
 
 class AgentPage(BaseModel):
@@ -158,28 +159,28 @@ def _view(tenant_id: str, agent_id: str, summary: AgentSummary | None) -> AgentO
 
 @router.delete("/{agent_id}", status_code=202, response_model=EventAcceptedBrief,
                summary="Kill the agent (AgentKilled; TERMINATED once judged)", responses=WRITE_RESPONSES)
-def kill_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, Depends(require("write"))],
-               idem: Annotated[Idempotency, Depends(idempotency)]) -> Any:
+async def kill_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, Depends(require("write"))],
+                     idem: Annotated[Idempotency, Depends(idempotency)]) -> Any:
     from fastapi.responses import JSONResponse
 
     from aosk.errors import AoskError
     from aosk.events import AgentKilled
 
-    owned(request, caller, agent_id)
+    await owned_async(request, caller, agent_id)
     kernel = request.app.state.kernel
 
-    def produce(event_id: str, _: str) -> JSONResponse:
+    async def produce(event_id: str, _: str) -> JSONResponse:
         try:
             with produce_timer(request, "kill"):
                 pending = kernel.emit(AgentKilled, agent_id=agent_id, tenant_id=caller.tenant_id, signal="SIGKILL",
                                       by=f"api-key:{caller.key_id}", event_id=event_id)
-                d = pending.result(10)
+                d = await pending.delivered(10)
         except (AoskError, TimeoutError) as e:
             raise journal_unavailable("kill", e) from e
         out = EventAcceptedBrief(event_id=pending.event_id, partition=d.partition, offset=d.offset)
         return JSONResponse(out.model_dump(), status_code=202, headers=write_token(d.partition, d.offset))
 
-    return idem.run(produce)
+    return await idem.run(produce)
 
 
 @router.get("/{agent_id}", response_model=AgentOut, summary="One agent of the caller's tenant, as projected",
@@ -239,28 +240,30 @@ class EventAccepted(BaseModel):
 @router.post("/{agent_id}/events", status_code=202, response_model=EventAccepted,
              summary="Append an event to the agent's journal (?wait=verdict: answer with the kernel's verdict)",
              responses=WRITE_RESPONSES)
-def append_event(agent_id: AgentId, body: EventIn, request: Request,
-                 caller: Annotated[ApiKey, Depends(require("write"))],
-                 idem: Annotated[Idempotency, Depends(idempotency)], wait: str | None = None) -> Any:
+async def append_event(agent_id: AgentId, body: EventIn, request: Request,
+                       caller: Annotated[ApiKey, Depends(require("write"))],
+                       idem: Annotated[Idempotency, Depends(idempotency)], wait: str | None = None) -> Any:
+    # async, like every write route: on the hot path (a remembered owner, an idempotency
+    # claim and answer, a produce) nothing leaves the event loop for a thread
     from fastapi.responses import JSONResponse
 
-    check_client_event(agent_id, body, request, caller, wait)
+    await check_client_event(agent_id, body, request, caller, wait)
 
-    def produce(event_id: str, new_id: str) -> JSONResponse:
-        out, status, headers = send_client_event(agent_id, body, request, caller, wait, event_id, new_id)
+    async def produce(event_id: str, new_id: str) -> JSONResponse:
+        out, status, headers = await send_client_event(agent_id, body, request, caller, wait, event_id, new_id)
         return JSONResponse(out.model_dump(), status_code=status, headers=headers)
 
-    return idem.run(produce, event_id=str(body.event_id) if body.event_id else None)
+    return await idem.run(produce, event_id=str(body.event_id) if body.event_id else None)
 
 
-def check_client_event(agent_id: str, body: EventIn, request: Request, caller: ApiKey, wait: str | None) -> None:
+async def check_client_event(agent_id: str, body: EventIn, request: Request, caller: ApiKey, wait: str | None) -> None:
     """What ``POST .../events`` refuses before anything is produced (and before an
     Idempotency-Key is claimed): an agent not the caller's, a type clients may not send,
     header fields or new agents' ids set by the client, a message to an agent not the caller's."""
 
     if wait not in (None, "verdict"):
         raise Problem(422, "invalid-request", "Invalid request", "wait must be `verdict` or absent")
-    owned(request, caller, agent_id)
+    await owned_async(request, caller, agent_id)
     if body.type not in EVENT_TYPES:
         raise Problem(422, "unknown-event-type", "Unknown event type",
                       f"{body.type!r} is not an event type; clients may send {sorted(client_event_types())}")
@@ -276,11 +279,11 @@ def check_client_event(agent_id: str, body: EventIn, request: Request, caller: A
                       f"payload must not set {new_field}: the API allocates new agents' ids")
     to = body.payload.get("to_agent_id") if body.type == "MessageSent" else None
     if isinstance(to, str):
-        owned(request, caller, to)  # a message to another tenant's agent never reaches its journal
+        await owned_async(request, caller, to)  # a message to another tenant's agent never reaches its journal
 
 
-def send_client_event(agent_id: str, body: EventIn, request: Request, caller: ApiKey, wait: str | None,
-                      event_id: str, new_id: str) -> tuple[EventAccepted, int, dict[str, str]]:
+async def send_client_event(agent_id: str, body: EventIn, request: Request, caller: ApiKey, wait: str | None,
+                            event_id: str, new_id: str) -> tuple[EventAccepted, int, dict[str, str]]:
     """Produce a checked client event (``check_client_event``) as ``event_id``, stamped with
     the caller's tenant and ``origin=client``; with ``wait``, wait (bounded) for its verdict.
     Answers the body, the status (202 written, 200 judged) and the consistency header.
@@ -301,11 +304,11 @@ def send_client_event(agent_id: str, body: EventIn, request: Request, caller: Ap
     except (TypeError, ValueError, KeyError) as e:
         raise Problem(422, "invalid-event", "Invalid event", f"{body.type}: {e}") from e
     if new_field is not None:
-        new_agent(request, caller, new_id)
+        await run_in_threadpool(new_agent, request, caller, new_id)
     try:
         with produce_timer(request, "event"):
             pending = kernel.send(event)
-            d = pending.result(10)
+            d = await pending.delivered(10)
     except EventRejected as e:
         raise Problem(422, "invalid-event", "Invalid event", str(e)) from e
     except (AoskError, TimeoutError) as e:
@@ -316,7 +319,7 @@ def send_client_event(agent_id: str, body: EventIn, request: Request, caller: Ap
     if wait is None:
         return out, 202, token
     try:
-        t = kernel.wait_for_verdict(event.event_id, timeout=10)
+        t = await run_in_threadpool(kernel.wait_for_verdict, event.event_id, 10)
     except TimeoutError:
         return out, 202, token  # written, not judged yet (is a worker running?)
     out.verdict = VerdictOut(verdict=t.verdict, reason=t.reason, message=t.message, status=t.status, seq=t.seq)

@@ -45,20 +45,20 @@ class ContextOut(BaseModel):
 
 @router.post("", status_code=202, response_model=EventAccepted, responses=WRITE_RESPONSES,
              summary="Append an entry to the agent's context window (ContextAppended; ?wait=verdict as for events)")
-def append_context(body: ContextIn, request: Request, caller: Annotated[ApiKey, Depends(require("write"))],
-                   idem: Annotated[Idempotency, Depends(idempotency)], wait: str | None = None) -> Any:
+async def append_context(body: ContextIn, request: Request, caller: Annotated[ApiKey, Depends(require("write"))],
+                         idem: Annotated[Idempotency, Depends(idempotency)], wait: str | None = None) -> Any:
     from fastapi.responses import JSONResponse
 
     tokens = body.tokens if body.tokens is not None else -(-len(body.content.encode()) // 4)
     payload = {"role": body.role, "content": body.content, "tokens": tokens, "importance": body.importance}
-    check_client_event(body.agent_id, EventIn(type="ContextAppended", payload=payload), request, caller, wait)
+    await check_client_event(body.agent_id, EventIn(type="ContextAppended", payload=payload), request, caller, wait)
 
-    def produce(event_id: str, new_id: str) -> JSONResponse:
+    async def produce(event_id: str, new_id: str) -> JSONResponse:
         event = EventIn(type="ContextAppended", payload={**payload, "entry_id": body.entry_id or event_id})
-        out, status, headers = send_client_event(body.agent_id, event, request, caller, wait, event_id, new_id)
+        out, status, headers = await send_client_event(body.agent_id, event, request, caller, wait, event_id, new_id)
         return JSONResponse(out.model_dump(), status_code=status, headers=headers)
 
-    return idem.run(produce)
+    return await idem.run(produce)
 
 
 @router.get("/{agent_id}", response_model=ContextOut, dependencies=[Depends(consistent_read)],

@@ -9,8 +9,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
-from aosk.api.auth import owned, require
+from aosk.api.auth import owned_async, require
 from aosk.api.consistency import WRITE_RESPONSES
 from aosk.api.idempotency import Idempotency, idempotency
 from aosk.api.keys import ApiKey
@@ -60,18 +61,18 @@ def _fork_seq(request: Request, agent_id: str, at_offset: int | None) -> int:
 
 @router.post("/{agent_id}/fork", status_code=202, response_model=Accepted, responses=WRITE_RESPONSES,
              summary="Fork the agent at a journal offset into a new agent (its id allocated by the API)")
-def fork_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, Depends(require("write"))],
-               idem: Annotated[Idempotency, Depends(idempotency)], body: ForkIn | None = None) -> Any:
+async def fork_agent(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, Depends(require("write"))],
+                     idem: Annotated[Idempotency, Depends(idempotency)], body: ForkIn | None = None) -> Any:
     from fastapi.responses import JSONResponse
 
-    owned(request, caller, agent_id)
-    at_seq = _fork_seq(request, agent_id, (body or ForkIn()).at_offset)
+    await owned_async(request, caller, agent_id)
+    at_seq = await run_in_threadpool(_fork_seq, request, agent_id, (body or ForkIn()).at_offset)
     event = EventIn(type="ForkRequested", payload={"at_seq": at_seq})
-    check_client_event(agent_id, event, request, caller, None)
+    await check_client_event(agent_id, event, request, caller, None)
 
-    def produce(event_id: str, new_id: str) -> JSONResponse:
-        out, status, headers = send_client_event(agent_id, event, request, caller, None, event_id, new_id)
+    async def produce(event_id: str, new_id: str) -> JSONResponse:
+        out, status, headers = await send_client_event(agent_id, event, request, caller, None, event_id, new_id)
         accepted = Accepted(agent_id=new_id, event_id=out.event_id, partition=out.partition, offset=out.offset)
         return JSONResponse(accepted.model_dump(), status_code=status, headers=headers)
 
-    return idem.run(produce)
+    return await idem.run(produce)
