@@ -104,17 +104,17 @@ class _Store:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def claim(self, tenant_id: str, key: str, digest: bytes, event_id: str, resource_id: str) -> Any:
+    async def claim(self, tenant_id: str, key: str, digest: bytes, event_id: str, resource_id: str) -> Any:
         from aosk.api.idempotency import Claimed
 
         self.calls.append("claim")
         return Claimed("stored-event", "stored-id")
 
-    def finish(self, tenant_id: str, key: str, response: Any) -> Any:
+    async def finish(self, tenant_id: str, key: str, response: Any) -> Any:
         self.calls.append(f"finish {response.status_code}")
         return response
 
-    def release(self, tenant_id: str, key: str) -> None:
+    async def release(self, tenant_id: str, key: str) -> None:
         self.calls.append("release")
 
 
@@ -137,29 +137,29 @@ def test_run_produces_with_the_claimed_ids_stores_results_and_releases_on_a_5xx(
     idem, store = _idem("k")
     seen: list[tuple[str, str]] = []
 
-    def ok(event_id: str, new_id: str) -> JSONResponse:
+    async def ok(event_id: str, new_id: str) -> JSONResponse:
         seen.append((event_id, new_id))
         return JSONResponse({"ok": True}, status_code=202)
 
-    assert idem.run(ok, event_id="mine").status_code == 202
+    assert asyncio.run(idem.run(ok, event_id="mine")).status_code == 202
     assert seen == [("stored-event", "stored-id")] and store.calls == ["claim", "finish 202"]
 
-    def rejected(event_id: str, new_id: str) -> JSONResponse:
+    async def rejected(event_id: str, new_id: str) -> JSONResponse:
         raise Problem(409, "rejected", "Rejected", "illegal transition")
 
     idem, store = _idem("k")
-    answer = idem.run(rejected)  # a result of producing: stored and answered, not raised
+    answer = asyncio.run(idem.run(rejected))  # a result of producing: stored and answered, not raised
     assert answer.status_code == 409 and json.loads(bytes(answer.body))["type"].endswith("/rejected")
     assert store.calls == ["claim", "finish 409"]
 
-    def unavailable(event_id: str, new_id: str) -> JSONResponse:
+    async def unavailable(event_id: str, new_id: str) -> JSONResponse:
         raise Problem(503, "journal-unavailable", "Journal unavailable", "broker down")
 
     idem, store = _idem("k")
     with pytest.raises(Problem):
-        idem.run(unavailable)
+        asyncio.run(idem.run(unavailable))
     assert store.calls == ["claim", "release"]  # the next retry takes the key over
 
     idem, store = _idem(None)
-    assert idem.run(ok, event_id="mine").status_code == 202
+    assert asyncio.run(idem.run(ok, event_id="mine")).status_code == 202
     assert seen[-1][0] == "mine" and store.calls == []
