@@ -56,8 +56,9 @@ def create_app(settings: Settings) -> FastAPI:
         from aosk.projectors.db import DEFAULT_SCHEMA
 
         app.state.wakeups = ProjectionWakeups(ep.dsn, DEFAULT_SCHEMA)
-        app.state.kernel = KernelClient.from_settings(settings, client_id=f"aosk-api-{settings.node_id}",
-                                                      watch_verdicts=True)
+        # verdicts are read from the first ?wait=verdict on (KernelClient.watch_verdicts):
+        # a process that only writes does not decode every verdict of the cluster
+        app.state.kernel = KernelClient.from_settings(settings, client_id=f"aosk-api-{settings.node_id}")
         try:
             yield
         finally:

@@ -8,6 +8,7 @@ can write any tenant's events, so only services inside the trust boundary get it
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -55,6 +56,8 @@ class KernelClient:
                  producer_overrides: Mapping[str, Any] | None = None, watch_verdicts: bool = False) -> None:
         self._topic = kafka.journal_topic
         self._max_bytes = kafka.max_event_bytes
+        self._bootstrap, self._kafka = bootstrap, kafka
+        self._verdicts_lock = threading.Lock()
         # The watcher is positioned before anything is produced, so no verdict is missed.
         self._verdicts = VerdictWatcher(bootstrap=bootstrap, kafka=kafka) if watch_verdicts else None
         try:
@@ -136,6 +139,19 @@ class KernelClient:
         return self.emit(ForkRequested, agent_id=agent_id, tenant_id=tenant_id, event_id=event_id,
                          new_agent_id=new_agent_id or f"{agent_id}-fork-{uuid.uuid4().hex[:8]}", at_seq=at_seq)
 
+    @property
+    def watching_verdicts(self) -> bool:
+        return self._verdicts is not None
+
+    def watch_verdicts(self) -> None:
+        """Start watching verdicts now, if not yet (``watch_verdicts=True`` starts at
+        creation): verdicts on events produced after this call are seen by
+        ``wait_for_verdict``. A process that only sometimes waits (an API) calls this just
+        before producing the first event it will wait for, and reads no verdicts till then."""
+        with self._verdicts_lock:
+            if self._verdicts is None:
+                self._verdicts = VerdictWatcher(bootstrap=self._bootstrap, kafka=self._kafka)
+
     def wait_for_verdict(self, event_id: str, timeout: float = 30.0) -> Transition:
         """The kernel's verdict on ``event_id`` (accepted / rejected / duplicate, with the
         reason, new status, seq and state hash); TimeoutError if none within ``timeout``.
@@ -144,7 +160,7 @@ class KernelClient:
         so a verdict that comes before this call is not missed (see ``VerdictWatcher``)."""
         if self._verdicts is None:
             raise AoskError("this KernelClient does not watch verdicts; create it with watch_verdicts=True "
-                            "(before producing the events whose verdicts you want)")
+                            "or call watch_verdicts() (before producing the events whose verdicts you want)")
         return self._verdicts.wait(event_id, timeout)
 
     def send_and_wait(self, event: Event, timeout: float = 30.0) -> Transition:

@@ -305,6 +305,8 @@ async def send_client_event(agent_id: str, body: EventIn, request: Request, call
         raise Problem(422, "invalid-event", "Invalid event", f"{body.type}: {e}") from e
     if new_field is not None:
         await run_in_threadpool(new_agent, request, caller, new_id)
+    if wait is not None and not kernel.watching_verdicts:
+        await run_in_threadpool(kernel.watch_verdicts)  # before producing: its verdict is seen
     try:
         with produce_timer(request, "event"):
             pending = kernel.send(event)
