@@ -35,17 +35,12 @@ from aosk.kernel import AgentSlot, Record, apply, fold_args, pseudo_key, route, 
 from aosk.projectors.db import qualified
 from aosk.projectors.rows import storage_key
 from aosk.reads.audit import Break, VerifyResult
+from aosk.reads.status import projected_offsets
 
 __all__ = ["verify_against_journal"]
 
 _FETCH: Final = 5000
 _END: Final = (2**63, "", 0, b"")
-
-
-def _stored_offsets(conn: psycopg.Connection[Any], schema: str) -> dict[int, int]:
-    rows = conn.execute(sql.SQL("select partition, next_offset from {}").format(
-        qualified(schema, "projector_offsets"))).fetchall()
-    return {int(p): int(o) for p, o in rows}
 
 
 def _audit_positions(conn: psycopg.Connection[Any], schema: str,
@@ -150,7 +145,7 @@ def _verify_against_journal(conn: psycopg.Connection[Any], schema: str, reader: 
     with conn.transaction():
         if fresh:  # the offsets and the audit rows of one moment
             conn.execute("set transaction isolation level repeatable read, read only")
-        stored = _stored_offsets(conn, schema)
+        stored = projected_offsets(conn, schema)
         partitions = reader.partitions()
         total = sum(stored.get(p, 0) for p in range(partitions))
         done = 0

@@ -7,7 +7,6 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -18,25 +17,13 @@ from aosk.api.consistency import READ_RESPONSES, consistent_read
 from aosk.api.keys import ApiKey
 from aosk.api.problems import Problem, history_incomplete
 from aosk.api.routes.agents import AgentId
+from aosk.reads.events import EventItem
 
 router = APIRouter(prefix="/api/v1/agents", tags=["history"])
 
 
-class EventOut(BaseModel):
-    seq: int
-    partition: int
-    offset: int
-    event_id: str | None
-    type: str | None
-    """None: the record did not decode (``payload.error`` says why)."""
-    payload: dict[str, Any]
-    verdict: str
-    reason: str
-    broker_time: datetime
-
-
 class EventHistory(BaseModel):
-    events: list[EventOut]
+    events: list[EventItem]
     has_more: bool
     next_cursor: int | None = None
     """Pass as ``after_seq`` for the next page."""
@@ -53,13 +40,6 @@ class StateOut(BaseModel):
     folded_records: int
     state: dict[str, Any]
     """The canonical state (the kernel's encode_state), as ``aosk state --format json`` prints it."""
-
-
-def event_out(item: Any) -> EventOut:
-    """The JSON item of one ``aosk.reads.events.EventItem`` (history and stream)."""
-    return EventOut(seq=item.seq, partition=item.partition, offset=item.offset, event_id=item.event_id,
-                    type=item.type, payload=item.payload, verdict=item.verdict, reason=item.reason,
-                    broker_time=item.broker_time)
 
 
 @contextmanager
@@ -96,7 +76,7 @@ def agent_events(agent_id: AgentId, request: Request, caller: Annotated[ApiKey, 
             page = history(conn, DEFAULT_SCHEMA, agent_id, after_seq=after_seq, limit=limit)
         except HistoryIncomplete as e:
             raise history_incomplete(e) from e
-    return EventHistory(events=[event_out(i) for i in page.items], has_more=page.has_more,
+    return EventHistory(events=list(page.items), has_more=page.has_more,
                         next_cursor=page.next_cursor)
 
 

@@ -31,6 +31,7 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from pydantic import TypeAdapter
 from starlette.types import Send
 
 from aosk.api.auth import owned, require
@@ -38,9 +39,12 @@ from aosk.api.keys import ApiKey
 from aosk.api.metrics import sse_client
 from aosk.api.problems import Problem, history_incomplete
 from aosk.api.routes.agents import AgentId
-from aosk.api.routes.history import event_out, projection
+from aosk.api.routes.history import projection
+from aosk.reads.events import EventItem
 
 router = APIRouter(prefix="/api/v1/agents", tags=["stream"])
+_ITEM_JSON: Final = TypeAdapter(EventItem)
+"""An item of ``GET .../events`` as JSON (one SSE ``data:`` line)."""
 
 log = logging.getLogger("aosk.api")
 
@@ -77,7 +81,7 @@ class EventStream(StreamingResponse):
 
 def sse_message(item: Any) -> str:
     """One SSE message: ``id`` the journal offset, ``event`` the type, ``data`` the JSON item."""
-    data = event_out(item).model_dump_json()
+    data = _ITEM_JSON.dump_json(item).decode()
     return f"id: {item.offset}\nevent: {item.type or 'undecodable'}\ndata: {data}\n\n"
 
 
