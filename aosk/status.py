@@ -71,7 +71,8 @@ class Health:
 def health(*, bootstrap: str, dsn: str, topic: str, worker_group: str, schema: str,
            lag_degraded: int = LAG_DEGRADED_RECORDS, timeout: float = 5.0) -> Health:
     """Readiness of the cluster as seen from here: Kafka (end offsets within ``timeout``),
-    PostgreSQL (``select 1``), projector and worker lag, stopped partitions.
+    PostgreSQL (``select 1``), projector and worker lag, stopped partitions, and
+    partitions whose ``events`` history starts late (a projection older than the table).
 
     Trouble with a shared dependency is ``degraded``, not ``unhealthy``: one bad database
     must not make every replica of a service unready at once. ``unhealthy`` is left to the
@@ -114,6 +115,11 @@ def health(*, bootstrap: str, dsn: str, topic: str, worker_group: str, schema: s
             "status": "ok" if not status.stopped else "stopped",
             "partitions": [{"partition": p.partition, "offset": p.stopped.offset, "reason": p.stopped.reason,
                             "message": p.stopped.message} for p in status.stopped if p.stopped is not None],
+        }
+        checks["events_history"] = {  # a projection older than the events table (docs/recovery.md)
+            "status": "ok" if not status.events_incomplete else "incomplete",
+            "partitions": [{"partition": p.partition, "complete_from": p.events_from}
+                           for p in status.events_incomplete],
         }
     level: Level = "healthy" if all(c["status"] == "ok" for c in checks.values()) else "degraded"
     return Health(level, checks)

@@ -12,6 +12,7 @@ everywhere), the partial one, and a schema where 0005 and 0006 run together.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,10 @@ def test_reads_refuse_until_replay_then_equal_a_plain_fold(upgraded: dict[str, A
     assert status.returncode == 0, status.stdout + status.stderr
     assert f"partition {p} EVENTS INCOMPLETE below offset {complete_from}" in status.stdout
     assert "aosk replay" in status.stdout
+    health = run_cli(settings, "health", "--format", "json", "--schema", SCHEMA)
+    events_check = json.loads(health.stdout)["checks"]["events_history"]
+    assert health.returncode == 1 and events_check["status"] == "incomplete", health.stdout + health.stderr
+    assert {"partition": p, "complete_from": complete_from} in events_check["partitions"]
 
     _, key = make_key(settings, "readers", "read")
     with psycopg.connect(dsn) as conn:
@@ -188,3 +193,5 @@ def test_reads_refuse_until_replay_then_equal_a_plain_fold(upgraded: dict[str, A
             assert s.status_code == 200
     status = run_cli(settings, "db", "status", "--schema", SCHEMA)
     assert status.returncode == 0 and "EVENTS INCOMPLETE" not in status.stdout, status.stdout
+    health = run_cli(settings, "health", "--format", "json", "--schema", SCHEMA)
+    assert json.loads(health.stdout)["checks"]["events_history"] == {"status": "ok", "partitions": []}
