@@ -1,19 +1,29 @@
-"""``aosk dev up | down | status``: the embedded Kafka + PostgreSQL stack."""
+"""``aosk dev up | down | status``: the embedded Kafka + PostgreSQL stack and the stand-in
+model server; ``aosk dev standin``: the stand-in alone, in the foreground."""
 
 from __future__ import annotations
 
 import argparse
 
+from aosk.cli._flags import add_log_level, configure_logging
 from aosk.config import Settings
 from aosk.devstack.stack import dev_stack
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    dev = sub.add_parser("dev", help="run the embedded Kafka broker and PostgreSQL locally")
+    dev = sub.add_parser("dev", help="run the embedded Kafka broker, PostgreSQL and stand-in model server locally")
     actions = dev.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("up", help="start (or report) the stack; waits until both answer").set_defaults(run=_up)
+    actions.add_parser("up", help="start (or report) the stack; waits until each part answers").set_defaults(run=_up)
     actions.add_parser("down", help="stop the stack cleanly; the data stays").set_defaults(run=_down)
     actions.add_parser("status", help="say what runs, what does not and why").set_defaults(run=_status)
+    standin = actions.add_parser(
+        "standin", help="run the stand-in model server (OpenAI HTTP protocol, scripted replies) in the foreground")
+    standin.add_argument("--host", default="127.0.0.1", metavar="H", help="listen address (default %(default)s)")
+    standin.add_argument("--port", type=int, default=0, metavar="P", help="listen port (default: a free one)")
+    standin.add_argument("--dimension", type=int, metavar="D",
+                         help="embedding dimension when a request names none (default memory.embedding_dimension)")
+    add_log_level(standin, default="info")  # one line per request: the log is what tests and operators read
+    standin.set_defaults(run=_standin)
 
 
 def _up(settings: Settings, args: argparse.Namespace) -> int:
@@ -27,6 +37,7 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     print("dev stack already running" if was_running else "dev stack up")
     print(f"  kafka bootstrap:  {stack.bootstrap}")
     print(f"  postgresql dsn:   {stack.dsn}")
+    print(f"  model stand-in:   {stack.standin.url}  (AOSK_LLM_BASE_URL unset uses it)")
     print(f"  state directory:  {stack.state_dir}")
     return 0
 
@@ -51,3 +62,13 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{name:11s} {'up  ' if ok else 'DOWN'}  {text}")
         code |= 0 if ok else 1
     return code
+
+
+def _standin(settings: Settings, args: argparse.Namespace) -> int:
+    from aosk.devstack._process import free_port
+    from aosk.runtime.standin.server import serve
+
+    configure_logging(args.log_level)
+    serve(host=args.host, port=args.port or free_port(args.host),
+          dimension=args.dimension or settings.memory.embedding_dimension)
+    return 0

@@ -1,4 +1,5 @@
-"""The embedded default: one Kafka broker and one PostgreSQL under a state directory.
+"""The embedded default: one Kafka broker, one PostgreSQL and the stand-in model server
+under a state directory.
 
 Ports are picked free on first ``up`` and recorded in ``<state_dir>/stack.json``, so
 every later ``up`` (and every AOSK process reading the same state directory) finds the
@@ -15,6 +16,7 @@ from aosk.config import Settings
 from aosk.devstack._process import free_port
 from aosk.devstack.kafka import KafkaBroker, kafka_lib_dir
 from aosk.devstack.postgres import EmbeddedPostgres
+from aosk.devstack.standin import StandinServer
 
 STATE_FILE = "stack.json"
 
@@ -24,12 +26,16 @@ class StackPorts:
     kafka: int
     kafka_controller: int
     postgres: int
+    standin: int | None = None
+    """The stand-in model server's port; a stack.json written before it existed lacks it
+    (``dev_stack`` then picks one and records it)."""
 
 
 @dataclass(frozen=True)
 class DevStack:
     kafka: KafkaBroker
     postgres: EmbeddedPostgres
+    standin: StandinServer
     state_dir: Path
 
     @property
@@ -41,14 +47,15 @@ class DevStack:
         return self.postgres.dsn
 
     def up(self) -> None:
-        """Start what is not running; wait until both answer. Idempotent."""
+        """Start what is not running; wait until each answers. Idempotent."""
         self.postgres.start()
         self.kafka.start()
+        self.standin.start()
 
     def down(self) -> None:
-        """Stop both cleanly; the data stays."""
+        """Stop every part cleanly; the data stays."""
         errors: list[Exception] = []
-        for part in (self.kafka.stop, self.postgres.stop):
+        for part in (self.standin.stop, self.kafka.stop, self.postgres.stop):
             try:
                 part()
             except Exception as e:  # stop the other part too, then report
@@ -57,7 +64,7 @@ class DevStack:
             raise errors[0]
 
     def status(self) -> dict[str, tuple[bool, str]]:
-        return {"kafka": self.kafka.status(), "postgresql": self.postgres.status()}
+        return {"kafka": self.kafka.status(), "postgresql": self.postgres.status(), "stand-in": self.standin.status()}
 
 
 def dev_stack(settings: Settings, *, create: bool = True) -> DevStack | None:
@@ -71,8 +78,12 @@ def dev_stack(settings: Settings, *, create: bool = True) -> DevStack | None:
         if not create:
             return None
         state_dir.mkdir(parents=True, exist_ok=True)
-        ports = StackPorts(kafka=free_port(), kafka_controller=free_port(), postgres=free_port())
-        (state_dir / STATE_FILE).write_text(json.dumps(ports.__dict__, indent=2) + "\n")
+        ports = StackPorts(kafka=free_port(), kafka_controller=free_port(), postgres=free_port(), standin=free_port())
+        _save_ports(state_dir, ports)
+    elif ports.standin is None:
+        ports = StackPorts(ports.kafka, ports.kafka_controller, ports.postgres, standin=free_port())
+        _save_ports(state_dir, ports)
+    assert ports.standin is not None
     cache = kafka_lib_dir(settings.dev.cache_dir)
     return DevStack(
         kafka=KafkaBroker(
@@ -83,8 +94,14 @@ def dev_stack(settings: Settings, *, create: bool = True) -> DevStack | None:
             home=state_dir / "postgres", port=ports.postgres,
             database=settings.storage.postgresql.database,
         ),
+        standin=StandinServer(home=state_dir / "standin", port=ports.standin,
+                              dimension=settings.memory.embedding_dimension),
         state_dir=state_dir,
     )
+
+
+def _save_ports(state_dir: Path, ports: StackPorts) -> None:
+    (state_dir / STATE_FILE).write_text(json.dumps(ports.__dict__, indent=2) + "\n")
 
 
 def _load_ports(state_dir: Path) -> StackPorts | None:
@@ -103,4 +120,12 @@ def recorded_endpoints(state_dir: Path) -> tuple[str, str] | None:
     return f"127.0.0.1:{ports.kafka}", f"postgresql://postgres@127.0.0.1:{ports.postgres}/"
 
 
-__all__ = ["DevStack", "dev_stack", "recorded_endpoints"]
+def recorded_standin_url(state_dir: Path) -> str | None:
+    """The OpenAI base URL of the stand-in model server recorded under ``state_dir``, if any."""
+    ports = _load_ports(state_dir.expanduser().resolve())
+    if ports is None or ports.standin is None:
+        return None
+    return f"http://127.0.0.1:{ports.standin}/v1"
+
+
+__all__ = ["DevStack", "dev_stack", "recorded_endpoints", "recorded_standin_url"]
