@@ -19,7 +19,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from aosk.errors import ConfigError
 
@@ -102,6 +102,39 @@ class MemorySettings(_Section):
     """Dimension d of every embedding in the cluster (``vector(d)``)."""
 
 
+class LlmSettings(_Section):
+    """The chat model the runtime calls: any server speaking the OpenAI HTTP protocol
+    (vLLM, llama.cpp server, Ollama, LiteLLM, OpenAI)."""
+
+    base_url: str | None = None
+    """OpenAI base URL, e.g. ``http://vllm:8000/v1``; unset means the dev stack's stand-in
+    model server (``aosk dev up``)."""
+    model: str = Field("stand-in-chat", min_length=1)
+    """Model name sent with every request."""
+    api_key: SecretStr = SecretStr("")
+    """Bearer key; empty for servers without authentication (the stand-in). Never logged;
+    prefer ``AOSK_LLM_API_KEY`` over writing it into config.yaml."""
+    timeout_s: float = Field(60.0, gt=0, le=3600)
+    """Seconds one attempt may take (connecting and waiting for the answer)."""
+    max_retries: int = Field(2, ge=0, le=20)
+    """Retries after the first attempt on 408, 409, 429, 5xx, connection errors and timeouts
+    (docs/runtime.md "The model provider"); embeddings calls use the same."""
+
+
+class EmbeddingsSettings(_Section):
+    """The embedding model (``/v1/embeddings``) behind memory's vectors."""
+
+    base_url: str | None = None
+    """OpenAI base URL; unset means the dev stack's stand-in model server."""
+    model: str = Field("stand-in-embedding", min_length=1)
+    """Model name sent with every request."""
+    api_key: SecretStr = SecretStr("")
+    """Bearer key; empty for servers without authentication. Never logged."""
+    dimension: int | None = Field(None, ge=1, le=16_000)
+    """Vector dimension asked for (the request's ``dimensions``); unset means
+    ``memory.embedding_dimension``, the only dimension the memory index stores."""
+
+
 class ApiSettings(_Section):
     host: str = "0.0.0.0"
     """Address ``aosk api`` listens on."""
@@ -138,6 +171,8 @@ class Settings(_Section):
     dev: DevStackSettings = DevStackSettings()
     memory: MemorySettings = MemorySettings()
     api: ApiSettings = ApiSettings()
+    llm: LlmSettings = LlmSettings()
+    embeddings: EmbeddingsSettings = EmbeddingsSettings()
 
 
 # Environment variable -> dotted key. Kept explicit: the documented names are the contract.
@@ -172,6 +207,15 @@ ENV_KEYS: Mapping[str, str] = {
     "AOSK_API_RATE_LIMIT_BURST": "api.rate_limit_burst",
     "AOSK_API_MAX_BODY_BYTES": "api.max_body_bytes",
     "AOSK_API_METRICS_PORT": "api.metrics_port",
+    "AOSK_LLM_BASE_URL": "llm.base_url",
+    "AOSK_LLM_MODEL": "llm.model",
+    "AOSK_LLM_API_KEY": "llm.api_key",
+    "AOSK_LLM_TIMEOUT_S": "llm.timeout_s",
+    "AOSK_LLM_MAX_RETRIES": "llm.max_retries",
+    "AOSK_EMBEDDINGS_BASE_URL": "embeddings.base_url",
+    "AOSK_EMBEDDINGS_MODEL": "embeddings.model",
+    "AOSK_EMBEDDINGS_API_KEY": "embeddings.api_key",
+    "AOSK_EMBEDDINGS_DIMENSION": "embeddings.dimension",
 }
 
 

@@ -1,8 +1,10 @@
-"""Where this process finds Kafka and PostgreSQL: configured explicitly, or the dev stack."""
+"""Where this process finds Kafka, PostgreSQL and the model servers: configured
+explicitly, or the dev stack."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from aosk.config import Settings, postgres_dsn
 from aosk.errors import ConfigError
@@ -45,3 +47,23 @@ def resolve_endpoints(settings: Settings) -> Endpoints:
             f"{settings.dev.state_dir}; set AOSK_POSTGRESQL_HOST or run `aosk dev up`",
         )
     return Endpoints(bootstrap=bootstrap, dsn=dsn)
+
+
+def resolve_model_url(settings: Settings, which: Literal["llm", "embeddings"]) -> tuple[str, bool]:
+    """(base URL, whether it is the dev stack's stand-in) of the chat (``llm``) or
+    embeddings model server: ``<which>.base_url`` when set, else the stand-in recorded in
+    the state dir."""
+    from aosk.devstack.stack import recorded_standin_url
+
+    configured = settings.llm.base_url if which == "llm" else settings.embeddings.base_url
+    if configured:
+        return configured, False
+    standin = recorded_standin_url(settings.dev.state_dir)
+    if standin is None:
+        env = "AOSK_LLM_BASE_URL" if which == "llm" else "AOSK_EMBEDDINGS_BASE_URL"
+        raise ConfigError(
+            f"{which}.base_url",
+            f"not set and no dev stack (with its stand-in model server) recorded in {settings.dev.state_dir}; "
+            f"set {env} or run `aosk dev up`",
+        )
+    return standin, True

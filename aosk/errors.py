@@ -8,6 +8,9 @@
      |    +-- KafkaUnavailable      no broker answers at the bootstrap address
      |    +-- PostgresUnavailable   no PostgreSQL answers at the configured address
      |    +-- DevStackError         the embedded dev stack cannot start or is broken
+     |    +-- ModelUnavailable      a model server gave no usable answer after the retries
+     |         +-- ModelTimeout         ... because its last attempt timed out (also a TimeoutError)
+     +-- ModelRequestRejected   a model server refused the request itself (4xx other than 408/409/429)
      +-- DecodeError            a journal record cannot be turned into an event
      |    +-- Undecodable           deterministic: not single-object encoded, or a body
      |    |                         that does not decode with its (known) schema
@@ -58,6 +61,7 @@ from typing import Any
 __all__ = [
     "AoskError", "ConfigError", "TopicMismatch", "InvalidSchemas",
     "Unavailable", "KafkaUnavailable", "PostgresUnavailable", "DevStackError",
+    "ModelUnavailable", "ModelTimeout", "ModelRequestRejected",
     "DecodeError", "Undecodable", "UnknownFingerprint", "Quarantined", "StateDecodeError", "UnknownFoldVersion",
     "PartitionCountChanged", "EventRejected", "DeliveryError", "ProjectionTimeout", "ProjectionConfigError",
     "SchemaNotFound", "JournalMismatch", "MigrationError", "UndecodableState", "Fenced", "Inconsistent",
@@ -135,6 +139,45 @@ class PostgresUnavailable(Unavailable):
 
 class DevStackError(Unavailable):
     """The embedded Kafka + PostgreSQL stack cannot start, or a part of it is broken."""
+
+
+class ModelUnavailable(Unavailable):
+    """A model server (``llm.base_url`` or ``embeddings.base_url``) gave no usable answer
+    after the configured retries: connection refused, 429 or 5xx on every attempt, or an
+    answer that is not the OpenAI protocol. ``status`` is the last HTTP status, if any."""
+
+    def __init__(self, url: str, problem: str, *, status: int | None = None, attempts: int = 1,
+                 setting: str = "llm.base_url (AOSK_LLM_BASE_URL)") -> None:
+        self.url = url
+        self.status = status
+        self.attempts = attempts
+        self.problem = _one_line(problem)
+        answered = f"HTTP {status}" if status is not None else "no answer"
+        super().__init__(
+            f"the model server at {url} gave no usable answer after {attempts} attempt(s) ({answered}: "
+            f"{self.problem}); is it up (the dev stack's stand-in: `aosk dev up`) and {setting} right?"
+        )
+
+
+class ModelTimeout(ModelUnavailable, TimeoutError):
+    """The model server's last attempt did not answer within ``llm.timeout_s``."""
+
+    def __init__(self, url: str, timeout_s: float, *, attempts: int = 1,
+                 setting: str = "llm.base_url (AOSK_LLM_BASE_URL)") -> None:
+        self.timeout_s = timeout_s
+        super().__init__(url, f"no answer within {timeout_s:g}s (llm.timeout_s, AOSK_LLM_TIMEOUT_S)",
+                         attempts=attempts, setting=setting)
+
+
+class ModelRequestRejected(AoskError):
+    """The model server refused the request itself (400 bad request, 401/403 key, 404
+    unknown model, ...): retrying the same request cannot help."""
+
+    def __init__(self, url: str, status: int, problem: str) -> None:
+        self.url = url
+        self.status = status
+        self.problem = _one_line(problem)
+        super().__init__(f"the model server at {url} refused the request (HTTP {status}): {self.problem}")
 
 
 # --- the journal and its events -------------------------------------------------------------

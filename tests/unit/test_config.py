@@ -80,3 +80,39 @@ def test_no_endpoints_says_what_to_do(tmp_path: Path) -> None:
     s = load_settings(environ={"AOSK_STATE_DIR": str(tmp_path / "none")})
     with pytest.raises(ConfigError, match="aosk dev up"):
         resolve_endpoints(s)
+
+
+def test_model_settings_from_the_environment_keep_the_key_secret() -> None:
+    s = load_settings(environ={"AOSK_LLM_BASE_URL": "http://vllm:8000/v1", "AOSK_LLM_MODEL": "qwen",
+                               "AOSK_LLM_API_KEY": "sk-very-secret", "AOSK_LLM_TIMEOUT_S": "12.5",
+                               "AOSK_LLM_MAX_RETRIES": "4", "AOSK_EMBEDDINGS_BASE_URL": "http://tei:80/v1",
+                               "AOSK_EMBEDDINGS_MODEL": "bge", "AOSK_EMBEDDINGS_API_KEY": "sk-other",
+                               "AOSK_EMBEDDINGS_DIMENSION": "384"})
+    assert (s.llm.base_url, s.llm.model, s.llm.timeout_s, s.llm.max_retries) == ("http://vllm:8000/v1", "qwen", 12.5, 4)
+    assert s.llm.api_key.get_secret_value() == "sk-very-secret"
+    assert "sk-very-secret" not in repr(s) and "sk-other" not in str(s.model_dump())
+    assert (s.embeddings.base_url, s.embeddings.model, s.embeddings.dimension) == ("http://tei:80/v1", "bge", 384)
+    defaults = load_settings(environ={})
+    assert defaults.llm.base_url is None and defaults.llm.api_key.get_secret_value() == ""
+    assert defaults.embeddings.dimension is None
+
+
+def test_no_model_server_says_what_to_do(tmp_path: Path) -> None:
+    from aosk.endpoints import resolve_model_url
+
+    s = load_settings(environ={"AOSK_STATE_DIR": str(tmp_path / "none")})
+    with pytest.raises(ConfigError, match="AOSK_EMBEDDINGS_BASE_URL or run `aosk dev up`") as e:
+        resolve_model_url(s, "embeddings")
+    assert e.value.key == "embeddings.base_url"
+    assert resolve_model_url(load_settings(environ={"AOSK_LLM_BASE_URL": "http://x/v1"}), "llm") == ("http://x/v1",
+                                                                                                       False)
+
+
+def test_an_embedding_dimension_other_than_the_memory_index_is_refused(tmp_path: Path) -> None:
+    from aosk.runtime.models import provider_from_settings
+
+    s = load_settings(environ={"AOSK_LLM_BASE_URL": "http://x/v1", "AOSK_EMBEDDINGS_BASE_URL": "http://x/v1",
+                               "AOSK_EMBEDDINGS_DIMENSION": "768"})
+    with pytest.raises(ConfigError, match="memory.embedding_dimension 384") as e:
+        provider_from_settings(s)
+    assert e.value.key == "embeddings.dimension"
