@@ -1,0 +1,1 @@
+"""The agent runtime: what runs agents on top of the kernel (models, tools)."""
