@@ -161,6 +161,22 @@ class ApiSettings(_Section):
     ``None``: no metrics (docs/api.md "Metrics")."""
 
 
+class ToolsSettings(_Section):
+    """How agents' tools run (``aosk.runtime.tools``): each call in a worker process that
+    is killed at its timeout. Tools are discovered through the entry-point group
+    ``aosk.tools`` (fixed, not a setting)."""
+
+    timeout_s: float = Field(30.0, gt=0, le=3600)
+    """Seconds a tool call may run before its process is killed, for tools that do not
+    set their own ``timeout_s``."""
+    max_result_bytes: int = Field(65_536, ge=256, le=524_288)
+    """Longest result (UTF-8 JSON) handed back for tools that do not set their own; a
+    longer one is cut with a visible marker. At most 512 KiB, half the SDK's default
+    ``kafka.max_event_bytes``, so a result fits in the event that records it."""
+    workers: int = Field(2, ge=1, le=256)
+    """Warm worker processes per runner: the most tool calls that run at once."""
+
+
 class Settings(_Section):
     """Everything an AOSK process needs to know, validated once at start."""
 
@@ -173,6 +189,7 @@ class Settings(_Section):
     api: ApiSettings = ApiSettings()
     llm: LlmSettings = LlmSettings()
     embeddings: EmbeddingsSettings = EmbeddingsSettings()
+    tools: ToolsSettings = ToolsSettings()
 
 
 # Environment variable -> dotted key. Kept explicit: the documented names are the contract.
@@ -216,6 +233,9 @@ ENV_KEYS: Mapping[str, str] = {
     "AOSK_EMBEDDINGS_MODEL": "embeddings.model",
     "AOSK_EMBEDDINGS_API_KEY": "embeddings.api_key",
     "AOSK_EMBEDDINGS_DIMENSION": "embeddings.dimension",
+    "AOSK_TOOLS_TIMEOUT_S": "tools.timeout_s",
+    "AOSK_TOOLS_MAX_RESULT_BYTES": "tools.max_result_bytes",
+    "AOSK_TOOLS_WORKERS": "tools.workers",
 }
 
 

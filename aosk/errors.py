@@ -39,6 +39,8 @@
      +-- PartitionStopped       a reader met a record it must not skip (unknown fingerprint or fold version)
      +-- RecallError            a recall query that cannot be answered as asked (also a ValueError)
      +-- ReplayError            a replay cannot go on; the live schema is unchanged
+     +-- ToolError              a tool definition or a tool registry is unusable
+     |    +-- DuplicateTool         two tools of one registry share a name
      +-- Problem                an HTTP API answer other than success (RFC 9457; aosk.api.problems)
 
 The modules that raise an error re-export it (``aosk.topics.TopicMismatch``,
@@ -66,7 +68,7 @@ __all__ = [
     "PartitionCountChanged", "EventRejected", "DeliveryError", "ProjectionTimeout", "ProjectionConfigError",
     "SchemaNotFound", "JournalMismatch", "MigrationError", "UndecodableState", "Fenced", "Inconsistent",
     "CheckpointError", "HistoryError", "NoSuchAgent", "HistoryIncomplete", "PartitionStopped", "RecallError",
-    "ReplayError", "Problem",
+    "ReplayError", "ToolError", "DuplicateTool", "Problem",
 ]
 
 
@@ -430,6 +432,26 @@ class RecallError(AoskError, ValueError):
 class ReplayError(AoskError):
     """The replay cannot go on (a shadow left by an interrupted replay, another replay
     running, a partition the fold stops on); the live schema is unchanged."""
+
+
+class ToolError(AoskError):
+    """A tool cannot be defined or registered as written: a signature whose argument
+    schema cannot be derived, an invalid explicit schema, a function that cannot be
+    imported by name in a worker process, an entry point that names no ``@tool``; or a
+    runner whose worker processes do not start. Raised when a registry or a runner is
+    built, never by a tool call (``aosk.runtime.tools.ToolRunner.run`` answers every
+    failure with a ``ToolResult``)."""
+
+
+class DuplicateTool(ToolError):
+    """Two tools of one registry have the same name; the model could not tell them apart."""
+
+    def __init__(self, name: str, first: str, second: str) -> None:
+        self.name = name
+        super().__init__(
+            f"tool name {name!r} is registered twice, by {first} and by {second}; "
+            f"rename one with @tool(name=...) or leave one out of the registry"
+        )
 
 
 class Problem(AoskError):

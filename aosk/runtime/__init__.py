@@ -1,1 +1,2 @@
-"""The agent runtime: the processes that call models and tools for the agents the journal folds."""
+"""The agent runtime: what runs agents on top of the kernel (the model provider, the stand-in model
+server, tools)."""
