@@ -566,8 +566,56 @@ def _section_api(settings: Settings, ep: Endpoints) -> None:
         proc.wait(20)
 
 
+def _section_models_and_tools(settings: Settings) -> None:
+    _heading("10. models and tools for the agent runtime: the stand-in model server (no network)")
+    import asyncio
+    import json
+
+    from aosk.runtime.builtin_tools import BUILTIN_TOOLS
+    from aosk.runtime.models import provider_from_settings
+    from aosk.runtime.tools import ToolRegistry, ToolRunner
+
+    task = ("Work out calculator(expression='(17 + 25) * 3') and then "
+            "word_count(text='every agent action is an event') for the report.")
+    registry = ToolRegistry(BUILTIN_TOOLS).allowed(["calculator", "word_count"])
+
+    async def converse() -> list[list[float]]:
+        async with provider_from_settings(settings) as provider:
+            print(f"  OpenAI-compatible provider -> {provider.llm.base_url} (model {provider.llm.model}; "
+                  "AOSK_LLM_BASE_URL points it at vLLM, Ollama, OpenAI, ...)")
+            messages: list[dict[str, object]] = [{"role": "user", "content": task}]
+            print(f"  task: {task}")
+            with ToolRunner(registry, settings=settings.tools) as runner:
+                for _turn in range(6):
+                    answer = await provider.chat(messages, tools=registry.openai_tools())
+                    if not answer.tool_calls:
+                        text = (answer.content or "").replace("\n", " | ")
+                        print(f"  model: {text} ({answer.finish_reason}; {answer.prompt_tokens} + "
+                              f"{answer.completion_tokens} tokens as the server reported)")
+                        break
+                    messages.append({"role": "assistant", "content": answer.content, "tool_calls": [
+                        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.raw_arguments}}
+                        for c in answer.tool_calls]})
+                    for call in answer.tool_calls:
+                        result = runner.run(call.id, call.name, call.raw_arguments)
+                        print(f"  model -> {call.name}({json.dumps(call.arguments)}) -> tool process: "
+                              f"{result.content} in {result.duration_s * 1000:.1f} ms")
+                        messages.append({"role": "tool", "tool_call_id": call.id, "content": result.content})
+                slow = runner.run("demo-timeout", "calculator", json.dumps({"expression": "9 ** 9 ** 9"}))
+                print(f"  a tool that misbehaves is a result, never a dead runtime: "
+                      f"{slow.error.kind if slow.error else 'ok'}: {(slow.error.message if slow.error else '')[:80]}")
+            return await provider.embed(["the agent stores a memory of the report",
+                                         "a memory of the report is stored by the agent",
+                                         "kafka partitions scale the consumer group"])
+
+    a, b, c = asyncio.run(converse())
+    near, far = sum(x * y for x, y in zip(a, b, strict=True)), sum(x * y for x, y in zip(a, c, strict=True))
+    print(f"  embeddings (hashed word n-grams, {len(a)}-d): cosine to a paraphrase {near:.2f}, "
+          f"to an unrelated sentence {far:.2f}")
+
+
 def _section_errors() -> None:
-    _heading("10. when a dependency is down: one line and an exit code")
+    _heading("11. when a dependency is down: one line and an exit code")
     import os
     import socket
 
@@ -602,6 +650,7 @@ def run_demo(settings: Settings) -> int:
         _section_api(settings, ep)
     finally:
         procs.stop()
+    _section_models_and_tools(settings)
     _section_errors()
     _heading("done")
     print("  the stack keeps running; `.venv/bin/aosk dev status` shows it, `.venv/bin/aosk dev down` stops it")
