@@ -29,9 +29,11 @@ LAG_DEGRADED_RECORDS: Final = 10_000
 
 
 def broker_offsets(bootstrap: str, topic: str, worker_group: str, *, timeout: float = 10.0
-                   ) -> tuple[dict[int, int], dict[int, int]]:
+                   ) -> tuple[dict[int, int], dict[int, int] | None]:
     """(end offset, worker group's committed offset) per partition of ``topic``, read now
-    outside any group; raises ``KafkaUnavailable``."""
+    outside any group; raises ``KafkaUnavailable``. The committed offsets are None when
+    the group coordinator does not answer in time (a new cluster creates its offsets
+    topic on the first group request): the broker is up, the workers' lag unknown."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     from aosk._kafka import cluster_metadata, high_watermark, quiet
@@ -45,11 +47,13 @@ def broker_offsets(bootstrap: str, topic: str, worker_group: str, *, timeout: fl
         parts = sorted(md.partitions)
         try:
             ends = {p: high_watermark(c, topic, p, timeout=timeout) for p in parts}
-            got = c.committed([TopicPartition(topic, p) for p in parts], timeout=timeout)
         except KafkaException as e:
             raise KafkaUnavailable(bootstrap, e.args[0].str()) from e
-        committed = {tp.partition: tp.offset for tp in got if tp.offset >= 0}
-        return ends, committed
+        try:
+            got = c.committed([TopicPartition(topic, p) for p in parts], timeout=timeout)
+        except KafkaException:
+            return ends, None
+        return ends, {tp.partition: tp.offset for tp in got if tp.offset >= 0}
     finally:
         c.close()
 

@@ -111,8 +111,9 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
         state = "ok" if p.stopped is None else f"STOPPED at {p.stopped.offset}: {p.stopped.reason}"
         if p.events_from:
             state += f"; events from {p.events_from}"
-        print(f"{p.partition:>9} {p.projected:>10} {num(p.end):>10} {num(p.lag):>8} {num(p.judged):>10} "
-              f"{num(p.worker_lag):>10}  {str(p.last_record_at or '-'):26.26}  {(p.owner or '-'):20.20}  {state}")
+        p_judged, p_lag = (p.judged, p.worker_lag) if status.judged_known else (None, None)
+        print(f"{p.partition:>9} {p.projected:>10} {num(p.end):>10} {num(p.lag):>8} {num(p_judged):>10} "
+              f"{num(p_lag):>10}  {str(p.last_record_at or '-'):26.26}  {(p.owner or '-'):20.20}  {state}")
     for p in status.stopped:
         assert p.stopped is not None
         print(f"partition {p.partition} STOPPED at offset {p.stopped.offset}: {p.stopped.message}")

@@ -61,6 +61,8 @@ class ProjectionStatus:
     """Why end offsets are unknown (Kafka unreachable), or None."""
     events_known: bool = True
     """False: the schema predates ``events_coverage`` (migration 0006), completeness unknown."""
+    judged_known: bool = True
+    """False: the workers' committed offsets could not be read (their lag is unknown)."""
 
     @property
     def stopped(self) -> list[PartitionStatus]:
@@ -78,6 +80,8 @@ class ProjectionStatus:
 
     @property
     def worker_lag(self) -> int | None:
+        if not self.judged_known:
+            return None
         lags = [p.worker_lag for p in self.partitions]
         return None if any(x is None for x in lags) else sum(x for x in lags if x is not None)
 
@@ -89,6 +93,7 @@ def projection_status(conn: psycopg.Connection[Any], schema: str, *, ends: dict[
     out = ProjectionStatus(schema, kafka_problem=kafka_problem)
     incomplete = incomplete_partitions(conn, schema)
     out.events_known = incomplete is not None
+    out.judged_known = judged is not None
     rows = conn.execute(
         sql.SQL("select partition, next_offset, last_record_at, owner, stopped_offset, stop_reason, stop_message "
                 "from {} order by partition").format(qualified(schema, "projector_offsets"))

@@ -201,10 +201,12 @@ def test_dev_status_prints_only_its_lines(journal: Journal, tmp_path: Path) -> N
     env = projector_env(journal.settings)
     up = subprocess.run([AOSK, "dev", "status"], env=env, capture_output=True, text=True, timeout=60)
     assert up.returncode == 0 and up.stderr == "", up.stderr
-    assert [line.split()[:2] for line in up.stdout.splitlines()] == [["kafka", "up"], ["postgresql", "up"]]
-    # A stack whose broker and database are down (ports nothing listens on).
+    assert [line.split()[:2] for line in up.stdout.splitlines()] == [["kafka", "up"], ["postgresql", "up"],
+                                                                    ["stand-in", "up"]]
+    # A stack whose broker, database and stand-in are down (ports nothing listens on).
     (tmp_path / "stack.json").write_text(json.dumps({"kafka": 9, "kafka_controller": 9, "postgres": 9}))
     down = subprocess.run([AOSK, "dev", "status"], env={**env, "AOSK_STATE_DIR": str(tmp_path)},
                           capture_output=True, text=True, timeout=60)
     assert down.returncode == 1 and down.stderr == "", down.stderr
-    assert [line.split()[:2] for line in down.stdout.splitlines()] == [["kafka", "DOWN"], ["postgresql", "DOWN"]]
+    assert [line.split()[:2] for line in down.stdout.splitlines()] == [["kafka", "DOWN"], ["postgresql", "DOWN"],
+                                                                      ["stand-in", "DOWN"]]
