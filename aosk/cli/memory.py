@@ -1,4 +1,5 @@
-"""``aosk memory search``: nearest memories of a tenant (optionally one agent)."""
+"""``aosk memory search``: nearest memories of a tenant (optionally one agent), to a
+vector, to another memory, or to a text embedded by the embeddings server."""
 
 from __future__ import annotations
 
@@ -28,15 +29,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q.add_argument("--vector", metavar="JSON", help="the query embedding as a JSON array")
     q.add_argument("--vector-file", type=Path, metavar="PATH", help="a file holding the JSON array")
     q.add_argument("--like", metavar="MEMORY_ID", help="use this memory's embedding as the query (needs --agent)")
+    q.add_argument("--text", metavar="TEXT", help="embed TEXT with the embeddings server (embeddings.*; by default "
+                   "the dev stack's stand-in) and search with that")
     add_format(s)
     s.add_argument("--explain", action="store_true", help="print PostgreSQL's plan instead of results")
     add_schema(s)
     s.set_defaults(run=_search)
 
 
-def _query(conn: psycopg.Connection[Any], args: argparse.Namespace) -> list[float]:
+def _query(settings: Settings, conn: psycopg.Connection[Any], args: argparse.Namespace) -> list[float]:
     from aosk.reads.memory import memory_embedding
 
+    if args.text is not None:
+        return _embed(settings, args.text)
     if args.like is not None:
         if args.agent is None:
             raise AoskError("--like needs --agent (memory ids are per agent)")
@@ -54,6 +59,20 @@ def _query(conn: psycopg.Connection[Any], args: argparse.Namespace) -> list[floa
     return value
 
 
+def _embed(settings: Settings, text: str) -> list[float]:
+    """``text``'s embedding from the configured embeddings server (``ModelUnavailable`` if
+    it cannot answer): the same model the runtime embeds memories with."""
+    import asyncio
+
+    from aosk.runtime.models import provider_from_settings
+
+    async def embed() -> list[float]:
+        async with provider_from_settings(settings) as provider:
+            return (await provider.embed([text]))[0]
+
+    return asyncio.run(embed())
+
+
 def _search(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.cli.db import _connect
     from aosk.reads.memory import explain_recall, recall
@@ -61,7 +80,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
     if args.tenant is None and args.agent is None:
         raise AoskError("give --tenant (and optionally --agent): memories are scoped by tenant")
     with _connect(settings) as conn:
-        query = _query(conn, args)
+        query = _query(settings, conn, args)
         if args.explain:
             if args.tenant is None:
                 raise AoskError("--explain needs --tenant")

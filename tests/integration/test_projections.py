@@ -159,6 +159,25 @@ def test_read_your_writes_memories_and_checkpoints(settings: Settings, reader: P
     bad = run_cli(settings, "memory", "search", "--tenant", "acme", "--vector", "[1, 0]")
     assert bad.returncode == 1 and "dimension 2" in bad.stderr
 
+    # --text: the query embedded by the embeddings server (the dev stack's stand-in), the
+    # same one that embeds memories: texts sharing words are near.
+    texts = {"q3": "quarterly revenue grew twelve percent in the third quarter",
+             "ops": "the kafka broker restarted after a disk filled up"}
+    with KernelClient.from_settings(settings) as kernel:
+        kernel.spawn(agent_id="mem-text", tenant_id="acme", name="t", budgets=BUDGETS)
+        kernel.emit(AgentStarted, agent_id="mem-text", tenant_id="acme")
+        for memory_id, text in texts.items():
+            last = kernel.emit(MemoryStored, agent_id="mem-text", tenant_id="acme", memory_id=memory_id, text=text,
+                               embedding=tuple(_standin_embedding(settings, text)), importance=0.5,
+                               metadata={}).result()
+    reader.wait_for(last, timeout=60)
+    for query, nearest in (("how much did revenue grow in the third quarter", "q3"),
+                           ("why did the kafka broker restart", "ops")):
+        out = run_cli(settings, "memory", "search", "--agent", "mem-text", "--text", query, "-k", "1",
+                      "--format", "json")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout.splitlines()[0])["memory_id"] == nearest, out.stdout
+
 
 def test_refused_row_is_bisected_out_and_the_partition_goes_on(settings: Settings, reader: ProjectionReader) -> None:
     dsn = settings.storage.postgresql.dsn
@@ -337,3 +356,15 @@ def test_rebuild_in_another_schema_gives_identical_rows(settings: Settings, tmp_
     assert f"deleted {digests['rb_live']['checkpoints'][0] - left} checkpoints" in thin.stdout
     verified = run_cli(s, "audit", "verify", "--schema", "rb_rebuilt")  # thinned checkpoints are noted
     assert verified.returncode == 0, verified.stderr
+
+
+def _standin_embedding(settings: Settings, text: str) -> list[float]:
+    import asyncio
+
+    from aosk.runtime.models import provider_from_settings
+
+    async def embed() -> list[float]:
+        async with provider_from_settings(settings) as provider:
+            return (await provider.embed([text]))[0]
+
+    return asyncio.run(embed())
