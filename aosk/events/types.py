@@ -58,6 +58,10 @@ __all__ = [
     "BudgetUpdated",
     "KernelUpgraded",
     "RecordQuarantined",
+    "TaskSubmitted",
+    "TaskCompleted",
+    "TaskFailed",
+    "TaskCancelled",
 ]
 
 #: Symbols of the Avro enum ``Origin``, in schema order.
@@ -75,6 +79,14 @@ class Budgets:
     max_tool_calls: int
     max_steps: int
     context_window_tokens: int
+    tokens_per_hour: int = 0
+    """Tokens (reported prompt + completion) per quota window; 0: no window limit."""
+    calls_per_hour: int = 0
+    """Model calls requested per quota window; 0: no window limit."""
+    tokens_per_request: int = 0
+    """Largest ``token_estimate`` of one ``LlmCallRequested``; 0: no limit."""
+    quota_window_ms: int = 0
+    """Length of a fixed window of broker time (aligned to the epoch); 0: one hour."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -248,6 +260,12 @@ class LlmCallRequested(Event):
     prompt_hash: str
     prompt_tokens: int
     timeout_ms: int
+    task_id: str | None = None
+    """The task whose turn this is (fold version 4 on); None: a call outside any task."""
+    turn: int = 0
+    attempt: int = 0
+    token_estimate: int = 0
+    context_entry_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -258,6 +276,14 @@ class LlmCallCompleted(Event):
     response: str
     completion_tokens: int
     latency_ms: int
+    content: str = ""
+    tool_names: tuple[str, ...] = ()
+    """Tools the reply calls, in order (parallel to ``tool_arguments``)."""
+    tool_arguments: tuple[str, ...] = ()
+    """JSON object text of each call's arguments."""
+    finish_reason: str = ""
+    prompt_tokens: int = 0
+    """Prompt tokens the server reported."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -285,6 +311,43 @@ class CallTimedOut(Event):
     """Kernel-made: the call's deadline passed while it was open."""
 
     call_id: str
+
+
+# --- tasks ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskSubmitted(Event):
+    """A task for the agent: queued, run in submission order, one at a time."""
+
+    task_id: str
+    input: str
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskCompleted(Event):
+    """Kernel-made (the runtime): the running task ends with its output."""
+
+    task_id: str
+    output: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskFailed(Event):
+    """Kernel-made (the runtime): the task cannot finish; ``reason`` is a code."""
+
+    task_id: str
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskCancelled(Event):
+    """A client cancels a queued or running task; its open calls are abandoned."""
+
+    task_id: str
+    reason: str = ""
 
 
 # --- messages ---------------------------------------------------------------------------
@@ -441,13 +504,17 @@ EVENT_TYPES: Final[Mapping[str, type[Event]]] = MappingProxyType(
             BudgetUpdated,
             KernelUpgraded,
             RecordQuarantined,
+            TaskSubmitted,
+            TaskCompleted,
+            TaskFailed,
+            TaskCancelled,
         )
     }
 )
 """Event type name (Avro record name) -> class."""
 
 KERNEL_ONLY_TYPES: Final[frozenset[str]] = frozenset(
-    {"AgentForked", "MessageDelivered", "MessageBounced", "CallTimedOut"}
+    {"AgentForked", "MessageDelivered", "MessageBounced", "CallTimedOut", "TaskCompleted", "TaskFailed"}
 )
 """Types the fold accepts only with ``origin="kernel"``. AgentSpawned is kernel-only
 when ``parent_id`` is set; the fold checks that case itself."""

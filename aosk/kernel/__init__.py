@@ -66,6 +66,16 @@ from aosk.kernel.state import (
     state_hash,
 )
 from aosk.kernel.statecodec import StateDecodeError, decode_state
+from aosk.kernel.steps import Action, Finish, LlmStep, Start, ToolRun, next_action
+from aosk.kernel.tasks import (
+    QuotaRefusal,
+    estimate_tokens,
+    llm_call_id,
+    quota_refusal,
+    step_event_id,
+    task_entry_ids,
+    tool_call_id,
+)
 from aosk.kernel.verdict import REASONS, Kind, Reason, Record, Verdict, canonical_verdict_bytes, pseudo_key
 
 __all__ = [
@@ -128,6 +138,20 @@ __all__ = [
     "Route",
     "home_partition",
     "check_partition_count",
+    # tasks (fold version 4): the decision beside the fold, and the ids and checks it shares
+    "next_action",
+    "Action",
+    "Start",
+    "LlmStep",
+    "ToolRun",
+    "Finish",
+    "llm_call_id",
+    "tool_call_id",
+    "step_event_id",
+    "estimate_tokens",
+    "task_entry_ids",
+    "quota_refusal",
+    "QuotaRefusal",
     # events as plain JSON
     "event_to_plain",
     "event_from_plain",

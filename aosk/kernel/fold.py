@@ -37,7 +37,7 @@ from typing import Any, Final, NamedTuple
 
 from aosk.errors import Quarantined, UnknownFingerprint
 from aosk.events import KERNEL_ONLY_TYPES, ORIGINS, AgentSpawned, Event, MessageBounced, MessageDelivered
-from aosk.kernel import lifecycle, work
+from aosk.kernel import lifecycle, tasks, work
 from aosk.kernel.copying import revise
 from aosk.kernel.decision import Decision, FoldContext, Handler, dup, reject
 from aosk.kernel.derive import BOUNCE_REASONS, derived_for
@@ -59,7 +59,7 @@ KERNEL_ONLY: Final = KERNEL_ONLY_TYPES | _PARTITION_MARKERS
 The partition markers are added by the fold: a client must never switch semantics or
 quarantine a record."""
 
-_HANDLERS: Final[dict[str, Handler]] = {**lifecycle.HANDLERS, **work.HANDLERS}
+_HANDLERS: Final[dict[str, Handler]] = {**lifecycle.HANDLERS, **work.HANDLERS, **tasks.HANDLERS}
 assert set(_HANDLERS) == set(LIFECYCLE), "one handler per event type in the lifecycle table"
 
 _CREATION: Final = frozenset({"AgentSpawned", "AgentForked"})
@@ -149,6 +149,7 @@ def apply(
     seq = st.seq + 1
     ctx = FoldContext(record, key, seq, params)
     ev = record.event
+    name = type(ev).__name__ if ev is not None else None
     if home is None:
         decision, dedupe = _judge(ctx, st, ev)
     else:
@@ -161,10 +162,14 @@ def apply(
         changes.update(decision.changes)
         if decision.consume is not None:
             decision = _account(st, decision, changes)
+        if st.tasks.queue and changes.get("status", st.status) in FINAL_STATUSES and params.runs_tasks:
+            # Killed, terminated or failed: every task ends, its open calls with it.
+            how = "cancelled" if name != "AgentFailed" else "failed"
+            changes.update(tasks.end_all_tasks(st, how, f"agent_{changes['status'].lower()}", params,
+                                               calls_after=changes.get("calls", st.calls)))
     changes["seq"] = seq
     new = evolve(st, changes)
 
-    name = type(ev).__name__ if ev is not None else None
     checkpoint = new.status != _NONE and seq % params.checkpoint_interval == 0
     if decision.kind == _ACCEPTED and not checkpoint:
         checkpoint = name == "CheckpointRequested" or (

@@ -51,6 +51,7 @@ from aosk.kernel.state import (
     evolve,
 )
 from aosk.kernel.statecodec import StateDecodeError, decode_state
+from aosk.kernel.tasks import protected_ids
 from aosk.kernel.verdict import Reason
 
 __all__ = ["LIFECYCLE", "WORK_TYPES", "COMPLETION_TYPES", "HANDLERS", "fork_state", "BUDGET_EXHAUSTED_NOTE"]
@@ -91,6 +92,7 @@ for _t in COMPLETION_TYPES:
 for _t in (
     "MessageDelivered", "MessageBounced", "MemoryEmbedded", "MemoryForgotten",
     "CheckpointRequested", "CapabilityGranted", "CapabilityRevoked",
+    "TaskSubmitted", "TaskCompleted", "TaskFailed", "TaskCancelled",
 ):
     _table[_t] = NON_FINAL_STATUSES
 
@@ -286,7 +288,9 @@ def _budget_updated(ctx: FoldContext, st: AgentState, ev: BudgetUpdated) -> Deci
     changes: dict[str, Any] = {"budgets": ev.budgets}
     window, paged = st.window, cast("tuple[ContextEntry, ...]", ())
     if st.window.tokens > ev.budgets.context_window_tokens:
-        fitted = fit(st.window, add=None, budget_tokens=ev.budgets.context_window_tokens, params=ctx.params)
+        protect = protected_ids(st) if ctx.params.runs_tasks else frozenset()
+        fitted = fit(st.window, add=None, budget_tokens=ev.budgets.context_window_tokens, params=ctx.params,
+                     protect=protect)
         assert fitted is not None  # without an entry to add, fit always returns
         window, paged = fitted
         changes["window"] = window

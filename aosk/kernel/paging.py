@@ -77,11 +77,14 @@ def fit(
     add: ContextEntry | None,
     budget_tokens: int,
     params: FoldParams,
+    protect: frozenset[str] = frozenset(),
 ) -> tuple[Window, tuple[ContextEntry, ...]] | None:
     """The window after appending ``add`` (if any) and paging out what the policy says.
 
     Returns ``(window, paged_out)`` in eviction order, or None when ``add`` cannot fit
-    even after paging out every unpinned entry.
+    even after paging out every unpinned entry. Entries whose ids are in ``protect`` are
+    never victims (fold version 4: the prompt of an open model call and the running
+    task's input), as if pinned.
     """
     tokens = window.tokens
     nbytes = window.nbytes
@@ -99,10 +102,8 @@ def fit(
     entries = list(window.entries)
     paged: list[ContextEntry] = []
     while tokens > budget_tokens or len(entries) + extra > max_entries or nbytes > max_bytes:
-        if not entries:
-            victim = None
-        else:
-            victim = min(entries, key=_KEY)
+        candidates = entries if not protect else [e for e in entries if e.entry_id not in protect]
+        victim = min(candidates, key=_KEY) if candidates else None
         if victim is None or victim.evict_key[0] >= bands:
             if add is not None:
                 return None

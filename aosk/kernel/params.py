@@ -42,6 +42,48 @@ class FoldParams:
     undefined (pgvector returns NaN), so it could only poison memory search. Versions 1
     and 2 accept it (their history keeps its verdicts)."""
 
+    runs_tasks: bool = False
+    """Version 4 on: tasks (``TaskSubmitted`` ... ``TaskCancelled``), model calls that take
+    a task's turn (``LlmCallRequested`` v2 with ``task_id``), replies and tool results
+    kept as the task's context entries, and quotas per fixed window of broker time
+    (``Budgets`` v2). Versions 1-3 reject the task events and task-bound calls
+    ``needs_fold_version`` (and never judge window quotas)."""
+
+    max_queued_tasks: int = 8
+    """Tasks an agent holds at once (the running one included); more is ``task_queue_full``."""
+
+    task_id_max_bytes: int = 128
+    """Longest task id (its context entries' ids are made from it)."""
+
+    max_tools_per_reply: int = 8
+    """Tool calls one model reply may ask for."""
+
+    tool_arguments_max_bytes: int = 8_192
+    """Largest JSON arguments of one reply's tool calls together (UTF-8 bytes)."""
+
+    task_queue_max_bytes: int = 131_072
+    """Cap on the canonical size of the queued tasks (their inputs, mostly): with the
+    others it keeps a state under ``state_max_bytes``."""
+
+    prompt_ids_max_bytes: int = 32_768
+    """Largest ``context_entry_ids`` of one model call (UTF-8 bytes of the ids together)."""
+
+    ended_tasks_memory: int = 32
+    """How many ended task ids (with how they ended) an agent remembers."""
+
+    abandoned_calls_memory: int = 32
+    """How many calls closed by their task's end are remembered, to name a late completion."""
+
+    task_max_turns: int = 16
+    """Model turns a task may take; ``next_action`` fails it (``max_turns``) after that."""
+
+    turn_max_attempts: int = 3
+    """Requests of one turn (the first and the retries after timeouts) before
+    ``next_action`` fails the task (``model_timeout``)."""
+
+    default_quota_window_ms: int = 3_600_000
+    """The quota window when ``Budgets.quota_window_ms`` is 0: one hour."""
+
     dedupe_window: int = 128
     """K: how many recent client ``event_id`` values an agent remembers; a client event
     whose id is among them gets verdict ``duplicate``."""
@@ -121,10 +163,12 @@ VERSIONS: Final[Mapping[int, FoldParams]] = MappingProxyType({
     1: FoldParams(version=1),
     2: FoldParams(version=2, routes_by_partition=True),
     3: FoldParams(version=3, routes_by_partition=True, rejects_zero_embedding=True),
+    4: FoldParams(version=4, routes_by_partition=True, rejects_zero_embedding=True, runs_tasks=True),
 })
 """Every fold version this code can apply, by number. Version 2 = version 1 plus the
 partition rule (``routes_by_partition``); version 3 = version 2 plus the all-zero
-embedding rule (``rejects_zero_embedding``); every other constant is the same."""
+embedding rule (``rejects_zero_embedding``); version 4 = version 3 plus tasks, turns and
+window quotas (``runs_tasks``); every other constant is the same."""
 
 LATEST_VERSION: Final = max(VERSIONS)
 

@@ -43,6 +43,12 @@ __all__ = [
     "OpenCall",
     "Calls",
     "Dedupe",
+    "Task",
+    "TaskTool",
+    "Tasks",
+    "Quota",
+    "EMPTY_TASKS",
+    "EMPTY_QUOTA",
     "placeholder",
     "evolve",
     "encode_state",
@@ -94,6 +100,15 @@ class _Cached:
 def budgets_json(b: Budgets | None) -> str:
     if b is None:
         return "null"
+    if b.tokens_per_hour or b.calls_per_hour or b.tokens_per_request or b.quota_window_ms:
+        # The window quotas (Budgets v2) are in the bytes only when one is set, so every
+        # state without them keeps the bytes and the hash it had before they existed.
+        return (
+            f'{{"calls_per_hour":{b.calls_per_hour},"context_window_tokens":{b.context_window_tokens},'
+            f'"max_steps":{b.max_steps},"max_tokens":{b.max_tokens},"max_tool_calls":{b.max_tool_calls},'
+            f'"quota_window_ms":{b.quota_window_ms},"tokens_per_hour":{b.tokens_per_hour},'
+            f'"tokens_per_request":{b.tokens_per_request}}}'
+        )
     return (
         f'{{"context_window_tokens":{b.context_window_tokens},"max_steps":{b.max_steps},'
         f'"max_tokens":{b.max_tokens},"max_tool_calls":{b.max_tool_calls}}}'
@@ -308,11 +323,23 @@ class OpenCall:
     deadline_ms: int
     """The request's broker timestamp + ``timeout_ms``."""
     request_event_id: str
+    task_id: str | None = None
+    """The task the call belongs to (fold version 4 on); None: outside any task."""
+    entry_ids: tuple[str, ...] = ()
+    """A task model call's prompt: the context entries it was built from (kept in the
+    window while the call is open, so a re-issued call sends the same prompt)."""
 
     def to_json(self) -> str:
+        if self.task_id is None:  # the shape (and bytes) of calls outside tasks
+            return (
+                f'{{"call_id":{jstr(self.call_id)},"deadline_ms":{self.deadline_ms},'
+                f'"kind":{jstr(self.kind)},"request_event_id":{jstr(self.request_event_id)}}}'
+            )
         return (
             f'{{"call_id":{jstr(self.call_id)},"deadline_ms":{self.deadline_ms},'
-            f'"kind":{jstr(self.kind)},"request_event_id":{jstr(self.request_event_id)}}}'
+            f'"entry_ids":{jlist([jstr(e) for e in self.entry_ids])},'
+            f'"kind":{jstr(self.kind)},"request_event_id":{jstr(self.request_event_id)},'
+            f'"task_id":{jstr(self.task_id)}}}'
         )
 
 
@@ -322,6 +349,10 @@ class Calls(_Cached):
 
     open: tuple[OpenCall, ...] = ()
     timed_out: tuple[str, ...] = ()
+    abandoned: tuple[tuple[str, str], ...] = ()
+    """(call id, reason) of recent calls closed without a completion because their task
+    ended (``task_cancelled``, ``task_ended``): a completion arriving later is rejected
+    with that reason. In the bytes only when not empty."""
     _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def find(self, call_id: str) -> OpenCall | None:
@@ -330,11 +361,122 @@ class Calls(_Cached):
                 return c
         return None
 
+    def abandoned_reason(self, call_id: str) -> str | None:
+        for c, reason in self.abandoned:
+            if c == call_id:
+                return reason
+        return None
+
     def _encode(self) -> str:
+        ab = ""
+        if self.abandoned:
+            ab = '"abandoned":' + jlist([f"[{jstr(c)},{jstr(r)}]" for c, r in self.abandoned]) + ","
         return (
-            f'{{"open":{jlist([c.to_json() for c in self.open])},'
+            f'{{{ab}"open":{jlist([c.to_json() for c in self.open])},'
             f'"timed_out":{jlist([jstr(c) for c in self.timed_out])}}}'
         )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskTool:
+    """A tool call the task's last model reply asked for (its id derives from the model
+    call's id and its index, never from the model's own ids)."""
+
+    call_id: str
+    tool: str
+    arguments: str
+    """JSON object text, as the reply gave it."""
+    state: str
+    """``pending`` (to request) | ``open`` (requested, accepted) | ``done`` (its result
+    is in the context window) | ``denied`` (not in the capabilities: the denial is the result)."""
+
+    def to_json(self) -> str:
+        return (
+            f'{{"arguments":{jstr(self.arguments)},"call_id":{jstr(self.call_id)},'
+            f'"state":{jstr(self.state)},"tool":{jstr(self.tool)}}}'
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Task(_Cached):
+    """A queued or running task (fold version 4 on). The head of the queue runs once
+    ``started`` (its input is then a context entry); the others wait their turn."""
+
+    task_id: str
+    input: str
+    submitted_seq: int
+    started: bool = False
+    turn: int = 0
+    """Model turns taken (requests accepted for this task)."""
+    attempt: int = 0
+    """The attempt of the current turn (1 + retries after a timeout)."""
+    turn_state: str = ""
+    """``""`` before the first turn | ``open`` | ``done`` | ``timed_out``."""
+    tools: tuple[TaskTool, ...] = ()
+    """The tool calls of the last reply, in order."""
+    output: str | None = None
+    """The final answer, once a reply asked for no tool: the task is ready to finish."""
+    tokens: int = 0
+    """Tokens the server reported for this task's model calls."""
+    model_calls: int = 0
+    tool_calls: int = 0
+    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _encode(self) -> str:
+        return (
+            f'{{"attempt":{self.attempt},"input":{jstr(self.input)},"model_calls":{self.model_calls},'
+            f'"output":{jopt_str(self.output)},"started":{"true" if self.started else "false"},'
+            f'"submitted_seq":{self.submitted_seq},"task_id":{jstr(self.task_id)},"tokens":{self.tokens},'
+            f'"tool_calls":{self.tool_calls},"tools":{jlist([t.to_json() for t in self.tools])},'
+            f'"turn":{self.turn},"turn_state":{jstr(self.turn_state)}}}'
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Tasks(_Cached):
+    """The task queue (submission order; the head runs) and how recent tasks ended."""
+
+    queue: tuple[Task, ...] = ()
+    ended: tuple[tuple[str, str], ...] = ()
+    """(task id, ``succeeded`` | ``failed`` | ``cancelled``), the newest last, capped."""
+    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def running(self) -> Task | None:
+        q = self.queue
+        return q[0] if q and q[0].started else None
+
+    def find(self, task_id: str) -> Task | None:
+        for t in self.queue:
+            if t.task_id == task_id:
+                return t
+        return None
+
+    def ended_as(self, task_id: str) -> str | None:
+        for t, how in self.ended:
+            if t == task_id:
+                return how
+        return None
+
+    def _encode(self) -> str:
+        return (
+            f'{{"ended":{jlist([f"[{jstr(t)},{jstr(h)}]" for t, h in self.ended])},'
+            f'"queue":{jlist([t.json_bytes().decode() for t in self.queue])}}}'
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Quota(_Cached):
+    """Use in the current fixed window of broker time (fold version 4 on)."""
+
+    window: int = -1
+    """The window's index (broker ms // window length); -1: none yet."""
+    tokens: int = 0
+    calls: int = 0
+    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _encode(self) -> str:
+        return f'{{"calls":{self.calls},"tokens":{self.tokens},"window":{self.window}}}'
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -415,6 +557,8 @@ _EMPTY_WINDOW: Final = Window()
 _EMPTY_INBOX: Final = Inbox()
 _EMPTY_CALLS: Final = Calls()
 _EMPTY_DEDUPE: Final = Dedupe()
+EMPTY_TASKS: Final = Tasks()
+EMPTY_QUOTA: Final = Quota()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -446,6 +590,11 @@ class AgentState:
     inbox: Inbox = _EMPTY_INBOX
     calls: Calls = _EMPTY_CALLS
     dedupe: Dedupe = _EMPTY_DEDUPE
+    tasks: Tasks = EMPTY_TASKS
+    """Queued and running tasks (fold version 4 on). In the canonical bytes only when it
+    holds something, so states of agents without tasks keep their bytes and hashes."""
+    quota: Quota = EMPTY_QUOTA
+    """Use in the current quota window (fold version 4 on); in the bytes once a window began."""
     partitions: int = 0
     """The journal's partition count as recorded by a fold-version-2 ``KernelUpgraded``
     marker; only ever set on a partition's pseudo-agent ``~p<n>`` (0: unknown, the key
@@ -558,9 +707,12 @@ def encode_state(state: AgentState) -> bytes:
                 b',"life":',
                 state.life.json_bytes(),
                 b',"partitions":%d' % state.partitions if state.partitions else b"",
+                b"" if state.quota.window < 0 else b',"quota":' + state.quota.json_bytes(),
                 b',"seq":%d,"status":"' % state.seq,
                 state.status.encode("ascii"),
-                b'","usage":',
+                b'"',
+                b"" if not (state.tasks.queue or state.tasks.ended) else b',"tasks":' + state.tasks.json_bytes(),
+                b',"usage":',
                 state.usage.json_bytes(),
                 b',"window":',
                 state.window.json_bytes(),

@@ -16,6 +16,8 @@ from aosk.kernel.paging import make_entry
 from aosk.kernel.params import params_for
 from aosk.kernel.state import (
     ALL_STATUSES,
+    EMPTY_QUOTA,
+    EMPTY_TASKS,
     AgentState,
     Calls,
     Capabilities,
@@ -26,6 +28,10 @@ from aosk.kernel.state import (
     InboxMessage,
     Life,
     OpenCall,
+    Quota,
+    Task,
+    Tasks,
+    TaskTool,
     Usage,
     Window,
     encode_state,
@@ -74,14 +80,68 @@ def _list(v: Any, what: str) -> list[Any]:
     return v
 
 
+_BUDGET_KEYS: tuple[str, ...] = ("context_window_tokens", "max_steps", "max_tokens", "max_tool_calls")
+_QUOTA_KEYS: tuple[str, ...] = ("calls_per_hour", "quota_window_ms", "tokens_per_hour", "tokens_per_request")
+
+
 def budgets_from_plain(v: Any) -> Budgets:
-    d = _obj(v, ("context_window_tokens", "max_steps", "max_tokens", "max_tool_calls"), "budgets")
+    quotas = type(v) is dict and "quota_window_ms" in v  # Budgets v2's window quotas, written only when set
+    d = _obj(v, _BUDGET_KEYS + _QUOTA_KEYS if quotas else _BUDGET_KEYS, "budgets")
     return Budgets(
         max_tokens=_int(d["max_tokens"], "budgets.max_tokens"),
         max_tool_calls=_int(d["max_tool_calls"], "budgets.max_tool_calls"),
         max_steps=_int(d["max_steps"], "budgets.max_steps"),
         context_window_tokens=_int(d["context_window_tokens"], "budgets.context_window_tokens"),
+        tokens_per_hour=_int(d.get("tokens_per_hour", 0), "budgets.tokens_per_hour"),
+        calls_per_hour=_int(d.get("calls_per_hour", 0), "budgets.calls_per_hour"),
+        tokens_per_request=_int(d.get("tokens_per_request", 0), "budgets.tokens_per_request"),
+        quota_window_ms=_int(d.get("quota_window_ms", 0), "budgets.quota_window_ms"),
     )
+
+
+def _task(v: Any) -> Task:
+    d = _obj(v, ("attempt", "input", "model_calls", "output", "started", "submitted_seq", "task_id", "tokens",
+                 "tool_calls", "tools", "turn", "turn_state"), "task")
+    if type(d["started"]) is not bool:
+        raise _fail("task.started must be a boolean")
+    tools = []
+    for x in _list(d["tools"], "task.tools"):
+        t = _obj(x, ("arguments", "call_id", "state", "tool"), "task tool")
+        tools.append(TaskTool(call_id=_str(t["call_id"], "call_id"), tool=_str(t["tool"], "tool"),
+                              arguments=_str(t["arguments"], "arguments"), state=_str(t["state"], "state")))
+    return Task(
+        task_id=_str(d["task_id"], "task_id"), input=_str(d["input"], "input"),
+        submitted_seq=_int(d["submitted_seq"], "submitted_seq"), started=d["started"],
+        turn=_int(d["turn"], "turn"), attempt=_int(d["attempt"], "attempt"),
+        turn_state=_str(d["turn_state"], "turn_state"), tools=tuple(tools), output=_ostr(d["output"], "output"),
+        tokens=_int(d["tokens"], "tokens"), model_calls=_int(d["model_calls"], "model_calls"),
+        tool_calls=_int(d["tool_calls"], "tool_calls"),
+    )
+
+
+def _str_pairs(v: Any, what: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for p in _list(v, what):
+        if type(p) is not list or len(p) != 2:
+            raise _fail(f"{what} must hold pairs")
+        out.append((_str(p[0], what), _str(p[1], what)))
+    return tuple(out)
+
+
+def _tasks(v: Any) -> Tasks:
+    if v is None:
+        return EMPTY_TASKS
+    d = _obj(v, ("ended", "queue"), "tasks")
+    return Tasks(queue=tuple(_task(x) for x in _list(d["queue"], "tasks.queue")),
+                 ended=_str_pairs(d["ended"], "tasks.ended"))
+
+
+def _quota(v: Any) -> Quota:
+    if v is None:
+        return EMPTY_QUOTA
+    d = _obj(v, ("calls", "tokens", "window"), "quota")
+    return Quota(window=_int(d["window"], "quota.window"), tokens=_int(d["tokens"], "quota.tokens"),
+                 calls=_int(d["calls"], "quota.calls"))
 
 
 def _identity(v: Any) -> Identity | None:
@@ -143,8 +203,8 @@ _STATE_KEYS: tuple[str, ...] = (
 
 def _from_plain(v: Any) -> AgentState:
     keys: tuple[str, ...] = _STATE_KEYS
-    if type(v) is dict and "partitions" in v:  # only a pseudo-agent's state under fold version >= 2
-        keys = _STATE_KEYS + ("partitions",)
+    if type(v) is dict:  # keys present only when set: partitions (pseudo-agents), quota and tasks (version 4)
+        keys = keys + tuple(k for k in ("partitions", "quota", "tasks") if k in v)
     d = _obj(v, keys, "state")
     partitions = _int(d.get("partitions", 0), "partitions")
     if partitions < 0:
@@ -195,16 +255,22 @@ def _from_plain(v: Any) -> AgentState:
             )
         )
 
-    c = _obj(d["calls"], ("open", "timed_out"), "calls")
+    calls_v = d["calls"]
+    c = _obj(calls_v, ("abandoned", "open", "timed_out") if type(calls_v) is dict and "abandoned" in calls_v
+             else ("open", "timed_out"), "calls")
     opened = []
     for x in _list(c["open"], "calls.open"):
-        o = _obj(x, ("call_id", "deadline_ms", "kind", "request_event_id"), "open call")
+        in_task = type(x) is dict and "task_id" in x
+        o = _obj(x, ("call_id", "deadline_ms", "entry_ids", "kind", "request_event_id", "task_id") if in_task
+                 else ("call_id", "deadline_ms", "kind", "request_event_id"), "open call")
         opened.append(
             OpenCall(
                 call_id=_str(o["call_id"], "call_id"),
                 kind=_str(o["kind"], "kind"),
                 deadline_ms=_int(o["deadline_ms"], "deadline_ms"),
                 request_event_id=_str(o["request_event_id"], "request_event_id"),
+                task_id=_str(o["task_id"], "task_id") if in_task else None,
+                entry_ids=tuple(_str(e, "entry_id") for e in _list(o["entry_ids"], "entry_ids")) if in_task else (),
             )
         )
 
@@ -260,7 +326,10 @@ def _from_plain(v: Any) -> AgentState:
         calls=Calls(
             open=tuple(opened),
             timed_out=tuple(_str(x, "timed_out") for x in _list(c["timed_out"], "calls.timed_out")),
+            abandoned=_str_pairs(c.get("abandoned", []), "calls.abandoned"),
         ),
+        tasks=_tasks(d.get("tasks")),
+        quota=_quota(d.get("quota")),
         dedupe=Dedupe(
             event_ids=tuple(_str(x, "event id") for x in _list(dd["event_ids"], "dedupe.event_ids")),
             delivery_hwm=_pairs(dd["delivery_hwm"], "dedupe.delivery_hwm"),

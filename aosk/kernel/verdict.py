@@ -102,6 +102,15 @@ class Reason(StrEnum):
     VERSION_DOWNGRADE = "version_downgrade"
     WRONG_PARTITION = "wrong_partition"
     QUARANTINED = "quarantined"
+    NEEDS_FOLD_VERSION = "needs_fold_version"
+    TASK_QUEUE_FULL = "task_queue_full"
+    TASK_ID_IN_USE = "task_id_in_use"
+    UNKNOWN_TASK = "unknown_task"
+    TASK_ENDED = "task_ended"
+    TURN_TAKEN = "turn_taken"
+    OUT_OF_ORDER = "out_of_order"
+    RATE_LIMITED = "rate_limited"
+    REQUEST_TOO_LARGE = "request_too_large"
 
 
 REASONS: Final[dict[str, str]] = {
@@ -138,6 +147,18 @@ REASONS: Final[dict[str, str]] = {
     "~p<partition>; workers copy it to dead letters)",
     Reason.QUARANTINED: "a record that stopped its partition (unknown schema fingerprint), named by a later "
     "RecordQuarantined marker of the partition (`aosk journal quarantine`; workers copy it to dead letters)",
+    Reason.NEEDS_FOLD_VERSION: "a task event or a task-bound call on a partition whose fold version is below 4",
+    Reason.TASK_QUEUE_FULL: "TaskSubmitted while the agent holds max_queued_tasks tasks",
+    Reason.TASK_ID_IN_USE: "TaskSubmitted with the id of a queued, running or recently ended task",
+    Reason.UNKNOWN_TASK: "a task event or call naming a task the agent does not hold",
+    Reason.TASK_ENDED: "a completion, call or task event for a task that already ended (completed, failed, "
+    "cancelled, or its agent killed): the journal order decides a cancel/complete race",
+    Reason.TURN_TAKEN: "LlmCallRequested for a task turn (and attempt) already taken: another runtime was first",
+    Reason.OUT_OF_ORDER: "a task step its state does not call for (a model turn while tool calls are pending, a "
+    "tool call the last reply did not ask for, a completion before the final answer)",
+    Reason.RATE_LIMITED: "a model call over the calls or tokens of the current quota window (broker time); "
+    "the runtime retries when the window turns",
+    Reason.REQUEST_TOO_LARGE: "a model call whose token_estimate is over Budgets.tokens_per_request",
 }
 """Every reason code with what it means (docs/kernel.md has the full rules)."""
 

@@ -7,7 +7,7 @@ counts its ``prompt_tokens`` and ``LlmCallCompleted`` its ``completion_tokens``.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from aosk.events import (
     CallTimedOut,
@@ -42,6 +42,18 @@ from aosk.kernel.hygiene import (
 from aosk.kernel.lifecycle import caps_problem
 from aosk.kernel.paging import fit, make_entry
 from aosk.kernel.state import AgentState, Calls, Inbox, InboxMessage, OpenCall
+from aosk.kernel.tasks import (
+    is_task_tool_call,
+    llm_completed_for_task,
+    llm_requested_for_task,
+    llm_timed_out_changes,
+    llm_window_use,
+    protected_ids,
+    quota_refusal,
+    tool_completed_text,
+    tool_requested_for_task,
+    tool_result_changes,
+)
 from aosk.kernel.verdict import Reason
 
 __all__ = ["HANDLERS"]
@@ -73,7 +85,8 @@ def _context_appended(ctx: FoldContext, st: AgentState, ev: ContextAppended) -> 
     entry = make_entry(entry_id=ev.entry_id, role=ev.role, content=ev.content, tokens=ev.tokens,
                        importance=ev.importance, seq=ctx.seq, params=p)
     assert st.budgets is not None
-    fitted = fit(st.window, add=entry, budget_tokens=st.budgets.context_window_tokens, params=p)
+    protect = protected_ids(st) if p.runs_tasks else frozenset()
+    fitted = fit(st.window, add=entry, budget_tokens=st.budgets.context_window_tokens, params=p, protect=protect)
     if fitted is None:
         return reject(
             Reason.WINDOW_FULL,
@@ -144,7 +157,7 @@ def _open_call(
                       "wait for a completion or a timeout")
     call = OpenCall(call_id=ev.call_id, kind=kind, deadline_ms=ctx.record.timestamp + ev.timeout_ms,
                     request_event_id=ev.event_id)
-    return Calls(open=(*st.calls.open, call), timed_out=st.calls.timed_out)
+    return Calls(open=(*st.calls.open, call), timed_out=st.calls.timed_out, abandoned=st.calls.abandoned)
 
 
 def _llm_requested(ctx: FoldContext, st: AgentState, ev: LlmCallRequested) -> Decision:
@@ -157,9 +170,20 @@ def _llm_requested(ctx: FoldContext, st: AgentState, ev: LlmCallRequested) -> De
     )
     if problem:
         return _invalid(ev, problem)
+    if ev.task_id is not None and st.calls.find(ev.call_id) is not None:
+        return reject(Reason.TURN_TAKEN, f"turn {ev.turn} attempt {ev.attempt} of task {ev.task_id!r} is already "
+                      f"open on {st.agent_id} (call {ev.call_id})")
     calls = _open_call(ctx, st, ev, "llm")
     if isinstance(calls, Decision):
         return calls
+    if ev.task_id is not None:
+        return llm_requested_for_task(ctx, st, ev, calls)
+    if p.runs_tasks:  # a call outside any task still counts against the window quotas
+        refusal = quota_refusal(st, p, ctx.record.timestamp, ev.token_estimate or ev.prompt_tokens)
+        if refusal is not None:
+            return reject(refusal.reason, refusal.message)
+        return ok(consume=(ev.prompt_tokens, 0, 1), calls=calls,
+                  **llm_window_use(ctx, st, calls=1, tokens=ev.prompt_tokens))
     return ok(consume=(ev.prompt_tokens, 0, 1), calls=calls)
 
 
@@ -177,39 +201,61 @@ def _tool_requested(ctx: FoldContext, st: AgentState, ev: ToolCallRequested) -> 
     calls = _open_call(ctx, st, ev, "tool")
     if isinstance(calls, Decision):
         return calls
+    if p.runs_tasks and is_task_tool_call(st, ev.call_id):
+        return tool_requested_for_task(ctx, st, ev, calls)
     return ok(consume=(0, 1, 1), calls=calls)
 
 
-def _close_call(st: AgentState, ev: LlmCallCompleted | ToolCallCompleted, kind: str) -> Calls | Decision:
+def _close_call(
+    st: AgentState, ev: LlmCallCompleted | ToolCallCompleted, kind: str,
+) -> tuple[OpenCall, Calls] | Decision:
     call = st.calls.find(ev.call_id)
     if call is None:
         if ev.call_id in st.calls.timed_out:
             return reject(Reason.LATE_COMPLETION, f"call {ev.call_id!r} of {st.agent_id} timed out "
                           "(CallTimedOut comes first in the journal); this completion is late and ignored")
+        why = st.calls.abandoned_reason(ev.call_id)
+        if why is not None:
+            return reject(Reason.TASK_ENDED, f"call {ev.call_id!r} of {st.agent_id} was closed when its task "
+                          f"ended ({why}); this completion comes after that in the journal and is ignored")
         return reject(Reason.UNKNOWN_CALL, f"call {ev.call_id!r} is not open on {st.agent_id}")
     if call.kind != kind:
         return _invalid(ev, f"call {ev.call_id!r} is a {call.kind} call")
-    return Calls(open=tuple(c for c in st.calls.open if c is not call), timed_out=st.calls.timed_out)
+    return call, Calls(open=tuple(c for c in st.calls.open if c is not call), timed_out=st.calls.timed_out,
+                       abandoned=st.calls.abandoned)
 
 
 def _llm_completed(ctx: FoldContext, st: AgentState, ev: LlmCallCompleted) -> Decision:
     problem = check_nonneg("completion_tokens", ev.completion_tokens) or check_nonneg("latency_ms", ev.latency_ms)
     if problem:
         return _invalid(ev, problem)
-    calls = _close_call(st, ev, "llm")
-    if isinstance(calls, Decision):
-        return calls
-    return ok(consume=(ev.completion_tokens, 0, 0), calls=calls)
+    closed = _close_call(st, ev, "llm")
+    if isinstance(closed, Decision):
+        return closed
+    call, calls = closed
+    if call.task_id is not None:
+        return llm_completed_for_task(ctx, st, ev, call, calls)
+    return ok(consume=(ev.completion_tokens, 0, 0), calls=calls,
+              **llm_window_use(ctx, st, calls=0, tokens=ev.completion_tokens))
 
 
 def _tool_completed(ctx: FoldContext, st: AgentState, ev: ToolCallCompleted) -> Decision:
     problem = check_nonneg("duration_ms", ev.duration_ms)
     if problem:
         return _invalid(ev, problem)
-    calls = _close_call(st, ev, "tool")
-    if isinstance(calls, Decision):
-        return calls
+    closed = _close_call(st, ev, "tool")
+    if isinstance(closed, Decision):
+        return closed
+    call, calls = closed
+    if call.task_id is not None:
+        return _with_task_changes(calls, tool_result_changes(ctx, st, call, tool_completed_text(ev)))
     return ok(calls=calls)
+
+
+def _with_task_changes(calls: Calls, changes: dict[str, Any]) -> Decision:
+    paged = changes.pop("_paged", ())
+    assert isinstance(paged, tuple)
+    return ok(paged_out=paged, calls=calls, **changes)
 
 
 def _call_timed_out(ctx: FoldContext, st: AgentState, ev: CallTimedOut) -> Decision:
@@ -218,7 +264,13 @@ def _call_timed_out(ctx: FoldContext, st: AgentState, ev: CallTimedOut) -> Decis
         return dup(Reason.CALL_NOT_OPEN, f"call {ev.call_id!r} is no longer open on {st.agent_id}; nothing to time out")
     keep = ctx.params.timed_out_memory
     timed_out = (*st.calls.timed_out, ev.call_id)[-keep:]
-    return ok(calls=Calls(open=tuple(c for c in st.calls.open if c is not call), timed_out=timed_out))
+    calls = Calls(open=tuple(c for c in st.calls.open if c is not call), timed_out=timed_out,
+                  abandoned=st.calls.abandoned)
+    if call.task_id is None:
+        return ok(calls=calls)
+    if call.kind == "llm":
+        return _with_task_changes(calls, llm_timed_out_changes(st, call))
+    return _with_task_changes(calls, tool_result_changes(ctx, st, call, "error: timeout: the tool call timed out"))
 
 
 # --- IPC and children ---------------------------------------------------------------------

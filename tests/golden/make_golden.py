@@ -24,6 +24,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "unit" / "kernel"))
 
+import kernel_support  # noqa: E402 - after sys.path gains tests/unit/kernel
 from kernel_support import (  # noqa: E402 - after sys.path gains tests/unit/kernel
     EMB,
     Sim,
@@ -225,6 +226,85 @@ def zero_embedding() -> Sim:
     return sim
 
 
+def tasks() -> Sim:
+    """Version 3 history, then version 4 markers: a task submitted before the marker is
+    ``needs_fold_version``; after it, tasks queue and run through model turns and tool
+    calls (ids from agent/task/turn/attempt), a second request for a turn is
+    ``turn_taken``, a tool outside the capabilities is answered with a denial, a timed-out
+    turn is asked again, a cancel abandons the open call (its completion is then
+    ``task_ended``), a kill cancels what is left, and hourly quotas refuse a call
+    (``rate_limited``) until the window of broker time turns."""
+    from dataclasses import replace
+
+    from aosk.kernel import llm_call_id, tool_call_id
+
+    n = 3
+    sim = Sim(n, murmur2=True)
+    a, b = _key_on(0, n, "a"), _key_on(1, n, "b")
+    for p in range(n):
+        sim.produce(ev("KernelUpgraded", f"~p{p}", fold_version=3, partitions=n), key=None, partition=p)
+    spawn_running(sim, a)
+    sim.produce(ev("TaskSubmitted", a, task_id="early"))
+    for p in range(n):
+        sim.produce(ev("KernelUpgraded", f"~p{p}", fold_version=4, partitions=n), key=None, partition=p)
+    sim.produce(ev("TaskSubmitted", a, task_id="t1", input="add(a=2, b=3)"))
+    sim.produce(ev("TaskSubmitted", a, task_id="t2", input="say hi"))
+    c1 = llm_call_id(a, "t1", 1, 1)
+    llm = dict(origin="kernel", model="stand-in", prompt_hash="h", prompt_tokens=5, timeout_ms=1_000)
+    sim.produce(ev("LlmCallRequested", a, call_id=c1, task_id="t1", turn=1, attempt=1, token_estimate=50,
+                   context_entry_ids=("t1#in",), **llm))
+    sim.produce(ev("LlmCallRequested", a, call_id=c1, task_id="t1", turn=1, attempt=1, token_estimate=50,
+                   context_entry_ids=("t1#in",), **llm))
+    sim.produce(ev("LlmCallCompleted", a, origin="kernel", call_id=c1, content="", tool_names=("calc", "rm"),
+                   tool_arguments=('{"a":2,"b":3}', "{}"), finish_reason="tool_calls", prompt_tokens=30,
+                   completion_tokens=8))
+    t0 = tool_call_id(c1, 0)
+    sim.produce(ev("ToolCallRequested", a, origin="kernel", call_id=t0, tool="calc", arguments='{"a":2,"b":3}'))
+    sim.produce(ev("ToolCallCompleted", a, origin="kernel", call_id=t0, result="5", duration_ms=2))
+    c2 = llm_call_id(a, "t1", 2, 1)
+    sim.produce(ev("LlmCallRequested", a, call_id=c2, task_id="t1", turn=2, attempt=1, token_estimate=60,
+                   context_entry_ids=("t1#in", "t1#r1", "t1#t1.0", "t1#t1.1"), **{**llm, "timeout_ms": 10}))
+    sim.tick(20)
+    c2b = llm_call_id(a, "t1", 2, 2)
+    sim.produce(ev("LlmCallCompleted", a, origin="kernel", call_id=c2, content="late", completion_tokens=1))
+    sim.produce(ev("LlmCallRequested", a, call_id=c2b, task_id="t1", turn=2, attempt=2, token_estimate=60,
+                   context_entry_ids=("t1#in", "t1#r1", "t1#t1.0", "t1#t1.1"), **llm))
+    sim.produce(ev("LlmCallCompleted", a, origin="kernel", call_id=c2b, content="2 + 3 = 5", finish_reason="stop",
+                   prompt_tokens=45, completion_tokens=6))
+    sim.produce(ev("TaskCompleted", a, task_id="t1", output="2 + 3 = 5"))
+    c3 = llm_call_id(a, "t2", 1, 1)
+    sim.produce(ev("LlmCallRequested", a, call_id=c3, task_id="t2", turn=1, attempt=1, token_estimate=20,
+                   context_entry_ids=("t2#in",), **llm))
+    sim.produce(ev("TaskCancelled", a, task_id="t2", reason="operator"))
+    sim.produce(ev("LlmCallCompleted", a, origin="kernel", call_id=c3, content="hi", completion_tokens=1))
+    sim.produce(ev("TaskCompleted", a, task_id="t2", output="hi"))
+    sim.produce(ev("TaskSubmitted", a, task_id="t3", input="never runs"))
+    sim.produce(ev("AgentKilled", a))
+    window = 60_000
+    sim.now = (sim.now // window + 1) * window
+    quotas = replace(kernel_support.BIG, calls_per_hour=1, tokens_per_hour=1_000, tokens_per_request=500,
+                     quota_window_ms=window)
+    spawn_running(sim, b, budgets=quotas)
+    sim.produce(ev("TaskSubmitted", b, task_id="q1", input="two turns"))
+    q1 = llm_call_id(b, "q1", 1, 1)
+    sim.produce(ev("LlmCallRequested", b, call_id=q1, task_id="q1", turn=1, attempt=1, token_estimate=501,
+                   context_entry_ids=("q1#in",), **llm))
+    sim.produce(ev("LlmCallRequested", b, call_id=q1, task_id="q1", turn=1, attempt=1, token_estimate=100,
+                   context_entry_ids=("q1#in",), **llm))
+    sim.produce(ev("LlmCallCompleted", b, origin="kernel", call_id=q1, content="", tool_names=("search",),
+                   tool_arguments=('{"q":"x"}',), prompt_tokens=20, completion_tokens=5))
+    s0 = tool_call_id(q1, 0)
+    sim.produce(ev("ToolCallRequested", b, origin="kernel", call_id=s0, tool="search", arguments='{"q":"x"}'))
+    sim.produce(ev("ToolCallCompleted", b, origin="kernel", call_id=s0, result="found", duration_ms=1))
+    q2 = llm_call_id(b, "q1", 2, 1)
+    turn2 = dict(call_id=q2, task_id="q1", turn=2, attempt=1, token_estimate=100,
+                 context_entry_ids=("q1#in", "q1#r1", "q1#t1.0"), **llm)
+    sim.produce(ev("LlmCallRequested", b, **turn2))
+    sim.now += window
+    sim.produce(ev("LlmCallRequested", b, **turn2))
+    return sim
+
+
 SCENARIOS: dict[str, tuple[int, Callable[[], Sim]]] = {
     "lifecycle": (1, lifecycle),
     "budgets_and_paging": (1, budgets_and_paging),
@@ -232,16 +312,34 @@ SCENARIOS: dict[str, tuple[int, Callable[[], Sim]]] = {
     "random_mix": (1, random_mix),
     "wrong_partition": (2, wrong_partition),
     "zero_embedding": (3, zero_embedding),
+    "tasks": (4, tasks),
 }
 
 
+_LATER_FIELDS: dict[str, dict[str, Any]] = {
+    "LlmCallRequested": {"task_id": None, "turn": 0, "attempt": 0, "token_estimate": 0, "context_entry_ids": []},
+    "LlmCallCompleted": {"content": "", "tool_names": [], "tool_arguments": [], "finish_reason": "",
+                         "prompt_tokens": 0},
+}
+_QUOTA_FIELDS = ("tokens_per_hour", "calls_per_hour", "tokens_per_request", "quota_window_ms")
+
+
 def _as_written(record: dict[str, Any]) -> dict[str, Any]:
-    """A marker without a partition count as KernelUpgraded v1 wrote it (no ``partitions``
-    field; it reads as 0), so the version 1 journals stay byte for byte what they were."""
+    """Fields added by later schema versions left out while they hold their defaults
+    (they read back as those), so the older journals stay byte for byte what they were:
+    a marker without a partition count as KernelUpgraded v1 wrote it, model calls without
+    the task fields of v2, budgets without the window quotas of Budgets v2."""
     e = record["event"]
-    if e is not None and e["type"] == "KernelUpgraded" and e.get("partitions") == 0:
-        record = {**record, "event": {k: v for k, v in e.items() if k != "partitions"}}
-    return record
+    if e is None:
+        return record
+    if e["type"] == "KernelUpgraded" and e.get("partitions") == 0:
+        e = {k: v for k, v in e.items() if k != "partitions"}
+    later = _LATER_FIELDS.get(e["type"], {})
+    e = {k: v for k, v in e.items() if not (k in later and v == later[k])}
+    b = e.get("budgets")
+    if isinstance(b, dict) and not any(b.get(k) for k in _QUOTA_FIELDS):
+        e["budgets"] = {k: v for k, v in b.items() if k not in _QUOTA_FIELDS}
+    return {**record, "event": e}
 
 
 def build(name: str) -> dict[str, object]:

@@ -48,7 +48,10 @@ def test_java_written_fixture_decodes(case: str) -> None:
         assert encode_transition(decode_transition(data)) == data
     else:
         assert decode(data) == expected
-        assert encode(decode(data)) == data
+        if spec["version"] == len(SCHEMAS.versions[spec["schema"]]):
+            assert encode(decode(data)) == data
+        else:  # written with an older schema version: re-encoded with the current one, same event
+            assert decode(encode(decode(data))) == expected
 
 
 def test_fixture_headers_carry_our_fingerprints() -> None:

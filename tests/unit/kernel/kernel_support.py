@@ -71,6 +71,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                              source_offset=0),
     "MessageBounced": dict(message_id="m", reason="inbox_full", source_partition=0, source_offset=0),
     "AgentForked": dict(source_agent_id="x", source_seq=1, source_state_hash=b"\0" * 32, state=b"{}"),
+    "TaskSubmitted": dict(task_id="t-1", input="add 2 and 3", metadata={}),
+    "TaskCompleted": dict(task_id="t-1", output="5"),
+    "TaskFailed": dict(task_id="t-1", reason="max_turns", message=""),
+    "TaskCancelled": dict(task_id="t-1", reason=""),
 }
 
 _counter = [0]
@@ -93,8 +97,9 @@ def ev(type_name: str, agent: str, *, tenant: str = TENANT, origin: str | None =
     kw = dict(DEFAULTS[type_name])
     kw.update(fields)
     if origin is None:
-        origin = "kernel" if type_name in ("CallTimedOut", "MessageDelivered", "MessageBounced",
-                                             "AgentForked", "KernelUpgraded", "RecordQuarantined") else "client"
+        origin = "kernel" if type_name in ("CallTimedOut", "MessageDelivered", "MessageBounced", "AgentForked",
+                                             "KernelUpgraded", "RecordQuarantined", "TaskCompleted",
+                                             "TaskFailed") else "client"
     return cls(event_id=event_id or new_id(type_name), agent_id=agent, tenant_id=tenant,
                occurred_at=0, origin=origin, **kw)
 

@@ -11,6 +11,7 @@ from kernel_support import Sim, ev, semantic, spawn_running
 
 from aosk.events import EVENT_TYPES
 from aosk.kernel import LIFECYCLE, Kind, Reason, Status, fork_event
+from aosk.kernel.tasks import llm_call_id
 
 R, RU, W, SU, T, E, N = (Status.READY, Status.RUNNING, Status.WAITING, Status.SUSPENDED,
                          Status.TERMINATED, Status.ERROR, Status.NONE)
@@ -34,7 +35,8 @@ TABLE: dict[str, dict[str, str]] = {
     **{t: {RU: "same", W: "same", SU: "same"} for t in ("LlmCallCompleted", "ToolCallCompleted", "CallTimedOut")},
     **{t: {s: "same" for s in NON_FINAL} for t in ("MessageDelivered", "MessageBounced", "MemoryEmbedded",
                                                    "MemoryForgotten", "CheckpointRequested", "CapabilityGranted",
-                                                   "CapabilityRevoked")},
+                                                   "CapabilityRevoked", "TaskSubmitted", "TaskCompleted",
+                                                   "TaskFailed", "TaskCancelled")},
     "ForkRequested": {s: "same" for s in NON_FINAL | {T, E}},
     "KernelUpgraded": {s: "same" for s in NON_FINAL | {T, E, N}},
     "RecordQuarantined": {s: "same" for s in NON_FINAL | {T, E, N}},
@@ -50,12 +52,24 @@ def test_table_covers_every_event_type_and_matches_the_kernel() -> None:
         assert LIFECYCLE[t] == frozenset(moves), t
 
 
-def _setup(status: str) -> Sim:
-    """An agent in ``status`` with an LLM call and a tool call open (when spawned)."""
-    sim = Sim()
+def _setup(status: str, *, tasks: bool = False) -> Sim:
+    """An agent in ``status`` with an LLM call and a tool call open (when spawned); with
+    ``tasks``, under fold version 4 with task ``t-1`` running and its final answer in."""
+    sim = Sim(murmur2=tasks)
+    if tasks:
+        for p in range(sim.n):
+            sim.produce(ev("KernelUpgraded", f"~p{p}", fold_version=4, partitions=sim.n), key=None, partition=p)
     if status == N:
         return sim
     spawn_running(sim, AGENT)
+    if tasks:
+        assert sim.produce(ev("TaskSubmitted", AGENT)).kind == Kind.ACCEPTED
+        call = llm_call_id(AGENT, "t-1", 1, 1)
+        v = sim.produce(ev("LlmCallRequested", AGENT, origin="kernel", call_id=call, task_id="t-1", turn=1,
+                           attempt=1, context_entry_ids=("t-1#in",)))
+        assert v.kind == Kind.ACCEPTED, v
+        v = sim.produce(ev("LlmCallCompleted", AGENT, origin="kernel", call_id=call, content="5"))
+        assert v.kind == Kind.ACCEPTED, v
     for t, c in (("LlmCallRequested", "c-llm"), ("ToolCallRequested", "c-tool")):
         assert sim.produce(ev(t, AGENT, call_id=c)).kind == Kind.ACCEPTED
     moves = {
@@ -92,6 +106,7 @@ def _event_for(sim: Sim, t: str):  # noqa: ANN202 - an Event
         "MessageBounced": dict(message_id="m3", source_partition=1, source_offset=8),
         "SpawnRequested": dict(child_id="kid-1"),
         "ForkRequested": dict(new_agent_id="fork-1", at_seq=1),
+        "TaskSubmitted": dict(task_id="t-2"),
     }.get(t, {})
     return ev(t, AGENT, **fields)
 
@@ -101,7 +116,7 @@ CASES = [(t, s) for t in sorted(TABLE) if t not in PARTITION_MARKERS for s in ST
 
 @pytest.mark.parametrize(("event_type", "status"), CASES)
 def test_every_event_in_every_status(event_type: str, status: str) -> None:
-    sim = _setup(status)
+    sim = _setup(status, tasks=event_type.startswith("Task"))
     e = _event_for(sim, event_type)
     before = sim.slots.get(AGENT)
     v = sim.produce(e)

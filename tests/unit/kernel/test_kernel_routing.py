@@ -45,7 +45,7 @@ def key_on(partition: int, *, not_: bool = False, prefix: str = "k") -> str:
 
 
 def test_versions_from_2_on_route_by_partition() -> None:
-    assert LATEST_VERSION == 3  # version 3 adds a payload rule (test_kernel_zero_embedding.py) and keeps routing
+    assert LATEST_VERSION == 4  # versions 3 and 4 add rules (zero embeddings, tasks) and keep routing
     assert not params_for(1).routes_by_partition
     assert all(params_for(v).routes_by_partition for v in range(2, LATEST_VERSION + 1))
 

@@ -34,8 +34,8 @@ def v2_journal() -> Sim:
     return sim
 
 
-def test_version_3_is_the_latest_and_adds_only_the_zero_embedding_rule() -> None:
-    assert LATEST_VERSION == 3 and sorted(VERSIONS) == [1, 2, 3]
+def test_version_3_adds_only_the_zero_embedding_rule() -> None:
+    assert LATEST_VERSION >= 3 and sorted(VERSIONS)[:3] == [1, 2, 3]
     v2, v3 = params_for(2), params_for(3)
     assert v3.rejects_zero_embedding and v3.routes_by_partition
     assert not params_for(1).rejects_zero_embedding and not v2.rejects_zero_embedding
