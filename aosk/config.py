@@ -12,6 +12,8 @@ The object is frozen and passed in explicitly; nothing reads the environment lat
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from aosk.errors import ConfigError
 
@@ -177,6 +179,49 @@ class ToolsSettings(_Section):
     """Warm worker processes per runner: the most tool calls that run at once."""
 
 
+class RuntimeSettings(_Section):
+    """The agent runtime (``aosk runtime``): how many calls it makes at once, how it shares
+    them between tenants and priorities (``aosk.runtime.scheduler``), and the limits it
+    writes into the steps it requests."""
+
+    group_id: str = Field("aosk-runtime", min_length=1, max_length=255)
+    """Kafka consumer group of the runtime processes; they share the journal's partitions."""
+    model_concurrency: int = Field(16, ge=1, le=10_000)
+    """Model calls one runtime process has in flight at once."""
+    tool_concurrency: int = Field(4, ge=1, le=10_000)
+    """Tool runs one runtime process has in flight at once."""
+    aging_s: float = Field(10.0, gt=0, le=86_400)
+    """Seconds of waiting that add one point of priority to a queued agent, so nothing
+    starves: priority 0 outranks a fresh priority 100 after ``100 * aging_s``."""
+    tenant_weights: dict[str, float] = {}
+    """Fair share of each tenant relative to the others (a tenant not listed weighs 1.0).
+    In the environment, a JSON object: ``{"acme": 2, "globex": 0.5}``."""
+    llm_timeout_ms: int = Field(60_000, ge=1, le=3_600_000)
+    """``timeout_ms`` written into each ``LlmCallRequested``: when the kernel times the call out."""
+    tool_timeout_ms: int = Field(30_000, ge=1, le=3_600_000)
+    """``timeout_ms`` written into each ``ToolCallRequested``: when the kernel times the call out."""
+    max_turns: int = Field(16, ge=1, le=10_000)
+    """Model turns a task may take; the task fails when it needs more."""
+
+    @field_validator("tenant_weights", mode="before")
+    @classmethod
+    def _weights_from_json(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from AOSK_RUNTIME_TENANT_WEIGHTS
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(f'must be a JSON object such as {{"acme": 2}}: {e.msg}') from e
+        return value
+
+    @field_validator("tenant_weights")
+    @classmethod
+    def _weights_positive(cls, value: dict[str, float]) -> dict[str, float]:
+        for tenant, weight in value.items():
+            if not (math.isfinite(weight) and weight > 0):
+                raise ValueError(f"weight of tenant {tenant!r} must be a positive number, not {weight!r}")
+        return value
+
+
 class Settings(_Section):
     """Everything an AOSK process needs to know, validated once at start."""
 
@@ -190,6 +235,7 @@ class Settings(_Section):
     llm: LlmSettings = LlmSettings()
     embeddings: EmbeddingsSettings = EmbeddingsSettings()
     tools: ToolsSettings = ToolsSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
 
 
 # Environment variable -> dotted key. Kept explicit: the documented names are the contract.
@@ -236,6 +282,14 @@ ENV_KEYS: Mapping[str, str] = {
     "AOSK_TOOLS_TIMEOUT_S": "tools.timeout_s",
     "AOSK_TOOLS_MAX_RESULT_BYTES": "tools.max_result_bytes",
     "AOSK_TOOLS_WORKERS": "tools.workers",
+    "AOSK_RUNTIME_GROUP_ID": "runtime.group_id",
+    "AOSK_RUNTIME_MODEL_CONCURRENCY": "runtime.model_concurrency",
+    "AOSK_RUNTIME_TOOL_CONCURRENCY": "runtime.tool_concurrency",
+    "AOSK_RUNTIME_AGING_S": "runtime.aging_s",
+    "AOSK_RUNTIME_TENANT_WEIGHTS": "runtime.tenant_weights",
+    "AOSK_RUNTIME_LLM_TIMEOUT_MS": "runtime.llm_timeout_ms",
+    "AOSK_RUNTIME_TOOL_TIMEOUT_MS": "runtime.tool_timeout_ms",
+    "AOSK_RUNTIME_MAX_TURNS": "runtime.max_turns",
 }
 
 

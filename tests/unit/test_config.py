@@ -116,3 +116,60 @@ def test_an_embedding_dimension_other_than_the_memory_index_is_refused(tmp_path:
     with pytest.raises(ConfigError, match="memory.embedding_dimension 384") as e:
         provider_from_settings(s)
     assert e.value.key == "embeddings.dimension"
+
+
+def test_runtime_settings_from_the_environment() -> None:
+    s = load_settings(environ={"AOSK_RUNTIME_GROUP_ID": "rt", "AOSK_RUNTIME_MODEL_CONCURRENCY": "8",
+                               "AOSK_RUNTIME_TOOL_CONCURRENCY": "2", "AOSK_RUNTIME_AGING_S": "2.5",
+                               "AOSK_RUNTIME_TENANT_WEIGHTS": '{"acme": 2, "globex": 0.5}',
+                               "AOSK_RUNTIME_LLM_TIMEOUT_MS": "90000", "AOSK_RUNTIME_TOOL_TIMEOUT_MS": "5000",
+                               "AOSK_RUNTIME_MAX_TURNS": "4"})
+    rt = s.runtime
+    assert (rt.group_id, rt.model_concurrency, rt.tool_concurrency, rt.aging_s) == ("rt", 8, 2, 2.5)
+    assert rt.tenant_weights == {"acme": 2.0, "globex": 0.5}
+    assert (rt.llm_timeout_ms, rt.tool_timeout_ms, rt.max_turns) == (90_000, 5_000, 4)
+    defaults = load_settings(environ={}).runtime
+    assert (defaults.group_id, defaults.model_concurrency, defaults.tool_concurrency) == ("aosk-runtime", 16, 4)
+    assert (defaults.aging_s, defaults.tenant_weights, defaults.max_turns) == (10.0, {}, 16)
+    assert (defaults.llm_timeout_ms, defaults.tool_timeout_ms) == (60_000, 30_000)
+
+
+def test_runtime_tenant_weights_from_yaml(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("runtime:\n  tenant_weights:\n    acme: 3\n")
+    assert load_settings(cfg, environ={}).runtime.tenant_weights == {"acme": 3.0}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("acme=2", "must be a JSON object"), ('{"acme": 0}', "weight of tenant 'acme' must be a positive number"),
+     ('{"acme": -1}', "positive number"), ('["acme"]', "dictionary")],
+)
+def test_invalid_tenant_weights_name_the_key(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as e:
+        load_settings(environ={"AOSK_RUNTIME_TENANT_WEIGHTS": value})
+    assert e.value.key == "runtime.tenant_weights"
+    assert "AOSK_RUNTIME_TENANT_WEIGHTS" in str(e.value)
+
+
+def test_every_setting_has_an_environment_variable_and_a_documented_row() -> None:
+    from pydantic import BaseModel
+
+    from aosk.config import ENV_KEYS, Settings
+
+    def leaves(model: type[BaseModel], prefix: str = "") -> set[str]:
+        keys: set[str] = set()
+        for name, info in model.model_fields.items():
+            kind = info.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                keys |= leaves(kind, f"{prefix}{name}.")
+            else:
+                keys.add(prefix + name)
+        return keys
+
+    assert leaves(Settings) == set(ENV_KEYS.values())
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text(encoding="utf-8")
+    rows = {line for line in doc.splitlines() if line.startswith("| `")}
+    missing = [f"{key} ({var})" for var, key in ENV_KEYS.items()
+               if not any(row.startswith(f"| `{key}` | `{var}` |") for row in rows)]
+    assert not missing, f"add a row to docs/configuration.md for: {missing}"
