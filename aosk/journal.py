@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
-from aosk._kafka import cluster_metadata, high_watermark, quiet
+from aosk._kafka import cluster_metadata, consume_ready, high_watermark, quiet
 from aosk.errors import AoskError, DecodeError, Quarantined, UnknownFingerprint
 from aosk.events import RecordQuarantined, decode
 from aosk.kernel import Record
@@ -102,6 +102,9 @@ class JournalReader:
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "isolation.level": "read_committed",
+            # A fetch of a partition read to its end waits this long on the broker, and the
+            # next range's fetch waits behind it (librdkafka's default: 500 ms per range).
+            "fetch.wait.max.ms": 50,
         }))
 
     def __enter__(self) -> JournalReader:
@@ -162,7 +165,8 @@ class JournalReader:
         self._consumer.assign([TopicPartition(self._topic, partition, start)])
         try:
             while True:
-                for msg in self._consumer.consume(1000, timeout=1.0):
+                # not consume(1000, timeout): it would wait out the timeout for a short range
+                for msg in consume_ready(self._consumer, 1000, timeout=1.0):
                     err = msg.error()
                     if err is not None:
                         if err.code() == -191:  # _PARTITION_EOF
