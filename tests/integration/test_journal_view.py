@@ -2,7 +2,7 @@
 a fold of the whole journal, whether it folds from offset 0 or restores from the
 projection; two views in one group split the partitions and hand them over; a partition is
 caught up only once folded to the end offset read at assignment; an unknown fingerprint
-halts its partition."""
+halts its partition until a quarantine marker names it."""
 
 from __future__ import annotations
 
@@ -24,13 +24,14 @@ from aosk.runtime.journal_view import (
     JournalViewOptions,
     PartitionCaughtUp,
     PartitionHalted,
+    PartitionResumed,
     PartitionsAssigned,
     PartitionsRevoked,
     RecordFolded,
     ViewEvent,
 )
 from aosk.topics import ensure_topics
-from tests.support.projector_harness import wait_caught_up
+from tests.support.projector_harness import run_cli, wait_caught_up
 
 pytestmark = pytest.mark.integration
 
@@ -200,13 +201,14 @@ def test_caught_up_only_at_the_end_offset_read_at_assignment(journal) -> None:
         assert seen_behind == set(range(n))  # every partition has records: none was caught up at once
 
 
-def test_unknown_fingerprint_halts_its_partition(journal) -> None:
+def test_unknown_fingerprint_halts_its_partition_until_quarantined(journal) -> None:
     full, _ = _full_fold(journal)  # before the record the fold cannot read
     producer = Producer({"bootstrap.servers": journal.kafka.bootstrap_servers, "partitioner": "murmur2_random"})
     producer.produce(journal.kafka.journal_topic, key=b"a-5", value=b"\xc3\x01" + b"\xee" * 8 + b"body")
     assert producer.flush(30) == 0
     n = journal.kafka.journal_partitions
-    with JournalView(journal, group_id=_group()) as view:
+    opts = JournalViewOptions(stop_recheck_s=0.2)
+    with JournalView(journal, group_id=_group(), options=opts) as view:
         halts: list[PartitionHalted] = []
 
         def settled() -> bool:
@@ -223,3 +225,13 @@ def test_unknown_fingerprint_halts_its_partition(journal) -> None:
         assert view.halted(halt.partition) == halt and not view.caught_up(halt.partition)
         assert view.position(halt.partition) == halt.offset  # folded up to the record, not past it
         assert view.state("a-5") == full["a-5"].state
+
+        q = run_cli(journal, "journal", "quarantine", f"{halt.partition}:{halt.offset}", "--reason", "garbage")
+        assert q.returncode == 0, q.stderr
+        events = _drive([view], lambda: view.caught_up(halt.partition), timeout=30, what="the partition to go on")
+        resumed = [e for e in events if isinstance(e, PartitionResumed)]
+        assert [(e.partition, e.offset) for e in resumed] == [(halt.partition, halt.offset)]
+        (bad,) = [e for e in events if isinstance(e, RecordFolded) and e.offset == halt.offset]
+        assert (bad.key, bad.verdict.kind, bad.verdict.reason) == ("a-5", "rejected", "quarantined")
+        st = view.state("a-5")
+        assert st is not None and st.seq == full["a-5"].state.seq + 1 and view.halted(halt.partition) is None
