@@ -5,6 +5,9 @@ input (decode, or keep the decode error so the record still takes its place in t
 agent's sequence). ``JournalReader`` reads exact offset ranges of one partition, for
 point-in-time queries, forks and tests that fold the journal in a plain loop.
 
+``group_consumer_config`` and ``live_partition_count`` are what the processes that share
+the journal in a consumer group (projectors, the runtime's ``JournalView``) set up alike.
+
 ``Quarantines`` is how every reader honours ``aosk journal quarantine``: a record with an
 unknown schema fingerprint stops its partition unless a ``RecordQuarantined`` marker
 later in the same partition names its offset. The marker necessarily comes after the
@@ -16,18 +19,23 @@ a replay and time travel fold the record alike (rejected ``quarantined``).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
-from aosk._kafka import cluster_metadata, high_watermark, quiet
+from aosk._kafka import cluster_metadata, consume_ready, high_watermark, quiet
 from aosk.errors import AoskError, DecodeError, Quarantined, UnknownFingerprint
 from aosk.events import RecordQuarantined, decode
 from aosk.kernel import Record
 
-__all__ = ["record_from_message", "JournalReader", "QuarantineMarker", "Quarantines"]
+__all__ = ["record_from_message", "JournalReader", "QuarantineMarker", "Quarantines", "OFFSET_BEGINNING",
+           "group_consumer_config", "live_partition_count"]
+
+OFFSET_BEGINNING: Final = -2
+"""``confluent_kafka.OFFSET_BEGINNING``: the first offset still in the partition."""
 
 
 def record_from_message(msg: Any) -> Record:
@@ -41,6 +49,42 @@ def record_from_message(msg: Any) -> Record:
         event, error = None, e
     # positional: per message, keyword arguments cost a third of building the Record
     return Record(key, msg.partition(), msg.offset(), msg.timestamp()[1], value, event, error)
+
+
+def group_consumer_config(bootstrap: str, *, group_id: str, client_id: str, session_timeout_ms: int) -> dict[str, Any]:
+    """The consumer config of a process that folds the journal in a consumer group and
+    keeps its own position (``projector_offsets``, or the fold it restores): auto-commit
+    and offset store off (Kafka's committed offsets are at most a hint), only committed
+    records (``read_committed``), no automatic reset (every assignment says where to
+    start), ``range`` assignment, 4 MiB fetches. Pass it through
+    ``KafkaClientLog.configure_consumer`` for the quiet client log."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "client.id": client_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+        "auto.offset.reset": "error",
+        "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": max(500, session_timeout_ms // 5),
+        "partition.assignment.strategy": "range",
+        "fetch.message.max.bytes": 4 * 1024 * 1024,
+        "log_level": 3,
+    }
+
+
+def live_partition_count(consumer: Any, topic: str, *, logger: logging.Logger) -> int | None:
+    """The partition count of ``topic`` in the cluster's metadata now (None, with a warning
+    on ``logger``, if it cannot be read): what ``check_partition_count`` compares with the
+    count a partition's fold version 2 marker recorded."""
+    try:
+        md = consumer.list_topics(topic, timeout=10).topics[topic]
+        if not md.error and md.partitions:
+            return len(md.partitions)
+    except Exception as e:  # noqa: BLE001 - the caller keeps the count it read before
+        logger.warning("could not read the partition count of %s: %s", topic, e)
+    return None
 
 
 class JournalReader:
@@ -58,6 +102,9 @@ class JournalReader:
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "isolation.level": "read_committed",
+            # A fetch of a partition read to its end waits this long on the broker, and the
+            # next range's fetch waits behind it (librdkafka's default: 500 ms per range).
+            "fetch.wait.max.ms": 50,
         }))
 
     def __enter__(self) -> JournalReader:
@@ -118,7 +165,8 @@ class JournalReader:
         self._consumer.assign([TopicPartition(self._topic, partition, start)])
         try:
             while True:
-                for msg in self._consumer.consume(1000, timeout=1.0):
+                # not consume(1000, timeout): it would wait out the timeout for a short range
+                for msg in consume_ready(self._consumer, 1000, timeout=1.0):
                     err = msg.error()
                     if err is not None:
                         if err.code() == -191:  # _PARTITION_EOF

@@ -43,7 +43,7 @@ from aosk._kafka import KafkaClientLog
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import PartitionCountChanged, PostgresUnavailable
-from aosk.journal import Quarantines, record_from_message
+from aosk.journal import OFFSET_BEGINNING, Quarantines, group_consumer_config, live_partition_count, record_from_message
 from aosk.kernel import LATEST_VERSION, AgentSlot, Record, params_for, pseudo_key
 from aosk.metrics import METRICS
 from aosk.projectors.batch import AgentEntry, FoldedBatch, Inconsistent, PartitionStop, fold_batch
@@ -61,14 +61,12 @@ from aosk.projectors.db import (
     set_meta,
 )
 from aosk.projectors.rows import storage_key
-from aosk.projectors.stored import UndecodableState, read_stored_entries
+from aosk.projectors.stored import UndecodableState, read_stored_entries, read_stored_offsets
 from aosk.projectors.writer import Advance, Fenced, ProjectionWriter, prepare_connection
 
 __all__ = ["ProjectorOptions", "Projector", "checkpoint_every_of"]
 
 log = logging.getLogger("aosk.projector")
-
-_OFFSET_BEGINNING = -2  # confluent_kafka.OFFSET_BEGINNING
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,20 +202,9 @@ class Projector:
         from confluent_kafka import Consumer
 
         group = self.options.group_id or f"{self.settings.kafka.topic_prefix}.projectors.{self.schema}"
-        consumer = Consumer(self._quiet.configure_consumer({
-            "bootstrap.servers": self._bootstrap,
-            "group.id": group,
-            "client.id": f"aosk-projector-{self.owner}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "error",
-            "session.timeout.ms": self.settings.kafka.session_timeout_ms,
-            "heartbeat.interval.ms": max(500, self.settings.kafka.session_timeout_ms // 5),
-            "partition.assignment.strategy": "range",
-            "fetch.message.max.bytes": 4 * 1024 * 1024,
-            "log_level": 3,
-        }))
+        consumer = Consumer(self._quiet.configure_consumer(group_consumer_config(
+            self._bootstrap, group_id=group, client_id=f"aosk-projector-{self.owner}",
+            session_timeout_ms=self.settings.kafka.session_timeout_ms)))
         consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_revoke)
         return consumer
@@ -230,15 +217,9 @@ class Projector:
         while True:
             try:
                 with self._pool.connection() as conn:
-                    rows = conn.execute(
-                        sql.SQL("select partition, next_offset from {} where partition = any(%s)").format(
-                            qualified(self.schema, "projector_offsets")
-                        ),
-                        (partitions,),
-                    ).fetchall()
-                stored = {int(p): int(o) for p, o in rows}
+                    stored = read_stored_offsets(conn, self.schema, partitions)
                 self._pg.answered()
-                return {p: stored.get(p, 0) for p in partitions}
+                return stored
             except psycopg.OperationalError as e:
                 if time.monotonic() > deadline:
                     raise PostgresUnavailable(self._dsn, f"cannot read projector_offsets: {e}") from e
@@ -249,16 +230,13 @@ class Projector:
     def _on_assign(self, consumer: Any, parts: list[Any]) -> None:
         ps = [tp.partition for tp in parts]
         self._quiet.reached()
-        try:
-            topic = consumer.list_topics(self.topic, timeout=10).topics[self.topic]
-            if not topic.error and topic.partitions:
-                self._live_partitions = len(topic.partitions)
-        except Exception as e:  # noqa: BLE001 - keep the count read at the last assignment
-            log.warning("could not read the partition count of %s: %s", self.topic, e)
+        live = live_partition_count(consumer, self.topic, logger=log)
+        if live is not None:  # else keep the count read at the last assignment
+            self._live_partitions = live
         stored = self._read_offsets(ps)
         for tp in parts:
             off = stored[tp.partition]
-            tp.offset = off if off > 0 else _OFFSET_BEGINNING
+            tp.offset = off if off > 0 else OFFSET_BEGINNING
             self._pos[tp.partition] = off
             self._stopped.pop(tp.partition, None)
             METRICS.going_on("projector", tp.partition)
@@ -306,7 +284,7 @@ class Projector:
                 self._pending_seek.discard(p)
                 continue
             try:
-                self._consumer.seek(TopicPartition(self.topic, p, off if off > 0 else _OFFSET_BEGINNING))
+                self._consumer.seek(TopicPartition(self.topic, p, off if off > 0 else OFFSET_BEGINNING))
                 self._pending_seek.discard(p)
             except KafkaException as e:
                 log.debug("seek of partition %d not possible yet (%s); retrying", p, e)
