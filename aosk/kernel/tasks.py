@@ -172,7 +172,7 @@ def _with_window_use(st: AgentState, p: FoldParams, timestamp_ms: int, *, calls:
     return Quota(window=window, calls=q.calls + calls, tokens=q.tokens + tokens)
 
 
-def _clip(text: str, limit: int) -> str:
+def clip_text(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` UTF-8 bytes with a marker saying how much went (a step's
     entry must land: rejecting it would leave the task stuck)."""
     raw = text.encode("utf-8")
@@ -502,7 +502,7 @@ def llm_completed_for_task(ctx: FoldContext, st: AgentState, ev: LlmCallComplete
     paged: tuple[ContextEntry, ...] = ()
     protect = protected_ids(st)
     reply = make_entry(entry_id=reply_entry_id(task.task_id, task.turn), role="assistant",
-                       content=_clip(_reply_text(ev, ids), p.entry_max_bytes),
+                       content=clip_text(_reply_text(ev, ids), p.entry_max_bytes),
                        tokens=ev.completion_tokens or estimate_tokens(ev.content), importance=STEP_IMPORTANCE,
                        seq=ctx.seq, params=p)
     placed = _place(st, window, reply, p, protect)
@@ -578,8 +578,8 @@ def tool_result_changes(ctx: FoldContext, st: AgentState, call: OpenCall, text: 
     _, i = found
     tools = (*task.tools[:i], replace(task.tools[i], state="done"), *task.tools[i + 1:])
     entry = make_entry(entry_id=result_entry_id(task.task_id, task.turn, i), role="tool",
-                       content=_clip(text, p.entry_max_bytes), tokens=estimate_tokens(text), importance=STEP_IMPORTANCE,
-                       seq=ctx.seq, params=p)
+                       content=clip_text(text, p.entry_max_bytes), tokens=estimate_tokens(text),
+                       importance=STEP_IMPORTANCE, seq=ctx.seq, params=p)
     placed = _place(st, st.window, entry, p, protected_ids(st))
     changes["tasks"] = replace(st.tasks, queue=(replace(task, tools=tools), *st.tasks.queue[1:]))
     if placed is not None:

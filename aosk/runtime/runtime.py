@@ -1,0 +1,484 @@
+"""``aosk runtime``: runs the agents of the journal partitions this process owns.
+
+The step protocol (docs/runtime.md): for an agent whose folded state makes
+``next_action`` return a step, the runtime writes the step's request, learns its verdict
+from its own fold of the journal, performs the call (model or tool), and writes the
+completion. It does nothing the state does not say, so a runtime killed at any instant
+loses nothing: the next owner of the partition folds up to the end offsets it read at
+assignment, finds the open call in the state (``requested=True``) and performs it again
+with the same call id and the same prompt.
+
+Threads: the journal view (``JournalView``, confluent-kafka) polls in its own thread and
+hands immutable states to the event loop; everything else (the run queue, model calls,
+writes) runs on the loop. Tools run in worker processes (``ToolRunner``) through
+``asyncio.to_thread``. The producer is thread-safe.
+
+The loop never blocks on the journal: it keeps folding while every slot is busy, so a
+kill or a cancel is seen, and a step whose task ended is answered by the fold (the
+completion is rejected ``task_ended``), not by the runtime guessing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from aosk.client import KernelClient
+from aosk.config import Settings
+from aosk.errors import AoskError, ModelRequestRejected
+from aosk.events import (
+    AgentStarted,
+    Event,
+    LlmCallCompleted,
+    LlmCallRequested,
+    TaskCompleted,
+    TaskFailed,
+    ToolCallCompleted,
+    ToolCallRequested,
+)
+from aosk.kernel import (
+    AgentState,
+    Finish,
+    Kind,
+    LlmStep,
+    Reason,
+    Start,
+    Status,
+    ToolRun,
+    Verdict,
+    estimate_tokens,
+    next_action,
+    params_for,
+    quota_refusal,
+    step_event_id,
+)
+from aosk.kernel.tasks import clip_text
+from aosk.runtime.journal_view import (
+    JournalView,
+    JournalViewOptions,
+    PartitionCaughtUp,
+    PartitionHalted,
+    PartitionsAssigned,
+    PartitionsRevoked,
+    RecordFolded,
+)
+from aosk.runtime.models import ChatResult, ModelProvider
+from aosk.runtime.scheduler import RunQueue, SchedulerOptions
+from aosk.runtime.tools import ToolRegistry, ToolResult, ToolRunner
+
+__all__ = ["Runtime", "RuntimeStats", "prompt_messages"]
+
+log = logging.getLogger("aosk.runtime")
+
+MAX_COMPLETION_TOKENS: Final = 1_024
+"""What a model reply may take (``max_tokens``); part of each call's ``token_estimate``."""
+VERDICT_WAIT_S: Final = 30.0
+"""How long a step waits to see its own record folded before it lets the state decide."""
+_RETRY_BACKOFF_S: Final = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+@dataclass
+class RuntimeStats:
+    """Counts for tests, benchmarks and the log; not a metric registry."""
+
+    model_calls: int = 0
+    tool_runs: int = 0
+    records_written: int = 0
+    steps: int = 0
+    rate_limited: int = 0
+    scheduling_ms: list[float] = field(default_factory=list)
+    """For each step begun: ms from the fold seeing the record that made it runnable to
+    the step's first write (the scheduling overhead)."""
+
+
+@dataclass
+class _Agent:
+    state: AgentState
+    partition: int
+    runnable_since: float = 0.0
+    busy: bool = False
+    parked_until: float = 0.0
+
+
+def prompt_messages(state: AgentState, entry_ids: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The chat messages of a task turn's prompt: its context entries in order. A reply
+    entry that called tools is JSON (``{"content", "tool_calls"}``) and becomes an
+    assistant message with those calls; a result entry ``<task>#t<turn>.<i>`` answers
+    the ``i``-th call of that turn's reply."""
+    by_id = {e.entry_id: e for e in state.window.entries}
+    calls_of_turn: dict[str, list[str]] = {}
+    out: list[dict[str, Any]] = []
+    for eid in entry_ids:
+        e = by_id.get(eid)
+        if e is None:
+            continue
+        if e.role == "assistant" and e.content.startswith('{"content":'):
+            try:
+                reply = json.loads(e.content)
+                calls = reply["tool_calls"]
+            except (ValueError, KeyError, TypeError):
+                out.append({"role": "assistant", "content": e.content})
+                continue
+            turn = eid.rpartition("#r")[2]
+            calls_of_turn[turn] = [c["id"] for c in calls]
+            out.append({"role": "assistant", "content": reply.get("content") or None, "tool_calls": [
+                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                for c in calls]})
+        elif e.role == "tool":
+            turn, _, index = eid.rpartition("#t")[2].partition(".")
+            ids = calls_of_turn.get(turn, [])
+            i = int(index) if index.isdigit() else -1
+            call_id = ids[i] if 0 <= i < len(ids) else eid
+            out.append({"role": "tool", "tool_call_id": call_id, "content": e.content})
+        else:
+            out.append({"role": e.role if e.role in ("user", "system", "assistant") else "user", "content": e.content})
+    return out
+
+
+class Runtime:
+    """One ``aosk runtime`` process: ``await Runtime(...).run(stop)``."""
+
+    def __init__(self, settings: Settings, *, provider: ModelProvider, registry: ToolRegistry,
+                 schema: str = "aosk", client_id: str | None = None) -> None:
+        self.settings = settings
+        self.provider = provider
+        self.registry = registry
+        self.schema = schema
+        self.client_id = client_id or f"aosk-runtime-{uuid.uuid4().hex[:8]}"
+        rs = settings.runtime
+        self.queue = RunQueue(SchedulerOptions(aging_s=rs.aging_s, tenant_weights=dict(rs.tenant_weights)))
+        self.stats = RuntimeStats()
+        self._agents: dict[str, _Agent] = {}
+        self._ready: set[int] = set()
+        self._waiters: dict[str, asyncio.Future[Verdict]] = {}
+        self._model_slots = asyncio.Semaphore(rs.model_concurrency)
+        self._tool_slots = asyncio.Semaphore(rs.tool_concurrency)
+        self._steps = asyncio.Semaphore(rs.model_concurrency + rs.tool_concurrency)
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: KernelClient | None = None
+        self._runner: ToolRunner | None = None
+        self._view_error: BaseException | None = None
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; then finish writing what is in flight (at most a few
+        seconds) and close. A crash at any point loses nothing (see the module doc)."""
+        self._loop = asyncio.get_running_loop()
+        halt = threading.Event()
+        self._client = KernelClient.from_settings(self.settings, client_id=self.client_id)
+        self._runner = ToolRunner(self.registry, settings=self.settings.tools)
+        self._runner.start()
+        view = threading.Thread(target=self._view_thread, args=(halt,), name="aosk-runtime-view", daemon=True)
+        view.start()
+        log.info("runtime %s started (group %s; %d model calls, %d tool runs at once)", self.client_id,
+                 self.settings.runtime.group_id, self.settings.runtime.model_concurrency,
+                 self.settings.runtime.tool_concurrency)
+        try:
+            while not stop.is_set():
+                if self._view_error is not None:
+                    raise self._view_error
+                await self._dispatch()
+                self._wake.clear()
+                waiter = asyncio.ensure_future(self._wake.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({waiter, stopper}, timeout=self._next_wake(), return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+        finally:
+            halt.set()
+            for t in list(self._tasks):
+                t.cancel()
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=5)
+            await asyncio.to_thread(view.join, 10)
+            self._runner.close()
+            self._client.close(timeout=10)
+            log.info("runtime %s stopped", self.client_id)
+
+    def _next_wake(self) -> float:
+        parked = [a.parked_until for a in self._agents.values() if a.parked_until]
+        if not parked:
+            return 1.0
+        return max(0.01, min(1.0, min(parked) - time.monotonic()))
+
+    def _view_thread(self, halt: threading.Event) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            options = JournalViewOptions(schema=self.schema, client_id=self.client_id)
+            with JournalView(self.settings, group_id=self.settings.runtime.group_id, options=options) as view:
+                while not halt.is_set():
+                    events = view.poll(0.2)
+                    if not events:
+                        continue
+                    batch: list[tuple[str, Any]] = []
+                    for ev in events:
+                        if isinstance(ev, RecordFolded):
+                            batch.append(("folded", (ev.key, ev.partition, ev.slot.state, ev.verdict)))
+                        elif isinstance(ev, PartitionCaughtUp):
+                            batch.append(("ready", (ev.partition, view.agents(ev.partition))))
+                        elif isinstance(ev, PartitionsRevoked):
+                            batch.append(("revoked", ev.partitions))
+                        elif isinstance(ev, PartitionHalted):
+                            batch.append(("revoked", frozenset({ev.partition})))
+                        elif isinstance(ev, PartitionsAssigned):
+                            log.info("runtime %s owns partitions %s now (catching up)", self.client_id,
+                                     sorted(ev.partitions))
+                    loop.call_soon_threadsafe(self._on_view, batch)
+        except BaseException as e:  # reported on the loop: the process must not act on a dead view
+            self._view_error = e
+            loop.call_soon_threadsafe(self._wake.set)
+
+    def _on_view(self, batch: list[tuple[str, Any]]) -> None:
+        now = time.monotonic()
+        for kind, payload in batch:
+            if kind == "folded":
+                key, partition, state, verdict = payload
+                waiter = self._waiters.pop(verdict.event_id, None) if verdict.event_id else None
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(verdict)
+                if key.startswith("~"):
+                    continue
+                agent = self._agents.get(key)
+                if agent is None:
+                    agent = self._agents[key] = _Agent(state, partition)
+                else:
+                    agent.state = state
+                agent.runnable_since = now
+                if partition in self._ready:
+                    self._consider(key, agent, now)
+            elif kind == "ready":
+                partition, states = payload
+                self._ready.add(partition)
+                for st in states:
+                    agent = self._agents.get(st.agent_id)
+                    if agent is None:
+                        agent = self._agents[st.agent_id] = _Agent(st, partition, runnable_since=now)
+                    else:
+                        agent.state = st
+                    self._consider(st.agent_id, agent, now)
+                log.info("runtime %s acts on partition %d", self.client_id, partition)
+            elif kind == "revoked":
+                parts = payload
+                self._ready -= set(parts)
+                for key in [k for k, a in self._agents.items() if a.partition in parts]:
+                    del self._agents[key]
+                    self.queue.remove(key)
+        self._wake.set()
+
+    def _consider(self, key: str, agent: _Agent, now: float) -> None:
+        if agent.busy or agent.parked_until > now:
+            return
+        if next_action(agent.state) is None:
+            self.queue.remove(key)
+            return
+        ident = agent.state.identity
+        self.queue.push(key, tenant_id=ident.tenant_id if ident else "", priority=ident.priority if ident else 50,
+                        now=now)
+
+    async def _dispatch(self) -> None:
+        now = time.monotonic()
+        for key, agent in self._agents.items():
+            if agent.parked_until and agent.parked_until <= now:
+                agent.parked_until = 0.0
+                self._consider(key, agent, now)
+        while len(self.queue) and not self._steps.locked():
+            popped = self.queue.pop()
+            if popped is None:
+                break
+            ready = self._agents.get(popped)
+            if ready is None or ready.busy or ready.partition not in self._ready:
+                continue
+            action = next_action(ready.state)
+            if action is None:
+                continue
+            await self._steps.acquire()
+            ready.busy = True
+            task = asyncio.create_task(self._step(popped, ready, action))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    # -- steps -----------------------------------------------------------------------------
+
+    async def _step(self, key: str, agent: _Agent, action: Start | LlmStep | ToolRun | Finish) -> None:
+        began = time.monotonic()
+        try:
+            self.stats.steps += 1
+            self.stats.scheduling_ms.append((began - agent.runnable_since) * 1000)
+            if isinstance(action, Start):
+                await self._write(agent.state, AgentStarted, event_id=str(uuid.uuid4()))
+            elif isinstance(action, Finish):
+                await self._finish(agent.state, action)
+            elif isinstance(action, LlmStep):
+                await self._llm_step(agent, action)
+            else:
+                await self._tool_step(agent, action)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a step never kills the runtime: the state decides what happens next
+            log.exception("runtime %s: a step of %s failed; the agent's state decides what comes next",
+                          self.client_id, key)
+        finally:
+            self._steps.release()
+            agent.busy = False
+            current = self._agents.get(key)
+            if current is not None:
+                self._consider(key, current, time.monotonic())
+            self._wake.set()
+
+    async def _write(self, state: AgentState, cls: type[Event], *, event_id: str, **fields: Any) -> Verdict | None:
+        """Produce one kernel-origin record for ``state``'s agent and wait until this
+        process's fold has judged it (None: not seen in time, e.g. the partition moved)."""
+        assert self._client is not None and self._loop is not None
+        ident = state.identity
+        event = cls(event_id=event_id, agent_id=state.agent_id, tenant_id=ident.tenant_id if ident else "",
+                    occurred_at=time.time_ns() // 1000, origin="kernel", **fields)
+        fut: asyncio.Future[Verdict] = self._loop.create_future()
+        self._waiters[event_id] = fut
+        try:
+            self._client.send(event)
+            self.stats.records_written += 1
+            return await asyncio.wait_for(fut, VERDICT_WAIT_S)
+        except TimeoutError:
+            log.warning("runtime %s: %s %s of %s was not seen in the journal within %.0f s; the state decides",
+                        self.client_id, cls.__name__, event_id, state.agent_id, VERDICT_WAIT_S)
+            return None
+        finally:
+            self._waiters.pop(event_id, None)
+
+    async def _finish(self, state: AgentState, action: Finish) -> None:
+        event_id = step_event_id(action.task_id, "finished")
+        if action.succeeded:
+            await self._write(state, TaskCompleted, event_id=event_id, task_id=action.task_id, output=action.output)
+        else:
+            await self._write(state, TaskFailed, event_id=event_id, task_id=action.task_id, reason=action.reason,
+                              message=action.message)
+
+    async def _llm_step(self, agent: _Agent, step: LlmStep) -> None:
+        state = agent.state
+        messages = prompt_messages(state, step.entry_ids)
+        tools = self.registry.allowed(state.capabilities.names).openai_tools()
+        estimate = estimate_tokens(json.dumps(messages)) + estimate_tokens(json.dumps(tools)) + MAX_COMPLETION_TOKENS
+        if not step.requested:
+            p = params_for(state.fold_version)
+            refusal = quota_refusal(state, p, time.time_ns() // 1_000_000, estimate)
+            if refusal is not None and refusal.reason == Reason.REQUEST_TOO_LARGE:
+                await self._finish(state, Finish(state.agent_id, step.task_id, False, reason="request_too_large",
+                                                 message=refusal.message))
+                return
+            if refusal is not None:
+                self._park(agent, refusal.retry_at_ms)
+                return
+            prompt_hash = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:32]
+            verdict = await self._write(
+                state, LlmCallRequested, event_id=step_event_id(step.call_id, "requested"), call_id=step.call_id,
+                model=self.settings.llm.model[:256] or "model", prompt_hash=prompt_hash,
+                prompt_tokens=estimate - MAX_COMPLETION_TOKENS, timeout_ms=self.settings.runtime.llm_timeout_ms,
+                task_id=step.task_id, turn=step.turn, attempt=step.attempt, token_estimate=estimate,
+                context_entry_ids=step.entry_ids)
+            if verdict is None or verdict.kind != Kind.ACCEPTED:
+                if verdict is not None and verdict.reason == Reason.RATE_LIMITED:
+                    after = quota_refusal(state, params_for(state.fold_version), verdict.timestamp, estimate)
+                    self._park(agent, after.retry_at_ms if after is not None else None)
+                return
+        result = await self._call_model(state, step, messages, tools)
+        if result is None:
+            return
+        content = clip_text(result.content or "", params_for(state.fold_version).entry_max_bytes)
+        names, arguments = _tool_calls(result, params_for(state.fold_version))
+        await self._write(
+            state, LlmCallCompleted, event_id=step_event_id(step.call_id, "completed"), call_id=step.call_id,
+            response=hashlib.sha256(content.encode()).hexdigest()[:32], completion_tokens=result.completion_tokens or 0,
+            latency_ms=0, content=content, tool_names=names, tool_arguments=arguments,
+            finish_reason=result.finish_reason[:64], prompt_tokens=result.prompt_tokens or 0)
+
+    async def _call_model(self, state: AgentState, step: LlmStep, messages: list[dict[str, Any]],
+                          tools: list[dict[str, Any]]) -> ChatResult | None:
+        """The model's reply, retried with backoff while the call is open (the kernel's
+        timeout is the last word); None when the task failed or the call closed."""
+        for attempt, pause in enumerate((*_RETRY_BACKOFF_S, None)):
+            async with self._model_slots:
+                try:
+                    self.stats.model_calls += 1
+                    return await self.provider.chat(messages, tools=tools, max_tokens=MAX_COMPLETION_TOKENS,
+                                                     headers={"Idempotency-Key": step.call_id})
+                except ModelRequestRejected as e:
+                    await self._finish(state, Finish(state.agent_id, step.task_id, False, reason="model_rejected",
+                                                     message=str(e)[:1000]))
+                    return None
+                except AoskError as e:
+                    log.warning("runtime %s: model call %s (attempt %d) failed: %s", self.client_id, step.call_id,
+                                attempt + 1, e)
+            current = self._agents.get(state.agent_id)
+            if pause is None or current is None or current.state.calls.find(step.call_id) is None:
+                return None
+            await asyncio.sleep(pause)
+        return None
+
+    async def _tool_step(self, agent: _Agent, run: ToolRun) -> None:
+        assert self._runner is not None
+        state = agent.state
+        if not run.requested:
+            verdict = await self._write(
+                state, ToolCallRequested, event_id=step_event_id(run.call_id, "requested"), call_id=run.call_id,
+                tool=run.tool, arguments=run.arguments, timeout_ms=self.settings.runtime.tool_timeout_ms)
+            if verdict is None or verdict.kind != Kind.ACCEPTED:
+                return
+        async with self._tool_slots:
+            self.stats.tool_runs += 1
+            result: ToolResult = await asyncio.to_thread(self._runner.run, run.call_id, run.tool, run.arguments)
+        error = None if result.error is None else f"{result.error.kind}: {result.error.message}"[:4096]
+        await self._write(state, ToolCallCompleted, event_id=step_event_id(run.call_id, "completed"),
+                          call_id=run.call_id, result=result.content, error=error,
+                          duration_ms=int(result.duration_s * 1000))
+
+    def _park(self, agent: _Agent, retry_at_ms: int | None) -> None:
+        """Hold an agent the window quotas refused until its window turns (broker time
+        is the wall clock here, give or take; the fold re-checks)."""
+        self.stats.rate_limited += 1
+        wait_s = 1.0 if retry_at_ms is None else max(0.05, retry_at_ms / 1000 - time.time() + 0.05)
+        agent.parked_until = time.monotonic() + wait_s
+        log.info("runtime %s: %s is rate limited; asking again in %.1f s", self.client_id, agent.state.agent_id,
+                 wait_s)
+
+    # -- for tests and the CLI -------------------------------------------------------------
+
+    def owned_agents(self) -> Mapping[str, AgentState]:
+        return {k: a.state for k, a in self._agents.items()}
+
+    def running(self) -> int:
+        return sum(1 for a in self._agents.values() if a.state.status == Status.RUNNING)
+
+
+def _tool_calls(result: ChatResult, p: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The reply's tool calls as the fold takes them: at most ``max_tools_per_reply``,
+    names that are names, arguments that are JSON objects (a malformed one is kept as
+    ``{"_unparsed": ...}`` so the tool's validation answers the model), all within
+    ``tool_arguments_max_bytes``."""
+    names: list[str] = []
+    args: list[str] = []
+    budget = p.tool_arguments_max_bytes
+    for call in result.tool_calls[: p.max_tools_per_reply]:
+        name = "".join(ch for ch in call.name if ch.isprintable())[:200] or "unnamed_tool"
+        if call.arguments is not None:
+            text = json.dumps(call.arguments, ensure_ascii=False, separators=(",", ":"))
+        else:
+            text = json.dumps({"_unparsed": call.raw_arguments[:1024]}, ensure_ascii=False)
+        size = len(text.encode())
+        if size > budget:
+            break
+        budget -= size
+        names.append(name)
+        args.append(text)
+    return tuple(names), tuple(args)
