@@ -51,7 +51,7 @@ from aosk.kernel.state import (
     evolve,
 )
 from aosk.kernel.statecodec import StateDecodeError, decode_state
-from aosk.kernel.tasks import protected_ids
+from aosk.kernel.tasks import protected_ids, running_task_ids
 from aosk.kernel.verdict import Reason
 
 __all__ = ["LIFECYCLE", "WORK_TYPES", "COMPLETION_TYPES", "HANDLERS", "fork_state", "BUDGET_EXHAUSTED_NOTE"]
@@ -289,8 +289,9 @@ def _budget_updated(ctx: FoldContext, st: AgentState, ev: BudgetUpdated) -> Deci
     window, paged = st.window, cast("tuple[ContextEntry, ...]", ())
     if st.window.tokens > ev.budgets.context_window_tokens:
         protect = protected_ids(st) if ctx.params.runs_tasks else frozenset()
+        keep = running_task_ids(st) if ctx.params.runs_tasks else frozenset()
         fitted = fit(st.window, add=None, budget_tokens=ev.budgets.context_window_tokens, params=ctx.params,
-                     protect=protect)
+                     protect=protect, keep_last=keep)
         assert fitted is not None  # without an entry to add, fit always returns
         window, paged = fitted
         changes["window"] = window

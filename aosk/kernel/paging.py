@@ -78,13 +78,15 @@ def fit(
     budget_tokens: int,
     params: FoldParams,
     protect: frozenset[str] = frozenset(),
+    keep_last: frozenset[str] = frozenset(),
 ) -> tuple[Window, tuple[ContextEntry, ...]] | None:
     """The window after appending ``add`` (if any) and paging out what the policy says.
 
     Returns ``(window, paged_out)`` in eviction order, or None when ``add`` cannot fit
     even after paging out every unpinned entry. Entries whose ids are in ``protect`` are
     never victims (fold version 4: the prompt of an open model call and the running
-    task's input), as if pinned.
+    task's input), as if pinned; entries in ``keep_last`` (version 4: the running task's
+    steps) go only once every other unpinned entry has gone.
     """
     tokens = window.tokens
     nbytes = window.nbytes
@@ -103,6 +105,9 @@ def fit(
     paged: list[ContextEntry] = []
     while tokens > budget_tokens or len(entries) + extra > max_entries or nbytes > max_bytes:
         candidates = entries if not protect else [e for e in entries if e.entry_id not in protect]
+        if keep_last:
+            others = [e for e in candidates if e.entry_id not in keep_last and e.evict_key[0] < bands]
+            candidates = others or candidates
         victim = min(candidates, key=_KEY) if candidates else None
         if victim is None or victim.evict_key[0] >= bands:
             if add is not None:

@@ -208,8 +208,18 @@ class _Placed(NamedTuple):
 def _place(st: AgentState, window: Window, entry: ContextEntry, p: FoldParams,
            protect: frozenset[str]) -> _Placed | None:
     assert st.budgets is not None
-    fitted = fit(window, add=entry, budget_tokens=st.budgets.context_window_tokens, params=p, protect=protect)
+    fitted = fit(window, add=entry, budget_tokens=st.budgets.context_window_tokens, params=p, protect=protect,
+                 keep_last=running_task_ids(st, window))
     return None if fitted is None else _Placed(*fitted)
+
+
+def running_task_ids(st: AgentState, window: Window | None = None) -> frozenset[str]:
+    """The running task's entries: paged out only after every other unpinned entry, so a
+    task keeps its own steps in its prompt as long as the window can hold them."""
+    running = st.tasks.running
+    if running is None:
+        return frozenset()
+    return frozenset(task_entry_ids(st.window if window is None else window, running.task_id))
 
 
 class _Started(NamedTuple):

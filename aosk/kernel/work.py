@@ -50,6 +50,7 @@ from aosk.kernel.tasks import (
     llm_window_use,
     protected_ids,
     quota_refusal,
+    running_task_ids,
     tool_completed_text,
     tool_requested_for_task,
     tool_result_changes,
@@ -86,7 +87,9 @@ def _context_appended(ctx: FoldContext, st: AgentState, ev: ContextAppended) -> 
                        importance=ev.importance, seq=ctx.seq, params=p)
     assert st.budgets is not None
     protect = protected_ids(st) if p.runs_tasks else frozenset()
-    fitted = fit(st.window, add=entry, budget_tokens=st.budgets.context_window_tokens, params=p, protect=protect)
+    keep = running_task_ids(st) if p.runs_tasks else frozenset()
+    fitted = fit(st.window, add=entry, budget_tokens=st.budgets.context_window_tokens, params=p, protect=protect,
+                 keep_last=keep)
     if fitted is None:
         return reject(
             Reason.WINDOW_FULL,

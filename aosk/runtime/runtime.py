@@ -39,6 +39,7 @@ from aosk.events import (
     Event,
     LlmCallCompleted,
     LlmCallRequested,
+    MemoryEmbedded,
     TaskCompleted,
     TaskFailed,
     ToolCallCompleted,
@@ -46,6 +47,7 @@ from aosk.events import (
 )
 from aosk.kernel import (
     AgentState,
+    ContextEntry,
     Finish,
     Kind,
     LlmStep,
@@ -60,7 +62,7 @@ from aosk.kernel import (
     quota_refusal,
     step_event_id,
 )
-from aosk.kernel.tasks import clip_text
+from aosk.kernel.tasks import STEP_NAMESPACE, clip_text
 from aosk.runtime.journal_view import (
     JournalView,
     JournalViewOptions,
@@ -70,6 +72,7 @@ from aosk.runtime.journal_view import (
     PartitionsRevoked,
     RecordFolded,
 )
+from aosk.runtime.kernel_tools import KERNEL_TOOLS, KernelToolContext, KernelToolResult, kernel_tool_specs
 from aosk.runtime.models import ChatResult, ModelProvider
 from aosk.runtime.scheduler import RunQueue, SchedulerOptions
 from aosk.runtime.tools import ToolRegistry, ToolResult, ToolRunner
@@ -258,6 +261,8 @@ class Runtime:
                 agent.runnable_since = now
                 if partition in self._ready:
                     self._consider(key, agent, now)
+                    if verdict.paged_out and verdict.kind == Kind.ACCEPTED:
+                        self._embed_paged(state, verdict.paged_out)
             elif kind == "ready":
                 partition, states = payload
                 self._ready.add(partition)
@@ -337,13 +342,15 @@ class Runtime:
                 self._consider(key, current, time.monotonic())
             self._wake.set()
 
-    async def _write(self, state: AgentState, cls: type[Event], *, event_id: str, **fields: Any) -> Verdict | None:
-        """Produce one kernel-origin record for ``state``'s agent and wait until this
-        process's fold has judged it (None: not seen in time, e.g. the partition moved)."""
+    async def _write(self, state: AgentState, cls: type[Event], *, event_id: str, origin: str = "kernel",
+                     **fields: Any) -> Verdict | None:
+        """Produce one record for ``state``'s agent (kernel origin unless said otherwise)
+        and wait until this process's fold has judged it (None: not seen in time, e.g.
+        the partition moved)."""
         assert self._client is not None and self._loop is not None
         ident = state.identity
         event = cls(event_id=event_id, agent_id=state.agent_id, tenant_id=ident.tenant_id if ident else "",
-                    occurred_at=time.time_ns() // 1000, origin="kernel", **fields)
+                    occurred_at=time.time_ns() // 1000, origin=origin, **fields)
         fut: asyncio.Future[Verdict] = self._loop.create_future()
         self._waiters[event_id] = fut
         try:
@@ -368,7 +375,8 @@ class Runtime:
     async def _llm_step(self, agent: _Agent, step: LlmStep) -> None:
         state = agent.state
         messages = prompt_messages(state, step.entry_ids)
-        tools = self.registry.allowed(state.capabilities.names).openai_tools()
+        caps = state.capabilities.names
+        tools = self.registry.allowed(caps).openai_tools() + kernel_tool_specs(caps)
         estimate = estimate_tokens(json.dumps(messages)) + estimate_tokens(json.dumps(tools)) + MAX_COMPLETION_TOKENS
         if not step.requested:
             p = params_for(state.fold_version)
@@ -435,13 +443,69 @@ class Runtime:
                 tool=run.tool, arguments=run.arguments, timeout_ms=self.settings.runtime.tool_timeout_ms)
             if verdict is None or verdict.kind != Kind.ACCEPTED:
                 return
+        began = time.monotonic()
         async with self._tool_slots:
             self.stats.tool_runs += 1
-            result: ToolResult = await asyncio.to_thread(self._runner.run, run.call_id, run.tool, run.arguments)
-        error = None if result.error is None else f"{result.error.kind}: {result.error.message}"[:4096]
+            if run.tool in KERNEL_TOOLS:
+                kernel = await self._kernel_tool(state, run)
+                content, error = kernel.content, kernel.error
+            else:
+                result: ToolResult = await asyncio.to_thread(self._runner.run, run.call_id, run.tool, run.arguments)
+                content = result.content
+                error = None if result.error is None else f"{result.error.kind}: {result.error.message}"[:4096]
         await self._write(state, ToolCallCompleted, event_id=step_event_id(run.call_id, "completed"),
-                          call_id=run.call_id, result=result.content, error=error,
-                          duration_ms=int(result.duration_s * 1000))
+                          call_id=run.call_id, result=content, error=error,
+                          duration_ms=int((time.monotonic() - began) * 1000))
+
+    async def _kernel_tool(self, state: AgentState, run: ToolRun) -> KernelToolResult:
+        try:
+            args = json.loads(run.arguments)
+            if not isinstance(args, dict) or "_unparsed" in args:
+                raise ValueError("the arguments are not a JSON object")
+        except ValueError as e:
+            return KernelToolResult(json.dumps({"error": {"kind": "invalid_arguments", "message": str(e)}}),
+                                    error=f"invalid_arguments: {e}")
+        ctx = KernelToolContext(state=state, call_id=run.call_id, write=self._write, embed=self._embed_one,
+                                recall=self._recall)
+        try:
+            return await KERNEL_TOOLS[run.tool][1](ctx, args)
+        except (AoskError, ValueError, TypeError) as e:
+            return KernelToolResult(json.dumps({"error": {"kind": "failed", "message": str(e)[:1000]}}),
+                                    error=f"failed: {str(e)[:1000]}")
+
+    async def _embed_one(self, text: str) -> list[float]:
+        return (await self.provider.embed([text]))[0]
+
+    async def _recall(self, agent_id: str, vector: list[float], k: int) -> list[dict[str, Any]]:
+        def search() -> list[dict[str, Any]]:
+            from aosk.endpoints import resolve_endpoints
+            from aosk.projectors.db import connect
+            from aosk.reads.memory import recall
+
+            with connect(resolve_endpoints(self.settings).dsn) as conn:
+                found = recall(conn, self.schema, vector, k=k, agent_id=agent_id)
+            return [{"memory_id": m.memory_id, "text": m.text, "distance": round(m.distance, 4)} for m in found]
+
+        return await asyncio.to_thread(search)
+
+    def _embed_paged(self, state: AgentState, entries: tuple[ContextEntry, ...]) -> None:
+        """Paged-out entries become memories without an embedding: embed them through the
+        provider and write ``MemoryEmbedded`` (the event id derives from the entry, so a
+        second runtime doing the same is a duplicate). Best effort: a failure is logged."""
+        async def embed() -> None:
+            try:
+                vectors = await self.provider.embed([e.content or e.entry_id for e in entries])
+                for e, vector in zip(entries, vectors, strict=True):
+                    event_id = str(uuid.uuid5(STEP_NAMESPACE, f"embedded\x00{state.agent_id}\x00{e.entry_id}"))
+                    await self._write(state, MemoryEmbedded, event_id=event_id, origin="client",
+                                      memory_id=e.entry_id, embedding=tuple(vector))
+            except (AoskError, ValueError) as exc:
+                log.warning("runtime %s: paged-out memories of %s not embedded: %s", self.client_id,
+                            state.agent_id, exc)
+
+        task = asyncio.create_task(embed())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _park(self, agent: _Agent, retry_at_ms: int | None) -> None:
         """Hold an agent the window quotas refused until its window turns (broker time

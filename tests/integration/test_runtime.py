@@ -16,7 +16,7 @@ from aosk.client import KernelClient
 from aosk.events import Budgets, TaskSubmitted
 from aosk.topics import ensure_topics
 from aosk.waiting import wait_for
-from tests.support.runtime_harness import Runtimes, journal_report
+from tests.support.runtime_harness import Runtimes, end_offsets, journal_report
 from tests.support.standin_harness import standin_process
 
 pytestmark = pytest.mark.integration
@@ -105,7 +105,7 @@ def test_a_killed_runtime_is_replaced_and_nothing_runs_twice(settings, standin, 
                   extra_env={"AOSK_RUNTIME_MODEL_CONCURRENCY": "4"}) as runtimes:
         runtimes.start("a")
         runtimes.start("b")
-        for kill in range(2):
+        for _ in range(2):
             # wait until some work has happened since the last kill, then kill mid-run
             before = journal_report(settings).accepted("LlmCallCompleted")
             wait_for(lambda b=before: journal_report(settings).accepted("LlmCallCompleted") > b + 3, timeout=60,
@@ -117,3 +117,62 @@ def test_a_killed_runtime_is_replaced_and_nothing_runs_twice(settings, standin, 
     report = journal_report(settings)
     assert report.problems == []
     assert report.tasks_by_outcome() == {"succeeded": len(tasks)}
+
+
+def test_kernel_tools_remember_recall_message_and_spawn(settings, standin, tmp_path: Path) -> None:
+    """Agents use the built-in kernel tools through the model: ``remember`` stores an
+    embedded memory, a later task's ``recall`` finds it by meaning, ``send_message``
+    reaches another agent's inbox and ``spawn_child`` creates a child (both through the
+    worker), and a context entry paged out gets its embedding (``MemoryEmbedded``)."""
+    from tests.support.projector_harness import Projectors, wait_caught_up
+    from tests.support.worker_harness import Workers
+
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+        update={"topic_prefix": settings.kafka.topic_prefix + "-kt"})})
+    ensure_topics(settings.kafka.bootstrap_servers, settings.kafka, mark_new_journal=True)
+    caps = ("remember", "recall", "send_message", "spawn_child")
+    small = Budgets(max_tokens=1_000_000, max_tool_calls=1_000, max_steps=10_000, context_window_tokens=400)
+    schema = "aosk"
+    with KernelClient.from_settings(settings) as kernel:
+        for a in ("kt-a", "kt-b"):
+            kernel.spawn(agent_id=a, tenant_id="acme", name=a, budgets=small, capabilities=caps).result()
+        kernel.emit(TaskSubmitted, agent_id="kt-a", tenant_id="acme", task_id="store", metadata={},
+                    input='remember(text="the launch code of the blue rocket is 4417"), then '
+                          'send_message(to_agent_id="kt-b", body="hello from kt-a"), then '
+                          'spawn_child(child_id="kt-a.kid", name="helper")').result()
+    (tmp_path / "p").mkdir()
+    projs = Projectors(settings, tmp_path / "p", schema=schema)
+    with Workers(settings, tmp_path / "w") as workers, \
+            Runtimes(settings, tmp_path / "r", standin.url, group_id=f"rt-{uuid.uuid4().hex[:8]}") as runtimes:
+        workers.start("w1")
+        projs.start("p1")
+        runtimes.start("one")
+        wait_all_ended(settings, 1, runtimes, timeout=90)
+        # recall searches the projection: let the projector catch up with what the first task wrote
+        wait_caught_up(settings.storage.postgresql.dsn, schema, end_offsets(settings), timeout=60, procs=projs)
+        with KernelClient.from_settings(settings) as kernel:
+            kernel.emit(TaskSubmitted, agent_id="kt-a", tenant_id="acme", task_id="find", metadata={},
+                        input='recall(query="blue rocket launch code")').result()
+        wait_all_ended(settings, 2, runtimes, timeout=90)
+        with KernelClient.from_settings(settings) as kernel:  # an input that fills the window pages the rest out
+            kernel.emit(TaskSubmitted, agent_id="kt-a", tenant_id="acme", task_id="long", metadata={},
+                        input="Read this: " + "the quick brown fox jumps over the lazy dog " * 33).result()
+        wait_all_ended(settings, 3, runtimes, timeout=90)
+        wait_for(lambda: journal_report(settings).accepted("MemoryEmbedded") >= 1, timeout=30, interval=0.5,
+                 what="paged-out context to be embedded")
+    projs.close()
+    report = journal_report(settings)
+    assert report.problems == []
+    failed = [(r.event.task_id, r.event.reason, r.event.message) for r in report.records  # type: ignore[union-attr]
+              if r.event is not None and type(r.event).__name__ == "TaskFailed"]
+    assert failed == []
+    assert report.tasks_by_outcome() == {"succeeded": 3}
+    find = next(r.event.output for r in report.records  # type: ignore[union-attr]
+                if r.event is not None and type(r.event).__name__ == "TaskCompleted" and r.event.task_id == "find")
+    assert "4417" in find, find  # the recalled memory's text, quoted in the answer
+    b = report.slots["kt-b"].state
+    assert [m.body for m in b.inbox.messages] == ["hello from kt-a"]
+    assert report.slots["kt-a.kid"].state.identity is not None
+    assert report.slots["kt-a.kid"].state.identity.parent_id == "kt-a"
+    assert report.accepted("MemoryRecalled") == 1 and report.accepted("MemoryStored") == 1
+    assert report.accepted("MemoryEmbedded") >= 1  # the small window paged entries out; they were embedded

@@ -61,13 +61,13 @@ def test_cli_reports(settings) -> None:
     assert out.returncode == 0, out.stderr
     assert f"created  {env_prefix}.agent-events" in out.stdout
     assert f"KernelUpgraded(fold_version={LATEST_VERSION}, partitions=12) on every partition" in out.stdout
-    assert LATEST_VERSION == 3  # a new journal starts with the all-zero embedding rule (and the partition rule)
+    assert LATEST_VERSION == 4  # a new journal starts with tasks (and the zero-embedding and partition rules)
     from projection_oracle import read_journal
 
     markers = read_journal(settings.kafka.bootstrap_servers, f"{env_prefix}.agent-events")
     assert sorted((r.partition, r.offset) for r in markers) == [(p, 0) for p in range(12)]
     assert {(r.key, r.event.origin, r.event.fold_version, r.event.partitions) for r in markers} == {
-        (None, "kernel", 3, 12)}
+        (None, "kernel", 4, 12)}
     out = subprocess.run(  # an existing journal is never marked again
         [sys.executable, "-m", "aosk.cli", "topics", "ensure"],
         env={"AOSK_KAFKA_BOOTSTRAP": settings.kafka.bootstrap_servers, "AOSK_TOPIC_PREFIX": env_prefix,

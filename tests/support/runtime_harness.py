@@ -100,6 +100,13 @@ class JournalReport:
         return sum(1 for v in self.verdicts if v.kind == Kind.ACCEPTED and v.event_type == event_type)
 
 
+def end_offsets(settings: Settings) -> dict[int, int]:
+    bootstrap = settings.kafka.bootstrap_servers
+    assert bootstrap is not None
+    with JournalReader(bootstrap, settings.kafka.journal_topic) as reader:
+        return {p: reader.end_offset(p) for p in range(reader.partitions())}
+
+
 def read_journal(settings: Settings) -> list[Record]:
     bootstrap = settings.kafka.bootstrap_servers
     assert bootstrap is not None

@@ -452,3 +452,18 @@ def test_worst_case_state_with_tasks_stays_under_its_bound() -> None:
     assert v.kind == Kind.ACCEPTED, v
     size = len(encode_state(sim.state(A)))
     assert size < p.state_max_bytes, size
+
+
+def test_the_running_tasks_steps_are_paged_out_last() -> None:
+    sim = v4()
+    spawn_running(sim, A, budgets=replace(BIG, context_window_tokens=100))
+    for i in range(3):  # an older entry of the same band as the task's steps, appended first
+        sim.produce(ev("ContextAppended", A, entry_id=f"old-{i}", tokens=20, importance=0.5))
+    submit(sim, "t-1", text="x" * 40)  # 10 tokens
+    step = next_action(sim.state(A))
+    assert isinstance(step, LlmStep)
+    request(sim, step)
+    complete(sim, step, ("", [("calc", "{}")]), completion_tokens=40)
+    ids = [e.entry_id for e in sim.state(A).window.entries]
+    assert "t-1#r1" in ids and "t-1#in" in ids  # the older entries went first
+    assert "old-0" not in ids
