@@ -196,12 +196,13 @@ class RuntimeSettings(_Section):
     tenant_weights: dict[str, float] = {}
     """Fair share of each tenant relative to the others (a tenant not listed weighs 1.0).
     In the environment, a JSON object: ``{"acme": 2, "globex": 0.5}``."""
-    llm_timeout_ms: int = Field(60_000, ge=1, le=3_600_000)
-    """``timeout_ms`` written into each ``LlmCallRequested``: when the kernel times the call out."""
-    tool_timeout_ms: int = Field(30_000, ge=1, le=3_600_000)
-    """``timeout_ms`` written into each ``ToolCallRequested``: when the kernel times the call out."""
-    max_turns: int = Field(16, ge=1, le=10_000)
-    """Model turns a task may take; the task fails when it needs more."""
+    llm_timeout_ms: int = Field(200_000, ge=1, le=3_600_000)
+    """``timeout_ms`` written into each ``LlmCallRequested``: when the kernel times the call out
+    (then the turn is asked again, up to 3 attempts). Above ``llm.timeout_s`` x (1 +
+    ``llm.max_retries``), so the provider's own retries finish first."""
+    tool_timeout_ms: int = Field(60_000, ge=1, le=3_600_000)
+    """``timeout_ms`` written into each ``ToolCallRequested``: when the kernel times the call out.
+    Above ``tools.timeout_s``, so a tool's worker is killed (an error result) before that."""
 
     @field_validator("tenant_weights", mode="before")
     @classmethod
@@ -289,7 +290,6 @@ ENV_KEYS: Mapping[str, str] = {
     "AOSK_RUNTIME_TENANT_WEIGHTS": "runtime.tenant_weights",
     "AOSK_RUNTIME_LLM_TIMEOUT_MS": "runtime.llm_timeout_ms",
     "AOSK_RUNTIME_TOOL_TIMEOUT_MS": "runtime.tool_timeout_ms",
-    "AOSK_RUNTIME_MAX_TURNS": "runtime.max_turns",
 }
 
 

@@ -122,16 +122,15 @@ def test_runtime_settings_from_the_environment() -> None:
     s = load_settings(environ={"AOSK_RUNTIME_GROUP_ID": "rt", "AOSK_RUNTIME_MODEL_CONCURRENCY": "8",
                                "AOSK_RUNTIME_TOOL_CONCURRENCY": "2", "AOSK_RUNTIME_AGING_S": "2.5",
                                "AOSK_RUNTIME_TENANT_WEIGHTS": '{"acme": 2, "globex": 0.5}',
-                               "AOSK_RUNTIME_LLM_TIMEOUT_MS": "90000", "AOSK_RUNTIME_TOOL_TIMEOUT_MS": "5000",
-                               "AOSK_RUNTIME_MAX_TURNS": "4"})
+                               "AOSK_RUNTIME_LLM_TIMEOUT_MS": "90000", "AOSK_RUNTIME_TOOL_TIMEOUT_MS": "5000"})
     rt = s.runtime
     assert (rt.group_id, rt.model_concurrency, rt.tool_concurrency, rt.aging_s) == ("rt", 8, 2, 2.5)
     assert rt.tenant_weights == {"acme": 2.0, "globex": 0.5}
-    assert (rt.llm_timeout_ms, rt.tool_timeout_ms, rt.max_turns) == (90_000, 5_000, 4)
+    assert (rt.llm_timeout_ms, rt.tool_timeout_ms) == (90_000, 5_000)
     defaults = load_settings(environ={}).runtime
     assert (defaults.group_id, defaults.model_concurrency, defaults.tool_concurrency) == ("aosk-runtime", 16, 4)
-    assert (defaults.aging_s, defaults.tenant_weights, defaults.max_turns) == (10.0, {}, 16)
-    assert (defaults.llm_timeout_ms, defaults.tool_timeout_ms) == (60_000, 30_000)
+    assert (defaults.aging_s, defaults.tenant_weights) == (10.0, {})
+    assert (defaults.llm_timeout_ms, defaults.tool_timeout_ms) == (200_000, 60_000)
 
 
 def test_runtime_tenant_weights_from_yaml(tmp_path: Path) -> None:
