@@ -566,8 +566,97 @@ def _section_api(settings: Settings, ep: Endpoints) -> None:
         proc.wait(20)
 
 
+def _fleet_tasks(settings: Settings, ep: Endpoints) -> dict[str, str]:
+    """task id -> how it ended, folded from the journal (what the runtime itself reads)."""
+    from aosk.journal import JournalReader
+    from aosk.kernel import fold_journal
+
+    with JournalReader(ep.bootstrap, settings.kafka.journal_topic) as reader:
+        n = reader.partitions()
+        slots = fold_journal(r for p in range(n) for r in reader.read(p, 0, reader.end_offset(p)))
+    return {t: how for s in slots.values() for t, how in s.state.tasks.ended}
+
+
+def _section_fleet(settings: Settings, ep: Endpoints, procs: _Processes) -> None:
+    _heading("10. a fleet run by `aosk runtime`: tasks, tools, memory, a message, a quota, a crash")
+    import time
+
+    from aosk.client import KernelClient
+    from aosk.events import Budgets, TaskSubmitted
+
+    run = uuid.uuid4().hex[:4]
+    big = Budgets(max_tokens=1_000_000, max_tool_calls=1_000, max_steps=10_000, context_window_tokens=8_000,
+                  tokens_per_hour=100_000, calls_per_hour=1_000, tokens_per_request=10_000)
+    tight = Budgets(max_tokens=1_000_000, max_tool_calls=1_000, max_steps=10_000, context_window_tokens=8_000,
+                    tokens_per_hour=700, calls_per_hour=1_000, tokens_per_request=10_000, quota_window_ms=8_000)
+    caps = ["calculator", "word_count", "remember", "recall", "send_message"]
+    a = [f"fleet-{run}-{i}" for i in range(4)]
+    quota = f"fleet-{run}-quota"
+    tasks = [
+        (a[0], "acme", "Work out calculator(expression='(17 + 25) * 3') and word_count(text='every agent action "
+                       "is an event') for the report."),
+        (a[0], "acme", "remember(text='The Q3 launch code of the blue rocket is 4417', importance=0.9)"),
+        (a[1], "acme", f"send_message(to_agent_id='{a[2]}', body='the Q3 totals are ready'), then "
+                       "calculator(expression='4200000 / 12')"),
+        (a[2], "acme", "word_count(text='a message between agents is an event on both sides')"),
+        (a[3], "globex", "calculator(expression='2 ** 10'), word_count(text='one tenant never sees another')"),
+        (quota, "acme", "calculator(expression='1 + 1'), calculator(expression='2 + 2'), "
+                        "calculator(expression='3 + 3'), calculator(expression='4 + 4')"),
+        (a[0], "acme", "recall(query='blue rocket launch code')"),
+    ]
+    with KernelClient.from_settings(settings) as kernel:
+        for agent in a + [quota]:
+            tenant = "globex" if agent == a[3] else "acme"
+            kernel.spawn(agent_id=agent, tenant_id=tenant, name=agent, budgets=tight if agent == quota else big,
+                         capabilities=caps).result()
+        for i, (agent, tenant, text) in enumerate(tasks):
+            kernel.emit(TaskSubmitted, agent_id=agent, tenant_id=tenant, task_id=f"task-{run}-{i}", input=text,
+                        metadata={}).result()
+    print(f"  {len(a) + 1} agents in 2 tenants, {len(tasks)} tasks (TaskSubmitted); {quota} may use 700 tokens "
+          "per 8 s window")
+    procs.start("runtime-a", "runtime", "--log-level", "info")
+    procs.start("runtime-b", "runtime", "--log-level", "info")
+    print("  started two `aosk runtime` processes (one consumer group; each runs the agents of its partitions)")
+    deadline = time.monotonic() + 120
+    while len(_fleet_tasks(settings, ep)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    procs.procs["runtime-a"].send_signal(signal.SIGKILL)
+    procs.procs["runtime-a"].wait(30)
+    print(f"  SIGKILLed runtime-a with {len(_fleet_tasks(settings, ep))} tasks ended; restarted it: the next owner "
+          "of its partitions performs any open call again with the same call id")
+    procs.start("runtime-a2", "runtime", "--log-level", "info")
+    ids = {f"task-{run}-{i}" for i in range(len(tasks))}
+    ended: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        ended = {t: how for t, how in _fleet_tasks(settings, ep).items() if t in ids}
+        if len(ended) == len(ids):
+            break
+        time.sleep(0.5)
+    print(f"  every task ended: {sorted(set(ended.values()))} ({len(ended)} of {len(ids)})")
+    held = sum((procs.log_dir / f"{n}.log").read_text(errors="replace").count(f"{quota} is rate limited")
+               for n in ("runtime-a", "runtime-b", "runtime-a2") if (procs.log_dir / f"{n}.log").exists())
+    print(f"  {quota} was held by its window quota {held} time(s) and resumed when the window turned")
+    _fleet_sql(ep, run)
+
+
+def _fleet_sql(ep: Endpoints, run: str) -> None:
+    import psycopg
+
+    with psycopg.connect(ep.dsn) as conn:
+        if conn.execute("select to_regclass('aosk.tasks')").fetchone() == (None,):
+            return
+        print("  SQL> select task_id, agent_id, status, model_calls, tool_calls, tokens, output from aosk.tasks ...")
+        for row in conn.execute(
+            "select task_id, agent_id, status, model_calls, tool_calls, tokens, output from aosk.tasks "
+            "where task_id like %s order by task_id", (f"task-{run}-%",),
+        ).fetchall():
+            output = (row[6] or "").replace("\n", " | ")
+            print(f"    {row[0]:13s} {row[1]:22s} {row[2]:9s} {row[3]} model, {row[4]} tool calls, {row[5]:5d} tokens: "
+                  f"{output[:70]}{'...' if len(output) > 70 else ''}")
+
+
 def _section_models_and_tools(settings: Settings) -> None:
-    _heading("10. models and tools for the agent runtime: the stand-in model server (no network)")
+    _heading("11. models and tools, directly: the stand-in model server (no network)")
     import asyncio
     import json
 
@@ -615,7 +704,7 @@ def _section_models_and_tools(settings: Settings) -> None:
 
 
 def _section_errors() -> None:
-    _heading("11. when a dependency is down: one line and an exit code")
+    _heading("12. when a dependency is down: one line and an exit code")
     import os
     import socket
 
@@ -648,6 +737,7 @@ def run_demo(settings: Settings) -> int:
         _section_replay(settings, ep)
         _section_quarantine(settings, ep)
         _section_api(settings, ep)
+        _section_fleet(settings, ep, procs)
     finally:
         procs.stop()
     _section_models_and_tools(settings)

@@ -95,28 +95,63 @@ def test_tasks_run_to_their_answers(settings, standin, tmp_path: Path) -> None:
     assert report.accepted("ToolCallCompleted") == sum(2 + j % 3 for j in range(2)) * 4
 
 
-def test_a_killed_runtime_is_replaced_and_nothing_runs_twice(settings, standin, tmp_path: Path) -> None:
-    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
-        update={"topic_prefix": settings.kafka.topic_prefix + "-kill"})})
+def run_fleet(settings, tmp_path: Path, *, agents: int, tasks_per_agent: int, kills: int, concurrency: int,
+              delay_ms: int) -> None:
+    """Agents with tasks of 2-4 tool calls (3-5 model calls), two runtimes with a model
+    concurrency of ``concurrency``, one SIGKILLed ``kills`` times at random moments and
+    restarted; a worker (timeouts, deliveries) and a projector run beside them. Then:
+    every task succeeded, every accepted request has exactly one accepted completion, no
+    turn was taken twice, the model server saw at most (model calls + kills x
+    concurrency) requests, and the audit chains verify against the journal."""
+    from tests.support.projector_harness import Projectors, run_cli, wait_caught_up
+    from tests.support.worker_harness import Workers
+
     ensure_topics(settings.kafka.bootstrap_servers, settings.kafka, mark_new_journal=True)
-    tasks = submit_tasks(settings, agents=10, tasks_per_agent=2, prefix="k", delay_ms=500)
-    rng = random.Random(7)
-    with Runtimes(settings, tmp_path, standin.url, group_id=f"rt-{uuid.uuid4().hex[:8]}",
-                  extra_env={"AOSK_RUNTIME_MODEL_CONCURRENCY": "4"}) as runtimes:
-        runtimes.start("a")
-        runtimes.start("b")
-        for _ in range(2):
-            # wait until some work has happened since the last kill, then kill mid-run
-            before = journal_report(settings).accepted("LlmCallCompleted")
-            wait_for(lambda b=before: journal_report(settings).accepted("LlmCallCompleted") > b + 3, timeout=60,
-                     interval=0.3, what="model calls to complete")
-            time.sleep(rng.uniform(0, 0.5))  # a random instant, not a synchronisation
-            runtimes.kill("a")
+    tasks = submit_tasks(settings, agents=agents, tasks_per_agent=tasks_per_agent, prefix="k", delay_ms=delay_ms)
+    rng = random.Random()
+    (tmp_path / "p").mkdir()
+    projs = Projectors(settings, tmp_path / "p", schema="aosk")
+    with standin_process(tmp_path) as standin, Workers(settings, tmp_path / "w") as workers, \
+            Runtimes(settings, tmp_path / "r", standin.url, group_id=f"rt-{uuid.uuid4().hex[:8]}",
+                     extra_env={"AOSK_RUNTIME_MODEL_CONCURRENCY": str(concurrency)}) as runtimes:
+        try:
+            workers.start("w1")
+            projs.start("p1")
             runtimes.start("a")
-        wait_all_ended(settings, len(tasks), runtimes, timeout=180)
-    report = journal_report(settings)
+            runtimes.start("b")
+            wait_for(lambda: journal_report(settings).accepted("LlmCallCompleted") > 0, timeout=60, interval=0.5,
+                     what="the first model call to complete")
+            for _ in range(kills):
+                time.sleep(rng.uniform(0.5, 3.0))  # a random moment of the run, not a synchronisation
+                runtimes.kill("a")
+                runtimes.start("a")
+            wait_all_ended(settings, len(tasks), runtimes, timeout=600)
+            report = journal_report(settings)
+            wait_caught_up(settings.storage.postgresql.dsn, "aosk", end_offsets(settings), timeout=120, procs=projs)
+        finally:
+            projs.close()
+        chat_requests = standin.log().count("POST /v1/chat/completions")
     assert report.problems == []
     assert report.tasks_by_outcome() == {"succeeded": len(tasks)}
+    model_calls = report.accepted("LlmCallCompleted")
+    assert 3 * len(tasks) <= model_calls <= 5 * len(tasks)
+    assert chat_requests <= model_calls + kills * concurrency, (chat_requests, model_calls)
+    verify = run_cli(settings, "audit", "verify", "--against-journal", "--no-progress", timeout=300)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_killed_runtime_is_replaced_and_nothing_runs_twice(settings, tmp_path: Path) -> None:
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+        update={"topic_prefix": settings.kafka.topic_prefix + "-kill"})})
+    run_fleet(settings, tmp_path, agents=10, tasks_per_agent=2, kills=2, concurrency=4, delay_ms=300)
+
+
+@pytest.mark.chaos
+def test_fleet_of_50_agents_with_5_kills(settings, tmp_path: Path) -> None:
+    """The issue's full size: 50 agents x 4 tasks, model concurrency 16, 5 kills."""
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+        update={"topic_prefix": settings.kafka.topic_prefix + "-chaos"})})
+    run_fleet(settings, tmp_path, agents=50, tasks_per_agent=4, kills=5, concurrency=16, delay_ms=300)
 
 
 def test_kernel_tools_remember_recall_message_and_spawn(settings, standin, tmp_path: Path) -> None:
