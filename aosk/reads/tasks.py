@@ -20,7 +20,8 @@ from psycopg import sql
 from aosk.projectors.db import qualified
 from aosk.projectors.rows import storage_key
 
-__all__ = ["TASK_STATUSES", "ENDED_STATUSES", "TaskView", "task", "tasks", "encode_cursor", "decode_cursor"]
+__all__ = ["TASK_STATUSES", "ENDED_STATUSES", "TaskView", "task", "tasks", "encode_cursor", "decode_cursor",
+           "submission_verdict"]
 
 TASK_STATUSES: Final = ("pending", "running", "succeeded", "failed", "cancelled")
 ENDED_STATUSES: Final = frozenset({"succeeded", "failed", "cancelled"})
@@ -100,6 +101,16 @@ def tasks(conn: psycopg.Connection[Any], schema: str, *, tenant_id: str | None =
     rows = conn.execute(q, (tenant_id, tenant_id, key, key, status, status, after_task, after_agent,
                             limit)).fetchall()
     return [_view(r) for r in rows]
+
+
+def submission_verdict(conn: psycopg.Connection[Any], schema: str, partition: int,
+                       offset: int) -> tuple[str, str, str] | None:
+    """(kind, reason, message) of the fold's verdict on the journal record at
+    (``partition``, ``offset``), e.g. a ``TaskSubmitted``; None if not projected."""
+    row = conn.execute(sql.SQL("select kind, reason, message from {} where journal_partition = %s and "
+                               "journal_offset = %s").format(qualified(schema, "audit_log")),
+                       (partition, offset)).fetchone()
+    return None if row is None else (row[0], row[1], row[2])
 
 
 def encode_cursor(view: TaskView) -> str:

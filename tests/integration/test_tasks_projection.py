@@ -22,25 +22,11 @@ from aosk.projectors.rows import ms_of
 from aosk.topics import ensure_topics
 from projection_oracle import end_offsets, read_journal
 from projector_harness import Projectors, run_cli, wait_caught_up
-from task_steps import BUDGETS, step_events
+from task_steps import BUDGETS, run_agent
 
 pytestmark = pytest.mark.integration
 
 TENANT = "acme"
-
-
-def run_agent(kernel: KernelClient, reader: ProjectionReader, agent: str, *, limit: int = 60) -> None:
-    """Write the agent's task steps as the runtime would, reading its state back from the
-    projection after each step, until ``next_action`` has nothing to do."""
-    for _ in range(limit):
-        view = reader.agent_state(agent)
-        assert view is not None
-        events = step_events(view.state)
-        if not events:
-            return
-        pending = [kernel.send(e) for e in events]
-        reader.wait_for(pending[-1].result(), timeout=30)
-    raise AssertionError(f"{agent} never ran out of steps")
 
 
 @pytest.fixture(scope="module")

@@ -130,3 +130,18 @@ class LocalJournal:
                 v = self.append(e)
                 assert v.kind == "accepted", v
         raise AssertionError(f"{agent_id} never ran out of steps")
+
+
+def run_agent(kernel: Any, reader: Any, agent: str, *, limit: int = 60) -> None:
+    """Write the agent's task steps through ``kernel`` (a ``KernelClient``) as the runtime
+    would, reading its state back from the projection (``reader``, a ``ProjectionReader``)
+    after each step, until ``next_action`` has nothing to do."""
+    for _ in range(limit):
+        view = reader.agent_state(agent)
+        assert view is not None
+        events = step_events(view.state)
+        if not events:
+            return
+        pending = [kernel.send(e) for e in events]
+        reader.wait_for(pending[-1].result(), timeout=30)
+    raise AssertionError(f"{agent} never ran out of steps")
