@@ -180,6 +180,11 @@ async def submit_task(body: TaskCreate, request: Request, caller: Annotated[ApiK
                                                    "metadata": body.metadata})
     await check_client_event(body.agent_id, probe, request, caller, wait)
     if body.task_id is not None:
+        try:
+            body.task_id.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise Problem(422, "invalid-request", "Invalid request", "task_id: not valid Unicode text",
+                          errors=[{"field": "body.task_id", "problem": "not valid Unicode text"}]) from e
         other = await run_in_threadpool(_held_elsewhere, request, body.task_id, caller.tenant_id, body.agent_id)
         if other is not None:
             raise Problem(409, "task-id-in-use", "Task id in use",
