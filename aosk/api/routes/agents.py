@@ -66,6 +66,9 @@ class Accepted(BaseModel):
     event_id: str
     partition: int
     offset: int
+
+
+class AgentCreated(Accepted):
     task_id: str | None = None
     """The id of the first task, when one was given (its TaskSubmitted follows the spawn:
     ``offset`` is the spawn's, the consistency token the task's)."""
@@ -112,7 +115,7 @@ def new_agent(request: Request, caller: ApiKey, agent_id: str | None = None) -> 
     return agent_id
 
 
-@router.post("", status_code=202, response_model=Accepted, summary="Create an agent (READY once judged)",
+@router.post("", status_code=202, response_model=AgentCreated, summary="Create an agent (READY once judged)",
              responses=WRITE_RESPONSES)
 async def create_agent(body: AgentCreate, request: Request, caller: Annotated[ApiKey, Depends(require("write"))],
                        idem: Annotated[Idempotency, Depends(idempotency)]) -> Any:
@@ -134,7 +137,7 @@ async def create_agent(body: AgentCreate, request: Request, caller: Annotated[Ap
             raise journal_unavailable("spawn", e) from e
         except TimeoutError as e:
             raise journal_unavailable("spawn", TimeoutError("the broker did not acknowledge it within 10 s")) from e
-        out = Accepted(agent_id=agent_id, event_id=pending.event_id, partition=d.partition, offset=d.offset)
+        out = AgentCreated(agent_id=agent_id, event_id=pending.event_id, partition=d.partition, offset=d.offset)
         token = write_token(d.partition, d.offset)
         if body.task is not None:
             from aosk.api.routes.tasks import submit
