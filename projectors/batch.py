@@ -39,7 +39,7 @@ from aosk.kernel import (
     route,
     state_hash,
 )
-from aosk.kernel.state import Status
+from aosk.kernel.state import EMPTY_TASKS, Status
 from aosk.projectors.checkpoints import checkpoint_reason
 from aosk.projectors.event_rows import event_row
 from aosk.projectors.memory import MemoryOp, memory_ops, op_hashes
@@ -55,6 +55,7 @@ from aosk.projectors.rows import (
     ts,
     verdict_bytes,
 )
+from aosk.projectors.task_rows import TaskRow, task_rows
 
 __all__ = ["AgentEntry", "FoldedRecord", "PartitionStop", "FoldedBatch", "fold_batch", "Inconsistent", "stop_code",
            "stop_message"]
@@ -107,6 +108,9 @@ class FoldedRecord:
     memory: tuple[MemoryOp, ...]
     event: tuple[Any, ...] = ()
     """Its ``events`` row (``aosk.projectors.event_rows``)."""
+    tasks: tuple[TaskRow, ...] = ()
+    """Its ``tasks`` rows (``aosk.projectors.task_rows``): only an accepted record that
+    changed the agent's tasks has any."""
 
 
 @dataclass(frozen=True)
@@ -232,10 +236,12 @@ def fold_batch(
                 head = link(GENESIS, seq, vh, vb)
                 ne = AgentEntry(slot, head, count_verdict((0, 0, 0), kind), p, rec.timestamp)
                 prev_status: str = Status.NONE
+                prev_tasks = EMPTY_TASKS
             else:
                 head = link(e.head, seq, vh, vb)
                 ne = AgentEntry(slot, head, count_verdict(e.counts, kind), p, rec.timestamp)
                 prev_status = e.slot.state.status
+                prev_tasks = e.slot.state.tasks
             overlay[key] = ne
             if v.timestamp != at_ms:  # runs of records share a LogAppendTime: one datetime each
                 at_ms = v.timestamp
@@ -255,7 +261,11 @@ def fold_batch(
             audit = audit_row(v, value_hash=vh, chain_hash=head, verdict_bytes=vb, tenant_id=tenant_id, event=ev,
                               recorded_at=at, state_hash=sh, checkpoint=reason,
                               memory_hashes=op_hashes(mem) if mem else None)
-            outcomes.append(FoldedRecord(p, rec.offset, key, ne, audit, vb, cp, mem, event_row(audit, ev, rec.error)))
+            task_changes: tuple[TaskRow, ...] = ()
+            if st.tasks is not prev_tasks and kind == "accepted":
+                task_changes = task_rows(prev_tasks, st, ev, partition=p, offset=rec.offset, at=at)
+            outcomes.append(FoldedRecord(p, rec.offset, key, ne, audit, vb, cp, mem, event_row(audit, ev, rec.error),
+                                         task_changes))
             last = (rec.offset + 1, rec.timestamp)
         if last is not None:
             out.ends[p] = last

@@ -36,6 +36,7 @@ DIGEST_TABLES: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...] | None]
     "checkpoints": (("agent_id", "seq"), None),
     "memories": (("agent_id", "memory_id"), None),
     "events": (("journal_partition", "journal_offset"), None),
+    "tasks": (("agent_id", "task_id"), None),
     "projector_offsets": (("partition",), ("partition", "next_offset")),
 }
 """Excluded: ``projector_offsets.high_watermark / last_record_at / committed_at / owner``

@@ -14,7 +14,9 @@ The transaction, in order:
    nothing below can collide with the new owner's rows: it holds the row lock until
    commit;
 3. the rows, by binary COPY: audit rows, events rows and checkpoints straight into their tables,
-   agent states and memories through temporary staging tables into an upsert. The audit
+   agent states, memories and tasks through temporary staging tables into an upsert (a
+   task's patch, ``aosk.projectors.task_rows``, into an update keeping the columns it
+   leaves unset). The audit
    row of each agent's last record in the batch records the hash of the state written
    to agent_state (``state_hash``), so ``aosk audit verify`` can tell a stored state
    edited together with ``agent_state.state_hash``;
@@ -59,6 +61,9 @@ from aosk.projectors.rows import (
     refused_audit_row,
     ts,
 )
+from aosk.projectors.task_rows import KEY_COLUMNS as TASK_KEY
+from aosk.projectors.task_rows import METADATA as TASK_METADATA
+from aosk.projectors.task_rows import TASK_COLUMNS, TASK_TYPES, TaskChanges
 
 __all__ = ["Fenced", "Advance", "Refusal", "ProjectionWriter", "prepare_connection", "notify_channel"]
 
@@ -128,6 +133,12 @@ def prepare_connection(conn: psycopg.Connection[Any], schema: str) -> int:
                 _stage(schema, what), qualified(schema, table)
             )
         )
+    # without the table's not-null constraints: a task's patch leaves columns unset
+    conn.execute(
+        sql.SQL("create temp table if not exists {} on commit delete rows as select * from {} with no data").format(
+            _stage(schema, "task"), qualified(schema, "tasks")
+        )
+    )
     conn.commit()
     return oid
 
@@ -143,6 +154,16 @@ def _upsert(schema: str, table: str, stage: sql.Identifier, columns: Sequence[st
     return sql.SQL(
         "insert into {t} ({c}) select {c} from pg_temp.{s} on conflict ({k}) do update set {u}; delete from pg_temp.{s}"
     ).format(t=qualified(schema, table), c=_cols(columns), s=stage, k=_cols(key), u=updates)
+
+
+def _patch(schema: str, table: str, stage: sql.Identifier, columns: Sequence[str], key: Sequence[str]) -> sql.Composed:
+    """Update existing rows from the staged patches: a column staged as NULL keeps its value."""
+    updates = sql.SQL(", ").join(
+        sql.SQL("{0} = coalesce(s.{0}, t.{0})").format(sql.Identifier(c)) for c in columns if c not in key
+    )
+    match = sql.SQL(" and ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(c)) for c in key)
+    return sql.SQL("update {t} t set {u} from pg_temp.{s} s where {m}; delete from pg_temp.{s}").format(
+        t=qualified(schema, table), u=updates, s=stage, m=match)
 
 
 class ProjectionWriter:
@@ -172,6 +193,11 @@ class ProjectionWriter:
         self._upsert_mem = _upsert(schema, "memories", _stage(schema, "memory"), MEMORY_COLUMNS,
                                    ("agent_id", "memory_id"))
         self._embed, self._forget = patch_statements(schema)
+        self._copy_task = sql.SQL("copy pg_temp.{} ({}) from stdin (format binary)").format(
+            _stage(schema, "task"), _cols(TASK_COLUMNS)
+        )
+        self._upsert_task = _upsert(schema, "tasks", _stage(schema, "task"), TASK_COLUMNS, TASK_KEY)
+        self._patch_task = _patch(schema, "tasks", _stage(schema, "task"), TASK_COLUMNS, TASK_KEY)
         self._cas = sql.SQL(
             "update {} set next_offset = %s, high_watermark = %s, last_record_at = %s, committed_at = %s, owner = %s"
             " where partition = %s and next_offset = %s"
@@ -255,11 +281,29 @@ class ProjectionWriter:
                     mem.add(o.memory)
             if mem:
                 self._write_memories(cur, mem)
+            tasks = TaskChanges()
+            for o in outs:
+                if o.tasks:
+                    tasks.add(o.tasks)
+            if tasks:
+                self._write_tasks(cur, tasks)
             with cur.copy(self._copy_agent) as cp:
                 cp.set_types(AGENT_TYPES)
                 for o in lasts.values():
                     cp.write_row(o.entry.row())
             cur.execute(self._upsert_agent)
+
+    def _write_tasks(self, cur: psycopg.Cursor[Any], tasks: TaskChanges) -> None:
+        for rows, statement in ((tasks.full(), self._upsert_task), (tasks.patches(), self._patch_task)):
+            if not rows:
+                continue
+            with cur.copy(self._copy_task) as cp:
+                cp.set_types(TASK_TYPES)
+                for row in rows:
+                    meta = row[TASK_METADATA]
+                    cp.write_row(row if meta is None else (*row[:TASK_METADATA], Jsonb(meta),
+                                                           *row[TASK_METADATA + 1:]))
+            cur.execute(statement)
 
     def _write_memories(self, cur: psycopg.Cursor[Any], mem: MemoryChanges) -> None:
         if mem.full:

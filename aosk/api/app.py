@@ -22,7 +22,7 @@ __all__ = ["create_app", "app_from_environment"]
 
 def create_app(settings: Settings) -> FastAPI:
     """The API for ``settings``; its PostgreSQL pool opens at start-up and closes at shutdown."""
-    from aosk.api.routes import agents, audit, context, forks, health, history, memories, status, stream
+    from aosk.api.routes import agents, audit, context, forks, health, history, memories, status, stream, tasks
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -83,7 +83,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(status.router)
     app.include_router(agents.router)
-    for router in (audit.router, forks.router, context.router, memories.router, history.router, stream.router):
+    for router in (audit.router, forks.router, context.router, memories.router, history.router, stream.router,
+                   tasks.router):
         app.include_router(router)
     install_openapi(app)
     if settings.api.metrics_port is not None:

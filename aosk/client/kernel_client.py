@@ -20,7 +20,7 @@ from aosk.client._producer import DeliveringProducer, Delivery, DeliveryFuture, 
 from aosk.client.verdicts import VerdictWatcher
 from aosk.config import KafkaSettings, Settings
 from aosk.errors import AoskError, EventRejected
-from aosk.events import AgentSpawned, Budgets, Event, ForkRequested, Transition, encode
+from aosk.events import AgentSpawned, Budgets, Event, ForkRequested, TaskCancelled, TaskSubmitted, Transition, encode
 
 E = TypeVar("E", bound=Event)
 
@@ -126,6 +126,23 @@ class KernelClient:
             name=name, priority=priority, capabilities=tuple(capabilities), budgets=budgets,
             metadata=dict(metadata or {}),
         )
+
+    def submit_task(self, agent_id: str, text: str, *, tenant_id: str, task_id: str | None = None,
+                    metadata: Mapping[str, str] | None = None, event_id: str | None = None) -> PendingEvent:
+        """Give ``agent_id`` a task (``TaskSubmitted``): queued behind its other tasks, run
+        by ``aosk runtime`` in submission order. ``task_id`` defaults to a new UUID; the
+        event's ``task_id`` is the one sent. The fold rejects an id the agent already holds
+        or ended recently (``task_id_in_use``) and a ninth queued task (``task_queue_full``)."""
+        return self.emit(TaskSubmitted, agent_id=agent_id, tenant_id=tenant_id, event_id=event_id,
+                         task_id=task_id or str(uuid.uuid4()), input=text, metadata=dict(metadata or {}))
+
+    def cancel_task(self, agent_id: str, task_id: str, reason: str = "", *, tenant_id: str,
+                    event_id: str | None = None) -> PendingEvent:
+        """Cancel a queued or running task of ``agent_id`` (``TaskCancelled``); a task that
+        already ended is rejected ``task_ended`` (the journal's order decides a race with
+        its completion)."""
+        return self.emit(TaskCancelled, agent_id=agent_id, tenant_id=tenant_id, event_id=event_id,
+                         task_id=task_id, reason=reason)
 
     # -- verdicts ------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from aosk.config import Settings
     from aosk.projectors.history import PointInTime
     from aosk.reads.memory import Recalled
+    from aosk.reads.tasks import TaskView
 
 __all__ = ["ProjectionReader", "AgentView", "ProjectionTimeout", "wait_until_projected"]
 
@@ -87,6 +88,27 @@ class ProjectionReader:
         with self._pool.connection() as conn:
             return recall(conn, self.schema, query_embedding, k=k, tenant_id=tenant_id, agent_id=agent_id,
                           as_of_offset=as_of_offset)
+
+    def task(self, task_id: str, *, tenant_id: str | None = None, agent_id: str | None = None) -> TaskView | None:
+        """The projected task ``task_id`` (status, output or failure, counters, times), of
+        ``tenant_id`` / ``agent_id`` when given; None if no projector has folded its
+        submission yet. Ids are unique per agent: two agents holding the same id answer the
+        one submitted last unless ``agent_id`` says which."""
+        from aosk.reads.tasks import task
+
+        with self._pool.connection() as conn:
+            return task(conn, self.schema, task_id, tenant_id=tenant_id, agent_id=agent_id)
+
+    def tasks(self, *, tenant_id: str | None = None, agent_id: str | None = None, status: str | None = None,
+              after: tuple[str, str] | None = None, limit: int = 50) -> list[TaskView]:
+        """Up to ``limit`` projected tasks ordered by (task id, agent id), after the pair
+        ``after``; filtered by tenant, agent and status (``pending``, ``running``,
+        ``succeeded``, ``failed``, ``cancelled``)."""
+        from aosk.reads.tasks import tasks
+
+        with self._pool.connection() as conn:
+            return tasks(conn, self.schema, tenant_id=tenant_id, agent_id=agent_id, status=status, after=after,
+                         limit=limit)
 
     def projected_offsets(self) -> dict[int, int]:
         """``next_offset`` of every journal partition (records below it are projected)."""

@@ -113,7 +113,7 @@ def test_create_an_agent_then_read_it_back_only_from_its_tenant(api, tmp_path) -
     assert r.status_code == 202, r.text
     made = r.json()
     agent_id = made["agent_id"]
-    assert set(made) == {"agent_id", "event_id", "partition", "offset"}
+    assert set(made) == {"agent_id", "event_id", "partition", "offset", "task_id"} and made["task_id"] is None
 
     projectors = Projectors(settings, tmp_path, schema="aosk")
     try:

@@ -103,6 +103,7 @@ _BODY_ID_ROUTES: dict[str, Any] = {
     # routes whose body names the agent: the body with AGENT for its id
     "POST /api/v1/context": {"agent_id": "AGENT", "role": "user", "content": "hello", "tokens": 2},
     "POST /api/v1/memories/search": {"agent_id": "AGENT", "query_embedding": [0.5] * 384, "k": 3},
+    "POST /api/v1/tasks": {"agent_id": "AGENT", "task": "hello"},
 }
 
 

@@ -72,12 +72,12 @@ def test_migrations_are_versioned_idempotent_and_in_their_schema(settings: Setti
         applied = migrate(conn, schema="m_test")
         assert applied == [f"{m.version:04d}_{m.name}" for m in migrations()]
         assert applied == ["0001_projections", "0002_views", "0003_audit_hashes", "0004_partition_stops", "0005_events",
-                           "0006_events_coverage"]
+                           "0006_events_coverage", "0007_tasks"]
         assert migrate(conn, schema="m_test") == []
         listed = conn.execute("select table_name from information_schema.tables where table_schema = 'm_test'")
         tables = {r[0] for r in listed}
-        assert {"agent_state", "audit_log", "events", "events_coverage", "checkpoints", "memories",
-                "projector_offsets", "recent_audit", "projector_lag", "agents_by_status"} <= tables
+        assert {"agent_state", "audit_log", "events", "events_coverage", "checkpoints", "memories", "tasks",
+                "projector_offsets", "recent_audit", "projector_lag", "agents_by_status", "task_stats"} <= tables
         assert not conn.execute("select 1 from information_schema.tables where table_schema = 'public'"
                                 " and table_name = 'audit_log'").fetchone()
         with pytest.raises(ProjectionConfigError, match="dimension 384"):

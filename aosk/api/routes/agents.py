@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
@@ -26,11 +26,27 @@ AgentId = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00]+$
                               description="the agent's id, as POST /api/v1/agents allocated it")]
 
 
+DEFAULT_TOKENS_PER_HOUR: Final = 100_000
+"""Window quota of a new agent's model tokens per hour (fold version 4; 0: no limit)."""
+DEFAULT_CALLS_PER_HOUR: Final = 1_000
+"""Window quota of a new agent's model calls per hour (fold version 4; 0: no limit)."""
+DEFAULT_TOKENS_PER_REQUEST: Final = 10_000
+"""Largest estimated prompt of one model call of a new agent (fold version 4; 0: no limit)."""
+
+
 class BudgetsIn(BaseModel):
     max_tokens: int = Field(100_000, ge=0, le=2**62, strict=True)
     max_tool_calls: int = Field(1_000, ge=0, le=2**62, strict=True)
     max_steps: int = Field(10_000, ge=0, le=2**62, strict=True)
     context_window_tokens: int = Field(8_000, ge=1, le=2**62, strict=True)
+    tokens_per_hour: int = Field(DEFAULT_TOKENS_PER_HOUR, ge=0, le=2**62, strict=True,
+                                 description="model tokens per quota window (0: no limit)")
+    calls_per_hour: int = Field(DEFAULT_CALLS_PER_HOUR, ge=0, le=2**62, strict=True,
+                                description="model calls per quota window (0: no limit)")
+    tokens_per_request: int = Field(DEFAULT_TOKENS_PER_REQUEST, ge=0, le=2**62, strict=True,
+                                    description="largest estimated prompt of one model call (0: no limit)")
+    quota_window_ms: int = Field(0, ge=0, le=2**62, strict=True,
+                                 description="the quota window in ms of broker time (0: one hour)")
 
 
 class AgentCreate(BaseModel):
@@ -41,6 +57,8 @@ class AgentCreate(BaseModel):
     budgets: BudgetsIn = Field(default_factory=BudgetsIn)
     metadata: dict[Annotated[str, Field(max_length=100)], Annotated[str, Field(max_length=1000)]] = Field(
         default_factory=dict, max_length=50)
+    task: str | None = Field(None, min_length=1, max_length=1_000_000,
+                             description="a first task for the agent (TaskSubmitted after the spawn)")
 
 
 class Accepted(BaseModel):
@@ -48,6 +66,12 @@ class Accepted(BaseModel):
     event_id: str
     partition: int
     offset: int
+
+
+class AgentCreated(Accepted):
+    task_id: str | None = None
+    """The id of the first task, when one was given (its TaskSubmitted follows the spawn:
+    ``offset`` is the spawn's, the consistency token the task's)."""
 
 
 class EventAcceptedBrief(BaseModel):
@@ -91,7 +115,7 @@ def new_agent(request: Request, caller: ApiKey, agent_id: str | None = None) -> 
     return agent_id
 
 
-@router.post("", status_code=202, response_model=Accepted, summary="Create an agent (READY once judged)",
+@router.post("", status_code=202, response_model=AgentCreated, summary="Create an agent (READY once judged)",
              responses=WRITE_RESPONSES)
 async def create_agent(body: AgentCreate, request: Request, caller: Annotated[ApiKey, Depends(require("write"))],
                        idem: Annotated[Idempotency, Depends(idempotency)]) -> Any:
@@ -113,10 +137,29 @@ async def create_agent(body: AgentCreate, request: Request, caller: Annotated[Ap
             raise journal_unavailable("spawn", e) from e
         except TimeoutError as e:
             raise journal_unavailable("spawn", TimeoutError("the broker did not acknowledge it within 10 s")) from e
-        out = Accepted(agent_id=agent_id, event_id=pending.event_id, partition=d.partition, offset=d.offset)
-        return JSONResponse(out.model_dump(), status_code=202, headers=write_token(d.partition, d.offset))
+        out = AgentCreated(agent_id=agent_id, event_id=pending.event_id, partition=d.partition, offset=d.offset)
+        token = write_token(d.partition, d.offset)
+        if body.task is not None:
+            from aosk.api.routes.tasks import submit
+
+            # ids derived from the spawn's event id: a retry taking over the key writes the
+            # same task (a duplicate), and they are unique as that UUID is
+            task_id, task_event_id = first_task_ids(pending.event_id)
+            sent, _, token = await submit(request, caller, agent_id=agent_id, text=body.task, task_id=task_id,
+                                          event_id=task_event_id, metadata={}, wait=None)
+            out.task_id = sent.task_id
+        return JSONResponse(out.model_dump(), status_code=202, headers=token)
 
     return await idem.run(produce)
+
+
+_FIRST_TASK: Final = uuid.UUID("b7f4d3c2-5a61-4e0b-9c8d-2f1e0a9b7c6d")
+
+
+def first_task_ids(spawn_event_id: str) -> tuple[str, str]:
+    """(task id, event id) of the first task ``POST /api/v1/agents`` submits with a spawn."""
+    return (str(uuid.uuid5(_FIRST_TASK, f"task\x00{spawn_event_id}")),
+            str(uuid.uuid5(_FIRST_TASK, f"event\x00{spawn_event_id}")))
 
 
 class AgentPage(BaseModel):
@@ -202,7 +245,8 @@ _HEADER_FIELDS = frozenset({"event_id", "agent_id", "tenant_id", "occurred_at", 
 _NEW_AGENT_FIELD = {"SpawnRequested": "child_id", "ForkRequested": "new_agent_id"}
 """Events that name a new agent: the API allocates its id (and records its owner) first."""
 _REJECTION_STATUS = {"illegal_transition": 409, "budget_exhausted": 409, "not_spawned": 409,
-                     "capability_denied": 403, "tenant_mismatch": 404}
+                     "capability_denied": 403, "tenant_mismatch": 404, "task_queue_full": 409,
+                     "task_id_in_use": 409, "task_ended": 409, "needs_fold_version": 409}
 
 
 def client_event_types() -> frozenset[str]:
