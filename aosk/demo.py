@@ -566,29 +566,53 @@ def _section_api(settings: Settings, ep: Endpoints) -> None:
         proc.wait(20)
 
 
-def _fleet_tasks(settings: Settings, ep: Endpoints) -> dict[str, str]:
-    """task id -> how it ended, folded from the journal (what the runtime itself reads)."""
-    from aosk.journal import JournalReader
-    from aosk.kernel import fold_journal
+def _fleet_tasks(ep: Endpoints, run: str) -> dict[str, str]:
+    """task id -> status of this run's tasks, from the tasks projection."""
+    import psycopg
 
+    with psycopg.connect(ep.dsn) as conn:
+        if conn.execute("select to_regclass('aosk.tasks')").fetchone() == (None,):
+            return {}
+        rows = conn.execute("select task_id, status from aosk.tasks where task_id like %s",
+                            (f"task-{run}-%",)).fetchall()
+    return {t: st for t, st in rows}
+
+
+def _ensure_fold_version_4(settings: Settings, ep: Endpoints) -> None:
+    """A journal created before fold version 4 gets its markers (what `aosk kernel upgrade
+    --to-version 4 --yes` writes): tasks need version 4."""
+    from aosk.events import KernelUpgraded
+    from aosk.journal import JournalReader
+    from aosk.topics import write_partition_markers
+
+    versions: dict[int, int] = {}
     with JournalReader(ep.bootstrap, settings.kafka.journal_topic) as reader:
         n = reader.partitions()
-        slots = fold_journal(r for p in range(n) for r in reader.read(p, 0, reader.end_offset(p)))
-    return {t: how for s in slots.values() for t, how in s.state.tasks.ended}
+        for p in range(n):  # the markers alone (versions only go up); a quarantined record is skipped here
+            for r in reader.read(p, 0, reader.end_offset(p)):
+                if r.key is None and isinstance(r.event, KernelUpgraded):
+                    versions[p] = max(versions.get(p, 1), r.event.fold_version)
+    old = [p for p in range(n) if versions.get(p, 1) < 4]
+    if old:
+        write_partition_markers(ep.bootstrap, settings.kafka.journal_topic, fold_version=4, partitions=n)
+        print(f"  this journal predates fold version 4 on {len(old)} partitions: wrote the markers "
+              "(`aosk kernel upgrade --to-version 4 --yes`)")
 
 
 def _section_fleet(settings: Settings, ep: Endpoints, procs: _Processes) -> None:
     _heading("10. a fleet run by `aosk runtime`: tasks, tools, memory, a message, a quota, a crash")
     import time
+    from collections import Counter
 
     from aosk.client import KernelClient
     from aosk.events import Budgets, TaskSubmitted
 
+    _ensure_fold_version_4(settings, ep)
     run = uuid.uuid4().hex[:4]
     big = Budgets(max_tokens=1_000_000, max_tool_calls=1_000, max_steps=10_000, context_window_tokens=8_000,
                   tokens_per_hour=100_000, calls_per_hour=1_000, tokens_per_request=10_000)
     tight = Budgets(max_tokens=1_000_000, max_tool_calls=1_000, max_steps=10_000, context_window_tokens=8_000,
-                    tokens_per_hour=700, calls_per_hour=1_000, tokens_per_request=10_000, quota_window_ms=8_000)
+                    tokens_per_hour=2_500, calls_per_hour=1_000, tokens_per_request=10_000, quota_window_ms=8_000)
     caps = ["calculator", "word_count", "remember", "recall", "send_message"]
     a = [f"fleet-{run}-{i}" for i in range(4)]
     quota = f"fleet-{run}-quota"
@@ -612,39 +636,48 @@ def _section_fleet(settings: Settings, ep: Endpoints, procs: _Processes) -> None
         for i, (agent, tenant, text) in enumerate(tasks):
             kernel.emit(TaskSubmitted, agent_id=agent, tenant_id=tenant, task_id=f"task-{run}-{i}", input=text,
                         metadata={}).result()
-    print(f"  {len(a) + 1} agents in 2 tenants, {len(tasks)} tasks (TaskSubmitted); {quota} may use 700 tokens "
+    print(f"  {len(a) + 1} agents in 2 tenants, {len(tasks)} tasks (TaskSubmitted); {quota} may use 2,500 tokens "
           "per 8 s window")
     procs.start("runtime-a", "runtime", "--log-level", "info")
     procs.start("runtime-b", "runtime", "--log-level", "info")
     print("  started two `aosk runtime` processes (one consumer group; each runs the agents of its partitions)")
+    final = ("succeeded", "failed", "cancelled")
     deadline = time.monotonic() + 120
-    while len(_fleet_tasks(settings, ep)) < 2 and time.monotonic() < deadline:
+
+    def ended() -> dict[str, str]:
+        return {t: st for t, st in _fleet_tasks(ep, run).items() if st in final}
+
+    while len(ended()) < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
     procs.procs["runtime-a"].send_signal(signal.SIGKILL)
     procs.procs["runtime-a"].wait(30)
-    print(f"  SIGKILLed runtime-a with {len(_fleet_tasks(settings, ep))} tasks ended; restarted it: the next owner "
-          "of its partitions performs any open call again with the same call id")
+    print(f"  SIGKILLed runtime-a with {len(ended())} tasks ended; restarted it: the next owner of its partitions "
+          "performs any open call again with the same call id")
     procs.start("runtime-a2", "runtime", "--log-level", "info")
-    ids = {f"task-{run}-{i}" for i in range(len(tasks))}
-    ended: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        ended = {t: how for t, how in _fleet_tasks(settings, ep).items() if t in ids}
-        if len(ended) == len(ids):
-            break
+    while len(ended()) < len(tasks) and time.monotonic() < deadline:
         time.sleep(0.5)
-    print(f"  every task ended: {sorted(set(ended.values()))} ({len(ended)} of {len(ids)})")
+    done = ended()
+    print(f"  tasks ended: {len(done)} of {len(tasks)}, {dict(sorted(Counter(done.values()).items()))}")
     held = sum((procs.log_dir / f"{n}.log").read_text(errors="replace").count(f"{quota} is rate limited")
                for n in ("runtime-a", "runtime-b", "runtime-a2") if (procs.log_dir / f"{n}.log").exists())
     print(f"  {quota} was held by its window quota {held} time(s) and resumed when the window turned")
     _fleet_sql(ep, run)
+    recall = _fleet_output(ep, f"task-{run}-6")
+    print(f"  the recall task's answer quotes the remembered memory (4417): {'4417' in recall}")
+
+
+def _fleet_output(ep: Endpoints, task_id: str) -> str:
+    import psycopg
+
+    with psycopg.connect(ep.dsn) as conn:
+        row = conn.execute("select output from aosk.tasks where task_id = %s", (task_id,)).fetchone()
+    return (row[0] or "") if row else ""
 
 
 def _fleet_sql(ep: Endpoints, run: str) -> None:
     import psycopg
 
     with psycopg.connect(ep.dsn) as conn:
-        if conn.execute("select to_regclass('aosk.tasks')").fetchone() == (None,):
-            return
         print("  SQL> select task_id, agent_id, status, model_calls, tool_calls, tokens, output from aosk.tasks ...")
         for row in conn.execute(
             "select task_id, agent_id, status, model_calls, tool_calls, tokens, output from aosk.tasks "

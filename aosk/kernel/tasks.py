@@ -148,6 +148,9 @@ def quota_refusal(st: AgentState, p: FoldParams, timestamp_ms: int, token_estima
     if b.tokens_per_request and token_estimate > b.tokens_per_request:
         return QuotaRefusal(Reason.REQUEST_TOO_LARGE, f"token_estimate {token_estimate} is over tokens_per_request "
                             f"{b.tokens_per_request} of {st.agent_id}", None)
+    if b.tokens_per_hour and token_estimate > b.tokens_per_hour:  # waiting for a window would never help
+        return QuotaRefusal(Reason.REQUEST_TOO_LARGE, f"token_estimate {token_estimate} is over the whole window's "
+                            f"tokens_per_hour {b.tokens_per_hour} of {st.agent_id}: it could never run", None)
     if not (b.calls_per_hour or b.tokens_per_hour):
         return None
     length = quota_window_ms(st, p)

@@ -5,7 +5,10 @@ accepted request has exactly one accepted completion and no turn was taken twice
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -103,7 +106,7 @@ def run_fleet(settings, tmp_path: Path, *, agents: int, tasks_per_agent: int, ki
     every task succeeded, every accepted request has exactly one accepted completion, no
     turn was taken twice, the model server saw at most (model calls + kills x
     concurrency) requests, and the audit chains verify against the journal."""
-    from tests.support.projector_harness import Projectors, run_cli, wait_caught_up
+    from tests.support.projector_harness import Projectors, projector_env, run_cli, wait_caught_up
     from tests.support.worker_harness import Workers
 
     ensure_topics(settings.kafka.bootstrap_servers, settings.kafka, mark_new_journal=True)
@@ -138,6 +141,17 @@ def run_fleet(settings, tmp_path: Path, *, agents: int, tasks_per_agent: int, ki
     assert chat_requests <= model_calls + kills * concurrency, (chat_requests, model_calls)
     verify = run_cli(settings, "audit", "verify", "--against-journal", "--no-progress", timeout=300)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    # A rebuild needs no model: with the model server gone and AOSK_LLM_BASE_URL on a dead
+    # port, aosk replay rebuilds every projection (tasks included) to the same digests.
+    before = run_cli(settings, "db", "digest", "--format", "json")
+    assert before.returncode == 0 and '"tasks"' in before.stdout, before.stdout + before.stderr
+    dead = {**projector_env(settings), "AOSK_LLM_BASE_URL": "http://127.0.0.1:9/v1",
+            "AOSK_EMBEDDINGS_BASE_URL": "http://127.0.0.1:9/v1"}
+    replay = subprocess.run([sys.executable, "-m", "aosk.cli", "replay", "--no-progress", "--drop-old"], env=dead,
+                            capture_output=True, text=True, timeout=600)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    after = run_cli(settings, "db", "digest", "--format", "json")
+    assert json.loads(after.stdout) == json.loads(before.stdout)
 
 
 def test_a_killed_runtime_is_replaced_and_nothing_runs_twice(settings, tmp_path: Path) -> None:

@@ -467,3 +467,13 @@ def test_the_running_tasks_steps_are_paged_out_last() -> None:
     ids = [e.entry_id for e in sim.state(A).window.entries]
     assert "t-1#r1" in ids and "t-1#in" in ids  # the older entries went first
     assert "old-0" not in ids
+
+
+def test_a_request_bigger_than_a_whole_window_is_too_large_not_rate_limited() -> None:
+    sim = v4()
+    _quota_agent(sim, tokens_per_hour=150)
+    submit(sim, "t-1")
+    step = next_action(sim.state(A))
+    assert isinstance(step, LlmStep)
+    v = request(sim, step, token_estimate=151)
+    assert (v.kind, v.reason) == (Kind.REJECTED, Reason.REQUEST_TOO_LARGE)  # waiting would never help
