@@ -99,7 +99,7 @@ def test_tasks_run_to_their_answers(settings, standin, tmp_path: Path) -> None:
 
 
 def run_fleet(settings, tmp_path: Path, *, agents: int, tasks_per_agent: int, kills: int, concurrency: int,
-              delay_ms: int) -> None:
+              delay_ms: int, schema: str) -> None:
     """Agents with tasks of 2-4 tool calls (3-5 model calls), two runtimes with a model
     concurrency of ``concurrency``, one SIGKILLed ``kills`` times at random moments and
     restarted; a worker (timeouts, deliveries) and a projector run beside them. Then:
@@ -113,9 +113,9 @@ def run_fleet(settings, tmp_path: Path, *, agents: int, tasks_per_agent: int, ki
     tasks = submit_tasks(settings, agents=agents, tasks_per_agent=tasks_per_agent, prefix="k", delay_ms=delay_ms)
     rng = random.Random()
     (tmp_path / "p").mkdir()
-    projs = Projectors(settings, tmp_path / "p", schema="aosk")
+    projs = Projectors(settings, tmp_path / "p", schema=schema)
     with standin_process(tmp_path) as standin, Workers(settings, tmp_path / "w") as workers, \
-            Runtimes(settings, tmp_path / "r", standin.url, group_id=f"rt-{uuid.uuid4().hex[:8]}",
+            Runtimes(settings, tmp_path / "r", standin.url, group_id=f"rt-{uuid.uuid4().hex[:8]}", schema=schema,
                      extra_env={"AOSK_RUNTIME_MODEL_CONCURRENCY": str(concurrency)}) as runtimes:
         try:
             workers.start("w1")
@@ -130,7 +130,7 @@ def run_fleet(settings, tmp_path: Path, *, agents: int, tasks_per_agent: int, ki
                 runtimes.start("a")
             wait_all_ended(settings, len(tasks), runtimes, timeout=600)
             report = journal_report(settings)
-            wait_caught_up(settings.storage.postgresql.dsn, "aosk", end_offsets(settings), timeout=120, procs=projs)
+            wait_caught_up(settings.storage.postgresql.dsn, schema, end_offsets(settings), timeout=120, procs=projs)
         finally:
             projs.close()
         chat_requests = standin.log().count("POST /v1/chat/completions")
@@ -139,25 +139,28 @@ def run_fleet(settings, tmp_path: Path, *, agents: int, tasks_per_agent: int, ki
     model_calls = report.accepted("LlmCallCompleted")
     assert 3 * len(tasks) <= model_calls <= 5 * len(tasks)
     assert chat_requests <= model_calls + kills * concurrency, (chat_requests, model_calls)
-    verify = run_cli(settings, "audit", "verify", "--against-journal", "--no-progress", timeout=300)
+    verify = run_cli(settings, "audit", "verify", "--schema", schema, "--against-journal", "--no-progress",
+                     timeout=300)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     # A rebuild needs no model: with the model server gone and AOSK_LLM_BASE_URL on a dead
     # port, aosk replay rebuilds every projection (tasks included) to the same digests.
-    before = run_cli(settings, "db", "digest", "--format", "json")
+    before = run_cli(settings, "db", "digest", "--schema", schema, "--format", "json")
     assert before.returncode == 0 and '"tasks"' in before.stdout, before.stdout + before.stderr
     dead = {**projector_env(settings), "AOSK_LLM_BASE_URL": "http://127.0.0.1:9/v1",
             "AOSK_EMBEDDINGS_BASE_URL": "http://127.0.0.1:9/v1"}
-    replay = subprocess.run([sys.executable, "-m", "aosk.cli", "replay", "--no-progress", "--drop-old"], env=dead,
+    replay = subprocess.run([sys.executable, "-m", "aosk.cli", "replay", "--schema", schema, "--no-progress",
+                             "--drop-old"], env=dead,
                             capture_output=True, text=True, timeout=600)
     assert replay.returncode == 0, replay.stdout + replay.stderr
-    after = run_cli(settings, "db", "digest", "--format", "json")
+    after = run_cli(settings, "db", "digest", "--schema", schema, "--format", "json")
     assert json.loads(after.stdout) == json.loads(before.stdout)
 
 
 def test_a_killed_runtime_is_replaced_and_nothing_runs_twice(settings, tmp_path: Path) -> None:
     settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
         update={"topic_prefix": settings.kafka.topic_prefix + "-kill"})})
-    run_fleet(settings, tmp_path, agents=10, tasks_per_agent=2, kills=2, concurrency=4, delay_ms=300)
+    run_fleet(settings, tmp_path, agents=10, tasks_per_agent=2, kills=2, concurrency=4, delay_ms=300,
+              schema="fleet")
 
 
 @pytest.mark.chaos
@@ -165,7 +168,8 @@ def test_fleet_of_50_agents_with_5_kills(settings, tmp_path: Path) -> None:
     """The issue's full size: 50 agents x 4 tasks, model concurrency 16, 5 kills."""
     settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
         update={"topic_prefix": settings.kafka.topic_prefix + "-chaos"})})
-    run_fleet(settings, tmp_path, agents=50, tasks_per_agent=4, kills=5, concurrency=16, delay_ms=300)
+    run_fleet(settings, tmp_path, agents=50, tasks_per_agent=4, kills=5, concurrency=16, delay_ms=300,
+              schema="fleet_chaos")
 
 
 def test_kernel_tools_remember_recall_message_and_spawn(settings, standin, tmp_path: Path) -> None:
@@ -181,7 +185,7 @@ def test_kernel_tools_remember_recall_message_and_spawn(settings, standin, tmp_p
     ensure_topics(settings.kafka.bootstrap_servers, settings.kafka, mark_new_journal=True)
     caps = ("remember", "recall", "send_message", "spawn_child")
     small = Budgets(max_tokens=1_000_000, max_tool_calls=1_000, max_steps=10_000, context_window_tokens=400)
-    schema = "aosk"
+    schema = "kernel_tools"
     with KernelClient.from_settings(settings) as kernel:
         for a in ("kt-a", "kt-b"):
             kernel.spawn(agent_id=a, tenant_id="acme", name=a, budgets=small, capabilities=caps).result()
@@ -192,7 +196,8 @@ def test_kernel_tools_remember_recall_message_and_spawn(settings, standin, tmp_p
     (tmp_path / "p").mkdir()
     projs = Projectors(settings, tmp_path / "p", schema=schema)
     with Workers(settings, tmp_path / "w") as workers, \
-            Runtimes(settings, tmp_path / "r", standin.url, group_id=f"rt-{uuid.uuid4().hex[:8]}") as runtimes:
+            Runtimes(settings, tmp_path / "r", standin.url, group_id=f"rt-{uuid.uuid4().hex[:8]}",
+                     schema=schema) as runtimes:
         workers.start("w1")
         projs.start("p1")
         runtimes.start("one")

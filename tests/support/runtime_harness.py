@@ -19,21 +19,9 @@ from typing import Any
 
 from aosk.bench.follow import worker_env
 from aosk.config import Settings
-from aosk.journal import JournalReader
 from aosk.kernel import AgentSlot, Kind, Record, Verdict, fold_with_verdicts
-
-
-@dataclass
-class RuntimeProcess:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+from tests.support import worker_harness
+from tests.support.worker_harness import LoggedProcess as RuntimeProcess
 
 
 @dataclass
@@ -42,6 +30,8 @@ class Runtimes:
     state_dir: Path
     llm_url: str
     group_id: str
+    schema: str = "aosk"
+    """The projection schema the runtimes restore agents from (and kernel tools recall in)."""
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, RuntimeProcess] = field(default_factory=dict)
     started: int = 0
@@ -55,7 +45,8 @@ class Runtimes:
         log = self.state_dir / f"runtime-{name}-{self.started}.log"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "aosk.cli", "runtime", "--log-level", "info"],
+            proc = subprocess.Popen([sys.executable, "-m", "aosk.cli", "runtime", "--schema", self.schema,
+                                     "--log-level", "info"],
                                     env=self.env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         rp = self.procs[name] = RuntimeProcess(name, proc, log)
         return rp
@@ -101,23 +92,14 @@ class JournalReport:
 
 
 def end_offsets(settings: Settings) -> dict[int, int]:
-    bootstrap = settings.kafka.bootstrap_servers
-    assert bootstrap is not None
-    with JournalReader(bootstrap, settings.kafka.journal_topic) as reader:
-        return {p: reader.end_offset(p) for p in range(reader.partitions())}
-
-
-def read_journal(settings: Settings) -> list[Record]:
-    bootstrap = settings.kafka.bootstrap_servers
-    assert bootstrap is not None
-    with JournalReader(bootstrap, settings.kafka.journal_topic) as reader:
-        n = reader.partitions()
-        return [r for p in range(n) for r in reader.read(p, 0, reader.end_offset(p))]
+    assert settings.kafka.bootstrap_servers is not None
+    return worker_harness.end_offsets(settings.kafka.bootstrap_servers, settings.kafka.journal_topic)
 
 
 def journal_report(settings: Settings) -> JournalReport:
     """The journal folded from offset 0, and what breaks the step protocol's invariants."""
-    records = read_journal(settings)
+    assert settings.kafka.bootstrap_servers is not None
+    records = worker_harness.read_journal(settings.kafka.bootstrap_servers, settings.kafka.journal_topic)
     slots, verdicts = fold_with_verdicts(records)
     problems: list[str] = []
     requested: dict[str, str] = {}

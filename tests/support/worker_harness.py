@@ -39,8 +39,10 @@ from aosk.kernel import Record, Verdict, fold_with_verdicts
 
 
 @dataclass
-class WorkerProcess:
-    node_id: str
+class LoggedProcess:
+    """A child ``aosk`` process of a test and its log file (workers, runtimes)."""
+
+    name: str
     proc: subprocess.Popen[bytes]
     log_path: Path
 
@@ -49,6 +51,9 @@ class WorkerProcess:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+
+WorkerProcess = LoggedProcess
 
 
 @dataclass
@@ -209,7 +214,8 @@ def last_hash_by_agent(report: RunReport) -> dict[str, bytes]:
     return {a: h for a, (_, h) in last.items()}
 
 
-__all__ = ["Workers", "WorkerProcess", "Message", "worker_env", "read_topic", "read_journal", "end_offsets",
+__all__ = ["Workers", "WorkerProcess", "LoggedProcess", "Message", "worker_env", "read_topic", "read_journal",
+           "end_offsets",
            "check_run", "RunReport", "group_assignment", "Coverage", "wait_settled", "changelog_slots",
            "committed_offsets",
            "last_hash_by_agent"]
