@@ -154,14 +154,22 @@ class Runtime:
         self.schema = schema
         self.client_id = client_id or f"aosk-runtime-{uuid.uuid4().hex[:8]}"
         rs = settings.runtime
-        self.queue = RunQueue(SchedulerOptions(aging_s=rs.aging_s, tenant_weights=dict(rs.tenant_weights)))
+        options = SchedulerOptions(aging_s=rs.aging_s, tenant_weights=dict(rs.tenant_weights))
+        self.queue = RunQueue(options)
+        """Agents whose next step is a model call, popped when a model slot is free."""
+        self.side_queue = RunQueue(options)
+        """Agents whose next step is anything else (start, tool run, finish), popped when a
+        tool slot is free. A queue per resource, so the fair share is of that resource: with
+        one queue, a tenant whose pops were mostly model calls took most of the model while
+        its pops were shared fairly, and cheap steps waited behind model calls."""
         self.stats = RuntimeStats()
         self._agents: dict[str, _Agent] = {}
         self._ready: set[int] = set()
         self._waiters: dict[str, asyncio.Future[Verdict]] = {}
         self._model_slots = asyncio.Semaphore(rs.model_concurrency)
         self._tool_slots = asyncio.Semaphore(rs.tool_concurrency)
-        self._steps = asyncio.Semaphore(rs.model_concurrency + rs.tool_concurrency)
+        self._model_steps = asyncio.Semaphore(rs.model_concurrency)
+        self._side_steps = asyncio.Semaphore(rs.tool_concurrency)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -275,17 +283,21 @@ class Runtime:
                 for key in [k for k, a in self._agents.items() if a.partition in parts]:
                     del self._agents[key]
                     self.queue.remove(key)
+                    self.side_queue.remove(key)
         self._wake.set()
 
     def _consider(self, key: str, agent: _Agent, now: float) -> None:
         if agent.busy or agent.parked_until > now:
             return
-        if next_action(agent.state) is None:
+        action = next_action(agent.state)
+        if action is None:
             self.queue.remove(key)
+            self.side_queue.remove(key)
             return
+        queue, other = (self.queue, self.side_queue) if isinstance(action, LlmStep) else (self.side_queue, self.queue)
+        other.remove(key)
         ident = agent.state.identity
-        self.queue.push(key, tenant_id=ident.tenant_id if ident else "", priority=ident.priority if ident else 50,
-                        now=now)
+        queue.push(key, tenant_id=ident.tenant_id if ident else "", priority=ident.priority if ident else 50, now=now)
 
     async def _dispatch(self) -> None:
         now = time.monotonic()
@@ -293,25 +305,30 @@ class Runtime:
             if agent.parked_until and agent.parked_until <= now:
                 agent.parked_until = 0.0
                 self._consider(key, agent, now)
-        while len(self.queue) and not self._steps.locked():
-            popped = self.queue.pop()
-            if popped is None:
-                break
-            ready = self._agents.get(popped)
-            if ready is None or ready.busy or ready.partition not in self._ready:
-                continue
-            action = next_action(ready.state)
-            if action is None:
-                continue
-            await self._steps.acquire()
-            ready.busy = True
-            task = asyncio.create_task(self._step(popped, ready, action))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        for queue, slots in ((self.queue, self._model_steps), (self.side_queue, self._side_steps)):
+            while len(queue) and not slots.locked():
+                popped = queue.pop()
+                if popped is None:
+                    break
+                ready = self._agents.get(popped)
+                if ready is None or ready.busy or ready.partition not in self._ready:
+                    continue
+                action = next_action(ready.state)
+                if action is None:
+                    continue
+                if isinstance(action, LlmStep) != (queue is self.queue):  # changed since queued
+                    self._consider(popped, ready, now)
+                    continue
+                await slots.acquire()
+                ready.busy = True
+                task = asyncio.create_task(self._step(popped, ready, action, slots))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     # -- steps -----------------------------------------------------------------------------
 
-    async def _step(self, key: str, agent: _Agent, action: Start | LlmStep | ToolRun | Finish) -> None:
+    async def _step(self, key: str, agent: _Agent, action: Start | LlmStep | ToolRun | Finish,
+                    slots: asyncio.Semaphore) -> None:
         began = time.monotonic()
         try:
             self.stats.steps += 1
@@ -330,7 +347,7 @@ class Runtime:
             log.exception("runtime %s: a step of %s failed; the agent's state decides what comes next",
                           self.client_id, key)
         finally:
-            self._steps.release()
+            slots.release()
             agent.busy = False
             current = self._agents.get(key)
             if current is not None:
