@@ -105,7 +105,7 @@ def test_a_killed_runtime_is_replaced_and_nothing_runs_twice(settings, standin, 
                   extra_env={"AOSK_RUNTIME_MODEL_CONCURRENCY": "4"}) as runtimes:
         runtimes.start("a")
         runtimes.start("b")
-        for kill in range(2):
+        for _kill in range(2):
             # wait until some work has happened since the last kill, then kill mid-run
             before = journal_report(settings).accepted("LlmCallCompleted")
             wait_for(lambda b=before: journal_report(settings).accepted("LlmCallCompleted") > b + 3, timeout=60,
