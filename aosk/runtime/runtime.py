@@ -394,6 +394,13 @@ class Runtime:
                 await self._finish(state, Finish(state.agent_id, step.task_id, False, reason="request_too_large",
                                                  message=refusal.message))
                 return
+            per_window = state.budgets.tokens_per_hour if state.budgets is not None else 0
+            if refusal is not None and per_window and estimate > per_window:  # no window can take it: never park
+                await self._finish(state, Finish(
+                    state.agent_id, step.task_id, False, reason="request_too_large",
+                    message=f"token_estimate {estimate} of {state.agent_id} is over its tokens_per_hour {per_window}: "
+                            "no quota window can take the call; raise it with BudgetUpdated and submit the task again"))
+                return
             if refusal is not None:
                 self._park(agent, refusal.retry_at_ms)
                 return
