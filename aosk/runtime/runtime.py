@@ -157,19 +157,23 @@ class Runtime:
         options = SchedulerOptions(aging_s=rs.aging_s, tenant_weights=dict(rs.tenant_weights))
         self.queue = RunQueue(options)
         """Agents whose next step is a model call, popped when a model slot is free."""
-        self.side_queue = RunQueue(options)
-        """Agents whose next step is anything else (start, tool run, finish), popped when a
-        tool slot is free. A queue per resource, so the fair share is of that resource: with
-        one queue, a tenant whose pops were mostly model calls took most of the model while
-        its pops were shared fairly, and cheap steps waited behind model calls."""
+        self.tool_queue = RunQueue(options)
+        """Agents whose next step is a tool run, popped when a tool slot is free."""
+        self.write_queue = RunQueue(options)
+        """Agents whose next step is a start or a finish (one kernel write each), popped
+        while fewer than ``model_concurrency + tool_concurrency`` are in flight. A queue per
+        resource, so the fair share is of that resource: with one queue, a tenant whose pops
+        were mostly model calls took most of the model while its pops were shared fairly,
+        and cheap steps waited behind model calls."""
         self.stats = RuntimeStats()
         self._agents: dict[str, _Agent] = {}
         self._ready: set[int] = set()
         self._waiters: dict[str, asyncio.Future[Verdict]] = {}
         self._model_slots = asyncio.Semaphore(rs.model_concurrency)
         self._tool_slots = asyncio.Semaphore(rs.tool_concurrency)
-        self._model_steps = asyncio.Semaphore(rs.model_concurrency)
-        self._side_steps = asyncio.Semaphore(rs.tool_concurrency)
+        self._lanes = ((self.queue, asyncio.Semaphore(rs.model_concurrency)),
+                       (self.tool_queue, asyncio.Semaphore(rs.tool_concurrency)),
+                       (self.write_queue, asyncio.Semaphore(rs.model_concurrency + rs.tool_concurrency)))
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -282,22 +286,27 @@ class Runtime:
                 self._ready -= set(parts)
                 for key in [k for k, a in self._agents.items() if a.partition in parts]:
                     del self._agents[key]
-                    self.queue.remove(key)
-                    self.side_queue.remove(key)
+                    for queue, _ in self._lanes:
+                        queue.remove(key)
         self._wake.set()
 
     def _consider(self, key: str, agent: _Agent, now: float) -> None:
         if agent.busy or agent.parked_until > now:
             return
         action = next_action(agent.state)
-        if action is None:
-            self.queue.remove(key)
-            self.side_queue.remove(key)
+        wanted = None if action is None else self._queue_for(action)
+        for queue, _ in self._lanes:
+            if queue is not wanted:
+                queue.remove(key)
+        if wanted is None:
             return
-        queue, other = (self.queue, self.side_queue) if isinstance(action, LlmStep) else (self.side_queue, self.queue)
-        other.remove(key)
         ident = agent.state.identity
-        queue.push(key, tenant_id=ident.tenant_id if ident else "", priority=ident.priority if ident else 50, now=now)
+        wanted.push(key, tenant_id=ident.tenant_id if ident else "", priority=ident.priority if ident else 50, now=now)
+
+    def _queue_for(self, action: Start | LlmStep | ToolRun | Finish) -> RunQueue:
+        if isinstance(action, LlmStep):
+            return self.queue
+        return self.tool_queue if isinstance(action, ToolRun) else self.write_queue
 
     async def _dispatch(self) -> None:
         now = time.monotonic()
@@ -305,7 +314,7 @@ class Runtime:
             if agent.parked_until and agent.parked_until <= now:
                 agent.parked_until = 0.0
                 self._consider(key, agent, now)
-        for queue, slots in ((self.queue, self._model_steps), (self.side_queue, self._side_steps)):
+        for queue, slots in self._lanes:
             while len(queue) and not slots.locked():
                 popped = queue.pop()
                 if popped is None:
@@ -316,7 +325,7 @@ class Runtime:
                 action = next_action(ready.state)
                 if action is None:
                     continue
-                if isinstance(action, LlmStep) != (queue is self.queue):  # changed since queued
+                if self._queue_for(action) is not queue:  # changed since queued
                     self._consider(popped, ready, now)
                     continue
                 await slots.acquire()
