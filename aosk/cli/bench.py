@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from aosk.bench.ingest import bench_ingest
     from aosk.bench.project import bench_project
     from aosk.bench.replay import bench_replay
+    from aosk.bench.runtime import bench_runtime
     from aosk.bench.worker import bench_worker
     from aosk.projectors.replay import ReplayOptions
 
@@ -91,6 +92,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_no_progress(api)
     add_output(api)
     api.set_defaults(run=_api)
+    rt = kinds.add_parser("runtime", help="aosk runtime's scheduling overhead (step end -> next write, 1 s model) and "
+                                          "step rate (instant model) vs. producing and folding the same records")
+    add_agents(rt, default=param_default(bench_runtime, "agents"))
+    rt.add_argument("--tasks", type=int, default=param_default(bench_runtime, "tasks_per_agent"), metavar="N",
+                    help="tasks per agent, at most 8 (default %(default)s)")
+    rt.add_argument("--delay-ms", type=int, default=param_default(bench_runtime, "delay_ms"), metavar="MS",
+                    help="the stand-in's answer delay in the overhead runs (default %(default)s)")
+    add_repeat(rt, default=param_default(bench_runtime, "repeat"),
+               help="overhead and rate runs each; the median is reported")
+    rt.add_argument("--quick", action="store_true", help="a short run (20 agents, 2 tasks, 200 ms model, no repeats)")
+    add_no_progress(rt)
+    add_output(rt)
+    rt.set_defaults(run=_runtime)
 
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
@@ -174,6 +188,17 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
         print(f"no latency plot: matplotlib is missing ({INSTALL_HINT})")
     relative = os.path.relpath(plot_path, args.output.parent) if drawn else None
     return _publish(args.output, "worker", report_markdown(result, machine, plot=relative))
+
+
+def _runtime(settings: Settings, args: argparse.Namespace) -> int:
+    from aosk.bench.report import machine_line
+    from aosk.bench.runtime import bench_runtime, command_line, report_markdown
+
+    if args.quick:
+        args.agents, args.tasks, args.delay_ms, args.repeat = 20, 2, 200, 1
+    result = bench_runtime(settings, agents=args.agents, tasks_per_agent=args.tasks, delay_ms=args.delay_ms,
+                           repeat=args.repeat, progress=not args.no_progress)
+    return _publish(args.output, "runtime", report_markdown(result, machine_line(), command_line(result, args.quick)))
 
 
 def _publish(output: Path, section: str, text: str) -> int:

@@ -157,14 +157,26 @@ class Runtime:
         self.schema = schema
         self.client_id = client_id or f"aosk-runtime-{uuid.uuid4().hex[:8]}"
         rs = settings.runtime
-        self.queue = RunQueue(SchedulerOptions(aging_s=rs.aging_s, tenant_weights=dict(rs.tenant_weights)))
+        options = SchedulerOptions(aging_s=rs.aging_s, tenant_weights=dict(rs.tenant_weights))
+        self.queue = RunQueue(options)
+        """Agents whose next step is a model call, popped when a model slot is free."""
+        self.tool_queue = RunQueue(options)
+        """Agents whose next step is a tool run, popped when a tool slot is free."""
+        self.write_queue = RunQueue(options)
+        """Agents whose next step is a start or a finish (one kernel write each), popped
+        while fewer than ``model_concurrency + tool_concurrency`` are in flight. A queue per
+        resource, so the fair share is of that resource: with one queue, a tenant whose pops
+        were mostly model calls took most of the model while its pops were shared fairly,
+        and cheap steps waited behind model calls."""
         self.stats = RuntimeStats()
         self._agents: dict[str, _Agent] = {}
         self._ready: set[int] = set()
         self._waiters: dict[str, asyncio.Future[Verdict]] = {}
         self._model_slots = asyncio.Semaphore(rs.model_concurrency)
         self._tool_slots = asyncio.Semaphore(rs.tool_concurrency)
-        self._steps = asyncio.Semaphore(rs.model_concurrency + rs.tool_concurrency)
+        self._lanes = ((self.queue, asyncio.Semaphore(rs.model_concurrency)),
+                       (self.tool_queue, asyncio.Semaphore(rs.tool_concurrency)),
+                       (self.write_queue, asyncio.Semaphore(rs.model_concurrency + rs.tool_concurrency)))
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -279,18 +291,27 @@ class Runtime:
                 self._ready -= set(parts)
                 for key in [k for k, a in self._agents.items() if a.partition in parts]:
                     del self._agents[key]
-                    self.queue.remove(key)
+                    for queue, _ in self._lanes:
+                        queue.remove(key)
         self._wake.set()
 
     def _consider(self, key: str, agent: _Agent, now: float) -> None:
         if agent.busy or agent.parked_until > now:
             return
-        if next_action(agent.state) is None:
-            self.queue.remove(key)
+        action = next_action(agent.state)
+        wanted = None if action is None else self._queue_for(action)
+        for queue, _ in self._lanes:
+            if queue is not wanted:
+                queue.remove(key)
+        if wanted is None:
             return
         ident = agent.state.identity
-        self.queue.push(key, tenant_id=ident.tenant_id if ident else "", priority=ident.priority if ident else 50,
-                        now=now)
+        wanted.push(key, tenant_id=ident.tenant_id if ident else "", priority=ident.priority if ident else 50, now=now)
+
+    def _queue_for(self, action: Start | LlmStep | ToolRun | Finish) -> RunQueue:
+        if isinstance(action, LlmStep):
+            return self.queue
+        return self.tool_queue if isinstance(action, ToolRun) else self.write_queue
 
     async def _dispatch(self) -> None:
         now = time.monotonic()
@@ -298,25 +319,30 @@ class Runtime:
             if agent.parked_until and agent.parked_until <= now:
                 agent.parked_until = 0.0
                 self._consider(key, agent, now)
-        while len(self.queue) and not self._steps.locked():
-            popped = self.queue.pop()
-            if popped is None:
-                break
-            ready = self._agents.get(popped)
-            if ready is None or ready.busy or ready.partition not in self._ready:
-                continue
-            action = next_action(ready.state)
-            if action is None:
-                continue
-            await self._steps.acquire()
-            ready.busy = True
-            task = asyncio.create_task(self._step(popped, ready, action))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        for queue, slots in self._lanes:
+            while len(queue) and not slots.locked():
+                popped = queue.pop()
+                if popped is None:
+                    break
+                ready = self._agents.get(popped)
+                if ready is None or ready.busy or ready.partition not in self._ready:
+                    continue
+                action = next_action(ready.state)
+                if action is None:
+                    continue
+                if self._queue_for(action) is not queue:  # changed since queued
+                    self._consider(popped, ready, now)
+                    continue
+                await slots.acquire()
+                ready.busy = True
+                task = asyncio.create_task(self._step(popped, ready, action, slots))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     # -- steps -----------------------------------------------------------------------------
 
-    async def _step(self, key: str, agent: _Agent, action: Start | LlmStep | ToolRun | Finish) -> None:
+    async def _step(self, key: str, agent: _Agent, action: Start | LlmStep | ToolRun | Finish,
+                    slots: asyncio.Semaphore) -> None:
         began = time.monotonic()
         try:
             self.stats.steps += 1
@@ -335,7 +361,7 @@ class Runtime:
             log.exception("runtime %s: a step of %s failed; the agent's state decides what comes next",
                           self.client_id, key)
         finally:
-            self._steps.release()
+            slots.release()
             agent.busy = False
             current = self._agents.get(key)
             if current is not None:

@@ -1,4 +1,4 @@
-"""The benchmarks stay runnable: ``aosk bench project``, ``aosk bench replay``,
+"""The benchmarks stay runnable: ``aosk bench project``, ``aosk bench replay``, ``aosk bench runtime``,
 ``aosk bench worker`` and ``aosk bench api`` at a small size on the real stack produce a verified projection
 (or every verdict) and a report. (Their figures
 are not asserted: speed targets live in docs/benchmarks.md, never in timed tests.)"""
@@ -80,4 +80,19 @@ def test_bench_api_tiny(settings: Settings) -> None:
         assert set(t.open.statuses) == {202}, t.open.statuses  # every request accepted
     text = api_report(r, "test machine", "aosk bench api --duration 1")
     for field in ("aosk bench api --duration 1", "test machine", "bare FastAPI endpoint", "p99 ms", "Goals"):
+        assert field in text, field
+
+
+def test_bench_runtime_tiny(settings: Settings) -> None:
+    from aosk.bench.runtime import bench_runtime
+    from aosk.bench.runtime import report_markdown as runtime_report
+
+    r = bench_runtime(settings, agents=6, tasks_per_agent=1, delay_ms=100, repeat=1, progress=False)
+    (o,), (x,), (b,) = r.overhead, r.rate, r.baseline
+    for run in (o, x):
+        assert run.failed == 0 and run.steps == 6 * 5 and run.model_calls == 12 and run.records == 6 * 8, run
+        assert run.seconds > 0 and len(run.gaps_ms) == 6 * 4 and all(g >= 0 for g in run.gaps_ms)
+    assert b.records > x.records and b.per_s > 0
+    text = runtime_report(r, "test machine", "aosk bench runtime --agents 6")
+    for field in ("aosk bench runtime --agents 6", "test machine", "p99 ms", "baseline records/s", "Goal"):
         assert field in text, field
