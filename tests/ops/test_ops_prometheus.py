@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from ops_tools import OPS, explain, run, tool
 
 PROM = OPS / "prometheus"
@@ -81,8 +82,9 @@ def test_alert_unit_tests_pass() -> None:
 def test_a_wrong_expectation_fails_promtool_test_rules(tmp_path: Path) -> None:
     """The unit tests can fail: the same file with one firing case turned quiet does."""
     text = (PROM / "tests" / "alerts_test.yml").read_text()
-    broken, n = re.subn(r"(alertname: AoskNodeDown\n\s+exp_alerts:)\n(\s+- exp_labels:.*\n(\s+(exp_annotations|summary|description).*\n)*)",
-                        r"\1 []\n", text, count=1)
+    firing_case = (r"(alertname: AoskNodeDown\n\s+exp_alerts:)\n"
+                   r"(\s+- exp_labels:.*\n(\s+(exp_annotations|summary|description).*\n)*)")
+    broken, n = re.subn(firing_case, r"\1 []\n", text, count=1)
     assert n == 1
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "alerts_test.yml").write_text(broken)
