@@ -37,8 +37,14 @@ lint: $(VENV)/.installed
 	cd $(LINT_TREE) && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p aosk \
 	  | sed -e 's#^aosk/streams/#streams/#' -e 's#^aosk/projectors/#projectors/#'; exit $${PIPESTATUS[0]}
 
+# Debian packages the tests run, as command:package, installed when a command is missing:
+# wrk (aosk bench api's load generator), promtool (ops/prometheus), nginx and envsubst
+# (ops/nginx/nginx.conf.template rendered as the nginx image does). nginx is in /usr/sbin.
+TEST_TOOLS := wrk:wrk promtool:prometheus nginx:nginx envsubst:gettext-base
+
 test: $(VENV)/.installed
-	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)  # aosk bench api's load generator
+	missing=$$(for t in $(TEST_TOOLS); do PATH=$$PATH:/usr/sbin command -v $${t%%:*} >/dev/null || echo $${t#*:}; done); \
+	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q $$missing; fi
 	AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev up
 	status=0; AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
 	AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev down; exit $$status
