@@ -11,7 +11,8 @@ with the same call id and the same prompt.
 Threads: the journal view (``JournalView``, confluent-kafka) polls in its own thread and
 hands immutable states to the event loop; everything else (the run queue, model calls,
 writes) runs on the loop. Tools run in worker processes (``ToolRunner``) through
-``asyncio.to_thread``. The producer is thread-safe.
+a thread pool of ``tool_concurrency`` threads (``asyncio.to_thread``'s default pool is
+smaller than a large ``tool_concurrency``). The producer is thread-safe.
 
 The loop never blocks on the journal: it keeps folding while every slot is busy, so a
 kill or a cancel is seen, and a step whose task ended is answered by the fold (the
@@ -28,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -183,6 +185,7 @@ class Runtime:
         self._client: KernelClient | None = None
         self._runner: ToolRunner | None = None
         self._view_error: BaseException | None = None
+        self._tool_threads = ThreadPoolExecutor(rs.tool_concurrency, thread_name_prefix="aosk-tool")
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -218,6 +221,7 @@ class Runtime:
                 await asyncio.wait(self._tasks, timeout=5)
             await asyncio.to_thread(view.join, 10)
             self._runner.close()
+            self._tool_threads.shutdown(wait=False, cancel_futures=True)
             self._client.close(timeout=10)
             log.info("runtime %s stopped", self.client_id)
 
@@ -476,7 +480,9 @@ class Runtime:
                 kernel = await self._kernel_tool(state, run)
                 content, error = kernel.content, kernel.error
             else:
-                result: ToolResult = await asyncio.to_thread(self._runner.run, run.call_id, run.tool, run.arguments)
+                loop = asyncio.get_running_loop()
+                result: ToolResult = await loop.run_in_executor(self._tool_threads, self._runner.run, run.call_id,
+                                                                run.tool, run.arguments)
                 content = result.content
                 error = None if result.error is None else f"{result.error.kind}: {result.error.message}"[:4096]
         await self._write(state, ToolCallCompleted, event_id=step_event_id(run.call_id, "completed"),
