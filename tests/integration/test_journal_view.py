@@ -198,7 +198,11 @@ def test_caught_up_only_at_the_end_offset_read_at_assignment(journal) -> None:
                     seen_behind.add(p)
                 else:
                     assert view.caught_up(p)
-        assert seen_behind == set(range(n))  # every partition has records: none was caught up at once
+        # One record per poll: a partition with two or more records is seen behind after the
+        # poll that folds its first one (a partition with a single record may be assigned and
+        # folded in the same poll, so it need not be seen behind).
+        assert seen_behind >= {p for p in range(n) if ends[p] >= 2}
+        assert any(ends[p] >= 2 for p in range(n))
 
 
 def test_unknown_fingerprint_halts_its_partition_until_quarantined(journal) -> None:
