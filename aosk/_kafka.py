@@ -29,6 +29,27 @@ def quiet(config: dict[str, Any]) -> dict[str, Any]:
     being logged by librdkafka."""
     return {**config, "log_level": 0, "error_cb": _client_error}
 
+def side_consumer(config: dict[str, Any]) -> Any:
+    """A second consumer of the same cluster and group that never subscribes, for the
+    blocking calls a rebalance callback makes (``list_topics``, watermarks, committed
+    offsets).
+
+    Why not the consumer itself: confluent-kafka keeps one per-thread call state per
+    client, set by a blocking call such as ``consume`` and cleared when any blocking call
+    on that client returns. A blocking call on the consumer made inside a rebalance
+    callback (which runs inside ``consume``) therefore clears the state of the
+    ``consume`` still running, and a later callback in that ``consume`` (an error event)
+    aborts the process (``CallState_get: Assertion `cs != NULL' failed``, seen on a
+    projector just after an assignment). Calls on another client leave it alone."""
+    from confluent_kafka import Consumer
+
+    side = {k: v for k, v in config.items()
+            if k in ("bootstrap.servers", "group.id") or k.startswith(("security.", "sasl.", "ssl."))}
+    side["client.id"] = f"{config.get('client.id', 'aosk')}-metadata"
+    side["enable.auto.commit"] = False
+    return Consumer(quiet(side))
+
+
 # librdkafka's local error names for "no broker answered" (as opposed to a broker that
 # answered with an error): transport failure, timeout, every broker down, bad address.
 _UNREACHABLE = frozenset({"_TRANSPORT", "_TIMED_OUT", "_ALL_BROKERS_DOWN", "_RESOLVE"})

@@ -39,7 +39,7 @@ import psycopg
 from psycopg import sql
 
 from aosk._gc import tune_gc
-from aosk._kafka import KafkaClientLog
+from aosk._kafka import KafkaClientLog, side_consumer
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import PartitionCountChanged, PostgresUnavailable
@@ -202,9 +202,10 @@ class Projector:
         from confluent_kafka import Consumer
 
         group = self.options.group_id or f"{self.settings.kafka.topic_prefix}.projectors.{self.schema}"
-        consumer = Consumer(self._quiet.configure_consumer(group_consumer_config(
-            self._bootstrap, group_id=group, client_id=f"aosk-projector-{self.owner}",
-            session_timeout_ms=self.settings.kafka.session_timeout_ms)))
+        config = group_consumer_config(self._bootstrap, group_id=group, client_id=f"aosk-projector-{self.owner}",
+                                       session_timeout_ms=self.settings.kafka.session_timeout_ms)
+        self._side = side_consumer(config)  # for the rebalance callbacks' blocking calls (aosk._kafka.side_consumer)
+        consumer = Consumer(self._quiet.configure_consumer(config))
         consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_revoke)
         return consumer
@@ -230,7 +231,7 @@ class Projector:
     def _on_assign(self, consumer: Any, parts: list[Any]) -> None:
         ps = [tp.partition for tp in parts]
         self._quiet.reached()
-        live = live_partition_count(consumer, self.topic, logger=log)
+        live = live_partition_count(self._side, self.topic, logger=log)
         if live is not None:  # else keep the count read at the last assignment
             self._live_partitions = live
         stored = self._read_offsets(ps)
@@ -335,6 +336,7 @@ class Projector:
             self._quarantines.close()
             try:
                 self._consumer.close()
+                self._side.close()
             finally:
                 self._pool.close()
                 pool_log.removeFilter(self._pg.pool_filter)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aosk._gc import tune_gc
-from aosk._kafka import KafkaClientLog, consume_ready
+from aosk._kafka import KafkaClientLog, consume_ready, side_consumer
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.journal import Quarantines, record_from_message
@@ -136,6 +136,9 @@ class Worker:
             lambda ps: read_partitions(self._bootstrap, self.snapshots_topic, ps))
         self._delivery_error: str | None = None
         self._quiet: KafkaClientLog | None = None
+        self._side: Any = None
+        """A consumer of the same group that never subscribes, for the blocking calls of
+        ``_on_assign`` (None with a consumer passed in: that one is used)."""
         self._last_commit = 0.0
         self._last_tick = 0.0
         self._last_recheck = 0.0
@@ -157,9 +160,11 @@ class Worker:
             self._producer = Producer(quiet.configure(
                 worker_producer_config(self._bootstrap, client_id=f"aosk-worker-{self.node}")))
         if self._consumer is None:
-            self._consumer = Consumer(quiet.configure_consumer(consumer_config(
-                self._bootstrap, group=group_id(k.topic_prefix), client_id=f"aosk-worker-{self.node}",
-                session_timeout_ms=k.session_timeout_ms)))
+            config = consumer_config(self._bootstrap, group=group_id(k.topic_prefix),
+                                     client_id=f"aosk-worker-{self.node}", session_timeout_ms=k.session_timeout_ms)
+            # The rebalance callbacks' blocking calls go to another client (aosk._kafka.side_consumer).
+            self._side = side_consumer(config)
+            self._consumer = Consumer(quiet.configure_consumer(config))
         self._consumer.subscribe([self.journal], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)
         log.info("aosk worker %s joins group %s on %s", self.node, group_id(k.topic_prefix), self.journal)
@@ -334,7 +339,8 @@ class Worker:
         ps = sorted(tp.partition for tp in tps)
         if self._quiet is not None:
             self._quiet.reached()
-        committed = self._committed_offsets(consumer, ps)
+        side = self._side if self._side is not None else consumer
+        committed = self._committed_offsets(side, ps)
         t0 = time.monotonic()
         snapshots = self._read_snapshots([p for p in ps if committed.get(p) is not None])
         starts = {}
@@ -361,7 +367,7 @@ class Worker:
             self.cursors.arm(p, next_offset=start, committed=c)
             self._floors[p] = start
             starts[p] = start if start > 0 else OFFSET_BEGINNING
-        live = self._live_partitions(consumer)
+        live = self._live_partitions(side)
         for p in ps:
             stop = self.processor.check_partition_count(p, live) if live else None
             if stop is not None:
@@ -536,6 +542,8 @@ class Worker:
             log.warning("final commit failed: %r", e)
         try:
             self._consumer.close()
+            if self._side is not None:
+                self._side.close()
         except Exception as e:  # noqa: BLE001 - closing is best effort: the group evicts a silent member anyway
             log.warning("closing the consumer failed: %r", e)
         if self._quarantines is not None:

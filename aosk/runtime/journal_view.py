@@ -76,7 +76,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from aosk._kafka import KafkaClientLog, consume_ready, high_watermark
+from aosk._kafka import KafkaClientLog, consume_ready, high_watermark, side_consumer
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import (
@@ -306,6 +306,7 @@ class JournalView:
         config = group_consumer_config(self._bootstrap, group_id=group_id, client_id=client_id,
                                        session_timeout_ms=settings.kafka.session_timeout_ms)
         config["partition.assignment.strategy"] = "cooperative-sticky"
+        self._side = side_consumer(config)  # for the rebalance callbacks' blocking calls (aosk._kafka.side_consumer)
         self._consumer = Consumer(self._quiet.configure_consumer(config))
         self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)
@@ -323,6 +324,7 @@ class JournalView:
         self._closed = True
         try:
             self._consumer.close()
+            self._side.close()
         finally:
             self._quarantines.close()
             self._parts.clear()
@@ -492,10 +494,10 @@ class JournalView:
             return
         self._quiet.reached()
         ps = sorted(tp.partition for tp in tps)
-        live = live_partition_count(consumer, self.topic, logger=log)
+        live = live_partition_count(self._side, self.topic, logger=log)
         if live is not None:  # else keep the count read at the last assignment
             self._live = live
-        ends = {p: high_watermark(consumer, self.topic, p) for p in ps}
+        ends = {p: high_watermark(self._side, self.topic, p) for p in ps}
         t0 = time.monotonic()
         stored = self._restore(ps)
         halts: list[PartitionHalted] = []
