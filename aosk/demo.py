@@ -626,8 +626,8 @@ def _section_fleet(settings: Settings, ep: Endpoints, procs: _Processes) -> None
         (a[3], "globex", "calculator(expression='2 ** 10'), word_count(text='one tenant never sees another')"),
         (quota, "acme", "calculator(expression='1 + 1'), calculator(expression='2 + 2'), "
                         "calculator(expression='3 + 3'), calculator(expression='4 + 4')"),
-        (a[0], "acme", "recall(query='blue rocket launch code')"),
     ]
+    recall = (a[0], "acme", "recall(query='blue rocket launch code')")
     with KernelClient.from_settings(settings) as kernel:
         for agent in a + [quota]:
             tenant = "globex" if agent == a[3] else "acme"
@@ -636,8 +636,8 @@ def _section_fleet(settings: Settings, ep: Endpoints, procs: _Processes) -> None
         for i, (agent, tenant, text) in enumerate(tasks):
             kernel.emit(TaskSubmitted, agent_id=agent, tenant_id=tenant, task_id=f"task-{run}-{i}", input=text,
                         metadata={}).result()
-    print(f"  {len(a) + 1} agents in 2 tenants, {len(tasks)} tasks (TaskSubmitted); {quota} may use 2,500 tokens "
-          "per 8 s window")
+    print(f"  {len(a) + 1} agents in 2 tenants, {len(tasks)} tasks (TaskSubmitted), a recall once its memory is "
+          f"projected; {quota} may use 2,500 tokens per 8 s window")
     procs.start("runtime-a", "runtime", "--log-level", "info")
     procs.start("runtime-b", "runtime", "--log-level", "info")
     print("  started two `aosk runtime` processes (one consumer group; each runs the agents of its partitions)")
@@ -656,14 +656,32 @@ def _section_fleet(settings: Settings, ep: Endpoints, procs: _Processes) -> None
     procs.start("runtime-a2", "runtime", "--log-level", "info")
     while len(ended()) < len(tasks) and time.monotonic() < deadline:
         time.sleep(0.5)
+    # recall searches the projection: once the remembered memory is projected, ask for it
+    while not _memory_projected(ep, a[0]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    with KernelClient.from_settings(settings) as kernel:
+        kernel.emit(TaskSubmitted, agent_id=recall[0], tenant_id=recall[1], task_id=f"task-{run}-{len(tasks)}",
+                    input=recall[2], metadata={}).result()
+    tasks.append(recall)
+    while len(ended()) < len(tasks) and time.monotonic() < deadline:
+        time.sleep(0.5)
     done = ended()
     print(f"  tasks ended: {len(done)} of {len(tasks)}, {dict(sorted(Counter(done.values()).items()))}")
     held = sum((procs.log_dir / f"{n}.log").read_text(errors="replace").count(f"{quota} is rate limited")
                for n in ("runtime-a", "runtime-b", "runtime-a2") if (procs.log_dir / f"{n}.log").exists())
     print(f"  {quota} was held by its window quota {held} time(s) and resumed when the window turned")
     _fleet_sql(ep, run)
-    recall = _fleet_output(ep, f"task-{run}-6")
-    print(f"  the recall task's answer quotes the remembered memory (4417): {'4417' in recall}")
+    answer = _fleet_output(ep, f"task-{run}-6")
+    print(f"  the recall task's answer quotes the remembered memory (4417): {'4417' in answer}")
+
+
+def _memory_projected(ep: Endpoints, agent: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(ep.dsn) as conn:
+        row = conn.execute("select count(*) from aosk.memories where agent_id = %s and embedding is not null "
+                           "and text like %s", (agent, "%4417%")).fetchone()
+    return bool(row and row[0])
 
 
 def _fleet_output(ep: Endpoints, task_id: str) -> str:
