@@ -284,11 +284,19 @@ def _end_task(st: AgentState, ctx: FoldContext, task_id: str, how: str, abandon:
     after = evolve(st, {"calls": calls}) if gone else st
     started = _start_head(after, Tasks(queue=queue, ended=ended), st.window, ctx)
     changes["tasks"] = started.tasks
-    if started.window is not st.window:
-        changes["window"] = started.window
-    if started.paged:
-        changes["counters"] = revise(st.counters, memories_stored=st.counters.memories_stored + len(started.paged))
-        changes["_paged"] = started.paged
+    changes.update(_window_changes(st, started.window, started.paged))
+    return changes
+
+
+def _window_changes(st: AgentState, window: Window, paged: tuple[ContextEntry, ...]) -> dict[str, Any]:
+    """The state changes of a window that entries were placed in: the window when it
+    changed, and the entries paged out (counted as memories, handed on as ``_paged``)."""
+    changes: dict[str, Any] = {}
+    if window is not st.window:
+        changes["window"] = window
+    if paged:
+        changes["counters"] = revise(st.counters, memories_stored=st.counters.memories_stored + len(paged))
+        changes["_paged"] = paged
     return changes
 
 
@@ -349,12 +357,7 @@ def _task_submitted(ctx: FoldContext, st: AgentState, ev: TaskSubmitted) -> Deci
         return reject(Reason.TASK_QUEUE_FULL, f"the queued tasks of {st.agent_id} would take {queued} bytes (the cap "
                       f"is {p.task_queue_max_bytes}); submit again when one has ended, or send a shorter input")
     started = _start_head(st, Tasks(queue=(*tasks.queue, task), ended=tasks.ended), st.window, ctx)
-    changes: dict[str, Any] = {"tasks": started.tasks}
-    if started.window is not st.window:
-        changes["window"] = started.window
-    if started.paged:
-        changes["counters"] = revise(st.counters, memories_stored=st.counters.memories_stored + len(started.paged))
-        changes["_paged"] = started.paged
+    changes: dict[str, Any] = {"tasks": started.tasks, **_window_changes(st, started.window, started.paged)}
     where = "runs now" if started.tasks.queue[0].task_id == ev.task_id else f"is number {len(tasks.queue) + 1} in line"
     return _decided(f"task {ev.task_id} accepted; it {where} on {st.agent_id}", changes)
 
@@ -596,10 +599,7 @@ def tool_result_changes(ctx: FoldContext, st: AgentState, call: OpenCall, text: 
     placed = _place(st, st.window, entry, p, protected_ids(st))
     changes["tasks"] = replace(st.tasks, queue=(replace(task, tools=tools), *st.tasks.queue[1:]))
     if placed is not None:
-        changes["window"] = placed.window
-        if placed.paged:
-            changes["counters"] = revise(st.counters, memories_stored=st.counters.memories_stored + len(placed.paged))
-            changes["_paged"] = placed.paged
+        changes.update(_window_changes(st, placed.window, placed.paged))
     return changes
 
 
