@@ -1,9 +1,11 @@
 """``aosk dev up | down | status``: the embedded Kafka + PostgreSQL stack and the stand-in
-model server; ``aosk dev standin``: the stand-in alone, in the foreground."""
+model server (``up --standby``: and a streaming PostgreSQL standby; ``promote-standby``,
+``drop-standby``); ``aosk dev standin``: the stand-in alone, in the foreground."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from aosk.cli._flags import add_log_level, configure_logging
 from aosk.config import Settings
@@ -13,9 +15,17 @@ from aosk.devstack.stack import dev_stack
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dev = sub.add_parser("dev", help="run the embedded Kafka broker, PostgreSQL and stand-in model server locally")
     actions = dev.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("up", help="start (or report) the stack; waits until each part answers").set_defaults(run=_up)
+    up = actions.add_parser("up", help="start (or report) the stack; waits until each part answers")
+    up.add_argument("--standby", action="store_true",
+                    help="also a streaming-replication standby of the PostgreSQL (pg_basebackup -R), on its own port; "
+                         "once made, every `aosk dev up` starts it")
+    up.set_defaults(run=_up)
     actions.add_parser("down", help="stop the stack cleanly; the data stays").set_defaults(run=_down)
     actions.add_parser("status", help="say what runs, what does not and why").set_defaults(run=_status)
+    actions.add_parser("promote-standby", help="fail over: promote the PostgreSQL standby to a primary "
+                       "and print the DSN to point AOSK at").set_defaults(run=_promote)
+    actions.add_parser("drop-standby", help="stop the PostgreSQL standby, delete its data and drop its "
+                       "replication slot on the primary").set_defaults(run=_drop_standby)
     standin = actions.add_parser(
         "standin", help="run the stand-in model server (OpenAI HTTP protocol, scripted replies) in the foreground")
     standin.add_argument("--host", default="127.0.0.1", metavar="H", help="listen address (default %(default)s)")
@@ -27,7 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _up(settings: Settings, args: argparse.Namespace) -> int:
-    stack = dev_stack(settings)
+    stack = dev_stack(settings, standby=args.standby)
     assert stack is not None
     before = stack.status()
     was_running = all(ok for ok, _ in before.values())
@@ -37,6 +47,9 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     print("dev stack already running" if was_running else "dev stack up")
     print(f"  kafka bootstrap:  {stack.bootstrap}")
     print(f"  postgresql dsn:   {stack.dsn}")
+    if stack.standby is not None:
+        role = "standby" if stack.standby.is_standby else "promoted"
+        print(f"  pg {role} dsn:   {stack.standby.dsn}")
     print(f"  model stand-in:   {stack.standin.url}  (AOSK_LLM_BASE_URL unset uses it)")
     print(f"  state directory:  {stack.state_dir}")
     return 0
@@ -62,6 +75,33 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{name:11s} {'up  ' if ok else 'DOWN'}  {text}")
         code |= 0 if ok else 1
     return code
+
+
+def _promote(settings: Settings, args: argparse.Namespace) -> int:
+    stack = dev_stack(settings, create=False)
+    if stack is None or stack.standby is None:
+        print(f"no PostgreSQL standby in {settings.dev.state_dir} (run `aosk dev up --standby`)", file=sys.stderr)
+        return 1
+    was_standby = stack.standby.is_standby
+    stack.standby.promote()
+    print("standby promoted: it accepts writes" if was_standby else "already promoted")
+    print(f"  new primary dsn:  {stack.standby.dsn}")
+    print("point every AOSK process at it, e.g.")
+    print(f"  export AOSK_POSTGRESQL_DSN={stack.standby.dsn}")
+    print("then `aosk db status`; the old primary must not take writes again (`aosk dev drop-standby` "
+          "after you are done with the promoted one)")
+    return 0
+
+
+def _drop_standby(settings: Settings, args: argparse.Namespace) -> int:
+    stack = dev_stack(settings, create=False)
+    if stack is None or stack.standby is None:
+        print(f"no PostgreSQL standby in {settings.dev.state_dir}")
+        return 0
+    home = stack.standby.home
+    stack.drop_standby()
+    print(f"standby stopped and {home} deleted")
+    return 0
 
 
 def _standin(settings: Settings, args: argparse.Namespace) -> int:

