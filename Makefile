@@ -39,8 +39,11 @@ lint: $(VENV)/.installed
 
 # Debian packages the tests run, as command:package, installed when a command is missing:
 # wrk (aosk bench api's load generator), promtool (ops/prometheus), nginx and envsubst
-# (ops/nginx/nginx.conf.template rendered as the nginx image does). nginx is in /usr/sbin.
-TEST_TOOLS := wrk:wrk promtool:prometheus nginx:nginx envsubst:gettext-base
+# (ops/nginx/nginx.conf.template rendered as the nginx image does), redis-server (the
+# cluster-wide rate limits of cache.backend redis), stress-ng (CPU pressure in fault
+# tests). nginx is in /usr/sbin.
+TEST_TOOLS := wrk:wrk promtool:prometheus nginx:nginx envsubst:gettext-base redis-server:redis-server \
+	stress-ng:stress-ng
 
 test: $(VENV)/.installed
 	missing=$$(for t in $(TEST_TOOLS); do PATH=$$PATH:/usr/sbin command -v $${t%%:*} >/dev/null || echo $${t#*:}; done); \

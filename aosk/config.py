@@ -3,7 +3,8 @@
 Sources, lowest precedence first:
   1. defaults (the embedded dev stack: local Kafka + embedded PostgreSQL under ``.aosk/``),
   2. ``config.yaml`` (path from ``--config`` or ``AOSK_CONFIG``; keys as in the deployment
-     guide: ``storage.postgresql.*``, ``kafka.*``, ``node_id``),
+     guide: ``storage.postgresql.*``, ``kafka.*``, ``cache.redis.*``, ``message_queue.*``,
+     ``node_id``),
   3. ``AOSK_*`` environment variables (``AOSK_POSTGRESQL_HOST``, ``AOSK_KAFKA_BOOTSTRAP``, ...).
 
 An invalid value fails at start with a :class:`~aosk.errors.ConfigError` naming the key.
@@ -21,7 +22,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from aosk.errors import ConfigError
 
@@ -90,6 +91,69 @@ class KafkaSettings(_Section):
         return f"{self.topic_prefix}-worker-snapshots"
 
 
+class MessageQueueSettings(_Section):
+    """The deployment guide's ``message_queue`` section. AOSK's journal *is* its message
+    queue and lives in Kafka: ``backend: kafka`` is accepted and ``message_queue.kafka.*``
+    is read as ``kafka.*``; Redis and RabbitMQ are refused (they keep no replayable,
+    partitioned log)."""
+
+    backend: str = "kafka"
+    """Only ``kafka``."""
+
+    @field_validator("backend")
+    @classmethod
+    def _only_kafka(cls, value: str) -> str:
+        if value != "kafka":
+            raise ValueError(
+                f"backend {value!r} is not supported: AOSK's journal is a Kafka topic (events are replayed from "
+                "it, partitioned by agent), so the message queue is Kafka; set message_queue.backend: kafka "
+                "(or leave the section out) and configure kafka.bootstrap_servers")
+        return value
+
+
+class RedisSettings(_Section):
+    """The Redis server of ``cache.backend: redis`` (the deployment guide's ``cache.redis``)."""
+
+    host: str | None = None
+    """Server host name or address; required with ``cache.backend: redis``."""
+    port: int = Field(6379, ge=1, le=65535)
+    """Server TCP port."""
+    password: SecretStr | None = None
+    """``AUTH`` password; prefer ``AOSK_REDIS_PASSWORD`` over writing it into config.yaml. Never logged."""
+    db: int = Field(0, ge=0, le=1_000_000)
+    """Logical database number."""
+    pool_size: int = Field(50, ge=1, le=10_000)
+    """Connections kept per API process at most."""
+    key_prefix: str = Field("aosk:", max_length=64)
+    """Prefix of every key AOSK writes (``<prefix>ratelimit:<key id>``), so clusters can share a server."""
+    timeout_s: float = Field(0.25, gt=0, le=30)
+    """Seconds to connect or to wait for an answer before Redis counts as down for a request."""
+    retry_s: float = Field(1.0, gt=0, le=3600)
+    """After a Redis failure, seconds an API process uses its own per-process limits before asking Redis again."""
+
+
+class CacheSettings(_Section):
+    """Optional shared state of the API nodes (the deployment guide's ``cache`` section):
+    with ``backend: redis`` every API process takes a key's rate-limit tokens from one
+    bucket in Redis, so a limit holds for the whole cluster; with ``none`` each process
+    has its own buckets (docs/api.md "Rate limits")."""
+
+    backend: Literal["none", "redis"] = "none"
+    """``none`` or ``redis``."""
+    redis: RedisSettings = RedisSettings()
+
+    @model_validator(mode="after")
+    def _redis_needs_a_host(self) -> CacheSettings:
+        # ConfigError passes through pydantic (it is no ValueError) and names the exact key
+        if self.backend == "redis" and not self.redis.host:
+            raise ConfigError("cache.redis.host", "required with cache.backend redis (AOSK_REDIS_HOST)")
+        if self.backend == "none" and self.redis.host:
+            raise ConfigError("cache.backend", f"is none, but cache.redis.host is {self.redis.host!r}: set "
+                              "cache.backend: redis (AOSK_CACHE_BACKEND=redis) to share rate limits through it, "
+                              "or unset the host")
+        return self
+
+
 class DevStackSettings(_Section):
     state_dir: Path = Path(".aosk")
     """Data, logs and recorded ports of the embedded stack."""
@@ -153,7 +217,8 @@ class ApiSettings(_Section):
     consistency_wait_s: float = Field(5.0, ge=0)
     """Longest a read with an ``AOSK-Consistency-Token`` waits for the projection (then 504)."""
     rate_limit_per_s: float = Field(1000.0, ge=0)
-    """Requests per second per API key in each API process (a token bucket); 0 turns it off."""
+    """Requests per second per API key (a token bucket) in each API process, or in the whole
+    cluster with ``cache.backend: redis``; 0 turns it off."""
     rate_limit_burst: int = Field(2000, ge=1)
     """Bucket size: the requests a key may send at once after being idle."""
     max_body_bytes: int = Field(1_048_576, ge=1)
@@ -230,6 +295,8 @@ class Settings(_Section):
     """This process's node name (worker data directory and metrics label)."""
     storage: StorageSettings = StorageSettings()
     kafka: KafkaSettings = KafkaSettings()
+    message_queue: MessageQueueSettings = MessageQueueSettings()
+    cache: CacheSettings = CacheSettings()
     dev: DevStackSettings = DevStackSettings()
     memory: MemorySettings = MemorySettings()
     api: ApiSettings = ApiSettings()
@@ -257,6 +324,16 @@ ENV_KEYS: Mapping[str, str] = {
     "AOSK_TOPIC_PREFIX": "kafka.topic_prefix",
     "AOSK_KAFKA_SESSION_TIMEOUT_MS": "kafka.session_timeout_ms",
     "AOSK_MAX_EVENT_BYTES": "kafka.max_event_bytes",
+    "AOSK_MESSAGE_QUEUE_BACKEND": "message_queue.backend",
+    "AOSK_CACHE_BACKEND": "cache.backend",
+    "AOSK_REDIS_HOST": "cache.redis.host",
+    "AOSK_REDIS_PORT": "cache.redis.port",
+    "AOSK_REDIS_PASSWORD": "cache.redis.password",
+    "AOSK_REDIS_DB": "cache.redis.db",
+    "AOSK_REDIS_POOL_SIZE": "cache.redis.pool_size",
+    "AOSK_REDIS_KEY_PREFIX": "cache.redis.key_prefix",
+    "AOSK_REDIS_TIMEOUT_S": "cache.redis.timeout_s",
+    "AOSK_REDIS_RETRY_S": "cache.redis.retry_s",
     "AOSK_STATE_DIR": "dev.state_dir",
     "AOSK_CACHE_DIR": "dev.cache_dir",
     "AOSK_KAFKA_HEAP": "dev.kafka_heap",
@@ -307,6 +384,7 @@ def load_settings(
     path = config_path if config_path is not None else env.get("AOSK_CONFIG")
     if path:
         raw = _read_yaml(Path(path))
+        _message_queue_onto_kafka(raw)  # before the environment, which wins over the file
     for var, key in ENV_KEYS.items():
         if var in env:
             _set_dotted(raw, key, env[var])
@@ -334,6 +412,37 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError("(root)", f"{path} must hold a mapping, not {type(data).__name__}")
     return data
+
+
+def _message_queue_onto_kafka(raw: dict[str, Any]) -> None:
+    """``message_queue.kafka.*`` is read as ``kafka.*`` (the deployment guide's section for
+    the journal's broker); the backend's own subsections of other queues are refused."""
+    mq = raw.get("message_queue")
+    if mq is None:
+        return
+    if not isinstance(mq, dict):
+        raise ConfigError("message_queue", f"must be a mapping, not {type(mq).__name__}")
+    backend = mq.get("backend", "kafka")
+    for other in ("redis", "rabbitmq"):
+        if other in mq:
+            detail = (f"backend {backend!r} is not supported" if backend != "kafka"
+                      else f"message_queue.{other} is given but the backend is kafka")
+            raise ConfigError("message_queue.backend" if backend != "kafka" else f"message_queue.{other}",
+                              f"{detail}: AOSK's journal is a Kafka topic, so the message queue is Kafka; set "
+                              "message_queue.backend: kafka and configure message_queue.kafka.* or kafka.*")
+    given = mq.pop("kafka", None)
+    if given is None:
+        return
+    if not isinstance(given, dict):
+        raise ConfigError("message_queue.kafka", f"must be a mapping, not {type(given).__name__}")
+    kafka = raw.setdefault("kafka", {})
+    if not isinstance(kafka, dict):
+        raise ConfigError("kafka", f"must be a mapping, not {type(kafka).__name__}")
+    for name, value in given.items():
+        if name in kafka and kafka[name] != value:
+            raise ConfigError(f"message_queue.kafka.{name}",
+                              f"{value!r} disagrees with kafka.{name} {kafka[name]!r}; give it once")
+        kafka[name] = value
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: str) -> None:

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aosk.api.auth import key_cache
-from aosk.api.limits import BodyCap, RateLimiter
+from aosk.api.limits import BodyCap, RateLimiter, RedisRateLimiter
 from aosk.api.openapi import install_openapi
 from aosk.api.problems import Problem, http_problem, problem_response, validation_problem
 from aosk.config import Settings
@@ -66,6 +66,8 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.kernel.close(10)
             pool.close()
             await apool.close()
+            if isinstance(app.state.rate_limiter, RedisRateLimiter):
+                await app.state.rate_limiter.close()
             if settings.api.metrics_port is not None:
                 from aosk.api.metrics import mark_dead
 
@@ -75,7 +77,10 @@ def create_app(settings: Settings) -> FastAPI:
                   description="The Agent OS Kernel's front door. Every /api/v1 route needs an X-API-Key.")
     app.state.settings = settings
     app.state.started = time.monotonic()
-    app.state.rate_limiter = RateLimiter(settings.api.rate_limit_per_s, settings.api.rate_limit_burst)
+    rate, burst = settings.api.rate_limit_per_s, settings.api.rate_limit_burst
+    # cache.backend redis: one bucket per key for the whole cluster (docs/api.md "Rate limits")
+    app.state.rate_limiter = (RedisRateLimiter(rate, burst, settings.cache.redis)
+                              if settings.cache.backend == "redis" else RateLimiter(rate, burst))
     app.add_middleware(BodyCap, max_bytes=settings.api.max_body_bytes)
     app.add_exception_handler(Problem, problem_response)
     app.add_exception_handler(RequestValidationError, validation_problem)

@@ -10,6 +10,7 @@ from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 
 from aosk.api.keys import ApiKey, KeyCache, KeyStore
+from aosk.api.metrics import count_rate_limit_fallback
 from aosk.api.problems import Problem
 
 __all__ = ["api_key_header", "require", "key_cache", "owned", "owned_async", "not_found"]
@@ -41,7 +42,8 @@ async def _caller(request: Request, key: Annotated[str | None, Security(api_key_
     if found is None:
         raise Problem(401, "unauthenticated", "Unauthenticated", "the API key is unknown or revoked",
                       headers={"WWW-Authenticate": "X-API-Key"})
-    request.app.state.rate_limiter.check(found.key_id)  # 429 rate-limited (aosk/api/limits.py)
+    # 429 rate-limited (aosk/api/limits.py); counted when Redis was down and this process decided
+    await request.app.state.rate_limiter.acquire(found.key_id, lambda: count_rate_limit_fallback(request))
     return found
 
 

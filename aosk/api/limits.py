@@ -4,6 +4,14 @@
 second up to ``burst``; a request takes one. The buckets live in each API process, so N
 processes behind a load balancer allow a key N times the rate (docs/api.md "Rate limits").
 
+``RedisRateLimiter`` (``cache.backend: redis``) keeps the same bucket per key in Redis,
+updated by one Lua script (atomic on the server, timed by the server's clock), so every
+API process of the cluster takes from the same bucket. When Redis does not answer within
+``cache.redis.timeout_s`` the request is checked against this process's own buckets
+instead (never refused or failed for that): a warning is logged once per outage, each such
+request is counted (``aosk_api_rate_limit_fallbacks_total``), and Redis is asked again
+after ``cache.redis.retry_s``.
+
 ``BodyCap`` is an ASGI middleware: a request whose ``Content-Length`` or whose received
 bytes (chunked bodies have no length) pass ``max_bytes`` is answered 413 before any of it
 is parsed. It buffers the body it let through (the app buffers it anyway to parse JSON)
@@ -12,7 +20,9 @@ and hands later messages (``http.disconnect`` for streams) straight through.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import math
 import threading
 import time
@@ -20,8 +30,19 @@ from collections.abc import Callable
 from typing import Any
 
 from aosk.api.problems import TYPE_BASE, Problem
+from aosk.config import RedisSettings
 
-__all__ = ["TokenBucket", "RateLimiter", "BodyCap"]
+__all__ = ["TokenBucket", "RateLimiter", "RedisRateLimiter", "BodyCap"]
+
+log = logging.getLogger(__name__)
+
+
+def _limited(rate: float, burst: int, wait: float, where: str) -> Problem:
+    """The 429 problem; ``Retry-After`` in whole seconds, at least 1."""
+    retry = max(1, math.ceil(wait))
+    return Problem(429, "rate-limited", "Rate limited",
+                   f"this API key may send {rate:g} requests a second (burst {burst}) {where}; "
+                   f"retry after {retry} s", headers={"Retry-After": str(retry)})
 
 
 class TokenBucket:
@@ -63,10 +84,109 @@ class RateLimiter:
                 bucket = self._buckets[key_id] = TokenBucket(self._rate, self._burst, now)
             wait = bucket.take(now)
         if wait > 0:
-            retry = max(1, math.ceil(wait))
-            raise Problem(429, "rate-limited", "Rate limited",
-                          f"this API key may send {self._rate:g} requests a second (burst {self._burst}) to each "
-                          f"API process; retry after {retry} s", headers={"Retry-After": str(retry)})
+            raise _limited(self._rate, self._burst, wait, "to each API process")
+
+    async def acquire(self, key_id: str, on_fallback: Callable[[], None] | None = None) -> None:
+        """``check`` on the request path (the same interface as ``RedisRateLimiter``)."""
+        self.check(key_id)
+
+
+# KEYS[1] the key's bucket (a hash: tokens, at in microseconds of the server's clock);
+# ARGV rate (tokens/s), burst. Returns "0" when a token was taken, else the seconds until
+# one will be there: TokenBucket.take, run inside Redis so concurrent takes serialise.
+# An idle bucket expires once it would be full again (idle means full, as in RateLimiter).
+TOKEN_BUCKET_LUA = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1])
+local at = tonumber(state[2])
+if tokens == nil or at == nil then
+  tokens = burst
+  at = now
+end
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000000)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return tostring(wait)
+"""
+
+
+class RedisRateLimiter:
+    """A token bucket per key id in Redis, shared by every API process using the same
+    server and ``key_prefix``; this process's ``fallback`` buckets while Redis is down."""
+
+    def __init__(self, rate: float, burst: int, redis: RedisSettings, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate, self._burst, self._settings, self._clock = rate, burst, redis, clock
+        self.fallback = RateLimiter(rate, burst, clock=clock)
+        self._client: Any = None
+        self._script: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._down_until: float | None = None
+        self.where = f"{redis.host}:{redis.port}/{redis.db}"
+
+    def _connect(self) -> Any:
+        # redis.asyncio connections belong to the event loop that opened them
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            from redis.asyncio import Redis
+
+            s = self._settings
+            self._client = Redis(host=s.host or "", port=s.port, db=s.db,
+                                 password=s.password.get_secret_value() if s.password else None,
+                                 max_connections=s.pool_size, socket_timeout=s.timeout_s,
+                                 socket_connect_timeout=s.timeout_s, retry_on_timeout=False)
+            self._script = self._client.register_script(TOKEN_BUCKET_LUA)
+            self._loop = loop
+        return self._script
+
+    async def acquire(self, key_id: str, on_fallback: Callable[[], None] | None = None) -> None:
+        """Take a token for ``key_id`` or raise the 429 problem. When Redis does not
+        answer, this process's own bucket decides, after ``on_fallback()`` (a count)."""
+        if self._rate <= 0:
+            return
+        if self._down_until is not None and self._clock() < self._down_until:
+            self._fall_back(key_id, on_fallback)
+            return
+        from redis.exceptions import RedisError
+
+        try:
+            script = self._connect()
+            answer = await asyncio.wait_for(
+                script(keys=[f"{self._settings.key_prefix}ratelimit:{key_id}"], args=[self._rate, self._burst]),
+                timeout=self._settings.timeout_s * 2)
+            wait = float(answer)
+        except (RedisError, OSError, TimeoutError, ValueError) as e:
+            if self._down_until is None:
+                log.warning("Redis at %s did not answer (%s: %s); rate limits are per API process until it does",
+                            self.where, type(e).__name__, e)
+            self._down_until = self._clock() + self._settings.retry_s
+            self._fall_back(key_id, on_fallback)
+            return
+        if self._down_until is not None:
+            log.warning("Redis at %s answers again; rate limits are shared by the cluster again", self.where)
+            self._down_until = None
+        if wait > 0:
+            raise _limited(self._rate, self._burst, wait, "to the whole cluster")
+
+    def _fall_back(self, key_id: str, on_fallback: Callable[[], None] | None) -> None:
+        if on_fallback is not None:
+            on_fallback()
+        self.fallback.check(key_id)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
 
 class BodyCap:

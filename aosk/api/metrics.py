@@ -24,7 +24,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["ApiMetrics", "install", "produce_timer", "sse_client", "multiprocess_dir", "serve_multiprocess"]
+__all__ = ["ApiMetrics", "install", "produce_timer", "count_rate_limit_fallback", "sse_client", "multiprocess_dir",
+           "serve_multiprocess"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNMATCHED = "unmatched"
@@ -49,6 +50,10 @@ class ApiMetrics:
                                  "Time from handing a record to the producer to the broker's acknowledgement, "
                                  "by operation (spawn, event, kill, ...).",
                                  ["operation"], buckets=_LATENCY_BUCKETS, registry=registry)
+        self.rate_limit_fallbacks = Counter(
+            "aosk_api_rate_limit_fallbacks",
+            "Requests whose rate limit this API process checked in its own buckets because Redis "
+            "(cache.backend redis) did not answer.", registry=registry)
 
 
 class MetricsMiddleware:
@@ -102,6 +107,13 @@ def mark_dead() -> None:
 
 def _metrics(request: Any) -> ApiMetrics | None:
     return getattr(request.app.state, "metrics", None)
+
+
+def count_rate_limit_fallback(request: Any) -> None:
+    """One request's rate limit checked in this process because Redis did not answer."""
+    m = _metrics(request)
+    if m is not None:
+        m.rate_limit_fallbacks.inc()
 
 
 @contextmanager

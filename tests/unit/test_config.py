@@ -172,3 +172,63 @@ def test_every_setting_has_an_environment_variable_and_a_documented_row() -> Non
     missing = [f"{key} ({var})" for var, key in ENV_KEYS.items()
                if not any(row.startswith(f"| `{key}` | `{var}` |") for row in rows)]
     assert not missing, f"add a row to docs/configuration.md for: {missing}"
+
+
+def test_the_guides_cache_section_and_redis_variables(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("cache:\n  backend: redis\n  redis:\n    host: redis.example.com\n    port: 6380\n"
+                   "    password: from-file\n    db: 2\n    pool_size: 50\n")
+    s = load_settings(cfg, environ={"AOSK_REDIS_PASSWORD": "s3cret", "AOSK_REDIS_KEY_PREFIX": "prod:"})
+    r = s.cache.redis
+    assert (s.cache.backend, r.host, r.port, r.db, r.pool_size, r.key_prefix) == (
+        "redis", "redis.example.com", 6380, 2, 50, "prod:")
+    assert r.password is not None and r.password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(s)
+    env = load_settings(environ={"AOSK_CACHE_BACKEND": "redis", "AOSK_REDIS_HOST": "redis"})
+    assert (env.cache.backend, env.cache.redis.host, env.cache.redis.port) == ("redis", "redis", 6379)
+    assert load_settings(environ={}).cache.backend == "none"
+
+
+@pytest.mark.parametrize(("environ", "key", "message"), [
+    ({"AOSK_CACHE_BACKEND": "redis"}, "cache.redis.host", "required with cache.backend redis"),
+    ({"AOSK_REDIS_HOST": "redis"}, "cache.backend", "set cache.backend: redis"),
+    ({"AOSK_CACHE_BACKEND": "memcached"}, "cache.backend", "'none' or 'redis'"),
+    ({"AOSK_CACHE_BACKEND": "redis", "AOSK_REDIS_HOST": "r", "AOSK_REDIS_PORT": "0"}, "cache.redis.port",
+     "greater than or equal to 1 (from AOSK_REDIS_PORT)"),
+    ({"AOSK_MESSAGE_QUEUE_BACKEND": "rabbitmq"}, "message_queue.backend", "backend 'rabbitmq' is not supported"),
+])
+def test_bad_cache_and_message_queue_settings_name_the_key(environ: dict[str, str], key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_settings(environ=environ)
+    assert e.value.key == key and message in e.value.problem, e.value
+
+
+def test_the_guides_message_queue_section_maps_onto_kafka(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("message_queue:\n  backend: kafka\n  kafka:\n    bootstrap_servers: k1:9092,k2:9092\n"
+                   "    topic_prefix: prod\n")
+    s = load_settings(cfg, environ={})
+    assert s.kafka.bootstrap_servers == "k1:9092,k2:9092" and s.kafka.journal_topic == "prod.agent-events"
+    assert s.message_queue.backend == "kafka"
+    # the environment still wins over the file
+    assert load_settings(cfg, environ={"AOSK_KAFKA_BOOTSTRAP": "k9:9092"}).kafka.bootstrap_servers == "k9:9092"
+    cfg.write_text("kafka:\n  topic_prefix: a\nmessage_queue:\n  kafka:\n    topic_prefix: b\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(cfg, environ={})
+    assert e.value.key == "message_queue.kafka.topic_prefix" and "disagrees with kafka.topic_prefix" in e.value.problem
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    # the deployment guide's example, as written
+    ('message_queue:\n  backend: "redis"\n  redis:\n    host: "redis.example.com"\n    port: 6379\n'
+     '    queue_prefix: "aosk:"\n', "message_queue.backend"),
+    ("message_queue:\n  backend: rabbitmq\n", "message_queue.backend"),
+    ("message_queue:\n  backend: kafka\n  redis:\n    host: r\n", "message_queue.redis"),
+])
+def test_other_message_queues_are_refused_with_the_key(tmp_path: Path, text: str, key: str) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_settings(cfg, environ={})
+    assert e.value.key == key
+    assert "the message queue is Kafka" in e.value.problem and "message_queue.backend: kafka" in e.value.problem
