@@ -139,12 +139,15 @@ class RedisRateLimiter:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             from redis.asyncio import Redis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
 
             s = self._settings
+            # no retries inside the client: a failed call falls back to this process's buckets at once
             self._client = Redis(host=s.host or "", port=s.port, db=s.db,
                                  password=s.password.get_secret_value() if s.password else None,
                                  max_connections=s.pool_size, socket_timeout=s.timeout_s,
-                                 socket_connect_timeout=s.timeout_s, retry_on_timeout=False)
+                                 socket_connect_timeout=s.timeout_s, retry=Retry(NoBackoff(), 0))
             self._script = self._client.register_script(TOKEN_BUCKET_LUA)
             self._loop = loop
         return self._script

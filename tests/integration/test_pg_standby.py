@@ -1,14 +1,18 @@
 """PostgreSQL primary/standby of the dev stack (`aosk dev up --standby`): a standby made
 with the embedded PostgreSQL's own ``pg_basebackup -R`` follows what a projector writes
-on the primary; the projector is SIGKILLed mid-batch and the standby promoted
-(`aosk dev promote-standby`); a projector pointed at the promoted server resumes from the
-offsets stored with its projections, and every table equals the fold of the journal.
+on the primary; mid-projection the projector (default run) or the primary itself
+(``-m chaos``: its postmaster SIGKILLed, then restarted for the other tests) dies and the
+standby is promoted (`aosk dev promote-standby`); a projector pointed at the promoted
+server resumes from the offsets stored with its projections, and every table equals the
+fold of the journal.
 
 The standby belongs to the session's dev stack and is dropped afterwards
 (`aosk dev drop-standby`: data deleted, replication slot dropped on the primary)."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -47,14 +51,28 @@ def _slots(dsn: str) -> list[str]:
         return [r[0] for r in conn.execute("select slot_name from pg_replication_slots")]
 
 
+def _sigkill_postmaster(pgdata: Path) -> None:
+    pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+    os.kill(pid, signal.SIGKILL)
+
+
 def test_standby_follows_and_takes_over(settings: Settings, tmp_path: Path) -> None:
+    _failover(settings, tmp_path, events=4000, agents=30, kill="projector")
+
+
+@pytest.mark.chaos
+def test_primary_sigkilled_during_projection_standby_takes_over(settings: Settings, tmp_path: Path) -> None:
+    _failover(settings, tmp_path, events=30_000, agents=200, kill="primary")
+
+
+def _failover(settings: Settings, tmp_path: Path, *, events: int, agents: int, kill: str) -> None:
     primary_dsn = settings.storage.postgresql.dsn
     assert primary_dsn is not None
     bootstrap = settings.kafka.bootstrap_servers
     assert bootstrap is not None
     topic = settings.kafka.journal_topic
     ensure_journal(bootstrap, settings)
-    items = generate_workload(agents=30, events=4000, seed=15, garbage_every=300, illegal_every=50).items
+    items = generate_workload(agents=agents, events=events, seed=15, garbage_every=300, illegal_every=50).items
     half = len(items) // 2
 
     up = run_cli(settings, "dev", "up", "--standby", timeout=300)
@@ -72,7 +90,7 @@ def test_standby_follows_and_takes_over(settings: Settings, tmp_path: Path) -> N
                            args=("--batch-max", "50", "--poll-ms", "50", "--transaction-timeout", "10"))
         try:
             procs.start("a")
-            wait_caught_up(primary_dsn, SCHEMA, end_offsets(bootstrap, topic), timeout=120, procs=procs)
+            wait_caught_up(primary_dsn, SCHEMA, end_offsets(bootstrap, topic), timeout=300, procs=procs)
             rows = _audit_rows(primary_dsn)
             assert rows == half
             wait_for(lambda: projected(standby_dsn, SCHEMA) == projected(primary_dsn, SCHEMA),
@@ -86,6 +104,9 @@ def test_standby_follows_and_takes_over(settings: Settings, tmp_path: Path) -> N
             produce_workload(bootstrap, topic, items[half:])
             wait_for(lambda: projected_total(primary_dsn, SCHEMA) >= half + len(items) // 8, timeout=120,
                      interval=0.02, what="part of the second half projected on the primary")
+            if kill == "primary":
+                _sigkill_postmaster(ds.postgres.pgdata)
+                wait_for(lambda: not ds.postgres.accepts_connections(), timeout=30, what="the primary to be gone")
             procs.kill("a")
         finally:
             procs.close()
@@ -106,7 +127,7 @@ def test_standby_follows_and_takes_over(settings: Settings, tmp_path: Path) -> N
             procs.start("b")
             ends = end_offsets(bootstrap, topic)
             assert sum(ends.values()) == len(items)
-            wait_caught_up(standby_dsn, SCHEMA, ends, timeout=120, procs=procs)
+            wait_caught_up(standby_dsn, SCHEMA, ends, timeout=300, procs=procs)
             assert procs.stop_all() == {"b": 0}, procs.tails()
         finally:
             procs.close()
@@ -117,6 +138,10 @@ def test_standby_follows_and_takes_over(settings: Settings, tmp_path: Path) -> N
         assert verify.returncode == 0, verify.stderr
         assert f"{len(items)} rows" in verify.stdout
     finally:
+        if kill == "primary":  # the other tests' primary, back (crash recovery)
+            restarted = dev_stack(settings, create=False)
+            assert restarted is not None
+            restarted.postgres.start()
         dropped = run_cli(settings, "dev", "drop-standby")
     assert dropped.returncode == 0, dropped.stdout + dropped.stderr
     after = dev_stack(settings, create=False)
