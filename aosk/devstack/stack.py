@@ -129,7 +129,9 @@ def dev_stack(settings: Settings, *, create: bool = True, standby: bool = False)
 
 
 def _save_ports(state_dir: Path, ports: StackPorts) -> None:
-    (state_dir / STATE_FILE).write_text(json.dumps(ports.__dict__, indent=2) + "\n")
+    # unset ports are left out: a stack without a standby records what it always did
+    recorded = {name: port for name, port in ports.__dict__.items() if port is not None}
+    (state_dir / STATE_FILE).write_text(json.dumps(recorded, indent=2) + "\n")
 
 
 def _load_ports(state_dir: Path) -> StackPorts | None:
