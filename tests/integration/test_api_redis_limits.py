@@ -9,12 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from aosk.api.keys import KeyStore
 from aosk.config import Settings
 from aosk.waiting import wait_for
-from api_harness import ApiProcess, api_process, free_port, make_key
+from api_harness import ApiProcess, api_process, free_port
 from redis_harness import redis_server
 
 pytestmark = pytest.mark.integration
@@ -41,8 +43,14 @@ def _fallbacks(metrics_port: int) -> float:
     return 0.0
 
 
+def _new_key(settings: Settings) -> str:
+    """A fresh read key (the API processes made the schema at start)."""
+    assert settings.storage.postgresql.dsn is not None
+    with psycopg.connect(settings.storage.postgresql.dsn) as conn:
+        return KeyStore(conn, settings.api.schema_name).create(tenant_id="acme", scope="read")[1]
+
+
 def test_two_api_processes_share_a_key_limit_through_redis(settings: Settings, tmp_path: Path) -> None:
-    _, key = make_key(settings, "acme", "read")
     with redis_server(tmp_path) as redis:
         env = {"AOSK_CACHE_BACKEND": "redis", "AOSK_REDIS_HOST": "127.0.0.1", "AOSK_REDIS_PORT": str(redis.port),
                "AOSK_REDIS_KEY_PREFIX": f"{settings.kafka.topic_prefix}:", "AOSK_REDIS_RETRY_S": "0.5",
@@ -51,6 +59,7 @@ def test_two_api_processes_share_a_key_limit_through_redis(settings: Settings, t
         metrics_port = free_port()
         with api_process(settings, tmp_path, name="api-a", env=env, args=("--metrics-port", str(metrics_port))) as a, \
                 api_process(settings, tmp_path, name="api-b", env=env) as b:
+            key, key2, key3 = (_new_key(settings) for _ in range(3))
             # 1. One bucket for both processes: the burst, then 429 from either.
             codes = _statuses([a, b], key, 3 * BURST)
             assert set(codes) <= {404, 429}, codes
@@ -63,7 +72,6 @@ def test_two_api_processes_share_a_key_limit_through_redis(settings: Settings, t
             # 2. Redis gone: never a 5xx; each process limits on its own (a fresh key: a
             # burst in each), logged and counted.
             redis.kill()
-            _, key2 = make_key(settings, "acme", "read")
             codes = _statuses([a, b], key2, 4 * BURST)
             assert set(codes) <= {404, 429}, codes
             assert codes.count(404) == 2 * BURST, codes
@@ -73,7 +81,6 @@ def test_two_api_processes_share_a_key_limit_through_redis(settings: Settings, t
 
             # 3. Redis back (empty): the cluster shares one bucket again.
             redis.start()
-            _, key3 = make_key(settings, "acme", "read")
 
             def shared_again() -> bool:
                 return "shared by the cluster again" in a.log() and "shared by the cluster again" in b.log()
