@@ -90,6 +90,9 @@ class RateLimiter:
         """``check`` on the request path (the same interface as ``RedisRateLimiter``)."""
         self.check(key_id)
 
+    def describe(self) -> str:
+        return "off" if self._rate <= 0 else "per API process"
+
 
 # KEYS[1] the key's bucket (a hash: tokens, at in microseconds of the server's clock);
 # ARGV rate (tokens/s), burst. Returns "0" when a token was taken, else the seconds until
@@ -180,6 +183,14 @@ class RedisRateLimiter:
             self._down_until = None
         if wait > 0:
             raise _limited(self._rate, self._burst, wait, "to the whole cluster")
+
+    def describe(self) -> str:
+        """Where the buckets are now, for ``/api/health``."""
+        if self._rate <= 0:
+            return "off"
+        if self._down_until is not None:
+            return f"per API process: Redis at {self.where} did not answer"
+        return f"cluster-wide in Redis at {self.where}"
 
     def _fall_back(self, key_id: str, on_fallback: Callable[[], None] | None) -> None:
         if on_fallback is not None:

@@ -68,6 +68,8 @@ def test_two_api_processes_share_a_key_limit_through_redis(settings: Settings, t
             assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
             assert "whole cluster" in limited.json()["detail"]
             assert _fallbacks(metrics_port) == 0
+            assert httpx.get(f"{a.base}/api/health", timeout=30).json()["rate_limits"] == (
+                f"cluster-wide in Redis at 127.0.0.1:{redis.port}/0")
 
             # 2. Redis gone: never a 5xx; each process limits on its own (a fresh key: a
             # burst in each), logged and counted.
@@ -78,6 +80,8 @@ def test_two_api_processes_share_a_key_limit_through_redis(settings: Settings, t
             assert _fallbacks(metrics_port) >= 2 * BURST
             assert "rate limits are per API process until it does" in a.log()
             assert "rate limits are per API process until it does" in b.log()
+            assert httpx.get(f"{b.base}/api/health", timeout=30).json()["rate_limits"] == (
+                f"per API process: Redis at 127.0.0.1:{redis.port}/0 did not answer")
 
             # 3. Redis back (empty): the cluster shares one bucket again.
             redis.start()

@@ -25,5 +25,8 @@ def readiness(request: Request) -> dict[str, Any]:
 
     settings = request.app.state.settings
     ep = request.app.state.endpoints
-    return health(bootstrap=ep.bootstrap, dsn=ep.dsn, topic=settings.kafka.journal_topic,
-                  worker_group=group_id(settings.kafka.topic_prefix), schema=DEFAULT_SCHEMA, timeout=3.0).to_json()
+    answer = health(bootstrap=ep.bootstrap, dsn=ep.dsn, topic=settings.kafka.journal_topic,
+                    worker_group=group_id(settings.kafka.topic_prefix), schema=DEFAULT_SCHEMA, timeout=3.0).to_json()
+    # where rate limits are kept (no Redis call; Redis never makes the API unready)
+    answer["rate_limits"] = request.app.state.rate_limiter.describe()
+    return answer
