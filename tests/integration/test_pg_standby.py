@@ -75,9 +75,12 @@ def _failover(settings: Settings, tmp_path: Path, *, events: int, agents: int, k
     items = generate_workload(agents=agents, events=events, seed=15, garbage_every=300, illegal_every=50).items
     half = len(items) // 2
 
-    up = run_cli(settings, "dev", "up", "--standby", timeout=300)
-    assert up.returncode == 0, up.stdout + up.stderr
+    before = dev_stack(settings, create=False)
+    if before is not None and before.standby is not None:  # left by an interrupted run
+        before.drop_standby()
     try:
+        up = run_cli(settings, "dev", "up", "--standby", timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
         ds = dev_stack(settings, create=False)
         assert ds is not None and ds.standby is not None and ds.standby.is_standby
         standby_dsn = _on_port(primary_dsn, ds.standby.port)
