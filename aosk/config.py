@@ -139,8 +139,19 @@ class CacheSettings(_Section):
     has its own buckets (docs/api.md "Rate limits")."""
 
     backend: Literal["none", "redis"] = "none"
-    """``none`` or ``redis``."""
+    """``none`` or ``redis``. Left unset with ``cache.redis.host`` given, it is ``redis``: the
+    deployment guide's Compose file sets only ``AOSK_REDIS_HOST``."""
     redis: RedisSettings = RedisSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_redis_host_means_redis(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "backend" not in data:
+            redis = data.get("redis")
+            host = redis.get("host") if isinstance(redis, dict) else getattr(redis, "host", None)
+            if host:
+                return {**data, "backend": "redis"}
+        return data
 
     @model_validator(mode="after")
     def _redis_needs_a_host(self) -> CacheSettings:

@@ -187,11 +187,13 @@ def test_the_guides_cache_section_and_redis_variables(tmp_path: Path) -> None:
     env = load_settings(environ={"AOSK_CACHE_BACKEND": "redis", "AOSK_REDIS_HOST": "redis"})
     assert (env.cache.backend, env.cache.redis.host, env.cache.redis.port) == ("redis", "redis", 6379)
     assert load_settings(environ={}).cache.backend == "none"
+    # the deployment guide's Compose file sets only the host
+    assert load_settings(environ={"AOSK_REDIS_HOST": "redis"}).cache.backend == "redis"
 
 
 @pytest.mark.parametrize(("environ", "key", "message"), [
     ({"AOSK_CACHE_BACKEND": "redis"}, "cache.redis.host", "required with cache.backend redis"),
-    ({"AOSK_REDIS_HOST": "redis"}, "cache.backend", "set cache.backend: redis"),
+    ({"AOSK_CACHE_BACKEND": "none", "AOSK_REDIS_HOST": "redis"}, "cache.backend", "set cache.backend: redis"),
     ({"AOSK_CACHE_BACKEND": "memcached"}, "cache.backend", "'none' or 'redis'"),
     ({"AOSK_CACHE_BACKEND": "redis", "AOSK_REDIS_HOST": "r", "AOSK_REDIS_PORT": "0"}, "cache.redis.port",
      "greater than or equal to 1 (from AOSK_REDIS_PORT)"),
