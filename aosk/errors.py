@@ -64,7 +64,7 @@ from typing import Any
 __all__ = [
     "AoskError", "ConfigError", "TopicMismatch", "InvalidSchemas",
     "Unavailable", "KafkaUnavailable", "PostgresUnavailable", "DevStackError",
-    "ModelUnavailable", "ModelTimeout", "ModelRequestRejected",
+    "ModelUnavailable", "ModelTimeout", "ModelRequestRejected", "ClusterError",
     "DecodeError", "Undecodable", "UnknownFingerprint", "Quarantined", "StateDecodeError", "UnknownFoldVersion",
     "PartitionCountChanged", "EventRejected", "DeliveryError", "ProjectionTimeout", "ProjectionConfigError",
     "SchemaNotFound", "JournalMismatch", "MigrationError", "UndecodableState", "Fenced", "Inconsistent",
