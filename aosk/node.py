@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 log = logging.getLogger("aosk.node")
@@ -337,9 +337,6 @@ class NodeLayout:
     """``--log-level`` of every child."""
     config_path: str | None = None
     """``aosk --config`` passed on to every child (an absolute path)."""
-    metrics_ports: Mapping[str, int] = field(default_factory=dict)
-    """Role -> the ``--metrics-port`` of that role's child (one process of the role);
-    a role not named serves no metrics unless its own settings say so."""
 
 
 def node_children(layout: NodeLayout, *, python: str = sys.executable) -> list[ChildSpec]:
@@ -349,20 +346,11 @@ def node_children(layout: NodeLayout, *, python: str = sys.executable) -> list[C
         base += ("--config", layout.config_path)
     common = ("--log-level", layout.log_level)
     specs: list[ChildSpec] = []
-    for role, port in layout.metrics_ports.items():
-        if role not in ROLES:
-            raise ValueError(f"metrics port for {role!r}: not a role ({', '.join(ROLES)})")
-        if role in ("worker", "project", "runtime") and getattr(layout, f"{role}_processes") != 1:
-            raise ValueError(f"a metrics port for {role} needs exactly one {role} process: processes of a role "
-                             f"cannot share the port {port}")
     for role in ROLES:
         if role not in layout.roles:
             continue
-        metrics: tuple[str, ...] = ()
-        if role in layout.metrics_ports:
-            metrics = ("--metrics-port", str(layout.metrics_ports[role]))
         if role == "api":
-            args = ["api", "--workers", str(layout.api_workers), *common, *metrics]
+            args = ["api", "--workers", str(layout.api_workers), *common]
             if layout.api_host:
                 args += ["--host", layout.api_host]
             if layout.api_port is not None:
@@ -372,25 +360,16 @@ def node_children(layout: NodeLayout, *, python: str = sys.executable) -> list[C
             n = layout.worker_processes
             for k in range(1, n + 1):
                 node_id = layout.node_id if n == 1 else f"{layout.node_id}.{k}"
-                specs.append(ChildSpec(f"worker-{k}", (*base, "worker", "--node-id", node_id, *common, *metrics)))
+                specs.append(ChildSpec(f"worker-{k}", (*base, "worker", "--node-id", node_id, *common)))
         else:
             n = layout.project_processes if role == "project" else layout.runtime_processes
-            specs.extend(ChildSpec(f"{role}-{k}", (*base, role, *common, *metrics)) for k in range(1, n + 1))
+            specs.extend(ChildSpec(f"{role}-{k}", (*base, role, *common)) for k in range(1, n + 1))
     return specs
 
 
 def node_environment(layout: NodeLayout, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The children's environment: ``environ`` with the node's id."""
     return dict(environ, AOSK_NODE_ID=layout.node_id, PYTHONUNBUFFERED="1")
-
-
-def parse_metrics_port(text: str) -> tuple[str, int]:
-    """``"worker=9112"`` -> ``("worker", 9112)``; ValueError naming the form."""
-    role, sep, port = text.partition("=")
-    role = role.strip()
-    if not sep or role not in ROLES or not port.strip().isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"{text!r}: give ROLE=PORT with ROLE one of {', '.join(ROLES)} and a port 1-65535")
-    return role, int(port)
 
 
 def parse_roles(text: str) -> tuple[str, ...]:

@@ -8,31 +8,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from aosk.cli._flags import add_log_level, configure_logging, field_default, positive_int
 from aosk.config import Settings
-from aosk.node import (
-    ROLES,
-    NodeLayout,
-    Supervisor,
-    node_children,
-    node_environment,
-    parse_metrics_port,
-    parse_roles,
-)
+from aosk.node import ROLES, NodeLayout, Supervisor, node_children, node_environment, parse_roles
 
 
 def _roles(text: str) -> tuple[str, ...]:
     try:
         return parse_roles(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _metrics_port(text: str) -> tuple[str, int]:
-    try:
-        return parse_metrics_port(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -58,9 +42,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         n.add_argument(f"--{role}-processes", type=positive_int,
                        default=field_default(NodeLayout, f"{role}_processes"), metavar="N",
                        help=f"{what} processes (default %(default)s)")
-    n.add_argument("--metrics-port", type=_metrics_port, action="append", default=[], metavar="ROLE=PORT",
-                   help="serve that role's Prometheus metrics on PORT (its --metrics-port; repeat per role, "
-                        "e.g. --metrics-port api=9111 --metrics-port worker=9112; one process of the role)")
     # A supervisor: its children's starts, exits and restarts are worth seeing.
     add_log_level(n, default="info")
     n.set_defaults(run=_run)
@@ -83,13 +64,5 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         runtime_processes=args.runtime_processes,
         log_level=args.log_level,
         config_path=os.path.abspath(args.config) if getattr(args, "config", None) else None,
-        metrics_ports=dict(args.metrics_port),
     )
-    try:
-        children = node_children(layout)
-    except ValueError as e:  # a metrics port for a role run as several processes
-        from aosk.cli import EXIT_USAGE
-
-        print(f"aosk node: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    return Supervisor(children, env=node_environment(layout)).run()
+    return Supervisor(node_children(layout), env=node_environment(layout)).run()
