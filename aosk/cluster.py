@@ -28,8 +28,9 @@ What holds, and why:
   SIGQUIT to nginx (a graceful stop), waits for every process of their groups, then
   SIGKILLs what is left, and removes ``cluster.json``.
 - Ports: the API of node *n* on ``8080 + n``, its metrics on ``9100 + 10n + 1..4`` (api,
-  worker, projector, runtime: docs/operations.md "Metrics ports"), nginx on 8080; a port
-  taken by another process is replaced by a free one, and what was chosen is recorded.
+  worker, projector, runtime: ``aosk node --metrics-base``, docs/operations.md "Metrics
+  ports"), nginx on 8080; a port taken by another process is replaced by a free one (for
+  the metrics, another base with all four free), and what was chosen is recorded.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from typing import Any, Final
 
 from aosk.devstack._process import free_port, pid_alive
 from aosk.errors import ClusterError
-from aosk.node import ROLES
+from aosk.node import METRICS_OFFSETS, ROLES, metrics_port
 
 RECORD_FILE: Final = "cluster.json"
 NGINX_PLACEHOLDERS: Final = ("NGINX_LISTEN", "NGINX_UPSTREAM_SERVERS", "NGINX_RUN_DIR", "NGINX_ERROR_LOG",
@@ -61,7 +62,6 @@ NGINX_PLACEHOLDERS: Final = ("NGINX_LISTEN", "NGINX_UPSTREAM_SERVERS", "NGINX_RU
 is substituted (its ``$variables`` are nginx's own)."""
 JOBS: Final = {"api": "api", "worker": "worker", "project": "projector", "runtime": "runtime"}
 """Role -> its Prometheus job (the jobs of ops/prometheus/*.yml and alerts.yml)."""
-METRICS_OFFSET: Final = {"api": 1, "worker": 2, "project": 3, "runtime": 4}
 DEFAULT_NGINX_PORT: Final = 8080
 STOP_TIMEOUT_S: Final = 25.0
 """How long ``down`` waits after the signals: above a node's own 20 s stop."""
@@ -76,11 +76,17 @@ class NodeRecord:
     roles: tuple[str, ...]
     api_port: int | None
     """None when the node runs no API."""
-    metrics_ports: dict[str, int]
-    """Role -> the metrics port its child serves."""
+    metrics_base: int
+    """``aosk node --metrics-base``: the node's roles serve metrics on base + 1 api, + 2
+    worker, + 3 project, + 4 runtime."""
     log: str
     pid: int | None = None
     """The supervisor's pid, which is also its process group's id."""
+
+    @property
+    def metrics_ports(self) -> dict[str, int]:
+        """Role -> the metrics port of its (one) child."""
+        return {role: metrics_port(self.metrics_base, role) for role in self.roles}
 
 
 @dataclass
@@ -148,12 +154,18 @@ def load_record(paths: ClusterPaths) -> ClusterRecord | None:
         return None
     except (OSError, ValueError) as e:
         raise ClusterError(f"{paths.record} is unreadable ({e}); stop what it ran by hand and remove it") from e
-    nodes = [NodeRecord(**dict(n, roles=tuple(n["roles"]))) for n in data.pop("nodes")]
+    nodes = []
+    for n in data.pop("nodes"):
+        n.pop("metrics_ports", None)  # derived from the base, written for the reader
+        nodes.append(NodeRecord(**dict(n, roles=tuple(n["roles"]))))
     return ClusterRecord(nodes=nodes, **data)
 
 
 def save_record(paths: ClusterPaths, record: ClusterRecord) -> None:
-    _write_atomically(paths.record, json.dumps(asdict(record), indent=2) + "\n")
+    data = asdict(record)
+    for node, written in zip(record.nodes, data["nodes"], strict=True):
+        written["metrics_ports"] = node.metrics_ports
+    _write_atomically(paths.record, json.dumps(data, indent=2) + "\n")
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -189,17 +201,24 @@ class PortPicker:
         self.used.add(port)
         return port
 
+    def pick_base(self, suggested: int, offsets: Iterable[int]) -> int:
+        """A base whose ``base + offset`` ports are all free: ``suggested`` if it is."""
+        wanted = sorted(set(offsets))
+        base = suggested
+        while not all(0 < base + o <= 65535 and base + o not in self.used and port_free(base + o) for o in wanted):
+            base = free_port() - wanted[0]
+        self.used.update(base + o for o in wanted)
+        return base
 
-def plan_nodes(paths: ClusterPaths, count: int, roles: tuple[str, ...], metrics_roles: tuple[str, ...],
-               picker: PortPicker) -> list[NodeRecord]:
-    """Node ids, API and metrics ports of ``count`` nodes (see the module docstring)."""
+
+def plan_nodes(paths: ClusterPaths, count: int, roles: tuple[str, ...], picker: PortPicker) -> list[NodeRecord]:
+    """Node ids, API ports and metrics bases of ``count`` nodes (see the module docstring)."""
     nodes = []
     for n in range(1, count + 1):
         node_id = f"node-{n}"
         api_port = picker.pick(DEFAULT_NGINX_PORT + n) if "api" in roles else None
-        metrics = {role: picker.pick(9100 + 10 * n + METRICS_OFFSET[role])
-                   for role in roles if role in metrics_roles}
-        nodes.append(NodeRecord(node_id, roles, api_port, metrics, str(paths.node_log(node_id))))
+        base = picker.pick_base(9100 + 10 * n, (METRICS_OFFSETS[r] for r in roles))
+        nodes.append(NodeRecord(node_id, roles, api_port, base, str(paths.node_log(node_id))))
     return nodes
 
 
@@ -321,8 +340,7 @@ def node_argv(node: NodeRecord, record: ClusterRecord) -> list[str]:
     argv += ["node", "--node-id", node.node_id, "--roles", ",".join(node.roles), "--log-level", "info"]
     if node.api_port is not None:
         argv += ["--host", HOST, "--port", str(node.api_port)]
-    for role, port in node.metrics_ports.items():
-        argv += ["--metrics-port", f"{role}={port}"]
+    argv += ["--metrics-base", str(node.metrics_base)]
     return argv
 
 
@@ -457,19 +475,6 @@ def record_alive(record: ClusterRecord) -> list[str]:
     return alive
 
 
-def roles_serving_metrics() -> tuple[str, ...]:
-    """The roles whose command takes ``--metrics-port`` (read from the CLI itself)."""
-    from aosk.cli import build_parser
-
-    parser = build_parser()
-    commands: dict[str, Any] = {}
-    for action in parser._actions:
-        choices = getattr(action, "choices", None)
-        if isinstance(choices, dict):
-            commands = choices
-    return tuple(r for r in ROLES if r in commands and "--metrics-port" in commands[r]._option_string_actions)
-
-
 # --- the commands --------------------------------------------------------------------------
 
 
@@ -499,13 +504,14 @@ def up(state_dir: Path, options: UpOptions, *, config_path: str | None, environ:
         raise ClusterError("the nodes need the api role: nginx has no upstream otherwise")
     if options.port is not None and not port_free(options.port):
         raise ClusterError(f"port {options.port} is taken; pick another with --port, or leave it out for a free one")
-    say(f"starting {options.nodes} nodes ({','.join(options.roles)}) and nginx in {paths.root} ...")
+    nodes = f"{options.nodes} node{'s' if options.nodes != 1 else ''}"
+    say(f"starting {nodes} ({','.join(options.roles)}) and nginx in {paths.root} ...")
     ensure()
     paths.root.mkdir(parents=True, exist_ok=True)
     picker = PortPicker()
     nginx_port = picker.pick(options.port if options.port is not None else DEFAULT_NGINX_PORT)
     record = ClusterRecord(state_dir=str(paths.root.parent), nginx_port=nginx_port, config_path=config_path,
-                           nodes=plan_nodes(paths, options.nodes, options.roles, roles_serving_metrics(), picker))
+                           nodes=plan_nodes(paths, options.nodes, options.roles, picker))
     write_nginx_conf(paths, record)
     write_prometheus(paths, record.nodes)
     try:

@@ -1,6 +1,6 @@
 """``aosk cluster``'s files and plans, without processes: the nginx template rendered as
 envsubst renders it, the Prometheus targets in the format prometheus.local.yml reads
-(checked by promtool), port plans, the node's ``--metrics-port``, the record's round trip."""
+(checked by promtool), port plans, the record's round trip."""
 
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from aosk.cluster import (
     save_record,
     write_prometheus,
 )
-from aosk.node import NodeLayout, node_children, parse_metrics_port
 from tests.support.ops_tools import OPS, explain, run, tool
 
 TEMPLATE = (OPS / "nginx" / "nginx.conf.template").read_text()
@@ -53,8 +52,7 @@ def test_render_refuses_a_missing_value_or_an_undocumented_placeholder() -> None
 
 
 def _nodes(tmp_path: Path, picker: PortPicker | None = None) -> list[NodeRecord]:
-    return plan_nodes(ClusterPaths(tmp_path), 3, ("api", "worker", "project", "runtime"),
-                      ("api", "worker", "project", "runtime"), picker or PortPicker())
+    return plan_nodes(ClusterPaths(tmp_path), 3, ("api", "worker", "project", "runtime"), picker or PortPicker())
 
 
 def test_targets_carry_a_node_label_per_job_and_promtool_accepts_them(tmp_path: Path) -> None:
@@ -80,17 +78,19 @@ def test_ports_are_the_suggested_ones_when_free_and_never_twice(tmp_path: Path) 
         picker = PortPicker()
         first, second = picker.pick(taken), picker.pick(taken)
         assert taken not in (first, second) and first != second
+        base = picker.pick_base(taken - 3, (1, 2, 3, 4))  # base + 3 is taken: another base
+        assert base != taken - 3 and not {base + 1, base + 2, base + 3, base + 4} & {taken, first, second}
     nodes = _nodes(tmp_path)
     every = [p for n in nodes for p in (n.api_port, *n.metrics_ports.values())]
     assert len(set(every)) == len(every) == 15
 
 
 def test_a_node_without_the_api_role_has_no_api_port(tmp_path: Path) -> None:
-    (node,) = plan_nodes(ClusterPaths(tmp_path), 1, ("worker",), ("api", "worker"), PortPicker())
-    assert node.api_port is None and set(node.metrics_ports) == {"worker"}
+    (node,) = plan_nodes(ClusterPaths(tmp_path), 1, ("worker",), PortPicker())
+    assert node.api_port is None and node.metrics_ports == {"worker": node.metrics_base + 2}
     argv = node_argv(node, ClusterRecord(str(tmp_path), 8080, [node]))
     assert "--port" not in argv and argv[argv.index("--roles") + 1] == "worker"
-    assert argv[argv.index("--metrics-port") + 1] == f"worker={node.metrics_ports['worker']}"
+    assert argv[argv.index("--metrics-base") + 1] == str(node.metrics_base)
 
 
 def test_the_record_round_trips(tmp_path: Path) -> None:
@@ -100,17 +100,7 @@ def test_the_record_round_trips(tmp_path: Path) -> None:
     record.nodes[1].pid = 4321
     save_record(paths, record)
     assert load_record(paths) == record
+    written = json.loads(paths.record.read_text())["nodes"][0]
+    assert written["metrics_ports"] == {"api": written["metrics_base"] + 1, "worker": written["metrics_base"] + 2,
+                                        "project": written["metrics_base"] + 3, "runtime": written["metrics_base"] + 4}
     assert load_record(ClusterPaths(tmp_path / "none")) is None
-
-
-def test_node_children_get_their_metrics_ports() -> None:
-    layout = NodeLayout(node_id="n", metrics_ports={"api": 9111, "worker": 9112})
-    argv = {c.name: c.argv for c in node_children(layout, python="py")}
-    assert argv["api"][-2:] == ("--metrics-port", "9111") and argv["worker-1"][-2:] == ("--metrics-port", "9112")
-    assert "--metrics-port" not in argv["project-1"]
-    with pytest.raises(ValueError, match="exactly one worker process"):
-        node_children(NodeLayout(node_id="n", worker_processes=2, metrics_ports={"worker": 9112}))
-    assert parse_metrics_port("project=9113") == ("project", 9113)
-    for bad in ("projector=9113", "api", "api=0", "api=x"):
-        with pytest.raises(ValueError, match="ROLE=PORT"):
-            parse_metrics_port(bad)
