@@ -1,5 +1,6 @@
 """``aosk cluster up --nodes 3`` on the real stack, behind a real nginx, scraped by a real
-Prometheus: requests go through nginx to the nodes (X-Forwarded-For reaches the API); the
+Prometheus: requests go through nginx to the nodes (X-Forwarded-For reaches the API, an SSE
+stream is not buffered); the
 Prometheus server started on the cluster's generated configuration (file discovery of
 every node's metrics ports) sees every target up, the API's series, the consumer lag of
 every group and the verdict and projection latencies; a node SIGKILLed
@@ -125,6 +126,13 @@ def test_requests_through_nginx_reach_the_nodes(cluster: Cluster, settings) -> N
                     headers={**headers, "AOSK-Consistency-Token": made.headers["aosk-consistency-token"]})
     assert got.status_code == 200, got.text
     assert got.json()["agent_id"] == agent_id and got.json()["status"] == "READY"
+    # The agent's SSE stream through nginx: its first message arrives while the stream stays
+    # open (nginx buffering it would hold it back until the stream ended, which it never does)
+    with httpx.stream("GET", f"{cluster.url}/api/v1/agents/{agent_id}/stream", headers=headers,
+                      timeout=httpx.Timeout(10.0)) as stream:
+        assert stream.status_code == 200 and stream.headers["x-accel-buffering"] == "no"
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line.startswith("event:")) == "event: AgentSpawned"
     # uvicorn trusts nginx (127.0.0.1) for X-Forwarded-For: the client it logs is the header's
     wait_for(lambda: f"{FORWARDED_FOR}:0 - \"GET /api/v1/agents/{agent_id}" in cluster.logs(), timeout=10,
              what="the node's access log line with the forwarded client address")
@@ -241,9 +249,9 @@ def test_a_node_killed_whole_is_retried_around_and_comes_back(cluster: Cluster, 
             assert made.status_code == 202, made.text
             listed = client.get("/api/v1/agents")
             assert listed.status_code == 200, listed.text
-    # ... and it did try node-2: its refused connections are in nginx's error log
+    # ... and it did try node-2 on the way: its failed connections are in nginx's error log
     errors = (cluster.paths.nginx / "error.log").read_text()
-    assert f"upstream: \"http://127.0.0.1:{victim['api_port']}/" in errors and "Connection refused" in errors, errors
+    assert f"upstream: \"http://127.0.0.1:{victim['api_port']}/" in errors, errors
 
     started = cluster.cli("start", "node-2")
     assert started.returncode == 0, started.stdout + started.stderr + cluster.logs()
