@@ -8,7 +8,8 @@ lives under ``<state_dir>/cluster/``:
 
 =============================  ==============================================================
 ``cluster.json``               what runs: each node's supervisor pid, ports and log; nginx's
-``node-<n>.log``               a node supervisor's output and its children's (appended to)
+``node-<n>.log``               a node supervisor's output and its children's (new with each
+                               ``up``, appended to by ``start``)
 ``nginx/nginx.conf``           the template rendered for the ports in use (``nginx/run/``
                                holds its pid and temporary files; ``error.log``,
                                ``access.log``, ``nginx.log``: its own output)
@@ -344,26 +345,32 @@ def node_argv(node: NodeRecord, record: ClusterRecord) -> list[str]:
     return argv
 
 
-def start_node(node: NodeRecord, record: ClusterRecord, environ: Mapping[str, str]) -> None:
-    """Start the node's supervisor detached (a session of its own); sets ``node.pid``."""
+def start_node(node: NodeRecord, record: ClusterRecord, environ: Mapping[str, str], *, fresh_log: bool) -> None:
+    """Start the node's supervisor detached (a session of its own); sets ``node.pid``.
+    Its log starts afresh (``up``) or is appended to (``start``)."""
     env = dict(environ, AOSK_STATE_DIR=record.state_dir, PYTHONUNBUFFERED="1")
-    with open(node.log, "ab") as out:
+    with open(node.log, "wb" if fresh_log else "ab") as out:
         proc = subprocess.Popen(node_argv(node, record), env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     node.pid = proc.pid
 
 
 def start_nginx(paths: ClusterPaths, record: ClusterRecord) -> None:
-    with open(paths.nginx_log, "ab") as out:
+    with open(paths.nginx_log, "wb") as out:
         proc = subprocess.Popen(_nginx_argv(paths), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     record.nginx_pid = proc.pid
 
 
+_NO_PROXY: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Every address asked is on this machine: an ``http_proxy`` in the environment must not
+take the requests elsewhere."""
+
+
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str] | None:
     """(status, body) of a GET, or None when nothing answered."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with _NO_PROXY.open(url, timeout=timeout) as r:
             return int(r.status), r.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as e:
         return int(e.code), e.read().decode("utf-8", "replace")
@@ -390,7 +397,7 @@ def port_answers(port: int) -> bool:
 
 def log_tail(path: str | Path, lines: int = 15) -> str:
     try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:]) or "(empty so far)"
     except OSError:
         return "(no log)"
 
@@ -515,12 +522,13 @@ def up(state_dir: Path, options: UpOptions, *, config_path: str | None, environ:
     write_nginx_conf(paths, record)
     write_prometheus(paths, record.nodes)
     try:
-        for node in record.nodes:
-            start_node(node, record, environ)
+        for node in record.nodes:  # recorded as each starts, so a failure part way stops what did
+            start_node(node, record, environ, fresh_log=True)
+            save_record(paths, record)
             say(f"  started {node.node_id} (supervisor pid {node.pid}; log {node.log})")
         start_nginx(paths, record)
-        say(f"  started nginx (pid {record.nginx_pid}) on {record.url}")
         save_record(paths, record)
+        say(f"  started nginx (pid {record.nginx_pid}) on {record.url}")
         say(f"waiting for {len(record.nodes)} APIs and nginx to answer (up to {options.timeout_s:.0f} s) ...")
         wait_ready(record, record.nodes, timeout=options.timeout_s, nginx=True, say=say)
     except BaseException:
@@ -637,7 +645,7 @@ def start_again(state_dir: Path, node_id: str, *, environ: Mapping[str, str], ti
     taken = [p for p in (node.api_port, *node.metrics_ports.values()) if p is not None and not port_free(p)]
     if taken:
         raise ClusterError(f"{node_id}'s ports {taken} are taken by other processes")
-    start_node(node, record, environ)
+    start_node(node, record, environ, fresh_log=False)
     save_record(paths, record)
     say(f"  started {node.node_id} (supervisor pid {node.pid}; log {node.log})")
     wait_ready(record, [node], timeout=timeout, nginx=False, say=say)
