@@ -613,6 +613,19 @@ def status(state_dir: Path) -> ClusterStatus | None:
     return ClusterStatus(record, nodes, nginx_alive, got is not None and got[0] == 200, api)
 
 
+def status_json(st: ClusterStatus) -> dict[str, Any]:
+    """``aosk cluster status --format json``: the status with each node's ports."""
+    nodes = []
+    for n in st.nodes:
+        node = st.record.node(n.node_id)
+        nodes.append({"node_id": n.node_id, "pid": n.pid, "supervisor_alive": n.supervisor_alive,
+                      "children": n.children, "api_port": node.api_port, "api": n.api,
+                      "metrics": {role: {"port": node.metrics_ports[role], "up": up} for role, up in n.metrics.items()},
+                      "ok": n.ok})
+    return {"ok": st.ok, "url": st.record.url, "nginx": {"pid": st.record.nginx_pid, "alive": st.nginx_alive,
+            "health": st.nginx_health, "api_through_nginx": st.api_through_nginx}, "nodes": nodes}
+
+
 def kill_node(state_dir: Path, node_id: str) -> tuple[NodeRecord, int]:
     """SIGKILL the node's whole process group (supervisor and children); (the node, how
     many processes it had)."""

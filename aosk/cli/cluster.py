@@ -5,10 +5,11 @@ docs/operations.md "Cluster on one machine")."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
-from aosk.cli._flags import positive_int
+from aosk.cli._flags import add_format, positive_int
 from aosk.config import Settings
 from aosk.node import ROLES, parse_roles
 
@@ -43,8 +44,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     u.set_defaults(run=_up)
     actions.add_parser("down", help="SIGTERM the nodes, SIGQUIT nginx, SIGKILL what is left after 25 s"
                        ).set_defaults(run=_down)
-    actions.add_parser("status", help="each node's supervisor, children, API and metrics, and nginx; "
-                       "exit 1 if anything is down").set_defaults(run=_status)
+    st = actions.add_parser("status", help="each node's supervisor, children, API and metrics, and nginx; "
+                            "exit 1 if anything is down")
+    add_format(st)
+    st.set_defaults(run=_status)
     k = actions.add_parser("kill", help="SIGKILL one node whole (its supervisor's process group)")
     k.add_argument("node", metavar="NODE", help="node id, e.g. node-2")
     k.set_defaults(run=_kill)
@@ -111,6 +114,9 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     if st is None:
         print(f"no cluster recorded in {cluster.ClusterPaths.of(settings.dev.state_dir).root} (`aosk cluster up`)")
         return 1
+    if getattr(args, "format", "text") == "json":
+        print(json.dumps(cluster.status_json(st), indent=2))
+        return 0 if st.ok else 1
     word = {True: "up", False: "DOWN"}
     for n in st.nodes:
         node = st.record.node(n.node_id)

@@ -27,6 +27,7 @@ import httpx
 import pytest
 import yaml
 
+from aosk import cluster as cluster_mod
 from aosk.cluster import JOBS, ClusterPaths, group_members
 from aosk.devstack._process import pid_alive
 from aosk.waiting import wait_for
@@ -111,6 +112,14 @@ def test_up_prints_the_url_and_records_every_node(cluster: Cluster) -> None:
     status = cluster.cli("status")
     assert status.returncode == 0, status.stdout + status.stderr
     assert "cluster: everything up" in status.stdout
+    as_json = cluster.cli("status", "--format", "json")
+    assert as_json.returncode == 0, as_json.stdout + as_json.stderr
+    st = json.loads(as_json.stdout)
+    assert st["ok"] and st["url"] == cluster.url and st["nginx"]["api_through_nginx"] in ("healthy", "degraded")
+    for node, recorded in zip(st["nodes"], record["nodes"], strict=True):
+        assert set(node["children"]) == {"api", "worker-1", "project-1", "runtime-1"} and all(node["children"].values())
+        assert {pid for pid in node["children"].values()} <= group_members(recorded["pid"])
+        assert {r: m["port"] for r, m in node["metrics"].items()} == recorded["metrics_ports"]
 
 
 def test_requests_through_nginx_reach_the_nodes(cluster: Cluster, settings) -> None:
@@ -257,7 +266,8 @@ def test_a_node_killed_whole_is_retried_around_and_comes_back(cluster: Cluster, 
     assert started.returncode == 0, started.stdout + started.stderr + cluster.logs()
     again = cluster.record()["nodes"][1]
     assert again["pid"] != victim["pid"] and again["api_port"] == victim["api_port"]
-    wait_for(lambda: cluster.cli("status").returncode == 0, timeout=60, what="every part of the cluster up again")
+    wait_for(lambda: bool((st := cluster_mod.status(cluster.paths.root.parent)) and st.ok), timeout=60,
+             what="every part of the cluster up again")
 
 
 def test_down_stops_every_process(cluster: Cluster) -> None:
