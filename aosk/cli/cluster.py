@@ -10,15 +10,9 @@ import os
 import sys
 
 from aosk.cli._flags import add_format, positive_int
+from aosk.cli.node import _roles  # the same --roles as aosk node
 from aosk.config import Settings
-from aosk.node import ROLES, parse_roles
-
-
-def _roles(text: str) -> tuple[str, ...]:
-    try:
-        return parse_roles(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+from aosk.node import ROLES
 
 
 def _port(text: str) -> int:
