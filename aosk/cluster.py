@@ -378,9 +378,10 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str] | None:
         return None
 
 
-def api_health(port: int) -> str | None:
-    """``healthy`` or ``degraded`` as ``/api/health`` on ``port`` says; None when it does not answer 200."""
-    got = http_get(f"http://{HOST}:{port}/api/health")
+def api_health(base_url: str) -> str | None:
+    """``healthy`` or ``degraded`` as ``/api/health`` under ``base_url`` says; None when it
+    does not answer 200."""
+    got = http_get(f"{base_url}/api/health")
     if got is None or got[0] != 200:
         return None
     try:
@@ -407,7 +408,6 @@ def wait_ready(record: ClusterRecord, nodes: list[NodeRecord], *, timeout: float
     """Until every node in ``nodes`` answers ``/api/health`` (and nginx ``/health``), showing
     each as it comes up; ClusterError naming what did not, with its log's tail."""
     t0 = time.monotonic()
-    ready: set[str] = set()
     pending = {n.node_id for n in nodes if n.api_port is not None} | ({"nginx"} if nginx else set())
     last_said = t0
     while True:
@@ -416,10 +416,9 @@ def wait_ready(record: ClusterRecord, nodes: list[NodeRecord], *, timeout: float
                 raise ClusterError(f"{node.node_id}'s supervisor exited; its log {node.log} ends:\n"
                                    f"{log_tail(node.log)}")
             if node.node_id in pending and node.api_port is not None:
-                status = api_health(node.api_port)
+                status = api_health(f"http://{HOST}:{node.api_port}")
                 if status is not None:
                     pending.discard(node.node_id)
-                    ready.add(node.node_id)
                     say(f"  {node.node_id}: API on {HOST}:{node.api_port} answers /api/health ({status}) "
                         f"after {time.monotonic() - t0:.1f} s")
         if "nginx" in pending:
@@ -599,18 +598,11 @@ def status(state_dir: Path) -> ClusterStatus | None:
         alive = node.pid is not None and pid_alive(node.pid)
         nodes.append(NodeStatus(
             node.node_id, node.pid, alive, node_children(node) if alive else {},
-            api_health(node.api_port) if node.api_port is not None else None,
+            api_health(f"http://{HOST}:{node.api_port}") if node.api_port is not None else None,
             {role: port_answers(port) for role, port in node.metrics_ports.items()}))
     nginx_alive = record.nginx_pid is not None and pid_alive(record.nginx_pid)
     got = http_get(f"{record.url}/health")
-    through = http_get(f"{record.url}/api/health")
-    api = None
-    if through is not None and through[0] == 200:
-        try:
-            api = str(json.loads(through[1]).get("status", "unknown"))
-        except ValueError:
-            api = "unknown"
-    return ClusterStatus(record, nodes, nginx_alive, got is not None and got[0] == 200, api)
+    return ClusterStatus(record, nodes, nginx_alive, got is not None and got[0] == 200, api_health(record.url))
 
 
 def status_json(st: ClusterStatus) -> dict[str, Any]:
