@@ -38,12 +38,13 @@ lint: $(VENV)/.installed
 	  | sed -e 's#^aosk/streams/#streams/#' -e 's#^aosk/projectors/#projectors/#'; exit $${PIPESTATUS[0]}
 
 # Debian packages the tests run, as command:package, installed when a command is missing:
-# wrk (aosk bench api's load generator), promtool (ops/prometheus), nginx and envsubst
+# wrk (aosk bench api's load generator), promtool and the prometheus server (ops/prometheus;
+# the live scrape of an `aosk cluster`), nginx (the cluster's load balancer) and envsubst
 # (ops/nginx/nginx.conf.template rendered as the nginx image does), redis-server (the
 # cluster-wide rate limits of cache.backend redis), stress-ng (CPU pressure in fault
 # tests). nginx is in /usr/sbin.
-TEST_TOOLS := wrk:wrk promtool:prometheus nginx:nginx envsubst:gettext-base redis-server:redis-server \
-	stress-ng:stress-ng
+TEST_TOOLS := wrk:wrk promtool:prometheus prometheus:prometheus nginx:nginx envsubst:gettext-base \
+	redis-server:redis-server stress-ng:stress-ng
 
 test: $(VENV)/.installed
 	missing=$$(for t in $(TEST_TOOLS); do PATH=$$PATH:/usr/sbin command -v $${t%%:*} >/dev/null || echo $${t#*:}; done); \

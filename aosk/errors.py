@@ -11,6 +11,7 @@
      |    +-- ModelUnavailable      a model server gave no usable answer after the retries
      |         +-- ModelTimeout         ... because its last attempt timed out (also a TimeoutError)
      +-- ModelRequestRejected   a model server refused the request itself (4xx other than 408/409/429)
+     +-- ClusterError           `aosk cluster`: the local cluster cannot start or is not as recorded
      +-- DecodeError            a journal record cannot be turned into an event
      |    +-- Undecodable           deterministic: not single-object encoded, or a body
      |    |                         that does not decode with its (known) schema
@@ -63,7 +64,7 @@ from typing import Any
 __all__ = [
     "AoskError", "ConfigError", "TopicMismatch", "InvalidSchemas",
     "Unavailable", "KafkaUnavailable", "PostgresUnavailable", "DevStackError",
-    "ModelUnavailable", "ModelTimeout", "ModelRequestRejected",
+    "ModelUnavailable", "ModelTimeout", "ModelRequestRejected", "ClusterError",
     "DecodeError", "Undecodable", "UnknownFingerprint", "Quarantined", "StateDecodeError", "UnknownFoldVersion",
     "PartitionCountChanged", "EventRejected", "DeliveryError", "ProjectionTimeout", "ProjectionConfigError",
     "SchemaNotFound", "JournalMismatch", "MigrationError", "UndecodableState", "Fenced", "Inconsistent",
@@ -183,6 +184,11 @@ class ModelRequestRejected(AoskError):
 
 
 # --- the journal and its events -------------------------------------------------------------
+
+class ClusterError(AoskError):
+    """``aosk cluster``: the local cluster cannot start (nginx missing or refusing its
+    configuration, a node that exits or never answers), or is not as recorded."""
+
 
 class DecodeError(AoskError):
     """A journal record's bytes cannot be decoded into an event."""
