@@ -42,6 +42,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final
 
 log = logging.getLogger("aosk.node")
@@ -337,6 +338,19 @@ class NodeLayout:
     """``--log-level`` of every child."""
     config_path: str | None = None
     """``aosk --config`` passed on to every child (an absolute path)."""
+    metrics_base: int | None = None
+    """Metrics ports: each child gets ``--metrics-port`` at ``metrics_port(base, role, k)``
+    (api base+1, worker base+2, project base+3, runtime base+4; the k-th process of a role
+    100 * (k - 1) above); None: no child serves metrics."""
+
+
+METRICS_OFFSETS: Final = MappingProxyType({"api": 1, "worker": 2, "project": 3, "runtime": 4})
+
+
+def metrics_port(base: int, role: str, k: int = 1) -> int:
+    """The metrics port of the ``k``-th process of ``role`` on a node whose base is ``base``
+    (9100: the fixed ports of docs/operations.md, 9101 to 9104)."""
+    return base + METRICS_OFFSETS[role] + 100 * (k - 1)
 
 
 def node_children(layout: NodeLayout, *, python: str = sys.executable) -> list[ChildSpec]:
@@ -346,11 +360,16 @@ def node_children(layout: NodeLayout, *, python: str = sys.executable) -> list[C
         base += ("--config", layout.config_path)
     common = ("--log-level", layout.log_level)
     specs: list[ChildSpec] = []
+
+    def port(role: str, k: int = 1) -> tuple[str, ...]:
+        b = layout.metrics_base
+        return () if b is None else ("--metrics-port", str(metrics_port(b, role, k)))
+
     for role in ROLES:
         if role not in layout.roles:
             continue
         if role == "api":
-            args = ["api", "--workers", str(layout.api_workers), *common]
+            args = ["api", "--workers", str(layout.api_workers), *common, *port("api")]
             if layout.api_host:
                 args += ["--host", layout.api_host]
             if layout.api_port is not None:
@@ -360,10 +379,11 @@ def node_children(layout: NodeLayout, *, python: str = sys.executable) -> list[C
             n = layout.worker_processes
             for k in range(1, n + 1):
                 node_id = layout.node_id if n == 1 else f"{layout.node_id}.{k}"
-                specs.append(ChildSpec(f"worker-{k}", (*base, "worker", "--node-id", node_id, *common)))
+                specs.append(ChildSpec(f"worker-{k}", (*base, "worker", "--node-id", node_id, *common,
+                                                       *port("worker", k))))
         else:
             n = layout.project_processes if role == "project" else layout.runtime_processes
-            specs.extend(ChildSpec(f"{role}-{k}", (*base, role, *common)) for k in range(1, n + 1))
+            specs.extend(ChildSpec(f"{role}-{k}", (*base, role, *common, *port(role, k))) for k in range(1, n + 1))
     return specs
 
 

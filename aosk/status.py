@@ -13,16 +13,20 @@ does not shrink (and in its log and ``aosk_partition_stopped``).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import psycopg
 
 from aosk.errors import AoskError, KafkaUnavailable, PostgresUnavailable
 from aosk.reads.status import PartitionStatus, ProjectionStatus, projection_status
 
+if TYPE_CHECKING:
+    from aosk.config import Settings
+
 __all__ = ["PartitionStatus", "ProjectionStatus", "Health", "broker_offsets", "projection_status", "health",
-           "LAG_DEGRADED_RECORDS"]
+           "readiness", "LAG_DEGRADED_RECORDS"]
 
 LAG_DEGRADED_RECORDS: Final = 10_000
 """Projector or worker lag (records) above which health says ``degraded``."""
@@ -127,3 +131,17 @@ def health(*, bootstrap: str, dsn: str, topic: str, worker_group: str, schema: s
         }
     level: Level = "healthy" if all(c["status"] == "ok" for c in checks.values()) else "degraded"
     return Health(level, checks)
+
+
+def readiness(settings: Settings, *, schema: str, timeout: float = 3.0) -> Callable[[], dict[str, Any]]:
+    """The ``/api/health`` of a metrics port (``aosk.metrics.serve``): ``health`` of the
+    cluster ``settings`` name, as the API's route and ``aosk health`` report it."""
+    from aosk.endpoints import resolve_endpoints
+    from aosk.streams.kafka import group_id
+
+    def check() -> dict[str, Any]:
+        ep = resolve_endpoints(settings)
+        return health(bootstrap=ep.bootstrap, dsn=ep.dsn, topic=settings.kafka.journal_topic,
+                      worker_group=group_id(settings.kafka.topic_prefix), schema=schema, timeout=timeout).to_json()
+
+    return check

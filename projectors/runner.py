@@ -148,6 +148,10 @@ class Projector:
         """A broker outage: a few lines with backoff, not one per reconnect."""
         self._pg = PostgresOutage(self._dsn, role="projector", pool_name=self._pool_name(), logger=log)
         """PostgreSQL going away: a few lines with backoff, not one per retry."""
+        self._group = ""
+        self._last_ms: dict[int, int] = {}
+        """Partition -> broker time of the last record committed (``aosk_consumer_lag_seconds``)."""
+        self._last_lag = 0.0
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -201,7 +205,7 @@ class Projector:
     def _make_consumer(self) -> Any:
         from confluent_kafka import Consumer
 
-        group = self.options.group_id or f"{self.settings.kafka.topic_prefix}.projectors.{self.schema}"
+        group = self._group = self.options.group_id or f"{self.settings.kafka.topic_prefix}.projectors.{self.schema}"
         config = group_consumer_config(self._bootstrap, group_id=group, client_id=f"aosk-projector-{self.owner}",
                                        session_timeout_ms=self.settings.kafka.session_timeout_ms)
         self._side = side_consumer(config)  # for the rebalance callbacks' blocking calls (aosk._kafka.side_consumer)
@@ -254,6 +258,7 @@ class Projector:
             METRICS.going_on("projector", p)
             self._pending_seek.discard(p)
             self._drop(p)
+        METRICS.forget_lag(self._group, ps)
         if ps:
             log.info("partitions %s revoked", ps)
 
@@ -328,6 +333,9 @@ class Projector:
                 if now - last_report >= 10:
                     self._report(now)
                     last_report = now
+                if now - self._last_lag >= 1.0:
+                    self._last_lag = now
+                    self._lag()
         except PartitionCountChanged as e:
             log.critical("projector STOPPED: %s", e)
             raise
@@ -485,6 +493,7 @@ class Projector:
                 )
         except Fenced as e:
             self._stats.fenced += 1
+            METRICS.projector_fenced_batches.inc()
             self._resync(list(parts), f"offsets rolled back: {e}" if e.rolled_back else f"fenced: {e}")
             return True
         except Inconsistent as e:
@@ -500,6 +509,8 @@ class Projector:
             return False
         self._pg.answered()
         t2 = time.perf_counter()
+        METRICS.projected(self._writer.last_rows, (r.timestamp for recs in parts.values() for r in recs), t2 - t1)
+        self._last_ms.update((a.partition, a.last_record_ms) for a in advances)
         self._committed(batch, advances)
         self._apply_stops(batch)
         st = self._stats
@@ -553,6 +564,14 @@ class Projector:
         except Exception:  # noqa: BLE001 - informational only
             return None
         return int(high) if high is not None and high >= 0 else None
+
+    def _lag(self) -> None:
+        """``aosk_consumer_lag_*`` of the owned partitions: cached end offsets against the
+        offsets this process committed to PostgreSQL."""
+        now_ms = int(time.time() * 1000)
+        for p, pos in list(self._pos.items()):
+            METRICS.lag(self._group, p, next_offset=pos, end=self._high_watermark(p),
+                        last_timestamp_ms=self._last_ms.get(p), now_ms=now_ms)
 
     def _report(self, now: float) -> None:
         st = self._stats

@@ -205,6 +205,8 @@ class ProjectionWriter:
         self._position = sql.SQL("select next_offset, owner from {} where partition = %s").format(
             q("projector_offsets"))
         self._notify = sql.SQL("select pg_notify({}, '')").format(sql.Literal(notify_channel(schema)))
+        self.last_rows: dict[str, int] = {}
+        """Rows the last committed ``write`` wrote, by table (``aosk_projector_rows_total``)."""
 
     # -- the transaction ------------------------------------------------------------------
 
@@ -220,6 +222,7 @@ class ProjectionWriter:
         when another process moved one of the partitions. ``after_cas`` runs once the
         partitions are locked (fault injection in tests)."""
         refused: list[Refusal] = []
+        self.last_rows = {}
         now = datetime.now(UTC)  # operational column only (committed_at), never a projection's time
         with conn.transaction():
             conn.execute("select pg_advisory_xact_lock_shared(%s)", (BATCH_LOCK_KEY,))
@@ -292,6 +295,12 @@ class ProjectionWriter:
                 for o in lasts.values():
                     cp.write_row(o.entry.row())
             cur.execute(self._upsert_agent)
+        rows = self.last_rows  # counted once every statement of the range went through
+        for table, n in (("audit_log", len(outs)), ("events", len(outs)), ("checkpoints", len(cps)),
+                         ("memories", len(mem.full) + len(mem.patches)),
+                         ("tasks", len(tasks.full()) + len(tasks.patches())), ("agent_state", len(lasts))):
+            if n:
+                rows[table] = rows.get(table, 0) + n
 
     def _write_tasks(self, cur: psycopg.Cursor[Any], tasks: TaskChanges) -> None:
         for rows, statement in ((tasks.full(), self._upsert_task), (tasks.patches(), self._patch_task)):

@@ -38,6 +38,8 @@ from aosk.kernel import (
     AgentSlot,
     Kind,
     Record,
+    Status,
+    Verdict,
     apply,
     check_partition_count,
     fold_args,
@@ -55,6 +57,10 @@ from aosk.streams.timeouts import DeadlineIndex, PartitionClock
 __all__ = ["RecordFate", "Batch", "Processor"]
 
 log = logging.getLogger("aosk.streams")
+
+_UNDECODABLE = "undecodable"
+_SPAWNED = "AgentSpawned"
+_ENDED = frozenset({Status.TERMINATED, Status.ERROR})
 
 
 class RecordFate(Enum):
@@ -83,6 +89,18 @@ class Batch:
     """Records folded silently (re-fold of a takeover)."""
     stops: list[Stop] = field(default_factory=list)
     """Partitions this batch stopped."""
+    types: dict[str, int] = field(default_factory=dict)
+    """Records folded (silently or not) by event type (``undecodable``: no event)."""
+    verdicts: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    """Verdicts written, by (event type, kind, reason)."""
+    timestamps: list[int] = field(default_factory=list)
+    """Broker timestamps of the records whose verdicts are written (verdict latency)."""
+    started: int = 0
+    """Accepted spawns among the verdicts written."""
+    ended: dict[str, int] = field(default_factory=dict)
+    """Agents that reached TERMINATED or ERROR in this batch, by that status."""
+    paged_out: int = 0
+    """Context entries paged out by the verdicts written."""
 
 
 class Processor:
@@ -190,12 +208,30 @@ class Processor:
         self.deadlines.update(p, key, new.state)
         self.clock.observe(p, record.timestamp)
         batch.next_offsets[p] = record.offset + 1
+        etype = verdict.event_type or _UNDECODABLE
+        batch.types[etype] = batch.types.get(etype, 0) + 1
         if silent:
             batch.refolded += 1
         else:
             batch.outputs.extend(outs)
             batch.folded += 1
+            self._count(batch, record, etype, verdict, None if slot is None else slot.state.status)
         return RecordFate.FOLDED
+
+    @staticmethod
+    def _count(batch: Batch, record: Record, etype: str, verdict: Verdict, before: str | None) -> None:
+        """The metrics' counts of one verdict written (``aosk.metrics``; summed per batch)."""
+        vkey = (etype, verdict.kind, verdict.reason)
+        batch.verdicts[vkey] = batch.verdicts.get(vkey, 0) + 1
+        batch.timestamps.append(record.timestamp)
+        if verdict.kind == Kind.ACCEPTED:
+            if etype == _SPAWNED:
+                batch.started += 1
+            if verdict.paged_out:
+                batch.paged_out += len(verdict.paged_out)
+            status = verdict.status
+            if status != before and status in _ENDED:
+                batch.ended[status] = batch.ended.get(status, 0) + 1
 
     def stop_for(self, record: Record, error: BaseException) -> Stop:
         """Stop ``record``'s partition because of ``error`` (logged once, loudly)."""

@@ -52,7 +52,7 @@ from aosk.streams.kafka import (
     worker_producer_config,
 )
 from aosk.streams.offsets import Cursors
-from aosk.streams.processor import Processor
+from aosk.streams.processor import Batch, Processor
 from aosk.streams.records import Output, Sink
 from aosk.streams.snapshots import SnapshotPolicy, encode_floor, encode_snapshot, floor_key, restore
 from aosk.streams.stalls import StallWatch
@@ -148,6 +148,12 @@ class Worker:
         self._refolded_reported = 0
         self._busy = {"wait": 0.0, "fold": 0.0, "commit": 0.0}
         """Seconds the loop spent waiting for records, folding and sending, committing."""
+        self._group = group_id(k.topic_prefix)
+        self._unacked: list[list[int]] = []
+        """Broker timestamps of records whose verdicts were handed to the producer and not
+        known to be acknowledged yet (``aosk_worker_verdict_latency_seconds``)."""
+        self._last_lag = 0.0
+        METRICS.agents.source(self._agents_by_status)
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -203,6 +209,8 @@ class Worker:
                     self._handle(msgs)
                 self._producer.poll(0)
                 self._check_deliveries()
+                if self._unacked and not len(self._producer):  # every output so far is acknowledged
+                    self._acknowledged()
                 now = time.monotonic()
                 self._busy["fold"] += now - t1
                 if now - self._last_commit >= opts.commit_interval_s:
@@ -211,6 +219,7 @@ class Worker:
                 if now - self._last_tick >= opts.timeout_tick_s:
                     self._last_tick = now
                     self._timeouts()
+                    self._lag()
                 if now - self._last_recheck >= opts.stop_recheck_s:
                     self._last_recheck = now
                     self._recheck_stops()
@@ -241,9 +250,11 @@ class Worker:
             raw_keys.append(m.key())
         if not records:
             return
-        batch = self.processor.fold(records, now=time.monotonic(), raw_keys=raw_keys)
+        t0 = time.monotonic()
+        batch = self.processor.fold(records, now=t0, raw_keys=raw_keys)
         for o in batch.outputs:
             self._send(o)
+        self._count(batch, len(records), time.monotonic() - t0)
         for p, offset in batch.next_offsets.items():
             cursors.advance(p, offset)
             self._stalls.progressed(p, time.monotonic())
@@ -252,6 +263,56 @@ class Worker:
             METRICS.stopped("worker", stop.partition, stop.reason)
         self.folded += batch.folded
         self.refolded += batch.refolded
+
+    def _count(self, batch: Batch, n: int, seconds: float) -> None:
+        """The batch's metrics (docs/operations.md "Metrics"): a few calls per batch."""
+        m = METRICS
+        m.worker_batch_records.observe(n)
+        m.worker_fold_seconds.observe(seconds)
+        m.folded(batch.types, batch.verdicts)
+        if batch.timestamps:
+            self._unacked.append(batch.timestamps)
+        if batch.started:
+            m.agents_started.inc(batch.started)
+        for status, k in batch.ended.items():
+            m.agents_ended.labels(status).inc(k)
+        if batch.paged_out:
+            m.context_page_outs.inc(batch.paged_out)
+
+    def _acknowledged(self) -> None:
+        """Every output handed over so far is acknowledged: observe the verdict latency
+        of the records waiting for it. The worker learns of it at the next turn of its
+        loop where nothing is in flight, or at the latest at the next commit's flush."""
+        now_ms = time.time() * 1000
+        observe = METRICS.worker_verdict_latency.observe
+        for stamps in self._unacked:
+            for ts in stamps:
+                observe(max(0.0, now_ms - ts) / 1000)
+        self._unacked.clear()
+
+    def _agents_by_status(self) -> dict[str, int]:
+        """``aosk_agents``: the owned agents by status, counted at scrape time (from a copy:
+        the loop goes on meanwhile)."""
+        counts: dict[str, int] = {}
+        for key, slot in list(self.processor.slots.items()):
+            if not key.startswith("~"):  # partitions' pseudo-agents are not agents
+                status = slot.state.status
+                counts[status] = counts.get(status, 0) + 1
+        return counts
+
+    def _lag(self) -> None:
+        """``aosk_consumer_lag_*`` of the owned partitions, from the cached end offsets."""
+        from confluent_kafka import TopicPartition
+
+        now_ms = int(time.time() * 1000)
+        clock = self.processor.clock.last_timestamp
+        for p in self.cursors.owned():
+            try:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(self.journal, p), cached=True)
+            except Exception:  # noqa: BLE001 - not fetched yet
+                continue
+            METRICS.lag(self._group, p, next_offset=self.cursors.next_offset(p), end=high,
+                        last_timestamp_ms=clock.get(p), now_ms=now_ms)
 
     def _send(self, o: Output) -> None:
         p = self._producer
@@ -299,6 +360,8 @@ class Worker:
         if left:
             log.warning("%d outputs not acknowledged within %.1fs; offsets not committed", left, timeout)
             return False
+        if self._unacked:
+            self._acknowledged()
         plan = self.cursors.commit_plan(parts)
         if plan:
             try:
@@ -432,6 +495,7 @@ class Worker:
         self._stalls.forget(ps)
         for p in ps:
             METRICS.going_on("worker", p)
+        METRICS.forget_lag(self._group, ps)
         self.cursors.disarm(ps)
         for p in ps:
             self._floors.pop(p, None)

@@ -21,6 +21,16 @@ def _roles(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _port_base(text: str) -> int:
+    try:
+        base = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 < base <= 65535 - 4:
+        raise argparse.ArgumentTypeError(f"{base}: give a port from 1 to {65535 - 4} (its roles use the next four)")
+    return base
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     n = sub.add_parser(
         "node",
@@ -42,6 +52,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         n.add_argument(f"--{role}-processes", type=positive_int,
                        default=field_default(NodeLayout, f"{role}_processes"), metavar="N",
                        help=f"{what} processes (default %(default)s)")
+    n.add_argument("--metrics-base", type=_port_base, metavar="PORT",
+                   help="serve each child's Prometheus metrics (and, for worker, project and runtime, /health and "
+                        "/api/health) on PORT+1 api, +2 worker, +3 project, +4 runtime; the k-th process of a role "
+                        "100*(k-1) above (9100: the ports of docs/operations.md; default: no metrics)")
     # A supervisor: its children's starts, exits and restarts are worth seeing.
     add_log_level(n, default="info")
     n.set_defaults(run=_run)
@@ -64,5 +78,6 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         runtime_processes=args.runtime_processes,
         log_level=args.log_level,
         config_path=os.path.abspath(args.config) if getattr(args, "config", None) else None,
+        metrics_base=args.metrics_base,
     )
     return Supervisor(node_children(layout), env=node_environment(layout)).run()

@@ -42,8 +42,9 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     if args.metrics_port is not None:
         from aosk.metrics import serve
+        from aosk.status import readiness
 
-        serve(args.metrics_port)
+        serve(args.metrics_port, role="projector", readiness=readiness(settings, schema=args.schema))
     options = ProjectorOptions(
         schema=args.schema,
         group_id=args.group,

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import signal
 
-from aosk.cli._flags import add_log_level, add_schema, configure_logging
+from aosk.cli._flags import add_log_level, add_metrics_port, add_schema, configure_logging
 from aosk.config import Settings
 
 
@@ -21,12 +21,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "performs open calls again with the same call id (docs/runtime.md).",
     )
     add_schema(p)
+    add_metrics_port(p)
     add_log_level(p, default="info")
     p.set_defaults(run=_run)
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
+    if args.metrics_port is not None:
+        from aosk.metrics import serve
+        from aosk.status import readiness
+
+        serve(args.metrics_port, role="runtime", readiness=readiness(settings, schema=args.schema))
     return asyncio.run(_main(settings, args.schema))
 
 

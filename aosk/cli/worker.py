@@ -40,12 +40,13 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.topics import ensure_topics
 
     configure_logging(args.log_level)
-    if args.metrics_port is not None:
-        from aosk.metrics import serve
-
-        serve(args.metrics_port)
     if args.node_id:
         settings = settings.model_copy(update={"node_id": args.node_id})
+    if args.metrics_port is not None:
+        from aosk.metrics import serve
+        from aosk.status import readiness
+
+        serve(args.metrics_port, role="worker", readiness=readiness(settings, schema=args.schema))
     endpoints = resolve_endpoints(settings)
     ensure_topics(endpoints.bootstrap, settings.kafka)
 

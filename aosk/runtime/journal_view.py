@@ -230,6 +230,8 @@ class _Partition:
     """The end offset read at assignment."""
     caught_up: bool = False
     halted: PartitionHalted | None = None
+    last_ms: int | None = None
+    """Broker time of the last record folded (the lag in seconds)."""
     seek_pending: bool = False
     """A seek to ``next_offset`` is still to be made (resumed after a halt)."""
 
@@ -256,6 +258,7 @@ class _Partition:
             return _halt(topic, self.number, rec.offset, e)
         self.slots[key] = slot
         self.next_offset = rec.offset + 1
+        self.last_ms = rec.timestamp
         return RecordFolded(rec, verdict, key, slot)
 
 
@@ -351,6 +354,20 @@ class JournalView:
         """The offset up to which ``partition`` is folded (None: not owned)."""
         part = self._parts.get(partition)
         return None if part is None else part.next_offset
+
+    def lag(self) -> dict[int, tuple[int, int | None, int | None]]:
+        """Partition -> (next offset folded, end offset from the consumer's cached
+        watermarks or None, broker time of the last record folded or None)."""
+        from confluent_kafka import TopicPartition
+
+        out: dict[int, tuple[int, int | None, int | None]] = {}
+        for p, part in self._parts.items():
+            try:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+            except Exception:  # noqa: BLE001 - not fetched yet
+                high = None
+            out[p] = (part.next_offset, high if high is not None and high >= 0 else None, part.last_ms)
+        return out
 
     def state(self, agent_id: str) -> AgentState | None:
         """The folded state of ``agent_id`` (a partition's pseudo-agent ``~p<n>`` too) if it

@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from aosk.client import KernelClient
 from aosk.config import Settings
-from aosk.errors import AoskError, ModelRequestRejected
+from aosk.errors import AoskError, ModelRequestRejected, ModelTimeout, ModelUnavailable
 from aosk.events import (
     AgentStarted,
     Event,
@@ -65,6 +65,7 @@ from aosk.kernel import (
     step_event_id,
 )
 from aosk.kernel.tasks import STEP_NAMESPACE, clip_text
+from aosk.metrics import METRICS
 from aosk.runtime.journal_view import (
     JournalView,
     JournalViewOptions,
@@ -186,6 +187,9 @@ class Runtime:
         self._runner: ToolRunner | None = None
         self._view_error: BaseException | None = None
         self._tool_threads = ThreadPoolExecutor(rs.tool_concurrency, thread_name_prefix="aosk-tool")
+        # Gauges computed when Prometheus scrapes, not per step.
+        METRICS.run_queue_agents.set_function(lambda: len(self.queue) + len(self.tool_queue) + len(self.write_queue))
+        METRICS.tasks.source(self._tasks_by_status)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -237,8 +241,15 @@ class Runtime:
         try:
             options = JournalViewOptions(schema=self.schema, client_id=self.client_id)
             with JournalView(self.settings, group_id=self.settings.runtime.group_id, options=options) as view:
+                group = self.settings.runtime.group_id
+                last_lag = 0.0
                 while not halt.is_set():
                     events = view.poll(0.2)
+                    if time.monotonic() - last_lag >= 1.0:
+                        last_lag = time.monotonic()
+                        now_ms = int(time.time() * 1000)
+                        for p, (nxt, end, ts) in view.lag().items():
+                            METRICS.lag(group, p, next_offset=nxt, end=end, last_timestamp_ms=ts, now_ms=now_ms)
                     if not events:
                         continue
                     batch: list[tuple[str, Any]] = []
@@ -249,6 +260,7 @@ class Runtime:
                             batch.append(("ready", (ev.partition, view.agents(ev.partition))))
                         elif isinstance(ev, PartitionsRevoked):
                             batch.append(("revoked", ev.partitions))
+                            METRICS.forget_lag(group, ev.partitions)
                         elif isinstance(ev, PartitionHalted):
                             batch.append(("revoked", frozenset({ev.partition})))
                         elif isinstance(ev, PartitionsAssigned):
@@ -273,6 +285,8 @@ class Runtime:
                 if agent is None:
                     agent = self._agents[key] = _Agent(state, partition)
                 else:
+                    if state.tasks.ended is not agent.state.tasks.ended and partition in self._ready:
+                        _count_ended(agent.state, state)
                     agent.state = state
                 agent.runnable_since = now
                 if partition in self._ready:
@@ -447,15 +461,23 @@ class Runtime:
         timeout is the last word); None when the task failed or the call closed."""
         for attempt, pause in enumerate((*_RETRY_BACKOFF_S, None)):
             async with self._model_slots:
+                began = time.monotonic()
                 try:
                     self.stats.model_calls += 1
-                    return await self.provider.chat(messages, tools=tools, max_tokens=MAX_COMPLETION_TOKENS,
-                                                     headers={"Idempotency-Key": step.call_id})
+                    result = await self.provider.chat(messages, tools=tools, max_tokens=MAX_COMPLETION_TOKENS,
+                                                      headers={"Idempotency-Key": step.call_id})
+                    METRICS.model_call_seconds.observe(time.monotonic() - began)
+                    _count_tokens(state, result)
+                    return result
                 except ModelRequestRejected as e:
+                    METRICS.model_call_seconds.observe(time.monotonic() - began)
+                    METRICS.model_call_errors.labels("other").inc()
                     await self._finish(state, Finish(state.agent_id, step.task_id, False, reason="model_rejected",
                                                      message=str(e)[:1000]))
                     return None
                 except AoskError as e:
+                    METRICS.model_call_seconds.observe(time.monotonic() - began)
+                    METRICS.model_call_errors.labels(_model_error(e)).inc()
                     log.warning("runtime %s: model call %s (attempt %d) failed: %s", self.client_id, step.call_id,
                                 attempt + 1, e)
             current = self._agents.get(state.agent_id)
@@ -479,12 +501,19 @@ class Runtime:
             if run.tool in KERNEL_TOOLS:
                 kernel = await self._kernel_tool(state, run)
                 content, error = kernel.content, kernel.error
+                kind = None if error is None else error.partition(":")[0]
             else:
                 loop = asyncio.get_running_loop()
                 result: ToolResult = await loop.run_in_executor(self._tool_threads, self._runner.run, run.call_id,
                                                                 run.tool, run.arguments)
                 content = result.content
                 error = None if result.error is None else f"{result.error.kind}: {result.error.message}"[:4096]
+                kind = str(result.error.kind) if result.error is not None else "too_large" if result.truncated else None
+        # A tool name comes from the model: only known tools get a label of their own.
+        tool = run.tool if run.tool in KERNEL_TOOLS or run.tool in self.registry else "unknown"
+        METRICS.tool_call_seconds.labels(tool).observe(time.monotonic() - began)
+        if kind is not None:
+            METRICS.tool_call_errors.labels(tool, kind).inc()
         await self._write(state, ToolCallCompleted, event_id=step_event_id(run.call_id, "completed"),
                           call_id=run.call_id, result=content, error=error,
                           duration_ms=int((time.monotonic() - began) * 1000))
@@ -550,11 +579,52 @@ class Runtime:
 
     # -- for tests and the CLI -------------------------------------------------------------
 
+    def _tasks_by_status(self) -> dict[str, int]:
+        """``aosk_tasks``: the owned agents' tasks, queued or running (at scrape time, from a copy)."""
+        queued = running = 0
+        for agent in list(self._agents.values()):
+            q = agent.state.tasks.queue
+            if q:
+                started = q[0].started
+                running += started
+                queued += len(q) - started
+        return {"queued": queued, "running": running}
+
     def owned_agents(self) -> Mapping[str, AgentState]:
         return {k: a.state for k, a in self._agents.items()}
 
     def running(self) -> int:
         return sum(1 for a in self._agents.values() if a.state.status == Status.RUNNING)
+
+
+def _model_error(e: AoskError) -> str:
+    """The ``error`` label of a failed model call."""
+    if isinstance(e, ModelTimeout):
+        return "timeout"
+    if isinstance(e, ModelUnavailable):
+        if e.status is None:
+            return "connection"
+        if e.status == 429:
+            return "rate_limited"
+        if e.status >= 500:
+            return "server"
+    return "other"
+
+
+def _count_tokens(state: AgentState, result: ChatResult) -> None:
+    tenant = state.identity.tenant_id if state.identity else ""
+    if result.prompt_tokens:
+        METRICS.tokens.labels(tenant, "prompt").inc(result.prompt_tokens)
+    if result.completion_tokens:
+        METRICS.tokens.labels(tenant, "completion").inc(result.completion_tokens)
+
+
+def _count_ended(before: AgentState, after: AgentState) -> None:
+    """``aosk_tasks_ended_total``: the tasks ``after`` records as ended that ``before`` did not."""
+    old = {t for t, _ in before.tasks.ended}
+    for task_id, how in after.tasks.ended:
+        if task_id not in old:
+            METRICS.tasks_ended.labels(how).inc()
 
 
 def _tool_calls(result: ChatResult, p: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -51,7 +51,7 @@ def _defined() -> dict[str, dict[str, object]]:
 
 def test_the_table_is_there() -> None:
     assert len(TABLE) >= 30
-    assert {row["status"] for row in TABLE.values()} == {"exists", "item 3"}
+    assert {row["status"] for row in TABLE.values()} <= {"exists", "planned"}
 
 
 def test_every_metric_the_code_defines_is_documented_as_it_is() -> None:

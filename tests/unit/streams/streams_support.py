@@ -206,6 +206,9 @@ class FakeProducer:
     def poll(self, timeout: float = 0) -> int:
         return 0
 
+    def __len__(self) -> int:
+        return len(self.pending)
+
     def flush(self, timeout: float | None = None) -> int:
         if self.stuck:
             return len(self.pending)
