@@ -40,13 +40,14 @@ class Runtimes:
         return dict(worker_env(self.settings, self.state_dir), AOSK_LLM_BASE_URL=self.llm_url,
                     AOSK_EMBEDDINGS_BASE_URL=self.llm_url, AOSK_RUNTIME_GROUP_ID=self.group_id, **self.extra_env)
 
-    def start(self, name: str) -> RuntimeProcess:
+    def start(self, name: str, *args: str) -> RuntimeProcess:
+        """Start ``aosk runtime`` as ``name`` with extra ``args`` (e.g. ``--metrics-port``)."""
         self.started += 1
         log = self.state_dir / f"runtime-{name}-{self.started}.log"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "aosk.cli", "runtime", "--schema", self.schema,
-                                     "--log-level", "info"],
+                                     "--log-level", "info", *args],
                                     env=self.env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         rp = self.procs[name] = RuntimeProcess(name, proc, log)
         return rp
