@@ -188,7 +188,7 @@ class KernelMetrics:
                         self.tool_call_errors, self.tokens, self.tasks, self.tasks_ended),
         }
         self._enabled: set[Collector] = set()
-        self._lag_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._lag_children: dict[tuple[str, int], list[Any]] = {}
         self._verdict_children: dict[tuple[str, str, str], Any] = {}
         self._record_children: dict[str, Any] = {}
 
@@ -230,15 +230,18 @@ class KernelMetrics:
         key = (group, partition)
         children = self._lag_children.get(key)
         if children is None:
-            p = str(partition)
-            children = self._lag_children[key] = (self.consumer_lag_records.labels(group, p),
-                                                  self.consumer_lag_seconds.labels(group, p))
+            children = self._lag_children[key] = [self.consumer_lag_records.labels(group, str(partition)), None]
         behind = max(0, end - next_offset)
         children[0].set(behind)
         if behind == 0:
-            children[1].set(0)
+            seconds = 0.0
         elif last_timestamp_ms is not None:
-            children[1].set(max(0, now_ms - last_timestamp_ms) / 1000)
+            seconds = max(0, now_ms - last_timestamp_ms) / 1000
+        else:
+            return  # behind, and nothing processed yet: no age to give (the series appears with one)
+        if children[1] is None:
+            children[1] = self.consumer_lag_seconds.labels(group, str(partition))
+        children[1].set(seconds)
 
     def forget_lag(self, group: str, partitions: Iterable[int]) -> None:
         """``partitions`` are no longer this process's: their lag series go away."""

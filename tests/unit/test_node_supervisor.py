@@ -21,6 +21,7 @@ from aosk.node import (
     NodeLayout,
     SupervisorOptions,
     describe_exit,
+    metrics_port,
     node_children,
     node_environment,
     parse_roles,
@@ -64,6 +65,21 @@ def test_node_children_one_command_per_process() -> None:
     only = node_children(NodeLayout(node_id="n-1", roles=("worker", "runtime")), python="py")
     assert [s.name for s in only] == ["worker-1", "runtime-1"]
     assert only[0].argv == ("py", "-m", "aosk.cli", "worker", "--node-id", "n-1", "--log-level", "info")
+
+
+def test_node_children_get_their_roles_metrics_ports_from_the_base() -> None:
+    from aosk.cli import build_parser
+
+    layout = NodeLayout(node_id="n-1", worker_processes=2, metrics_base=9110)
+    ports = {s.name: s.argv[s.argv.index("--metrics-port") + 1] for s in node_children(layout, python="py")}
+    assert ports == {"api": "9111", "worker-1": "9112", "worker-2": "9212", "project-1": "9113", "runtime-1": "9114"}
+    assert metrics_port(9100, "runtime") == 9104
+    for spec in node_children(layout, python="py"):  # every child's command takes the flag
+        build_parser().parse_args(list(spec.argv[3:]))
+    assert not any("--metrics-port" in s.argv for s in node_children(NodeLayout(node_id="n-1"), python="py"))
+    assert build_parser().parse_args(["node", "--metrics-base", "9100"]).metrics_base == 9100
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["node", "--metrics-base", "65534"])
 
 
 # --- the supervisor as a process, with stand-in children ------------------------------------

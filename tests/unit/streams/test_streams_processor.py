@@ -227,3 +227,47 @@ def test_revoke_drops_the_partitions_slots_and_bookkeeping(workload_journal: Jou
     q = next(iter(owned - {p}))
     assert {k for k, _ in proc.snapshots_due(q, 0.0, everything=True)} == \
         {r.agent_key for r in records if r.partition == q}
+
+
+def test_the_batches_metric_counts_equal_the_plain_folds_verdicts(workload_journal: Journal) -> None:
+    """What ``aosk_worker_*`` and ``aosk_agents_*`` count (``Batch.types`` ...), summed
+    over batches, equals what the verdicts of one plain fold say; silent re-folds count
+    as records, never as verdicts."""
+    from collections import Counter
+
+    records = workload_journal.records
+    p = records[0].partition
+    proc = _processor()
+    silent_until = next(r.offset for r in records if r.partition == p) + 5
+    proc.assign(p, {}, silent_until=silent_until)
+    types: Counter[str] = Counter()
+    verdicts: Counter[tuple[str, str, str]] = Counter()
+    ended: Counter[str] = Counter()
+    started = paged = 0
+    stamps: list[int] = []
+    for i in range(0, len(records), 97):
+        b = proc.fold(records[i:i + 97], now=0.0)
+        types.update(b.types)
+        verdicts.update(b.verdicts)
+        ended.update(b.ended)
+        started += b.started
+        paged += b.paged_out
+        stamps += b.timestamps
+    _, plain = fold_with_verdicts(records)
+    assert sum(types.values()) == len(records)
+    assert types == Counter(v.event_type or "undecodable" for v in plain)
+    loud = [(r, v) for r, v in zip(records, plain, strict=True) if not (r.partition == p and r.offset < silent_until)]
+    assert len(loud) == len(records) - 5
+    assert verdicts == Counter((v.event_type or "undecodable", v.kind, v.reason) for _, v in loud)
+    assert stamps == [r.timestamp for r, _ in loud]
+    accepted = [v for _, v in loud if v.kind == Kind.ACCEPTED]
+    assert started == sum(1 for v in accepted if v.event_type == "AgentSpawned") > 0
+    assert paged == sum(len(v.paged_out) for v in accepted)
+    before: dict[str, str] = {}
+    want: Counter[str] = Counter()
+    for r, v in zip(records, plain, strict=True):
+        if v.status != before.get(v.agent_id) and v.status in ("TERMINATED", "ERROR") and v.kind == Kind.ACCEPTED \
+                and not (r.partition == p and r.offset < silent_until):
+            want[v.status] += 1
+        before[v.agent_id] = v.status
+    assert ended == want and sum(want.values()) > 0
