@@ -347,6 +347,12 @@ def serve(port: int, addr: str = "0.0.0.0", *, role: str | None = None, readines
 
     if role is not None and registry is REGISTRY:
         METRICS.enable(role)
-    httpd = make_server(addr, port, health_app(registry, readiness), ThreadingWSGIServer, handler_class=Quiet)
+    try:
+        httpd = make_server(addr, port, health_app(registry, readiness), ThreadingWSGIServer, handler_class=Quiet)
+    except OSError as e:
+        from aosk.errors import AoskError
+
+        raise AoskError(f"cannot serve metrics on {addr}:{port}: {e.strerror or e} "
+                        "(another process on that port? give another --metrics-port)") from e
     threading.Thread(target=httpd.serve_forever, name="aosk-metrics", daemon=True).start()
     return httpd

@@ -136,3 +136,25 @@ def test_the_metrics_port_answers_metrics_liveness_and_readiness() -> None:
     assert status.startswith("503") and json.loads(body)["status"] == "unhealthy"
     assert "no route to host" in json.loads(body)["error"]
     assert _get(health_app(reg, None), "/api/health")[0].startswith("503")
+
+
+def test_a_metrics_port_in_use_is_a_clear_error() -> None:
+    import urllib.request
+
+    import pytest
+
+    from aosk.errors import AoskError
+    from aosk.metrics import serve
+
+    reg = CollectorRegistry()
+    KernelMetrics(reg)
+    httpd = serve(0, "127.0.0.1", registry=reg)
+    try:
+        port = httpd.server_address[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
+            assert json.loads(r.read()) == {"status": "healthy"}
+        with pytest.raises(AoskError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+            serve(port, "127.0.0.1", registry=reg)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
