@@ -498,6 +498,7 @@ class Runtime:
         began = time.monotonic()
         async with self._tool_slots:
             self.stats.tool_runs += 1
+            called = time.monotonic()  # the call itself, not the wait for a slot
             if run.tool in KERNEL_TOOLS:
                 kernel = await self._kernel_tool(state, run)
                 content, error = kernel.content, kernel.error
@@ -509,9 +510,10 @@ class Runtime:
                 content = result.content
                 error = None if result.error is None else f"{result.error.kind}: {result.error.message}"[:4096]
                 kind = str(result.error.kind) if result.error is not None else "too_large" if result.truncated else None
+            called = time.monotonic() - called
         # A tool name comes from the model: only known tools get a label of their own.
         tool = run.tool if run.tool in KERNEL_TOOLS or run.tool in self.registry else "unknown"
-        METRICS.tool_call_seconds.labels(tool).observe(time.monotonic() - began)
+        METRICS.tool_call_seconds.labels(tool).observe(called)
         if kind is not None:
             METRICS.tool_call_errors.labels(tool, kind).inc()
         await self._write(state, ToolCallCompleted, event_id=step_event_id(run.call_id, "completed"),
@@ -577,7 +579,7 @@ class Runtime:
         log.info("runtime %s: %s is rate limited; asking again in %.1f s", self.client_id, agent.state.agent_id,
                  wait_s)
 
-    # -- for tests and the CLI -------------------------------------------------------------
+    # -- metrics computed at scrape time ----------------------------------------------------
 
     def _tasks_by_status(self) -> dict[str, int]:
         """``aosk_tasks``: the owned agents' tasks, queued or running (at scrape time, from a copy)."""
@@ -589,6 +591,8 @@ class Runtime:
                 running += started
                 queued += len(q) - started
         return {"queued": queued, "running": running}
+
+    # -- for tests and the CLI -------------------------------------------------------------
 
     def owned_agents(self) -> Mapping[str, AgentState]:
         return {k: a.state for k, a in self._agents.items()}
