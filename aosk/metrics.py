@@ -295,15 +295,38 @@ Readiness = Callable[[], Mapping[str, Any]]
 """Returns the body of ``/api/health`` (``aosk.status.Health.to_json()``)."""
 
 
-def health_app(registry: CollectorRegistry, readiness: Readiness | None) -> Callable[..., Iterable[bytes]]:
+def health_app(registry: CollectorRegistry, readiness: Readiness | None, *,
+               fresh_s: float = 2.0) -> Callable[..., Iterable[bytes]]:
     """The WSGI app of a metrics port: ``/metrics`` (prometheus-client's own app, with its
     content negotiation), ``/health`` (200: the process answers) and ``/api/health``
     (``readiness()``: 200 with ``healthy`` or ``degraded``, as the API's route; 503
-    ``unhealthy`` when the check itself failed or none was given)."""
+    ``unhealthy`` when the check itself failed or none was given).
+
+    One check runs at a time. An answer younger than ``fresh_s`` is given again, and while
+    a check runs the previous answer is given at once: a probe's timeout (5 s in
+    ops/k8s/) is never spent waiting behind a check whose dependencies are slow to answer."""
     from prometheus_client import make_wsgi_app
 
     metrics = make_wsgi_app(registry)
     lock = threading.Lock()
+    last: list[tuple[float, str, Mapping[str, Any]]] = []
+
+    def ready() -> tuple[str, Mapping[str, Any]]:
+        assert readiness is not None
+        if last and time.monotonic() - last[0][0] < fresh_s:
+            return last[0][1], last[0][2]
+        if not lock.acquire(blocking=not last):
+            return last[0][1], last[0][2]  # a check is under way: the previous answer
+        try:
+            try:
+                answer: tuple[str, Mapping[str, Any]] = ("200 OK", readiness())
+            except Exception as e:  # noqa: BLE001 - the probe gets an answer, the log the detail
+                log.warning("readiness check failed: %r", e)
+                answer = ("503 Service Unavailable", {"status": "unhealthy", "error": f"{type(e).__name__}: {e}"})
+            last[:] = [(time.monotonic(), *answer)]
+            return answer
+        finally:
+            lock.release()
 
     def respond(start_response: Callable[..., Any], status: str, body: Mapping[str, Any]) -> list[bytes]:
         data = json.dumps(body, sort_keys=True, default=str).encode()
@@ -318,14 +341,7 @@ def health_app(registry: CollectorRegistry, readiness: Readiness | None) -> Call
             if readiness is None:
                 return respond(start_response, "503 Service Unavailable",
                                {"status": "unhealthy", "error": "no readiness check in this process"})
-            with lock:  # one check at a time: probes of several kinds must not pile up connections
-                try:
-                    body = readiness()
-                except Exception as e:  # noqa: BLE001 - the probe gets an answer, the log the detail
-                    log.warning("readiness check failed: %r", e)
-                    return respond(start_response, "503 Service Unavailable",
-                                   {"status": "unhealthy", "error": f"{type(e).__name__}: {e}"})
-            return respond(start_response, "200 OK", body)
+            return respond(start_response, *ready())
         if path in ("/metrics", "/"):
             return metrics(environ, start_response)
         return respond(start_response, "404 Not Found", {"error": f"no {path} here: /metrics, /health, /api/health"})

@@ -133,7 +133,7 @@ def health(*, bootstrap: str, dsn: str, topic: str, worker_group: str, schema: s
     return Health(level, checks)
 
 
-def readiness(settings: Settings, *, schema: str, timeout: float = 3.0) -> Callable[[], dict[str, Any]]:
+def readiness(settings: Settings, *, schema: str, timeout: float = 2.0) -> Callable[[], dict[str, Any]]:
     """The ``/api/health`` of a metrics port (``aosk.metrics.serve``): ``health`` of the
     cluster ``settings`` name, as the API's route and ``aosk health`` report it."""
     from aosk.endpoints import resolve_endpoints

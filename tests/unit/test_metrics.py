@@ -118,7 +118,7 @@ def test_the_metrics_port_answers_metrics_liveness_and_readiness() -> None:
         calls.append(1)
         return {"status": "degraded", "checks": {"kafka": {"status": "error"}}}
 
-    app = health_app(reg, ready)
+    app = health_app(reg, ready, fresh_s=0)
     status, headers, body = _get(app, "/metrics")
     assert status.startswith("200")
     assert b'aosk_dependency_unavailable_total{dependency="kafka",role="worker"} 1.0' in body
@@ -132,7 +132,7 @@ def test_the_metrics_port_answers_metrics_liveness_and_readiness() -> None:
     def failing() -> dict[str, Any]:
         raise OSError("no route to host")
 
-    status, _, body = _get(health_app(reg, failing), "/api/health")
+    status, _, body = _get(health_app(reg, failing, fresh_s=0), "/api/health")
     assert status.startswith("503") and json.loads(body)["status"] == "unhealthy"
     assert "no route to host" in json.loads(body)["error"]
     assert _get(health_app(reg, None), "/api/health")[0].startswith("503")
@@ -158,3 +158,32 @@ def test_a_metrics_port_in_use_is_a_clear_error() -> None:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_readiness_answers_are_reused_while_fresh_and_while_a_check_runs() -> None:
+    import threading
+
+    reg = CollectorRegistry()
+    started, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def ready() -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) == 2:  # the second check hangs until released (a dependency not answering)
+            started.set()
+            release.wait(10)
+        return {"status": "healthy", "n": len(calls)}
+
+    fresh = health_app(reg, ready, fresh_s=60)
+    assert [json.loads(_get(fresh, "/api/health")[2])["n"] for _ in range(3)] == [1, 1, 1]
+    app = health_app(reg, ready, fresh_s=0)
+    calls.clear()
+    assert json.loads(_get(app, "/api/health")[2])["n"] == 1
+    slow = threading.Thread(target=_get, args=(app, "/api/health"))
+    slow.start()
+    assert started.wait(10)
+    status, _, body = _get(app, "/api/health")  # answered at once with the previous result
+    assert status == "200 OK" and json.loads(body)["n"] == 1
+    release.set()
+    slow.join(10)
+    assert json.loads(_get(app, "/api/health")[2])["n"] == 3
