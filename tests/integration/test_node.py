@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from aosk.devstack._process import pid_alive
+from aosk.node import metrics_port
 from aosk.waiting import wait_for
 from tests.support.api_harness import free_port
 from tests.support.node_harness import NodeProcess, proc_stat
@@ -31,14 +32,39 @@ def node(settings, tmp_path: Path, *args: str) -> NodeProcess:
                        tmp_path / "node.log", env=env)
 
 
+def free_metrics_base() -> int:
+    """A base whose four metrics ports (base+1 .. base+4) are free now."""
+    import random
+    import socket
+
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(20_000, 60_000, 10)
+        try:
+            for k in range(1, 5):
+                with socket.socket() as sock:
+                    sock.bind(("0.0.0.0", base + k))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no four free ports in a row")
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def restarted(n: NodeProcess, name: str, old_pid: int) -> bool:
     pid = n.pids().get(name)
     return pid is not None and pid != old_pid and pid in n.children()
 
 
 def test_node_restarts_a_killed_child_and_stops_on_sigterm(settings, tmp_path: Path) -> None:
-    port = free_port()
-    with node(settings, tmp_path, "--host", "127.0.0.1", "--port", str(port)) as n:
+    port, base = free_port(), free_metrics_base()
+    with node(settings, tmp_path, "--host", "127.0.0.1", "--port", str(port), "--metrics-base", str(base)) as n:
         pids = n.wait_children({"api", "worker-1", "project-1", "runtime-1"})
         for name, pid in pids.items():
             assert proc_stat(pid) == (n.pid, n.pid), f"{name} is not in the node's process group"
@@ -58,6 +84,16 @@ def test_node_restarts_a_killed_child_and_stops_on_sigterm(settings, tmp_path: P
             assert re.search(rf"{name} \(pid {pids[name]}\) was killed by SIGKILL after [\d.]+ s; restarting in",
                              n.log()), n.log()
         wait_for(healthy, timeout=60, what="the restarted API to answer /health")
+
+        # Every child serves its role's metrics port (the restarted worker too); the
+        # worker, projector and runtime answer the probes' paths there.
+        for role in ("api", "worker", "project", "runtime"):
+            url = f"http://127.0.0.1:{metrics_port(base, role)}"
+            wait_for(lambda url=url: answers(f"{url}/metrics"), timeout=30, what=f"{role}'s metrics on {url}")
+            if role != "api":
+                assert answers(f"{url}/health")
+        assert "aosk_worker_records_total" in httpx.get(f"http://127.0.0.1:{base + 2}/metrics").text
+        assert "aosk_projector_batches_total" in httpx.get(f"http://127.0.0.1:{base + 3}/metrics").text
 
         every = n.seen | n.children()
         t0 = time.monotonic()
