@@ -121,7 +121,7 @@ def test_a_single_worker_folds_everything_and_commits_only_acknowledged_outputs(
     _drive(w, c)
     _check(broker, w, journal)
     assert len(broker.messages(TRANSITIONS)) == len(_journal_records(broker))  # nothing crashed: once each
-    assert w._unacked == []  # every verdict's latency observed once its acknowledgement was known
+    assert not w._unacked  # every verdict's latency observed once its acknowledgement was known
     assert broker.committed == {(JOURNAL, p): len(broker.topics[JOURNAL][p]) for p in range(PARTS)}
     assert len(broker.commits) > 5
 
