@@ -33,6 +33,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,9 +150,12 @@ class Worker:
         self._busy = {"wait": 0.0, "fold": 0.0, "commit": 0.0}
         """Seconds the loop spent waiting for records, folding and sending, committing."""
         self._group = group_id(k.topic_prefix)
-        self._unacked: list[list[int]] = []
-        """Broker timestamps of records whose verdicts were handed to the producer and not
-        known to be acknowledged yet (``aosk_worker_verdict_latency_seconds``)."""
+        self._produced = 0
+        """Outputs handed to the producer so far."""
+        self._unacked: deque[tuple[int, list[int]]] = deque()
+        """Per batch whose verdicts are not known to be acknowledged yet: the number of
+        outputs produced up to its last, and its records' broker timestamps
+        (``aosk_worker_verdict_latency_seconds``)."""
         self._last_lag = 0.0
         METRICS.agents.source(self._agents_by_status)
 
@@ -202,15 +206,17 @@ class Worker:
         try:
             while not self._stop.is_set():
                 t0 = time.monotonic()
-                msgs = consume_ready(c, opts.batch_max, timeout=0.1, linger=opts.batch_wait_s)
+                # While verdicts wait for their acknowledgement, look again within 10 ms.
+                msgs = consume_ready(c, opts.batch_max, timeout=0.01 if self._unacked else 0.1,
+                                     linger=opts.batch_wait_s)
                 t1 = time.monotonic()
                 self._busy["wait"] += t1 - t0
                 if msgs:
                     self._handle(msgs)
                 self._producer.poll(0)
                 self._check_deliveries()
-                if self._unacked and not len(self._producer):  # every output so far is acknowledged
-                    self._acknowledged()
+                if self._unacked:
+                    self._acknowledged(self._produced - len(self._producer))
                 now = time.monotonic()
                 self._busy["fold"] += now - t1
                 if now - self._last_commit >= opts.commit_interval_s:
@@ -271,7 +277,7 @@ class Worker:
         m.worker_fold_seconds.observe(seconds)
         m.folded(batch.types, batch.verdicts)
         if batch.timestamps:
-            self._unacked.append(batch.timestamps)
+            self._unacked.append((self._produced, batch.timestamps))
         if batch.started:
             m.agents_started.inc(batch.started)
         for status, k in batch.ended.items():
@@ -279,16 +285,22 @@ class Worker:
         if batch.paged_out:
             m.context_page_outs.inc(batch.paged_out)
 
-    def _acknowledged(self) -> None:
-        """Every output handed over so far is acknowledged: observe the verdict latency
-        of the records waiting for it. The worker learns of it at the next turn of its
-        loop where nothing is in flight, or at the latest at the next commit's flush."""
+    def _acknowledged(self, done: int) -> None:
+        """``done`` outputs are acknowledged (produced minus those the producer still
+        holds): observe the verdict latency of the records of every batch whose outputs
+        end within them. librdkafka acknowledges per partition, not strictly in produce
+        order, so a batch counts as acknowledged when as many outputs are as it and
+        everything before it produced: off by what is in flight on other partitions (a
+        few ms at the producer's 5 ms linger). Looked at every turn of the loop (within
+        10 ms while verdicts wait) and after every commit's flush (``done`` = all)."""
+        unacked = self._unacked
+        if not unacked or unacked[0][0] > done:
+            return
         now_ms = time.time() * 1000
         observe = METRICS.worker_verdict_latency.observe
-        for stamps in self._unacked:
-            for ts in stamps:
+        while unacked and unacked[0][0] <= done:
+            for ts in unacked.popleft()[1]:
                 observe(max(0.0, now_ms - ts) / 1000)
-        self._unacked.clear()
 
     def _agents_by_status(self) -> dict[str, int]:
         """``aosk_agents``: the owned agents by status, counted at scrape time (from a copy:
@@ -321,6 +333,7 @@ class Worker:
             try:
                 p.produce(topic, value=o.value, key=o.key, partition=o.partition,
                           headers=list(o.headers) if o.headers else None, on_delivery=self._delivered)
+                self._produced += 1
                 return
             except BufferError:  # the local queue is full: let librdkafka send some first
                 p.poll(0.05)
@@ -361,7 +374,7 @@ class Worker:
             log.warning("%d outputs not acknowledged within %.1fs; offsets not committed", left, timeout)
             return False
         if self._unacked:
-            self._acknowledged()
+            self._acknowledged(self._produced)
         plan = self.cursors.commit_plan(parts)
         if plan:
             try:

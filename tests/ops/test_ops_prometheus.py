@@ -52,6 +52,16 @@ def test_every_layout_scrapes_the_same_jobs() -> None:
         assert groups and all(g["labels"]["node"] for g in groups)
 
 
+def test_the_local_example_targets_are_the_ports_aosk_node_gives_node_n() -> None:
+    from aosk.node import metrics_port
+
+    for job in JOBS:  # node-n started with --metrics-base 9100 + 10n (docs/operations.md "Metrics ports")
+        role = "project" if job == "projector" else job
+        for g in yaml.safe_load((PROM / "targets" / f"{job}.json").read_text()):
+            n = int(g["labels"]["node"].removeprefix("node-"))
+            assert g["targets"] == [f"127.0.0.1:{metrics_port(9100 + 10 * n, role)}"], (job, g)
+
+
 def test_alert_rules_are_valid() -> None:
     result = run([tool("promtool"), "check", "rules", "alerts.yml"], cwd=PROM)
     assert result.returncode == 0, explain(result)

@@ -121,6 +121,7 @@ def test_a_single_worker_folds_everything_and_commits_only_acknowledged_outputs(
     _drive(w, c)
     _check(broker, w, journal)
     assert len(broker.messages(TRANSITIONS)) == len(_journal_records(broker))  # nothing crashed: once each
+    assert not w._unacked  # every verdict's latency observed once its acknowledgement was known
     assert broker.committed == {(JOURNAL, p): len(broker.topics[JOURNAL][p]) for p in range(PARTS)}
     assert len(broker.commits) > 5
 
@@ -210,7 +211,11 @@ def test_revoke_commits_and_snapshots_everything_of_the_revoked_partitions(journ
         w._handle(c.consume(60, 0))
     before = {k: (s.state, s.last_offset) for k, s in w.processor.slots.items()}
     nexts = {p: w.cursors.next_offset(p) for p in range(PARTS)}
+    agents = sum(w._agents_by_status().values())  # aosk_agents, as a scrape counts it
+    assert agents == sum(1 for k in before if not k.startswith("~")) > 0
     c.rebalance("revoke", [0, 1])
+    after = sum(w._agents_by_status().values())  # the revoked partitions' agents are gone from it
+    assert 0 < after < agents and after == sum(1 for k in w.processor.slots if not k.startswith("~"))
     assert c.unassigned == 1 and w.cursors.owned() == {2, 3} and w.processor.owned() <= {2, 3}
     assert prod.pending  # the snapshots, produced after the commit
     prod.flush()
