@@ -706,8 +706,86 @@ def _fleet_sql(ep: Endpoints, run: str) -> None:
                   f"{output[:70]}{'...' if len(output) > 70 else ''}")
 
 
+def _section_cluster(settings: Settings) -> None:
+    _heading("11. a cluster on one machine: 2 nodes behind nginx, metrics, a node killed whole")
+    import json
+    import urllib.error
+    import urllib.request
+
+    from aosk.waiting import wait_for
+
+    def aosk(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "aosk.cli", *args], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def call(method: str, url: str, key: str, body: object = None) -> tuple[int, Any]:
+        headers = {"X-API-Key": key, "X-Forwarded-For": "203.0.113.7"}
+        data = None if body is None else json.dumps(body).encode()
+        if data is not None:
+            headers |= {"content-type": "application/json", "Idempotency-Key": str(uuid.uuid4())}
+        req = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def show(line: str) -> None:
+        print(f"  {line[:150]}")
+
+    up = aosk("cluster", "up", "--nodes", "2")
+    if up.returncode != 0:
+        show("aosk cluster up failed: " + (up.stderr.strip().splitlines() or ["?"])[-1])
+        aosk("cluster", "down")
+        return
+    try:
+        listing = json.loads(aosk("cluster", "status", "--format", "json").stdout)
+        url = listing["url"]
+        show(f"aosk cluster up --nodes 2 -> {url}  (nginx: least_conn, keepalive 32, retries only when safe)")
+        for node in listing["nodes"]:
+            kids = ", ".join(f"{name} {pid}" for name, pid in sorted(node["children"].items()))
+            show(f"  {node['node_id']}: supervisor {node['pid']}, API :{node['api_port']}; children {kids}")
+        key = aosk("keys", "create", "--tenant", "acme", "--scope", "admin", "--name", "demo-cluster"
+                   ).stdout.strip().splitlines()[-1]
+        code, made = call("POST", f"{url}/api/v1/agents", key, {"name": "clustered", "capabilities": ["search"]})
+        agent = made.get("agent_id", "?")
+        show(f"POST {url}/api/v1/agents (Idempotency-Key) -> {code} {agent}")
+        metrics_port = listing["nodes"][0]["metrics"]["worker"]["port"]
+        scraped: list[str] = []
+
+        def worker_reports() -> bool:
+            # the worker serves its port once started, its series once it owns partitions
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+                    scraped[:] = r.read().decode().splitlines()
+            except OSError:
+                return False
+            return any(ln.startswith("aosk_consumer_lag_records{") for ln in scraped)
+
+        wait_for(worker_reports, timeout=60, what=f"node-1's worker to report its lag on :{metrics_port}")
+        lines = [next(ln for ln in scraped if ln.startswith(prefix))
+                 for prefix in ("aosk_consumer_lag_records{", "aosk_agents{", "aosk_worker_records_total{")
+                 if any(ln.startswith(prefix) for ln in scraped)]
+        show(f"GET :{metrics_port}/metrics (node-1's worker) -> {len(scraped)} lines, e.g.")
+        for ln in lines[:3]:
+            show(f"    {ln}")
+        killed = aosk("cluster", "kill", "node-2")
+        show(f"aosk cluster kill node-2 (SIGKILL to its process group) -> exit {killed.returncode}")
+        answers = [call("GET", f"{url}/api/v1/agents/{agent}", key)[0] for _ in range(6)]
+        show(f"6 GETs through nginx with node-2 down -> {answers} (nginx retried them on node-1)")
+        show(f"aosk cluster status -> exit {aosk('cluster', 'status').returncode} (1: a node is down)")
+        started = aosk("cluster", "start", "node-2")
+        show(f"aosk cluster start node-2 -> exit {started.returncode}; "
+             f"status -> exit {aosk('cluster', 'status').returncode}")
+        show("a Prometheus for it: docs/operations.md \"Cluster on one machine\" (targets written under "
+             "<state_dir>/cluster/prometheus/)")
+    finally:
+        down = aosk("cluster", "down")
+        show(f"aosk cluster down -> exit {down.returncode}")
+
+
 def _section_models_and_tools(settings: Settings) -> None:
-    _heading("11. models and tools, directly: the stand-in model server (no network)")
+    _heading("12. models and tools, directly: the stand-in model server (no network)")
     import asyncio
     import json
 
@@ -755,7 +833,7 @@ def _section_models_and_tools(settings: Settings) -> None:
 
 
 def _section_errors() -> None:
-    _heading("12. when a dependency is down: one line and an exit code")
+    _heading("13. when a dependency is down: one line and an exit code")
     import os
     import socket
 
@@ -791,6 +869,7 @@ def run_demo(settings: Settings) -> int:
         _section_fleet(settings, ep, procs)
     finally:
         procs.stop()
+    _section_cluster(settings)
     _section_models_and_tools(settings)
     _section_errors()
     _heading("done")
