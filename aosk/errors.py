@@ -40,6 +40,9 @@
      +-- PartitionStopped       a reader met a record it must not skip (unknown fingerprint or fold version)
      +-- RecallError            a recall query that cannot be answered as asked (also a ValueError)
      +-- ReplayError            a replay cannot go on; the live schema is unchanged
+     +-- BackupError            an archive cannot be written or read, or a restore cannot go on
+     |    +-- BackupMismatch        ``aosk backup verify``: files or partitions differ from the manifest
+     |    +-- RestoreRefused        the restore target is not empty (nothing was written)
      +-- ToolError              a tool definition or a tool registry is unusable
      |    +-- DuplicateTool         two tools of one registry share a name
      +-- Problem                an HTTP API answer other than success (RFC 9457; aosk.api.problems)

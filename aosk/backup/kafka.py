@@ -13,7 +13,7 @@ produced. Every delivered offset is checked against the archived one.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from aosk._kafka import high_watermark, quiet
@@ -144,16 +144,23 @@ class _Producers:
         self.watch.close()
 
 
-def restore_partition(producers: _Producers, topic: str, partition: int, records: Sequence[ArchivedRecord],
-                      end_offset: int, *, progress: Callable[[int], None] = lambda n: None) -> None:
-    """Produce ``records`` (this partition's, in offset order) to an empty
-    ``topic[partition]`` at their offsets and timestamps, leaving its end offset at
-    ``end_offset``. Raises ``BackupError`` naming the first record that landed elsewhere."""
+def restore_partition(producers: _Producers, topic: str, partition: int,
+                      records: Callable[[], Iterator[ArchivedRecord]], end_offset: int, *,
+                      progress: Callable[[int], None] = lambda n: None) -> None:
+    """Produce the records ``records()`` yields (this partition's, in offset order) to an
+    empty ``topic[partition]`` at their offsets and timestamps, leaving its end offset at
+    ``end_offset``. Raises ``BackupError`` naming the first record that landed elsewhere.
+    ``records`` is called twice: once for the plan (offsets and timestamps only), once to
+    produce, so a partition is never held in memory."""
     from confluent_kafka import KafkaException, TopicPartition
 
-    offsets = [r.offset for r in records]
-    steps = restore_steps(offsets, [r.timestamp for r in records], end_offset,
-                          what=f"{topic}[{partition}]")
+    offsets: list[int] = []
+    times: list[int] = []
+    for r in records():
+        offsets.append(r.offset)
+        times.append(r.timestamp)
+    steps = restore_steps(offsets, times, end_offset, what=f"{topic}[{partition}]")
+    source = records()
     wrong: list[str] = []
 
     def check(want: int) -> Callable[[Any, Any], None]:
@@ -186,8 +193,8 @@ def restore_partition(producers: _Producers, topic: str, partition: int, records
     try:
         for step, at in expected_layout(steps, offsets):
             if isinstance(step, Plain):
-                for i in step.indexes:
-                    send(producers.plain, records[i])
+                for _ in step.indexes:
+                    send(producers.plain, next(source))
                     producers.plain.poll(0)
                 progress(len(step.indexes))
                 continue
@@ -195,7 +202,7 @@ def restore_partition(producers: _Producers, topic: str, partition: int, records
             fail_if_wrong()
             producers.tx.begin_transaction()
             if isinstance(step, Committed):
-                send(producers.tx, records[step.index])
+                send(producers.tx, next(source))
             else:
                 assert isinstance(step, Aborted)
                 for _ in range(step.fillers):

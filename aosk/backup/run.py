@@ -372,8 +372,8 @@ def restore_backup(settings: Settings, root: Path, options: BackupOptions = Back
                     # mismatch); left so if the restore fails, so nothing folds a partial journal.
                     set_timestamp_type(ep.bootstrap, topic, "CreateTime")
                 for e in t.partitions:
-                    restore_partition(producers, topic, e.partition, list(read_archive(root, e)), e.end_offset,
-                                      progress=bar.update)
+                    restore_partition(producers, topic, e.partition, lambda e=e: read_archive(root, e),
+                                      e.end_offset, progress=bar.update)
                 if before != "CreateTime":
                     set_timestamp_type(ep.bootstrap, topic, before)
                 counts[t.role] = t.records

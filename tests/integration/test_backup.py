@@ -227,6 +227,9 @@ def run_round_trip(source: Settings, target: Settings, tmp: Path, *, agents: int
     assert tk.bootstrap_servers
     restored = read_journal(tk.bootstrap_servers, tk.journal_topic)
     assert_projection_matches(dst_dsn, SCHEMA, restored)
+    digests = [run_cli(c, "db", "digest", "--format", "json") for c in (source, target)]
+    assert all(d.returncode == 0 for d in digests), [d.stderr for d in digests]
+    assert json.loads(digests[0].stdout)["tables"] == json.loads(digests[1].stdout)["tables"]
     r = run_cli(target, "audit", "verify", "--no-progress")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "audit chains intact" in r.stdout
