@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from functools import partial
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -372,7 +373,7 @@ def restore_backup(settings: Settings, root: Path, options: BackupOptions = Back
                     # mismatch); left so if the restore fails, so nothing folds a partial journal.
                     set_timestamp_type(ep.bootstrap, topic, "CreateTime")
                 for e in t.partitions:
-                    restore_partition(producers, topic, e.partition, lambda e=e: read_archive(root, e),
+                    restore_partition(producers, topic, e.partition, partial(read_archive, root, e),
                                       e.end_offset, progress=bar.update)
                 if before != "CreateTime":
                     set_timestamp_type(ep.bootstrap, topic, before)
