@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from functools import partial
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
