@@ -21,8 +21,8 @@ from aosk.backup.archive import Aborted, ArchivedRecord, Committed, Plain, expec
 from aosk.errors import BackupError
 from aosk.waiting import wait_for
 
-__all__ = ["read_partition", "end_offsets", "restore_partition", "set_timestamp_type", "timestamp_type",
-           "FILLER_HEADER"]
+__all__ = ["read_partition", "partition_reader", "end_offsets", "restore_partition", "set_timestamp_type",
+           "timestamp_type", "FILLER_HEADER"]
 
 FILLER_HEADER: Final = ("aosk-restore", b"filler")
 _EOF_CODE: Final = -191  # librdkafka's _PARTITION_EOF
@@ -58,21 +58,30 @@ def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, tuple[
         c.close()
 
 
-def read_partition(bootstrap: str, topic: str, partition: int, end: int, *, timeout: float = 60.0
-                   ) -> Iterator[ArchivedRecord]:
-    """The committed records of ``topic[partition]`` below offset ``end``, in offset order."""
+def partition_reader(bootstrap: str) -> Any:
+    """A consumer for ``read_partition`` (one for many partitions saves a connection each)."""
+    return _consumer(bootstrap)
+
+
+def read_partition(bootstrap: str, topic: str, partition: int, end: int, *, timeout: float = 60.0,
+                   consumer: Any = None) -> Iterator[ArchivedRecord]:
+    """The committed records of ``topic[partition]`` below offset ``end``, in offset order
+    (through ``consumer`` if given, which is left open; else a consumer of its own)."""
     import time
 
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     if end <= 0:
         return
-    c = _consumer(bootstrap)
+    c = consumer if consumer is not None else _consumer(bootstrap)
     try:
         c.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
         deadline = time.monotonic() + timeout
+        nxt = 0
         while True:
-            msgs = c.consume(1000, timeout=0.5)
+            # consume() returns early only once it has ``num`` messages: ask for no more
+            # than the offsets left (plus the end-of-partition event), and poll briefly.
+            msgs = c.consume(min(1000, end - nxt + 1), timeout=0.1)
             progressed = False
             for m in msgs:
                 err = m.error()
@@ -83,10 +92,11 @@ def read_partition(bootstrap: str, topic: str, partition: int, end: int, *, time
                 if m.offset() >= end:
                     return
                 progressed = True
+                nxt = m.offset() + 1
                 ts_type, ts = m.timestamp()
                 yield ArchivedRecord(partition, m.offset(), ts, ts_type, m.key(), m.value(),
                                      tuple((n, v) for n, v in (m.headers() or ())))
-                if m.offset() + 1 >= end:
+                if nxt >= end:
                     return
             (pos,) = c.position([TopicPartition(topic, partition)])
             if pos.offset >= end:
@@ -97,7 +107,10 @@ def read_partition(bootstrap: str, topic: str, partition: int, end: int, *, time
                 raise BackupError(f"reading {topic}[{partition}]: no progress for {timeout:.0f}s at offset "
                                   f"{pos.offset} (end {end}); an open transaction holds the partition?")
     finally:
-        c.close()
+        if consumer is None:
+            c.close()
+        else:
+            c.unassign()
 
 
 def timestamp_type(bootstrap: str, topic: str) -> str:

@@ -101,7 +101,7 @@ def _write_partition(path: Path, records: Iterable[ArchivedRecord]) -> tuple[int
 def create_backup(settings: Settings, out: Path, options: BackupOptions = BackupOptions()) -> Manifest:
     import psycopg
 
-    from aosk.backup.kafka import end_offsets, read_partition
+    from aosk.backup.kafka import end_offsets, partition_reader, read_partition
     from aosk.backup.postgres import dump_schema, schema_exists
     from aosk.endpoints import resolve_endpoints
 
@@ -132,6 +132,7 @@ def create_backup(settings: Settings, out: Path, options: BackupOptions = Backup
     ends = {role: end_offsets(ep.bootstrap, _topic(k, role), partitions) for role in ROLES
             if _partition_count(ep.bootstrap, _topic(k, role)) == partitions}
     total = sum(high - low for e in ends.values() for low, high in e.values())
+    consumer = partition_reader(ep.bootstrap)
     with _bar(total, "backup", options.progress) as bar:
         for role in ROLES:
             if role not in ends:
@@ -149,11 +150,12 @@ def create_backup(settings: Settings, out: Path, options: BackupOptions = Backup
                         bar.update(1)
                         yield r
 
-                n, first, last, content = _write_partition(out / rel, counted(read_partition(ep.bootstrap, topic, p,
-                                                                                             end)))
+                n, first, last, content = _write_partition(
+                    out / rel, counted(read_partition(ep.bootstrap, topic, p, end, consumer=consumer)))
                 entries.append(PartitionEntry(p, n, first, last, end, rel, (out / rel).stat().st_size,
                                               file_sha256(out / rel), content))
             topics.append(TopicEntry(role, topic, entries))
+    consumer.close()
     manifest = Manifest(created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), topic_prefix=k.topic_prefix,
                         partitions=partitions, topics=topics, dumps=dumps,
                         notes={"design": "docs/operations.md, Backup and restore"})
@@ -242,18 +244,20 @@ def verify_backup(root: Path, *, progress: bool = True) -> VerifyReport:
 def journal_digests(settings: Settings, bootstrap: str, partitions: int) -> dict[str, dict[int, tuple[int, str]]]:
     """(count, content digest) per partition of the journal and dead letters as they are
     now in Kafka (what a restore is checked with)."""
-    from aosk.backup.kafka import end_offsets, read_partition
+    from aosk.backup.kafka import end_offsets, partition_reader, read_partition
 
     out: dict[str, dict[int, tuple[int, str]]] = {}
+    consumer = partition_reader(bootstrap)
     for role in ROLES:
         topic = _topic(settings.kafka, role)
         ends = end_offsets(bootstrap, topic, partitions)
         out[role] = {}
         for p in range(partitions):
             d = ContentDigest()
-            for r in read_partition(bootstrap, topic, p, ends[p][1]):
+            for r in read_partition(bootstrap, topic, p, ends[p][1], consumer=consumer):
                 d.add(r)
             out[role][p] = (d.count, d.hexdigest())
+    consumer.close()
     return out
 
 
