@@ -33,7 +33,7 @@ import psycopg
 import pytest
 from confluent_kafka import Producer
 
-from aosk.backup import BackupOptions, create_backup, restore_backup, verify_backup
+from aosk.backup import BackupOptions, Manifest, create_backup, restore_backup, verify_backup
 from aosk.backup.run import read_archive
 from aosk.client._producer import producer_config
 from aosk.config import Settings
@@ -201,6 +201,8 @@ def run_round_trip(source: Settings, target: Settings, tmp: Path, *, agents: int
     # Restoring into the cluster it came from is refused: its journal is not empty.
     with pytest.raises(RestoreRefused, match="not empty"):
         restore_backup(source, archive, BackupOptions(progress=False))
+    r = run_cli(source, "backup", "restore", str(archive), "--no-progress")
+    assert r.returncode == 1 and f"{source.kafka.journal_topic} is not empty" in r.stderr, r.stderr
 
     t0 = time.monotonic()
     rep = restore_backup(target, archive, BackupOptions(progress=False))
@@ -209,7 +211,9 @@ def run_round_trip(source: Settings, target: Settings, tmp: Path, *, agents: int
     assert rep.records["journal"] == journal.records and rep.api_restored
 
     # Byte for byte: a backup of the restored cluster holds the same records at the same places.
-    again = create_backup(target, tmp / "again", BackupOptions(progress=False))
+    r = run_cli(target, "backup", "create", str(tmp / "again"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    again = Manifest.from_json((tmp / "again" / "manifest.json").read_text())
     for role in ("journal", "dead-letters"):
         a, b = m.topic(role), again.topic(role)
         assert [(e.partition, e.records, e.first_offset, e.last_offset, e.end_offset, e.content_sha256)
