@@ -149,7 +149,6 @@ class _Producers:
         self.tx.init_transactions(30)
         self.watch = Consumer(quiet({"bootstrap.servers": bootstrap, "group.id": f"{client_id}-watch",
                                      "enable.auto.commit": False}))
-        self.errors: list[str] = []
 
     def close(self) -> None:
         self.plain.flush(30)

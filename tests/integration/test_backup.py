@@ -148,8 +148,10 @@ def build_source(settings: Settings, tmp: Path, *, agents: int, events: int) -> 
         _start_worker(workers, settings)
         _settled(settings)
         assert workers.stop("w1") == 0
-    r = run_cli(settings, "replay", "--no-progress", "--drop-old", timeout=300)
+    t0 = time.monotonic()
+    r = run_cli(settings, "replay", "--no-progress", "--drop-old", timeout=600)
     assert r.returncode == 0, r.stderr
+    replay_s = time.monotonic() - t0
     dsn = settings.storage.postgresql.dsn
     assert dsn
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -158,7 +160,7 @@ def build_source(settings: Settings, tmp: Path, *, agents: int, events: int) -> 
         KeyStore(conn, settings.api.schema_name).create(tenant_id="tenant-0", scope="write", name="ops")
         conn.execute(f"insert into {settings.api.schema_name}.agents (agent_id, tenant_id) values (%s, %s)",
                      (wl.agents[0], "tenant-0"))
-    return {"workload": wl}
+    return {"workload": wl, "replay_s": replay_s}
 
 
 def _api_rows(dsn: str, schema: str) -> dict[str, list[tuple[Any, ...]]]:
@@ -177,7 +179,8 @@ def _states(settings: Settings) -> dict[str, bytes]:
 
 def run_round_trip(source: Settings, target: Settings, tmp: Path, *, agents: int, events: int) -> dict[str, float]:
     t: dict[str, float] = {}
-    build_source(source, tmp, agents=agents, events=events)
+    built = build_source(source, tmp, agents=agents, events=events)
+    t["source_replay_s"] = built["replay_s"]  # the same rebuild on the source, as a baseline
     before = _states(source)
     src_dsn, dst_dsn = source.storage.postgresql.dsn, target.storage.postgresql.dsn
     assert src_dsn and dst_dsn
