@@ -40,6 +40,9 @@
      +-- PartitionStopped       a reader met a record it must not skip (unknown fingerprint or fold version)
      +-- RecallError            a recall query that cannot be answered as asked (also a ValueError)
      +-- ReplayError            a replay cannot go on; the live schema is unchanged
+     +-- BackupError            an archive cannot be written or read, or a restore cannot go on
+     |    +-- BackupMismatch        ``aosk backup verify``: files or partitions differ from the manifest
+     |    +-- RestoreRefused        the restore target is not empty (nothing was written)
      +-- ToolError              a tool definition or a tool registry is unusable
      |    +-- DuplicateTool         two tools of one registry share a name
      +-- Problem                an HTTP API answer other than success (RFC 9457; aosk.api.problems)
@@ -69,7 +72,7 @@ __all__ = [
     "PartitionCountChanged", "EventRejected", "DeliveryError", "ProjectionTimeout", "ProjectionConfigError",
     "SchemaNotFound", "JournalMismatch", "MigrationError", "UndecodableState", "Fenced", "Inconsistent",
     "CheckpointError", "HistoryError", "NoSuchAgent", "HistoryIncomplete", "PartitionStopped", "RecallError",
-    "ReplayError", "ToolError", "DuplicateTool", "Problem",
+    "ReplayError", "BackupError", "BackupMismatch", "RestoreRefused", "ToolError", "DuplicateTool", "Problem",
 ]
 
 
@@ -438,6 +441,22 @@ class RecallError(AoskError, ValueError):
 class ReplayError(AoskError):
     """The replay cannot go on (a shadow left by an interrupted replay, another replay
     running, a partition the fold stops on); the live schema is unchanged."""
+
+
+class BackupError(AoskError):
+    """A backup cannot be written or read as asked (an archive file missing or not in
+    this version's format, a Kafka layout a restore cannot rebuild, a tool that failed)."""
+
+
+class BackupMismatch(BackupError):
+    """``aosk backup verify``: files or partitions differ from the manifest; the message
+    names each one."""
+
+
+class RestoreRefused(BackupError):
+    """``aosk backup restore`` refuses its target: a journal that is not empty, another
+    partition count, API tables that already hold rows, a worker group with members.
+    Nothing was written."""
 
 
 class ToolError(AoskError):

@@ -17,7 +17,7 @@ from aosk.streams.worker import EXIT_DELIVERY_FAILED, EXIT_STOP_TIMEOUT
 # Modules under aosk.cli that each define register(subparsers).
 COMMAND_MODULES = (
     "dev", "topics", "events", "worker", "project", "db", "audit", "memory", "state", "fork", "replay",
-    "kernel", "journal", "health", "keys", "api", "task", "runtime", "node", "cluster", "bench", "demo",
+    "kernel", "journal", "health", "keys", "api", "task", "runtime", "node", "cluster", "bench", "demo", "backup",
 )
 
 EXIT_PROBLEM: Final = 1

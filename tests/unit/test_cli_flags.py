@@ -117,10 +117,12 @@ def test_hidden_aliases_parse_to_the_canonical_dest() -> None:
                 continue
             assert hidden[alias].dest == shown[canonical].dest, (path, alias)
             value, parsed = ALIAS_SAMPLES[alias]
-            args = build_parser().parse_args([*path, alias, value])
+            # a command's required positionals (``aosk backup create DIR``) get a placeholder
+            words = [*path, *("x" for a in parser._actions if not a.option_strings and a.required)]
+            args = build_parser().parse_args([*words, alias, value])
             assert getattr(args, shown[canonical].dest) == parsed, (path, alias)
             # Not given: the canonical option's default holds.
-            default = build_parser().parse_args(list(path))
+            default = build_parser().parse_args(words)
             assert getattr(default, shown[canonical].dest) == shown[canonical].default, path
             seen += 1
     assert seen >= 3  # worker, project, replay
