@@ -14,9 +14,11 @@ on PostgreSQL ``LISTEN`` between checks: projectors ``NOTIFY`` after every batch
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aosk.errors import AoskError, PostgresUnavailable, ProjectionTimeout
 from aosk.reads.agents import AgentView
@@ -26,9 +28,12 @@ if TYPE_CHECKING:
 
     from aosk.client._producer import Delivery
     from aosk.config import Settings
+    from aosk.journal import JournalReader
     from aosk.projectors.history import PointInTime
     from aosk.reads.memory import Recalled
     from aosk.reads.tasks import TaskView
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ProjectionReader", "AgentView", "ProjectionTimeout", "wait_until_projected"]
 
@@ -45,6 +50,9 @@ class ProjectionReader:
         self.schema = check_schema_name(schema)
         self._dsn = dsn
         self._bootstrap, self._journal_topic = bootstrap, journal_topic
+        self._journal: JournalReader | None = None
+        """Opened at the first read that needs the journal, then reused (one consumer)."""
+        self._journal_lock = threading.Lock()
         self._pool = ConnectionPool(dsn, min_size=1, max_size=pool_size, open=False, name="aosk-reader",
                                     kwargs={"autocommit": False}, check=ConnectionPool.check_connection)
         try:
@@ -128,19 +136,59 @@ class ProjectionReader:
 
     def state_at(self, agent_id: str, *, offset: int | None = None, time_ms: int | None = None) -> PointInTime:
         """Time travel: ``agent_id``'s state after the record at ``offset`` of its partition,
-        or after the last record with broker time <= ``time_ms`` (nearest checkpoint plus
-        the journal after it; see ``aosk.projectors.history``)."""
-        from aosk.journal import JournalReader
+        or after its last record with broker time <= ``time_ms``.
+
+        Read from PostgreSQL: the nearest checkpoint at or before the point plus the
+        agent's ``events`` rows after it, folded with the kernel's ``apply``
+        (``aosk.reads.events.state_at``; for a time, ``offset`` is then the agent's last
+        record at or before it). From the journal instead (the nearest checkpoint plus
+        the records after it, ``aosk.projectors.history.state_at``), when the projection
+        cannot answer: the point is past what it has committed (``ProjectionBehind``),
+        the agent has no projected record yet, the schema lacks the rows
+        (``HistoryIncomplete``) or a row on the way lost its payload. Both give the same
+        state, byte for byte. Without ``bootstrap=`` those cases raise their error."""
+        from aosk.errors import EventsRowUnfoldable, HistoryIncomplete, NoSuchAgent, ProjectionBehind
+        from aosk.projectors.history import PointInTime
+        from aosk.reads.events import state_at
+
+        with self._pool.connection() as conn:
+            try:
+                point = state_at(conn, self.schema, agent_id, offset=offset, time_ms=time_ms)
+                return PointInTime(agent_id, point.partition, point.offset, point.state, point.state_hash,
+                                   point.checkpoint_seq, point.folded)
+            except (ProjectionBehind, HistoryIncomplete, EventsRowUnfoldable) as e:
+                conn.rollback()
+                if self._bootstrap is None:
+                    raise
+                why: Exception = e
+            except NoSuchAgent as e:
+                conn.rollback()
+                if e.first_offset is not None or self._bootstrap is None:
+                    raise  # it exists, later than the point; or no journal to look in
+                why = e  # none of its records projected yet: the journal may have them
+            return self._state_from_journal(conn, agent_id, offset=offset, time_ms=time_ms, why=why)
+
+    def _state_from_journal(self, conn: Any, agent_id: str, *, offset: int | None, time_ms: int | None,
+                            why: Exception) -> PointInTime:
         from aosk.projectors.history import state_at
 
-        if self._bootstrap is None:
-            raise AoskError("state_at reads the journal: create the ProjectionReader with bootstrap=")
-        with self._pool.connection() as conn, JournalReader(self._bootstrap, self._journal_topic) as reader:
-            return state_at(conn, self.schema, reader, agent_id, offset=offset, time_ms=time_ms)
+        log.debug("state_at(%s) from the journal: %s", agent_id, why)
+        with self._journal_lock:
+            if self._journal is None:
+                if self._bootstrap is None:
+                    raise AoskError("state_at reads the journal: create the ProjectionReader with bootstrap=")
+                from aosk.journal import JournalReader
+
+                self._journal = JournalReader(self._bootstrap, self._journal_topic)
+            return state_at(conn, self.schema, self._journal, agent_id, offset=offset, time_ms=time_ms)
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
+        with self._journal_lock:
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
         self._pool.close()
 
     def __enter__(self) -> ProjectionReader:

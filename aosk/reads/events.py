@@ -22,7 +22,14 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from aosk.errors import HistoryError, HistoryIncomplete, NoSuchAgent, StateDecodeError
+from aosk.errors import (
+    EventsRowUnfoldable,
+    HistoryError,
+    HistoryIncomplete,
+    NoSuchAgent,
+    ProjectionBehind,
+    StateDecodeError,
+)
 from aosk.kernel import AgentSlot, AgentState, Record, apply, decode_state, pseudo_key, state_hash
 from aosk.projectors.checkpoints import nearest_checkpoint
 from aosk.projectors.db import qualified
@@ -32,7 +39,7 @@ from aosk.projectors.rows import ms_of, storage_key, ts
 from aosk.reads.coverage import complete_from, require_events
 
 __all__ = ["EventItem", "EventPage", "PointState", "history", "events_after", "partition_of", "projected_end",
-           "current_state", "state_at"]
+           "current_state", "state_at", "fold_events"]
 
 _ITEM: Final = sql.SQL("seq, journal_partition, journal_offset, event_id, event_type, payload, verdict, reason, "
                        "broker_time")
@@ -168,17 +175,74 @@ def _record(key: str | None, partition: int, offset: int, event_type: str | None
     try:
         return record_of(key, partition, offset, event_type, payload, broker_ms)
     except (TypeError, ValueError, KeyError) as e:  # a row written without its payload (refused)
-        raise HistoryError(f"the events row of {partition}:{offset} cannot be folded back ({e}); "
-                           "`aosk state --at-offset` reads the journal instead") from e
+        raise EventsRowUnfoldable(f"the events row of {partition}:{offset} cannot be folded back ({e}); "
+                                  "`aosk state --at-offset` reads the journal instead") from e
+
+
+def _progress(conn: psycopg.Connection[Any], schema: str, partition: int) -> tuple[int, datetime | None]:
+    """(next offset, broker time of the last record) the projection committed of ``partition``."""
+    row = conn.execute(
+        sql.SQL("select next_offset, last_record_at from {} where partition = %s").format(
+            qualified(schema, "projector_offsets")),
+        (partition,),
+    ).fetchone()
+    return (0, None) if row is None else (int(row[0]), row[1])
+
+
+def _rows(conn: psycopg.Connection[Any], schema: str, partition: int, key: str, start: int,
+          stop: int) -> list[tuple[Any, ...]]:
+    """The rows a fold of ``key`` over offsets [start, stop] of ``partition`` reads: the
+    agent's own and its partition's accepted markers (rows of the pseudo-agent), by
+    offset. Two scans of ``events_agent_offset`` (the agent's rows are found without
+    reading the other agents' rows of the partition in between)."""
+    events = qualified(schema, "events")
+    q = sql.SQL("(select agent_id, journal_offset, event_type, payload, broker_time from {e} "
+                "where agent_id = %s and journal_offset >= %s and journal_offset <= %s and journal_partition = %s) "
+                "union all "
+                "(select agent_id, journal_offset, event_type, payload, broker_time from {e} "
+                "where agent_id = %s and journal_offset >= %s and journal_offset <= %s and verdict = 'accepted') "
+                "order by journal_offset").format(e=events)
+    return conn.execute(q, (key, start, stop, partition, storage_key(pseudo_key(partition)), start, stop)).fetchall()
+
+
+def fold_events(conn: psycopg.Connection[Any], schema: str, agent_id: str, partition: int, offset: int, *,
+                what: str) -> tuple[AgentSlot | None, AgentState, int | None, int]:
+    """``agent_id``'s slot after the record at ``offset`` of ``partition`` (None: no record
+    of it up to there), the partition's marker state there (fold version, recorded
+    partition count), the seq of the checkpoint the fold started from (None: offset 0)
+    and how many of the agent's records were folded on top of it. The caller checked
+    that ``offset`` is projected; ``HistoryIncomplete`` if the fold would need rows below
+    the partition's ``complete_from``."""
+    cp = nearest_checkpoint(conn, schema, agent_id, at_offset=offset)
+    slot, version, partitions, start = fold_start(conn, schema, partition, cp)
+    cp_seq = cp.seq if cp is not None and slot is not None else None  # None: folded from offset 0
+    complete = complete_from(conn, schema, partition)
+    if start < complete:
+        raise HistoryIncomplete(partition, complete, start, what=what)
+    key = storage_key(agent_id)
+    marker = AgentSlot(AgentState(agent_id=pseudo_key(partition), fold_version=version, partitions=partitions))
+    folded = 0
+    for owner, off, etype, payload, at in _rows(conn, schema, partition, key, start, offset):
+        st = marker.state
+        # rows are stored under the key they fold into (fold_key): misrouted ones are not here
+        rec = _record(None if owner != key else agent_id, partition, int(off), etype, payload, ms_of(at))
+        if owner != key:
+            marker, _ = apply(marker, rec, version=st.fold_version, partitions=st.partitions)
+            continue
+        slot, _ = apply(slot, rec, version=st.fold_version, partitions=st.partitions, hash_state=False)
+        folded += 1
+    return slot, marker.state, cp_seq, folded
 
 
 def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offset: int | None = None,
              time_ms: int | None = None) -> PointState:
     """``agent_id``'s state after the record at ``offset`` of its partition, or after its
     last record with broker time <= ``time_ms``. ``NoSuchAgent``: no record at or before
-    the point; ``HistoryError``: ``offset`` is past what the projection has committed;
-    ``HistoryIncomplete``: the fold would start below the partition's ``complete_from``
-    (it needs ``events`` rows the schema does not have)."""
+    the point; ``ProjectionBehind`` (a ``HistoryError``): the point is past what the
+    projection has committed (``offset`` at or past the partition's next offset;
+    ``time_ms`` later than its last projected record); ``HistoryIncomplete``: the fold
+    would start below the partition's ``complete_from`` (it needs ``events`` rows the
+    schema does not have); ``EventsRowUnfoldable``: a row on the way holds no payload."""
     if (offset is None) == (time_ms is None):
         raise ValueError("give exactly one of offset and time_ms")
     what = f"the state of {agent_id!r} at {'offset ' + str(offset) if time_ms is None else 'a broker time'}"
@@ -187,47 +251,27 @@ def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offse
         require_events(conn, schema, agent_id, what=what)  # all of its records predate the events rows
         raise NoSuchAgent(agent_id, f"no such agent: {agent_id!r} has no projected record")
     key = storage_key(agent_id)
-    events = qualified(schema, "events")
+    end, last_at = _progress(conn, schema, p)
     if time_ms is not None:
+        when = ts(time_ms)
+        if last_at is None or last_at < when:
+            # records at or before that time may still be on their way
+            raise ProjectionBehind(p, end, f"broker time {when.isoformat(timespec='milliseconds')} is past the last "
+                                           f"record projected of partition {p} (next offset {end})")
         row = conn.execute(
-            sql.SQL("select max(journal_offset) from {} where agent_id = %s and broker_time <= %s").format(events),
-            (key, ts(time_ms)),
+            sql.SQL("select max(journal_offset) from {} where agent_id = %s and broker_time <= %s").format(
+                qualified(schema, "events")),
+            (key, when),
         ).fetchone()
         if row is None or row[0] is None:
             require_events(conn, schema, agent_id, what=what)  # its rows at that time may be missing
-            raise _not_yet(conn, schema, agent_id, f"broker time {ts(time_ms).isoformat(timespec='milliseconds')}")
+            raise _not_yet(conn, schema, agent_id, f"broker time {when.isoformat(timespec='milliseconds')}")
         offset = int(row[0])
     assert offset is not None
-    end = projected_end(conn, schema, p)
     if offset >= end:
-        raise HistoryError(f"offset {offset} is past what is projected of partition {p} (next offset {end}); "
-                           f"ask for an offset below {end}")
-    cp = nearest_checkpoint(conn, schema, agent_id, at_offset=offset)
-    slot, version, partitions, start = fold_start(conn, schema, p, cp)
-    if slot is None:
-        cp = None
-    complete = complete_from(conn, schema, p)
-    if start < complete:
-        raise HistoryIncomplete(p, complete, start, what=what)
-    rows = conn.execute(
-        sql.SQL("select agent_id, journal_offset, event_type, payload, broker_time from {} "
-                "where journal_partition = %s and journal_offset >= %s and journal_offset <= %s "
-                "and (agent_id = %s or (agent_id = %s and verdict = 'accepted')) order by journal_offset").format(
-            events),
-        (p, start, offset, key, storage_key(pseudo_key(p))),
-    ).fetchall()
-    marker = AgentSlot(AgentState(agent_id=pseudo_key(p), fold_version=version, partitions=partitions))
-    folded = 0
-    for owner, off, etype, payload, at in rows:
-        st = marker.state
-        # rows are stored under the key they fold into (fold_key): misrouted ones are not here
-        rec = _record(None if owner != key else agent_id, p, int(off), etype, payload, ms_of(at))
-        if owner != key:
-            marker, _ = apply(marker, rec, version=st.fold_version, partitions=st.partitions)
-            continue
-        slot, _ = apply(slot, rec, version=st.fold_version, partitions=st.partitions, hash_state=False)
-        folded += 1
+        raise ProjectionBehind(p, end, f"offset {offset} is past what is projected of partition {p} (next offset "
+                                       f"{end}); ask for an offset below {end}")
+    slot, _, cp_seq, folded = fold_events(conn, schema, agent_id, p, offset, what=what)
     if slot is None:
         raise _not_yet(conn, schema, agent_id, f"offset {offset} of partition {p}")
-    return PointState(agent_id, p, offset, slot.state.seq, slot.state, state_hash(slot.state),
-                      cp.seq if cp else None, folded)
+    return PointState(agent_id, p, offset, slot.state.seq, slot.state, state_hash(slot.state), cp_seq, folded)
