@@ -33,7 +33,7 @@ from aosk.errors import (
 from aosk.kernel import AgentSlot, AgentState, Record, apply, decode_state, pseudo_key, state_hash
 from aosk.projectors.checkpoints import nearest_checkpoint
 from aosk.projectors.db import qualified
-from aosk.projectors.event_rows import record_of
+from aosk.projectors.event_rows import payload_of, record_of
 from aosk.projectors.history import fold_start
 from aosk.projectors.rows import ms_of, storage_key, ts
 from aosk.reads.coverage import complete_from, require_events
@@ -170,23 +170,31 @@ def _not_yet(conn: psycopg.Connection[Any], schema: str, agent_id: str, point: s
                                  f"offset {first}; ask for a point at or after it", first_offset=first)
 
 
-def _record(key: str | None, partition: int, offset: int, event_type: str | None, payload: dict[str, Any],
+def _record(key: str | None, partition: int, offset: int, event_type: str | None, payload: str,
             broker_ms: int) -> Record:
     try:
-        return record_of(key, partition, offset, event_type, payload, broker_ms)
+        return record_of(key, partition, offset, event_type, payload_of(payload), broker_ms, escaped=False)
     except (TypeError, ValueError, KeyError) as e:  # a row written without its payload (refused)
         raise EventsRowUnfoldable(f"the events row of {partition}:{offset} cannot be folded back ({e}); "
                                   "`aosk state --at-offset` reads the journal instead") from e
 
 
-def _progress(conn: psycopg.Connection[Any], schema: str, partition: int) -> tuple[int, datetime | None]:
-    """(next offset, broker time of the last record) the projection committed of ``partition``."""
+def _placed(conn: psycopg.Connection[Any], schema: str,
+            agent_id: str) -> tuple[int, int, datetime | None, int] | None:
+    """(partition, next offset, broker time of the last record, ``complete_from``) of
+    ``agent_id``'s partition as the projection committed it, in one query (None: no
+    record of the agent projected)."""
     row = conn.execute(
-        sql.SQL("select next_offset, last_record_at from {} where partition = %s").format(
-            qualified(schema, "projector_offsets")),
-        (partition,),
+        sql.SQL("select e.journal_partition, coalesce(o.next_offset, 0), o.last_record_at, "
+                "coalesce(c.complete_from, 0) "
+                "from (select journal_partition from {} where agent_id = %s limit 1) e "
+                "left join {} o on o.partition = e.journal_partition "
+                "left join {} c on c.partition = e.journal_partition").format(
+            qualified(schema, "events"), qualified(schema, "projector_offsets"),
+            qualified(schema, "events_coverage")),
+        (storage_key(agent_id),),
     ).fetchone()
-    return (0, None) if row is None else (int(row[0]), row[1])
+    return None if row is None else (int(row[0]), int(row[1]), row[2], int(row[3]))
 
 
 def _rows(conn: psycopg.Connection[Any], schema: str, partition: int, key: str, start: int,
@@ -196,27 +204,28 @@ def _rows(conn: psycopg.Connection[Any], schema: str, partition: int, key: str, 
     offset. Two scans of ``events_agent_offset`` (the agent's rows are found without
     reading the other agents' rows of the partition in between)."""
     events = qualified(schema, "events")
-    q = sql.SQL("(select agent_id, journal_offset, event_type, payload, broker_time from {e} "
+    q = sql.SQL("(select agent_id, journal_offset, event_type, payload::text, broker_time from {e} "
                 "where agent_id = %s and journal_offset >= %s and journal_offset <= %s and journal_partition = %s) "
                 "union all "
-                "(select agent_id, journal_offset, event_type, payload, broker_time from {e} "
+                "(select agent_id, journal_offset, event_type, payload::text, broker_time from {e} "
                 "where agent_id = %s and journal_offset >= %s and journal_offset <= %s and verdict = 'accepted') "
                 "order by journal_offset").format(e=events)
     return conn.execute(q, (key, start, stop, partition, storage_key(pseudo_key(partition)), start, stop)).fetchall()
 
 
 def fold_events(conn: psycopg.Connection[Any], schema: str, agent_id: str, partition: int, offset: int, *,
-                what: str) -> tuple[AgentSlot | None, AgentState, int | None, int]:
+                what: str, complete: int | None = None) -> tuple[AgentSlot | None, AgentState, int | None, int]:
     """``agent_id``'s slot after the record at ``offset`` of ``partition`` (None: no record
     of it up to there), the partition's marker state there (fold version, recorded
     partition count), the seq of the checkpoint the fold started from (None: offset 0)
     and how many of the agent's records were folded on top of it. The caller checked
     that ``offset`` is projected; ``HistoryIncomplete`` if the fold would need rows below
-    the partition's ``complete_from``."""
+    the partition's ``complete_from`` (``complete``: known already)."""
     cp = nearest_checkpoint(conn, schema, agent_id, at_offset=offset)
     slot, version, partitions, start = fold_start(conn, schema, partition, cp)
     cp_seq = cp.seq if cp is not None and slot is not None else None  # None: folded from offset 0
-    complete = complete_from(conn, schema, partition)
+    if complete is None:
+        complete = complete_from(conn, schema, partition)
     if start < complete:
         raise HistoryIncomplete(partition, complete, start, what=what)
     key = storage_key(agent_id)
@@ -246,12 +255,12 @@ def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offse
     if (offset is None) == (time_ms is None):
         raise ValueError("give exactly one of offset and time_ms")
     what = f"the state of {agent_id!r} at {'offset ' + str(offset) if time_ms is None else 'a broker time'}"
-    p = partition_of(conn, schema, agent_id)
-    if p is None:
+    placed = _placed(conn, schema, agent_id)
+    if placed is None:
         require_events(conn, schema, agent_id, what=what)  # all of its records predate the events rows
         raise NoSuchAgent(agent_id, f"no such agent: {agent_id!r} has no projected record")
     key = storage_key(agent_id)
-    end, last_at = _progress(conn, schema, p)
+    p, end, last_at, complete = placed
     if time_ms is not None:
         when = ts(time_ms)
         if last_at is None or last_at < when:
@@ -271,7 +280,7 @@ def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offse
     if offset >= end:
         raise ProjectionBehind(p, end, f"offset {offset} is past what is projected of partition {p} (next offset "
                                        f"{end}); ask for an offset below {end}")
-    slot, _, cp_seq, folded = fold_events(conn, schema, agent_id, p, offset, what=what)
+    slot, _, cp_seq, folded = fold_events(conn, schema, agent_id, p, offset, what=what, complete=complete)
     if slot is None:
         raise _not_yet(conn, schema, agent_id, f"offset {offset} of partition {p}")
     return PointState(agent_id, p, offset, slot.state.seq, slot.state, state_hash(slot.state), cp_seq, folded)
