@@ -6,7 +6,8 @@ Point-in-time states are the nearest checkpoint at or before the point plus the 
 ``aosk.projectors.history.state_at`` does from Kafka, here without a consumer. The
 partition's accepted markers (rows of its pseudo-agent) switch the fold version and
 partition count as they do live. Only what the projector has committed is read: a point
-past the partition's projected end is refused (``HistoryError``), not waited for.
+past the partition's projected end is refused (``ProjectionBehind``), not waited for;
+``ProjectionReader.state_at`` then reads the journal.
 
 A schema projected before migration 0005 lacks the ``events`` rows of its early records
 (``aosk.reads.coverage``): every read here that would need one of them refuses with
