@@ -62,6 +62,10 @@ class ReadsResult:
     equal: int
     """Random points whose journal answer equals the PostgreSQL answer (out of journal_samples * repeat)."""
     load_before: float
+    checkpoint_bytes: int = 0
+    """On disk: the ``checkpoints`` table with its indexes and TOAST."""
+    events_bytes: int = 0
+    """On disk: the ``events`` table with its indexes and TOAST."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -111,6 +115,9 @@ def bench_reads(settings: Settings, *, agents: int = 12, events_per_agent: int =
                                   say=say)
         with psycopg.connect(ep.dsn) as conn:
             spans = _spans(conn, schema, w.agents)
+            sizes = conn.execute("select pg_total_relation_size(%s), pg_total_relation_size(%s)",
+                                 (f"{schema}.checkpoints", f"{schema}.events")).fetchone()
+            assert sizes is not None
         counts = sorted(n for _, _, _, n in spans.values())
         with ProjectionReader(ep.dsn, schema=schema, bootstrap=ep.bootstrap,
                               journal_topic=bj.settings.kafka.journal_topic) as reader, \
@@ -171,7 +178,8 @@ def bench_reads(settings: Settings, *, agents: int = 12, events_per_agent: int =
         events_per_agent=counts[len(counts) // 2], checkpoint_every=every, samples=samples, repeat=repeat,
         project_seconds=timed.seconds, state_at=_median_latency(at_runs), latest=_median_latency(latest_runs),
         journal=_median_latency(journal_runs), journal_samples=journal_samples,
-        mean_folded=sum(folded) / len(folded), max_folded=max(folded), equal=equal, load_before=bj.load_before)
+        mean_folded=sum(folded) / len(folded), max_folded=max(folded), equal=equal, load_before=bj.load_before,
+        checkpoint_bytes=int(sizes[0]), events_bytes=int(sizes[1]))
 
 
 def _spans(conn: Any, schema: str, agents: tuple[str, ...]) -> dict[str, tuple[int, int, int, int]]:
@@ -207,7 +215,9 @@ def report_markdown(r: ReadsResult, machine: str) -> str:
         f"started. {r.events:,} events (the `aosk bench project` workload, no agent terminating) over {r.agents} "
         f"agents and the journal's {r.partitions} partitions (the median agent has {r.events_per_agent:,} records), "
         f"projected by 2 `aosk project` processes in {r.project_seconds:.1f} s with a checkpoint every "
-        f"{r.checkpoint_every} records of an agent. Then one `ProjectionReader`, warmed up by {WARMUP} reads of "
+        f"{r.checkpoint_every} records of an agent (checkpoints on disk: {r.checkpoint_bytes / 2**20:.1f} MiB, "
+        f"{r.checkpoint_bytes / max(r.events_bytes, 1):.2f}x the `events` table's {r.events_bytes / 2**20:.0f} MiB). "
+        "Then one `ProjectionReader`, warmed up by {WARMUP} reads of "
         f"each kind: `state_at` of a random agent at a random offset of its partition (PostgreSQL: the nearest "
         f"checkpoint plus the `events` rows after it, {r.mean_folded:.0f} records folded on average, at most "
         f"{r.max_folded}), `agent_state` of a random agent, and as the baseline the same `state_at` answered from "

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import psycopg
 from psycopg import sql
@@ -32,7 +32,7 @@ from aosk.errors import (
     StateDecodeError,
 )
 from aosk.kernel import AgentSlot, AgentState, Record, apply, decode_state, pseudo_key, state_hash
-from aosk.projectors.checkpoints import nearest_checkpoint
+from aosk.projectors.checkpoints import Checkpoint, checkpoint_of_row, nearest_checkpoint, nearest_query
 from aosk.projectors.db import qualified
 from aosk.projectors.event_rows import payload_of, record_of
 from aosk.projectors.history import fold_start
@@ -180,21 +180,20 @@ def _record(key: str | None, partition: int, offset: int, event_type: str | None
                                   "`aosk state --at-offset` reads the journal instead") from e
 
 
-def _placed(conn: psycopg.Connection[Any], schema: str,
-            agent_id: str) -> tuple[int, int, datetime | None, int] | None:
+def _placed_query(schema: str, agent_id: str) -> tuple[sql.Composed, tuple[Any, ...]]:
     """(partition, next offset, broker time of the last record, ``complete_from``) of
-    ``agent_id``'s partition as the projection committed it, in one query (None: no
+    ``agent_id``'s partition as the projection committed it, in one query (no row: no
     record of the agent projected)."""
-    row = conn.execute(
-        sql.SQL("select e.journal_partition, coalesce(o.next_offset, 0), o.last_record_at, "
+    q = sql.SQL("select e.journal_partition, coalesce(o.next_offset, 0), o.last_record_at, "
                 "coalesce(c.complete_from, 0) "
                 "from (select journal_partition from {} where agent_id = %s limit 1) e "
                 "left join {} o on o.partition = e.journal_partition "
                 "left join {} c on c.partition = e.journal_partition").format(
-            qualified(schema, "events"), qualified(schema, "projector_offsets"),
-            qualified(schema, "events_coverage")),
-        (storage_key(agent_id),),
-    ).fetchone()
+        qualified(schema, "events"), qualified(schema, "projector_offsets"), qualified(schema, "events_coverage"))
+    return q, (storage_key(agent_id),)
+
+
+def _placed(row: tuple[Any, ...] | None) -> tuple[int, int, datetime | None, int] | None:
     return None if row is None else (int(row[0]), int(row[1]), row[2], int(row[3]))
 
 
@@ -215,14 +214,16 @@ def _rows(conn: psycopg.Connection[Any], schema: str, partition: int, key: str, 
 
 
 def fold_events(conn: psycopg.Connection[Any], schema: str, agent_id: str, partition: int, offset: int, *,
-                what: str, complete: int | None = None) -> tuple[AgentSlot | None, AgentState, int | None, int]:
+                what: str, complete: int | None = None, checkpoint: Checkpoint | None | Literal[False] = False,
+                ) -> tuple[AgentSlot | None, AgentState, int | None, int]:
     """``agent_id``'s slot after the record at ``offset`` of ``partition`` (None: no record
     of it up to there), the partition's marker state there (fold version, recorded
     partition count), the seq of the checkpoint the fold started from (None: offset 0)
     and how many of the agent's records were folded on top of it. The caller checked
     that ``offset`` is projected; ``HistoryIncomplete`` if the fold would need rows below
-    the partition's ``complete_from`` (``complete``: known already)."""
-    cp = nearest_checkpoint(conn, schema, agent_id, at_offset=offset)
+    the partition's ``complete_from`` (``complete``: known already; ``checkpoint``: the
+    nearest checkpoint at or before ``offset``, already read, None if there is none)."""
+    cp = nearest_checkpoint(conn, schema, agent_id, at_offset=offset) if checkpoint is False else checkpoint
     slot, version, partitions, start = fold_start(conn, schema, partition, cp)
     cp_seq = cp.seq if cp is not None and slot is not None else None  # None: folded from offset 0
     if complete is None:
@@ -256,7 +257,18 @@ def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offse
     if (offset is None) == (time_ms is None):
         raise ValueError("give exactly one of offset and time_ms")
     what = f"the state of {agent_id!r} at {'offset ' + str(offset) if time_ms is None else 'a broker time'}"
-    placed = _placed(conn, schema, agent_id)
+    cp: Checkpoint | None | Literal[False] = False
+    placed_q, placed_params = _placed_query(schema, agent_id)
+    if offset is not None:
+        # one round trip: where the agent is and the checkpoint the fold starts from
+        cp_q, cp_params = nearest_query(schema, agent_id, at_offset=offset)
+        with conn.pipeline():
+            placed_cur = conn.execute(placed_q, placed_params)
+            cp_cur = conn.execute(cp_q, cp_params)
+        placed = _placed(placed_cur.fetchone())
+        cp = checkpoint_of_row(cp_cur.fetchone())
+    else:
+        placed = _placed(conn.execute(placed_q, placed_params).fetchone())
     if placed is None:
         require_events(conn, schema, agent_id, what=what)  # all of its records predate the events rows
         raise NoSuchAgent(agent_id, f"no such agent: {agent_id!r} has no projected record")
@@ -281,7 +293,8 @@ def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offse
     if offset >= end:
         raise ProjectionBehind(p, end, f"offset {offset} is past what is projected of partition {p} (next offset "
                                        f"{end}); ask for an offset below {end}")
-    slot, _, cp_seq, folded = fold_events(conn, schema, agent_id, p, offset, what=what, complete=complete)
+    slot, _, cp_seq, folded = fold_events(conn, schema, agent_id, p, offset, what=what, complete=complete,
+                                          checkpoint=cp)
     if slot is None:
         raise _not_yet(conn, schema, agent_id, f"offset {offset} of partition {p}")
     return PointState(agent_id, p, offset, slot.state.seq, slot.state, state_hash(slot.state), cp_seq, folded)
