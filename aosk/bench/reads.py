@@ -209,7 +209,7 @@ def report_markdown(r: ReadsResult, machine: str) -> str:
 
     at, latest, j = r.state_at, r.latest, r.journal
     lines = [
-        "## Reads: `state_at` and current state, in process",
+        f"## Reads: `state_at` and current state, in process (a checkpoint every {r.checkpoint_every} records)",
         "",
         f"`{command_line(r)}` on {machine}; the embedded dev stack; load average {r.load_before:.2f} when the run "
         f"started. {r.events:,} events (the `aosk bench project` workload, no agent terminating) over {r.agents} "

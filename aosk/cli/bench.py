@@ -225,7 +225,9 @@ def _reads(settings: Settings, args: argparse.Namespace) -> int:
     result = bench_reads(settings, agents=args.agents, events_per_agent=args.events_per_agent,
                          samples=args.samples, journal_samples=args.journal_samples, repeat=args.repeat,
                          checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
-    return _publish(args.output, "reads", report_markdown(result, machine_line()))
+    # a run with another checkpoint spacing keeps its own section next to the default's
+    section = "reads" if args.checkpoint_every is None else f"reads-checkpoint-every-{args.checkpoint_every}"
+    return _publish(args.output, section, report_markdown(result, machine_line()))
 
 
 def _publish(output: Path, section: str, text: str) -> int:
