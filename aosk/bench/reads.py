@@ -50,6 +50,8 @@ class ReadsResult:
     events_per_agent: int
     """The median agent's record count."""
     checkpoint_every: int
+    checkpoint_given: bool
+    """``checkpoint_every`` was asked for (else the schema's default)."""
     samples: int
     repeat: int
     project_seconds: float
@@ -175,7 +177,8 @@ def bench_reads(settings: Settings, *, agents: int = 12, events_per_agent: int =
                         "PostgreSQL's")
     return ReadsResult(
         agents=agents, events=len(w.items), partitions=bj.settings.kafka.journal_partitions,
-        events_per_agent=counts[len(counts) // 2], checkpoint_every=every, samples=samples, repeat=repeat,
+        events_per_agent=counts[len(counts) // 2], checkpoint_every=every,
+        checkpoint_given=checkpoint_every is not None, samples=samples, repeat=repeat,
         project_seconds=timed.seconds, state_at=_median_latency(at_runs), latest=_median_latency(latest_runs),
         journal=_median_latency(journal_runs), journal_samples=journal_samples,
         mean_folded=sum(folded) / len(folded), max_folded=max(folded), equal=equal, load_before=bj.load_before,
@@ -199,8 +202,8 @@ def _spans(conn: Any, schema: str, agents: tuple[str, ...]) -> dict[str, tuple[i
 
 def command_line(r: ReadsResult) -> str:
     return (f"aosk bench reads --agents {r.agents} --events-per-agent {r.events // max(r.agents, 1)} "
-            f"--samples {r.samples} --journal-samples {r.journal_samples} --repeat {r.repeat} "
-            f"--checkpoint-every {r.checkpoint_every}")
+            f"--samples {r.samples} --journal-samples {r.journal_samples} --repeat {r.repeat}"
+            + (f" --checkpoint-every {r.checkpoint_every}" if r.checkpoint_given else ""))
 
 
 def report_markdown(r: ReadsResult, machine: str) -> str:

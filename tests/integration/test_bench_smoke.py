@@ -108,4 +108,5 @@ def test_bench_reads_tiny(settings: Settings) -> None:
     assert r.checkpoint_every == 50 and r.max_folded < 50
     assert 0 < r.state_at.p50_ms <= r.state_at.p99_ms and 0 < r.latest.p50_ms <= r.latest.p99_ms
     text = reads_report(r, "test machine")
-    assert "aosk bench reads --agents 3" in text and "| `state_at`, PostgreSQL |" in text
+    assert "aosk bench reads --agents 3" in text and "--checkpoint-every 50" in text
+    assert "| `state_at`, PostgreSQL |" in text
