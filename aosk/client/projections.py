@@ -14,17 +14,17 @@ on PostgreSQL ``LISTEN`` between checks: projectors ``NOTIFY`` after every batch
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
+from contextlib import contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from aosk.errors import AoskError, PostgresUnavailable, ProjectionTimeout
+from aosk.errors import PostgresUnavailable, ProjectionTimeout
 from aosk.reads.agents import AgentView
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
     from aosk.client._producer import Delivery
     from aosk.config import Settings
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from aosk.projectors.history import PointInTime
     from aosk.reads.memory import Recalled
     from aosk.reads.tasks import TaskView
-
-log = logging.getLogger(__name__)
 
 __all__ = ["ProjectionReader", "AgentView", "ProjectionTimeout", "wait_until_projected"]
 
@@ -147,40 +145,23 @@ class ProjectionReader:
         the agent has no projected record yet, the schema lacks the rows
         (``HistoryIncomplete``) or a row on the way lost its payload. Both give the same
         state, byte for byte. Without ``bootstrap=`` those cases raise their error."""
-        from aosk.errors import EventsRowUnfoldable, HistoryIncomplete, NoSuchAgent, ProjectionBehind
-        from aosk.projectors.history import PointInTime
-        from aosk.reads.events import state_at
+        from aosk.projectors.history import projected_state_at
 
         with self._pool.connection() as conn:
-            try:
-                point = state_at(conn, self.schema, agent_id, offset=offset, time_ms=time_ms)
-                return PointInTime(agent_id, point.partition, point.offset, point.state, point.state_hash,
-                                   point.checkpoint_seq, point.folded)
-            except (ProjectionBehind, HistoryIncomplete, EventsRowUnfoldable) as e:
-                conn.rollback()
-                if self._bootstrap is None:
-                    raise
-                why: Exception = e
-            except NoSuchAgent as e:
-                conn.rollback()
-                if e.first_offset is not None or self._bootstrap is None:
-                    raise  # it exists, later than the point; or no journal to look in
-                why = e  # none of its records projected yet: the journal may have them
-            return self._state_from_journal(conn, agent_id, offset=offset, time_ms=time_ms, why=why)
+            return projected_state_at(conn, self.schema, agent_id, offset=offset, time_ms=time_ms,
+                                      journal=self._lend_journal if self._bootstrap is not None else None)
 
-    def _state_from_journal(self, conn: Any, agent_id: str, *, offset: int | None, time_ms: int | None,
-                            why: Exception) -> PointInTime:
-        from aosk.projectors.history import state_at
+    @contextmanager
+    def _lend_journal(self) -> Iterator[JournalReader]:
+        """The reader's one ``JournalReader`` (opened at the first read that needs it), to
+        one caller at a time."""
+        from aosk.journal import JournalReader
 
-        log.debug("state_at(%s) from the journal: %s", agent_id, why)
         with self._journal_lock:
             if self._journal is None:
-                if self._bootstrap is None:
-                    raise AoskError("state_at reads the journal: create the ProjectionReader with bootstrap=")
-                from aosk.journal import JournalReader
-
+                assert self._bootstrap is not None
                 self._journal = JournalReader(self._bootstrap, self._journal_topic)
-            return state_at(conn, self.schema, self._journal, agent_id, offset=offset, time_ms=time_ms)
+            yield self._journal
 
     # -- lifecycle ----------------------------------------------------------------------
 

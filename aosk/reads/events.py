@@ -163,12 +163,13 @@ def _first_offset(conn: psycopg.Connection[Any], schema: str, agent_id: str) -> 
     return None if row is None else int(row[0])
 
 
-def _not_yet(conn: psycopg.Connection[Any], schema: str, agent_id: str, point: str) -> NoSuchAgent:
+def _not_yet(conn: psycopg.Connection[Any], schema: str, agent_id: str, point: str, partition: int) -> NoSuchAgent:
     first = _first_offset(conn, schema, agent_id)
     if first is None:
         return NoSuchAgent(agent_id, f"no such agent: {agent_id!r} has no projected record")
     return NoSuchAgent(agent_id, f"agent {agent_id!r} did not exist yet at {point}: its first record is at "
-                                 f"offset {first}; ask for a point at or after it", first_offset=first)
+                                 f"offset {first} of partition {partition}; ask for a point at or after it",
+                       first_offset=first)
 
 
 def _record(key: str | None, partition: int, offset: int, event_type: str | None, payload: str,
@@ -287,7 +288,7 @@ def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offse
         ).fetchone()
         if row is None or row[0] is None:
             require_events(conn, schema, agent_id, what=what)  # its rows at that time may be missing
-            raise _not_yet(conn, schema, agent_id, f"broker time {when.isoformat(timespec='milliseconds')}")
+            raise _not_yet(conn, schema, agent_id, f"broker time {when.isoformat(timespec='milliseconds')}", p)
         offset = int(row[0])
     assert offset is not None
     if offset >= end:
@@ -296,5 +297,5 @@ def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offse
     slot, _, cp_seq, folded = fold_events(conn, schema, agent_id, p, offset, what=what, complete=complete,
                                           checkpoint=cp)
     if slot is None:
-        raise _not_yet(conn, schema, agent_id, f"offset {offset} of partition {p}")
+        raise _not_yet(conn, schema, agent_id, f"offset {offset} of partition {p}", p)
     return PointState(agent_id, p, offset, slot.state.seq, slot.state, state_hash(slot.state), cp_seq, folded)
