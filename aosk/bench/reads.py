@@ -20,6 +20,7 @@ p50 and p99 is reported.
 
 from __future__ import annotations
 
+import gc
 import random
 import time
 from dataclasses import dataclass, field
@@ -107,7 +108,9 @@ def bench_reads(settings: Settings, *, agents: int = 12, events_per_agent: int =
     w = generate_workload(agents=agents, events=total, seed=seed, garbage_every=1000, terminate_fraction=0.0,
                           children=False)
     bj = fresh_bench_journal(settings, kind="reads", events=total, agents=agents, seed=seed, say=say, workload=w)
-    ep, schema = bj.endpoints, bj.schema
+    ep, schema, prefix, topic = bj.endpoints, bj.schema, bj.prefix, bj.settings.kafka.journal_topic
+    load_before, partitions, agent_ids, n_items = (bj.load_before, bj.settings.kafka.journal_partitions, w.agents,
+                                                   len(w.items))
     rng = random.Random(seed)
     try:
         with psycopg.connect(ep.dsn) as conn:
@@ -118,15 +121,19 @@ def bench_reads(settings: Settings, *, agents: int = 12, events_per_agent: int =
             flush=True)
         timed = _timed_projection(settings, bj, processes=processes, written_first=True, without_hnsw=False,
                                   say=say)
+        # Measured as in a process that serves reads: without the workload's records in memory
+        # (their objects would make every cyclic collection of the reads walk them).
+        del w, bj
+        gc.collect()
         with psycopg.connect(ep.dsn) as conn:
-            spans = _spans(conn, schema, w.agents)
+            spans = _spans(conn, schema, agent_ids)
             sizes = conn.execute("select pg_total_relation_size(%s), pg_total_relation_size(%s)",
                                  (f"{schema}.checkpoints", f"{schema}.events")).fetchone()
             assert sizes is not None
         counts = sorted(n for _, _, _, n in spans.values())
         with ProjectionReader(ep.dsn, schema=schema, bootstrap=ep.bootstrap,
-                              journal_topic=bj.settings.kafka.journal_topic) as reader, \
-                JournalReader(ep.bootstrap, bj.settings.kafka.journal_topic) as journal:
+                              journal_topic=topic) as reader, \
+                JournalReader(ep.bootstrap, topic) as journal:
             names = sorted(spans)
 
             def point() -> tuple[str, int]:
@@ -180,19 +187,19 @@ def bench_reads(settings: Settings, *, agents: int = 12, events_per_agent: int =
                         equal += j.state_hash == reader.state_at(a, offset=off).state_hash
                 journal_runs.append(times)
     finally:
-        _cleanup(ep.dsn, ep.bootstrap, schema, bj.prefix)
+        _cleanup(ep.dsn, ep.bootstrap, schema, prefix)
     checked = journal_samples * repeat
     if equal != checked:
         raise AoskError(f"{checked - equal} of {checked} random points: the journal's state differs from "
                         "PostgreSQL's")
     return ReadsResult(
-        agents=agents, events=len(w.items), partitions=bj.settings.kafka.journal_partitions,
+        agents=agents, events=n_items, partitions=partitions,
         events_per_agent=counts[len(counts) // 2], checkpoint_every=every,
         checkpoint_given=checkpoint_every is not None, samples=samples, repeat=repeat,
         project_seconds=timed.seconds, state_at=_median_latency(at_runs, cpu["at"]),
         latest=_median_latency(latest_runs, cpu["latest"]), journal=_median_latency(journal_runs, cpu["journal"]),
         journal_samples=journal_samples,
-        mean_folded=sum(folded) / len(folded), max_folded=max(folded), equal=equal, load_before=bj.load_before,
+        mean_folded=sum(folded) / len(folded), max_folded=max(folded), equal=equal, load_before=load_before,
         checkpoint_bytes=int(sizes[0]), events_bytes=int(sizes[1]))
 
 
