@@ -36,6 +36,8 @@
      |    +-- NoSuchAgent           the agent has no record at or before that point
      |    +-- HistoryIncomplete     the events projection lacks the rows the read needs
      |                              (projected before migration 0005; ``aosk replay``)
+     |    +-- ProjectionBehind      the point is past what the projection has committed
+     |    +-- EventsRowUnfoldable   an events row lost its payload: only the journal has the record
      +-- PartitionStopped       a reader met a record it must not skip (unknown fingerprint or fold version)
      +-- RecallError            a recall query that cannot be answered as asked (also a ValueError)
      +-- ReplayError            a replay cannot go on; the live schema is unchanged
