@@ -37,6 +37,8 @@
      |    +-- NoSuchAgent           the agent has no record at or before that point
      |    +-- HistoryIncomplete     the events projection lacks the rows the read needs
      |                              (projected before migration 0005; ``aosk replay``)
+     |    +-- ProjectionBehind      the point is past what the projection has committed
+     |    +-- EventsRowUnfoldable   an events row lost its payload: only the journal has the record
      +-- PartitionStopped       a reader met a record it must not skip (unknown fingerprint or fold version)
      +-- RecallError            a recall query that cannot be answered as asked (also a ValueError)
      +-- ReplayError            a replay cannot go on; the live schema is unchanged
@@ -71,7 +73,8 @@ __all__ = [
     "DecodeError", "Undecodable", "UnknownFingerprint", "Quarantined", "StateDecodeError", "UnknownFoldVersion",
     "PartitionCountChanged", "EventRejected", "DeliveryError", "ProjectionTimeout", "ProjectionConfigError",
     "SchemaNotFound", "JournalMismatch", "MigrationError", "UndecodableState", "Fenced", "Inconsistent",
-    "CheckpointError", "HistoryError", "NoSuchAgent", "HistoryIncomplete", "PartitionStopped", "RecallError",
+    "CheckpointError", "HistoryError", "NoSuchAgent", "HistoryIncomplete", "ProjectionBehind", "EventsRowUnfoldable",
+    "PartitionStopped", "RecallError",
     "ReplayError", "BackupError", "BackupMismatch", "RestoreRefused", "ToolError", "DuplicateTool", "Problem",
 ]
 
@@ -393,6 +396,24 @@ class NoSuchAgent(HistoryError):
         self.agent_id = agent_id
         self.first_offset = first_offset
         super().__init__(message)
+
+
+class ProjectionBehind(HistoryError):
+    """The point asked for is past what the projection of ``partition`` has committed
+    (``next_offset``; or, for a broker time, later than its last projected record): the
+    ``events`` rows cannot answer it yet. ``ProjectionReader.state_at`` then reads the
+    tail from the journal; the API, which has no journal reader, answers 422."""
+
+    def __init__(self, partition: int, next_offset: int, message: str) -> None:
+        self.partition = partition
+        self.next_offset = next_offset
+        super().__init__(message)
+
+
+class EventsRowUnfoldable(HistoryError):
+    """An ``events`` row cannot be turned back into the record it stands for (its payload
+    was refused by PostgreSQL and stored as ``{"refused": ...}``): only the journal has
+    that record's body."""
 
 
 class HistoryIncomplete(HistoryError):

@@ -20,6 +20,7 @@ a replay and time travel fold the record alike (rejected ``quarantined``).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -33,6 +34,12 @@ from aosk.kernel import Record
 
 __all__ = ["record_from_message", "JournalReader", "QuarantineMarker", "Quarantines", "OFFSET_BEGINNING",
            "group_consumer_config", "live_partition_count"]
+
+PARTITIONS_TTL_S: Final = 30.0
+"""How long ``JournalReader.partitions`` trusts the count it read."""
+
+READ_STALL_S: Final = 60.0
+"""How long ``JournalReader.read`` waits for a record it knows exists before it gives up."""
 
 OFFSET_BEGINNING: Final = -2
 """``confluent_kafka.OFFSET_BEGINNING``: the first offset still in the partition."""
@@ -96,15 +103,18 @@ class JournalReader:
         self._topic = topic
         self._bootstrap = bootstrap
         self._closed = False
+        self._partitions: tuple[int, float] | None = None
+        """(count, when it was read) for ``partitions``."""
         self._consumer = Consumer(quiet({
             "bootstrap.servers": bootstrap,
             "group.id": f"aosk-reader-{uuid.uuid4().hex[:8]}",  # assign() only; nothing committed
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "isolation.level": "read_committed",
-            # A fetch of a partition read to its end waits this long on the broker, and the
-            # next range's fetch waits behind it (librdkafka's default: 500 ms per range).
-            "fetch.wait.max.ms": 50,
+            # A fetch of a partition read to its end waits this long on the broker, and every
+            # next request of this reader (the next range's fetch, its end offset, metadata)
+            # waits behind it on the connection (librdkafka's default: 500 ms per range).
+            "fetch.wait.max.ms": 5,
         }))
 
     def __enter__(self) -> JournalReader:
@@ -126,9 +136,17 @@ class JournalReader:
         return Quarantines.from_journal(self._bootstrap, self._topic)
 
     def partitions(self) -> int:
+        """The journal's partition count, asked of the cluster at most every
+        ``PARTITIONS_TTL_S`` (a reader reused for many point-in-time reads would
+        otherwise send a metadata request per read; the count only changes by an
+        operator's action, which stops every fold anyway: ``PartitionCountChanged``)."""
+        now = time.monotonic()
+        if self._partitions is not None and now - self._partitions[1] < PARTITIONS_TTL_S:
+            return self._partitions[0]
         md = cluster_metadata(self._consumer, self._bootstrap, self._topic, timeout=10).topics.get(self._topic)
         if md is None or md.error is not None:
             raise AoskError(f"journal topic {self._topic} does not exist; run `aosk topics ensure`")
+        self._partitions = (len(md.partitions), now)
         return len(md.partitions)
 
     def end_offset(self, partition: int) -> int:
@@ -163,10 +181,20 @@ class JournalReader:
         if start >= end:
             return
         self._consumer.assign([TopicPartition(self._topic, partition, start)])
+        quiet_since = time.monotonic()
         try:
             while True:
-                # not consume(1000, timeout): it would wait out the timeout for a short range
-                for msg in consume_ready(self._consumer, 1000, timeout=1.0):
+                # not consume(1000, timeout): it would wait out the timeout for a short range.
+                # Short polls: every record up to ``end`` exists, so a read that gets nothing
+                # for READ_STALL_S (broker gone, records deleted) fails instead of hanging.
+                msgs = consume_ready(self._consumer, 1000, timeout=0.2)
+                if not msgs:
+                    if time.monotonic() - quiet_since > READ_STALL_S:
+                        raise AoskError(f"reading {self._topic}[{partition}]: nothing for {READ_STALL_S:g}s "
+                                        f"before offset {end}")
+                    continue
+                quiet_since = time.monotonic()
+                for msg in msgs:
                     err = msg.error()
                     if err is not None:
                         if err.code() == -191:  # _PARTITION_EOF

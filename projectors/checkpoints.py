@@ -34,7 +34,8 @@ from aosk.kernel.verdict import Kind
 from aosk.projectors.db import qualified
 from aosk.projectors.rows import ms_of, storage_key
 
-__all__ = ["checkpoint_reason", "Checkpoint", "CheckpointError", "load_checkpoint", "nearest_checkpoint", "thin"]
+__all__ = ["checkpoint_reason", "Checkpoint", "CheckpointError", "load_checkpoint", "nearest_checkpoint",
+           "nearest_query", "checkpoint_of_row", "thin"]
 
 _FINAL: Final = frozenset({Status.TERMINATED, Status.ERROR})
 
@@ -93,13 +94,10 @@ def load_checkpoint(conn: psycopg.Connection[Any], schema: str, agent_id: str, s
     return None if row is None else _row_to_checkpoint(row)
 
 
-def nearest_checkpoint(
-    conn: psycopg.Connection[Any], schema: str, agent_id: str, *, at_seq: int | None = None,
-    at_offset: int | None = None,
-) -> Checkpoint | None:
-    """The latest checkpoint of ``agent_id`` at or before ``at_seq`` / ``at_offset``
-    (the latest of all without either), verified; fold the journal after its offset to
-    reach any later point."""
+def nearest_query(schema: str, agent_id: str, *, at_seq: int | None = None,
+                  at_offset: int | None = None) -> tuple[sql.Composed, list[Any]]:
+    """``nearest_checkpoint``'s query and parameters (its row: ``checkpoint_of_row``), for a
+    caller that sends it with others in one round trip (a pipeline)."""
     cond: sql.Composable = sql.SQL("")
     params: list[Any] = [storage_key(agent_id)]
     if at_seq is not None:
@@ -108,13 +106,25 @@ def nearest_checkpoint(
     if at_offset is not None:
         cond += sql.SQL(" and journal_offset <= %s")
         params.append(at_offset)
-    row = conn.execute(
-        sql.SQL("select {} from {} where agent_id = %s{} order by seq desc limit 1").format(
-            _COLS, qualified(schema, "checkpoints"), cond
-        ),
-        params,
-    ).fetchone()
+    q = sql.SQL("select {} from {} where agent_id = %s{} order by seq desc limit 1").format(
+        _COLS, qualified(schema, "checkpoints"), cond)
+    return q, params
+
+
+def checkpoint_of_row(row: tuple[Any, ...] | None) -> Checkpoint | None:
+    """The checkpoint a row of ``nearest_query`` holds, verified (None: no row)."""
     return None if row is None else _row_to_checkpoint(row)
+
+
+def nearest_checkpoint(
+    conn: psycopg.Connection[Any], schema: str, agent_id: str, *, at_seq: int | None = None,
+    at_offset: int | None = None,
+) -> Checkpoint | None:
+    """The latest checkpoint of ``agent_id`` at or before ``at_seq`` / ``at_offset``
+    (the latest of all without either), verified; fold the journal after its offset to
+    reach any later point."""
+    q, params = nearest_query(schema, agent_id, at_seq=at_seq, at_offset=at_offset)
+    return checkpoint_of_row(conn.execute(q, params).fetchone())
 
 
 def thin(conn: psycopg.Connection[Any], schema: str, *, keep_last: int = 10, keep_every: int = 1000) -> int:

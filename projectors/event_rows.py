@@ -25,7 +25,7 @@ from aosk.events import Event
 from aosk.kernel import Record, event_from_plain, event_to_plain
 from aosk.projectors.rows import storable
 
-__all__ = ["EVENT_COLUMNS", "EVENT_TYPES", "event_row", "refused_event_row", "payload_json", "record_of"]
+__all__ = ["EVENT_COLUMNS", "EVENT_TYPES", "event_row", "refused_event_row", "payload_json", "payload_of", "record_of"]
 
 EVENT_COLUMNS: Final = (
     "agent_id", "tenant_id", "seq", "journal_partition", "journal_offset", "event_id", "event_type", "payload",
@@ -143,11 +143,19 @@ def refused_event_row(row: Sequence[Any], refusal: str) -> tuple[Any, ...]:
     return tuple(r)
 
 
+def payload_of(text: str) -> dict[str, Any]:
+    """A stored ``payload`` read as text (``payload::text``) back to ``record_of``'s
+    argument: its JSON, unescaped only if something in it was escaped (most payloads
+    have nothing to unescape, and walking an embedding's items costs more than parsing it)."""
+    plain = json.loads(text)
+    return _unescaped(plain) if ESCAPED in text else plain
+
+
 def record_of(key: str | None, partition: int, offset: int, event_type: str | None, payload: dict[str, Any],
-              broker_ms: int) -> Record:
+              broker_ms: int, *, escaped: bool = True) -> Record:
     """The ``Record`` an ``events`` row stands for, as the fold sees it (``value`` is
     empty: the fold never reads it). ``key``: the record's key (the agent's id; None for a
-    partition marker)."""
+    partition marker). ``escaped=False``: ``payload`` is already unescaped (``payload_of``)."""
     if event_type is None:
         if payload.get("error") == "quarantined":
             err: DecodeError = Quarantined(bytes.fromhex(payload["fingerprint"]), int(payload["marker_offset"]),
@@ -155,6 +163,6 @@ def record_of(key: str | None, partition: int, offset: int, event_type: str | No
         else:
             err = Undecodable(str(payload.get("reason", payload)))
         return Record(key, partition, offset, broker_ms, error=err)
-    plain = _unescaped(payload)
+    plain = _unescaped(payload) if escaped else dict(payload)
     plain["type"] = event_type
     return Record(key, partition, offset, broker_ms, event=event_from_plain(plain))

@@ -16,7 +16,9 @@ without them the fold starts at offset 0.
 
 from __future__ import annotations
 
-from contextlib import closing
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -43,7 +45,9 @@ from aosk.projectors.rows import storage_key
 from aosk.reads.agents import first_offset, stored_state
 
 __all__ = ["PointInTime", "HistoryError", "NoSuchAgent", "PartitionStopped", "state_at", "state_at_seq",
-           "fold_start", "CheckpointPastStates"]
+           "projected_state_at", "fold_start", "CheckpointPastStates"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,38 @@ def state_at(conn: psycopg.Connection[Any], schema: str, reader: JournalReader, 
                     else f"and partition {p} of {reader.topic} has no record at or before broker time {time_ms}")
         raise _no_record(conn, schema, agent_id, p, point, searched)
     return PointInTime(agent_id, p, offset, slot.state, state_hash(slot.state), cp.seq if cp else None, folded)
+
+
+def projected_state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offset: int | None = None,
+                       time_ms: int | None = None,
+                       journal: Callable[[], AbstractContextManager[JournalReader]] | None = None) -> PointInTime:
+    """``state_at`` from PostgreSQL when the projection can answer (the nearest checkpoint
+    plus the agent's ``events`` rows: ``aosk.reads.events.state_at``), else from the
+    journal (``state_at`` above, on the reader ``journal()`` lends): the point is past what
+    is projected (``ProjectionBehind``), the agent has no projected record yet, the schema
+    lacks the rows (``HistoryIncomplete``) or a row on the way lost its payload
+    (``EventsRowUnfoldable``). The same state either way, byte for byte. Without
+    ``journal`` those cases raise their error. For a time, the ``offset`` of a PostgreSQL
+    answer is the agent's last record at or before it (the journal's: the partition's)."""
+    from aosk.errors import EventsRowUnfoldable, HistoryIncomplete, ProjectionBehind
+    from aosk.reads.events import state_at as events_state_at
+
+    try:
+        p = events_state_at(conn, schema, agent_id, offset=offset, time_ms=time_ms)
+        return PointInTime(agent_id, p.partition, p.offset, p.state, p.state_hash, p.checkpoint_seq, p.folded)
+    except (ProjectionBehind, HistoryIncomplete, EventsRowUnfoldable) as e:
+        conn.rollback()
+        if journal is None:
+            raise
+        why: Exception = e
+    except NoSuchAgent as e:
+        conn.rollback()
+        if e.first_offset is not None or journal is None:
+            raise  # it exists, later than the point; or no journal to look in
+        why = e  # none of its records projected yet: the journal may have them
+    log.debug("state_at(%s) from the journal: %s", agent_id, why)
+    with journal() as reader:
+        return state_at(conn, schema, reader, agent_id, offset=offset, time_ms=time_ms)
 
 
 def _no_record(conn: psycopg.Connection[Any], schema: str, agent_id: str, partition: int, point: str,

@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from aosk.bench.api import bench_api
     from aosk.bench.ingest import bench_ingest
     from aosk.bench.project import bench_project
+    from aosk.bench.reads import bench_reads
     from aosk.bench.replay import bench_replay
     from aosk.bench.runtime import bench_runtime
     from aosk.bench.worker import bench_worker
@@ -105,6 +106,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_no_progress(rt)
     add_output(rt)
     rt.set_defaults(run=_runtime)
+    rd = kinds.add_parser("reads", help="ProjectionReader.state_at at random offsets and latest state (p50/p99), "
+                                        "in process, vs. state_at from the journal")
+    add_agents(rd, default=param_default(bench_reads, "agents"))
+    rd.add_argument("--events-per-agent", type=int, default=param_default(bench_reads, "events_per_agent"),
+                    metavar="N", help="records per agent, about (default %(default)s)")
+    rd.add_argument("--samples", type=int, default=param_default(bench_reads, "samples"), metavar="N",
+                    help="timed reads of each kind per run (default %(default)s)")
+    rd.add_argument("--journal-samples", type=int, default=param_default(bench_reads, "journal_samples"),
+                    metavar="N", help="timed state_at reads from the journal per run, each checked against "
+                                      "PostgreSQL's (default %(default)s)")
+    rd.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                    help="records of an agent between checkpoints (default: the fold version's interval)")
+    add_repeat(rd, default=param_default(bench_reads, "repeat"), help="timed runs; the median is reported")
+    add_no_progress(rd)
+    add_output(rd)
+    rd.set_defaults(run=_reads)
 
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
@@ -199,6 +216,18 @@ def _runtime(settings: Settings, args: argparse.Namespace) -> int:
     result = bench_runtime(settings, agents=args.agents, tasks_per_agent=args.tasks, delay_ms=args.delay_ms,
                            repeat=args.repeat, progress=not args.no_progress)
     return _publish(args.output, "runtime", report_markdown(result, machine_line(), command_line(result, args.quick)))
+
+
+def _reads(settings: Settings, args: argparse.Namespace) -> int:
+    from aosk.bench.reads import bench_reads, report_markdown
+    from aosk.bench.report import machine_line
+
+    result = bench_reads(settings, agents=args.agents, events_per_agent=args.events_per_agent,
+                         samples=args.samples, journal_samples=args.journal_samples, repeat=args.repeat,
+                         checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+    # a run with another checkpoint spacing keeps its own section next to the default's
+    section = "reads" if args.checkpoint_every is None else f"reads-checkpoint-every-{args.checkpoint_every}"
+    return _publish(args.output, section, report_markdown(result, machine_line()))
 
 
 def _publish(output: Path, section: str, text: str) -> int:

@@ -62,14 +62,15 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.journal import JournalReader
     from aosk.kernel import encode_state
     from aosk.projectors.db import connect, require_schema
-    from aosk.projectors.history import state_at
+    from aosk.projectors.history import projected_state_at
 
     ep = resolve_endpoints(settings)
     topic = settings.kafka.journal_topic
     with connect(ep.dsn) as conn:
         require_schema(conn, args.schema, journal_topic=topic)
-        with JournalReader(ep.bootstrap, topic) as reader:
-            point = state_at(conn, args.schema, reader, args.agent, offset=args.at_offset, time_ms=args.at_time)
+        # the projection answers what it has; the journal the rest (a point past it included)
+        point = projected_state_at(conn, args.schema, args.agent, offset=args.at_offset, time_ms=args.at_time,
+                                   journal=lambda: JournalReader(ep.bootstrap, topic))
     state = json.loads(encode_state(point.state))
     if args.format == "json":
         print(json.dumps({

@@ -14,18 +14,21 @@ on PostgreSQL ``LISTEN`` between checks: projectors ``NOTIFY`` after every batch
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from aosk.errors import AoskError, PostgresUnavailable, ProjectionTimeout
+from aosk.errors import PostgresUnavailable, ProjectionTimeout
 from aosk.reads.agents import AgentView
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
     from aosk.client._producer import Delivery
     from aosk.config import Settings
+    from aosk.journal import JournalReader
     from aosk.projectors.history import PointInTime
     from aosk.reads.memory import Recalled
     from aosk.reads.tasks import TaskView
@@ -45,6 +48,9 @@ class ProjectionReader:
         self.schema = check_schema_name(schema)
         self._dsn = dsn
         self._bootstrap, self._journal_topic = bootstrap, journal_topic
+        self._journal: JournalReader | None = None
+        """Opened at the first read that needs the journal, then reused (one consumer)."""
+        self._journal_lock = threading.Lock()
         self._pool = ConnectionPool(dsn, min_size=1, max_size=pool_size, open=False, name="aosk-reader",
                                     kwargs={"autocommit": False}, check=ConnectionPool.check_connection)
         try:
@@ -128,19 +134,42 @@ class ProjectionReader:
 
     def state_at(self, agent_id: str, *, offset: int | None = None, time_ms: int | None = None) -> PointInTime:
         """Time travel: ``agent_id``'s state after the record at ``offset`` of its partition,
-        or after the last record with broker time <= ``time_ms`` (nearest checkpoint plus
-        the journal after it; see ``aosk.projectors.history``)."""
-        from aosk.journal import JournalReader
-        from aosk.projectors.history import state_at
+        or after its last record with broker time <= ``time_ms``.
 
-        if self._bootstrap is None:
-            raise AoskError("state_at reads the journal: create the ProjectionReader with bootstrap=")
-        with self._pool.connection() as conn, JournalReader(self._bootstrap, self._journal_topic) as reader:
-            return state_at(conn, self.schema, reader, agent_id, offset=offset, time_ms=time_ms)
+        Read from PostgreSQL: the nearest checkpoint at or before the point plus the
+        agent's ``events`` rows after it, folded with the kernel's ``apply``
+        (``aosk.reads.events.state_at``; for a time, ``offset`` is then the agent's last
+        record at or before it). From the journal instead (the nearest checkpoint plus
+        the records after it, ``aosk.projectors.history.state_at``), when the projection
+        cannot answer: the point is past what it has committed (``ProjectionBehind``),
+        the agent has no projected record yet, the schema lacks the rows
+        (``HistoryIncomplete``) or a row on the way lost its payload. Both give the same
+        state, byte for byte. Without ``bootstrap=`` those cases raise their error."""
+        from aosk.projectors.history import projected_state_at
+
+        with self._pool.connection() as conn:
+            return projected_state_at(conn, self.schema, agent_id, offset=offset, time_ms=time_ms,
+                                      journal=self._lend_journal if self._bootstrap is not None else None)
+
+    @contextmanager
+    def _lend_journal(self) -> Iterator[JournalReader]:
+        """The reader's one ``JournalReader`` (opened at the first read that needs it), to
+        one caller at a time."""
+        from aosk.journal import JournalReader
+
+        with self._journal_lock:
+            if self._journal is None:
+                assert self._bootstrap is not None
+                self._journal = JournalReader(self._bootstrap, self._journal_topic)
+            yield self._journal
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
+        with self._journal_lock:
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
         self._pool.close()
 
     def __enter__(self) -> ProjectionReader:

@@ -6,7 +6,8 @@ Point-in-time states are the nearest checkpoint at or before the point plus the 
 ``aosk.projectors.history.state_at`` does from Kafka, here without a consumer. The
 partition's accepted markers (rows of its pseudo-agent) switch the fold version and
 partition count as they do live. Only what the projector has committed is read: a point
-past the partition's projected end is refused (``HistoryError``), not waited for.
+past the partition's projected end is refused (``ProjectionBehind``), not waited for;
+``ProjectionReader.state_at`` then reads the journal.
 
 A schema projected before migration 0005 lacks the ``events`` rows of its early records
 (``aosk.reads.coverage``): every read here that would need one of them refuses with
@@ -17,22 +18,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import psycopg
 from psycopg import sql
 
-from aosk.errors import HistoryError, HistoryIncomplete, NoSuchAgent, StateDecodeError
+from aosk.errors import (
+    EventsRowUnfoldable,
+    HistoryError,
+    HistoryIncomplete,
+    NoSuchAgent,
+    ProjectionBehind,
+    StateDecodeError,
+)
 from aosk.kernel import AgentSlot, AgentState, Record, apply, decode_state, pseudo_key, state_hash
-from aosk.projectors.checkpoints import nearest_checkpoint
+from aosk.projectors.checkpoints import Checkpoint, checkpoint_of_row, nearest_checkpoint, nearest_query
 from aosk.projectors.db import qualified
-from aosk.projectors.event_rows import record_of
+from aosk.projectors.event_rows import payload_of, record_of
 from aosk.projectors.history import fold_start
 from aosk.projectors.rows import ms_of, storage_key, ts
 from aosk.reads.coverage import complete_from, require_events
 
 __all__ = ["EventItem", "EventPage", "PointState", "history", "events_after", "partition_of", "projected_end",
-           "current_state", "state_at"]
+           "current_state", "state_at", "fold_events"]
 
 _ITEM: Final = sql.SQL("seq, journal_partition, journal_offset, event_id, event_type, payload, verdict, reason, "
                        "broker_time")
@@ -155,79 +163,145 @@ def _first_offset(conn: psycopg.Connection[Any], schema: str, agent_id: str) -> 
     return None if row is None else int(row[0])
 
 
-def _not_yet(conn: psycopg.Connection[Any], schema: str, agent_id: str, point: str) -> NoSuchAgent:
+def _not_yet(conn: psycopg.Connection[Any], schema: str, agent_id: str, point: str, partition: int) -> NoSuchAgent:
     first = _first_offset(conn, schema, agent_id)
     if first is None:
         return NoSuchAgent(agent_id, f"no such agent: {agent_id!r} has no projected record")
     return NoSuchAgent(agent_id, f"agent {agent_id!r} did not exist yet at {point}: its first record is at "
-                                 f"offset {first}; ask for a point at or after it", first_offset=first)
+                                 f"offset {first} of partition {partition}; ask for a point at or after it",
+                       first_offset=first)
 
 
-def _record(key: str | None, partition: int, offset: int, event_type: str | None, payload: dict[str, Any],
+def _record(key: str | None, partition: int, offset: int, event_type: str | None, payload: str,
             broker_ms: int) -> Record:
     try:
-        return record_of(key, partition, offset, event_type, payload, broker_ms)
+        return record_of(key, partition, offset, event_type, payload_of(payload), broker_ms, escaped=False)
     except (TypeError, ValueError, KeyError) as e:  # a row written without its payload (refused)
-        raise HistoryError(f"the events row of {partition}:{offset} cannot be folded back ({e}); "
-                           "`aosk state --at-offset` reads the journal instead") from e
+        raise EventsRowUnfoldable(f"the events row of {partition}:{offset} cannot be folded back ({e}); "
+                                  "`aosk state --at-offset` reads the journal instead") from e
+
+
+def _placed_query(schema: str, agent_id: str) -> tuple[sql.Composed, tuple[Any, ...]]:
+    """(partition, next offset, broker time of the last record, ``complete_from``) of
+    ``agent_id``'s partition as the projection committed it, in one query (no row: no
+    record of the agent projected)."""
+    q = sql.SQL("select e.journal_partition, coalesce(o.next_offset, 0), o.last_record_at, "
+                "coalesce(c.complete_from, 0) "
+                "from (select journal_partition from {} where agent_id = %s limit 1) e "
+                "left join {} o on o.partition = e.journal_partition "
+                "left join {} c on c.partition = e.journal_partition").format(
+        qualified(schema, "events"), qualified(schema, "projector_offsets"), qualified(schema, "events_coverage"))
+    return q, (storage_key(agent_id),)
+
+
+def _placed(row: tuple[Any, ...] | None) -> tuple[int, int, datetime | None, int] | None:
+    return None if row is None else (int(row[0]), int(row[1]), row[2], int(row[3]))
+
+
+def _rows(conn: psycopg.Connection[Any], schema: str, partition: int, key: str, start: int,
+          stop: int) -> list[tuple[Any, ...]]:
+    """The rows a fold of ``key`` over offsets [start, stop] of ``partition`` reads: the
+    agent's own and its partition's accepted markers (rows of the pseudo-agent), by
+    offset. Two scans of ``events_agent_offset``, so the agent's rows are found without
+    reading the other agents' rows of the partition in between. The partition is checked
+    here, not in SQL: given it, the planner ANDs the primary key's offset range with every
+    row of the agent (``events_agent_seq``) instead, ten times slower for a long-lived
+    agent. (Only fold version 1 leaves an agent rows on another partition: records
+    produced there under its key.)"""
+    events = qualified(schema, "events")
+    q = sql.SQL("(select agent_id, journal_partition, journal_offset, event_type, payload::text, broker_time "
+                "from {e} where agent_id = %s and journal_offset >= %s and journal_offset <= %s) "
+                "union all "
+                "(select agent_id, journal_partition, journal_offset, event_type, payload::text, broker_time "
+                "from {e} where agent_id = %s and journal_offset >= %s and journal_offset <= %s "
+                "and verdict = 'accepted') "
+                "order by journal_offset").format(e=events)
+    rows = conn.execute(q, (key, start, stop, storage_key(pseudo_key(partition)), start, stop)).fetchall()
+    return [(r[0], r[2], r[3], r[4], r[5]) for r in rows if r[1] == partition]
+
+
+def fold_events(conn: psycopg.Connection[Any], schema: str, agent_id: str, partition: int, offset: int, *,
+                what: str, complete: int | None = None, checkpoint: Checkpoint | None | Literal[False] = False,
+                ) -> tuple[AgentSlot | None, AgentState, int | None, int]:
+    """``agent_id``'s slot after the record at ``offset`` of ``partition`` (None: no record
+    of it up to there), the partition's marker state there (fold version, recorded
+    partition count), the seq of the checkpoint the fold started from (None: offset 0)
+    and how many of the agent's records were folded on top of it. The caller checked
+    that ``offset`` is projected; ``HistoryIncomplete`` if the fold would need rows below
+    the partition's ``complete_from`` (``complete``: known already; ``checkpoint``: the
+    nearest checkpoint at or before ``offset``, already read, None if there is none)."""
+    cp = nearest_checkpoint(conn, schema, agent_id, at_offset=offset) if checkpoint is False else checkpoint
+    slot, version, partitions, start = fold_start(conn, schema, partition, cp)
+    cp_seq = cp.seq if cp is not None and slot is not None else None  # None: folded from offset 0
+    if complete is None:
+        complete = complete_from(conn, schema, partition)
+    if start < complete:
+        raise HistoryIncomplete(partition, complete, start, what=what)
+    key = storage_key(agent_id)
+    marker = AgentSlot(AgentState(agent_id=pseudo_key(partition), fold_version=version, partitions=partitions))
+    folded = 0
+    for owner, off, etype, payload, at in _rows(conn, schema, partition, key, start, offset):
+        st = marker.state
+        # rows are stored under the key they fold into (fold_key): misrouted ones are not here
+        rec = _record(None if owner != key else agent_id, partition, int(off), etype, payload, ms_of(at))
+        if owner != key:
+            marker, _ = apply(marker, rec, version=st.fold_version, partitions=st.partitions)
+            continue
+        slot, _ = apply(slot, rec, version=st.fold_version, partitions=st.partitions, hash_state=False)
+        folded += 1
+    return slot, marker.state, cp_seq, folded
 
 
 def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offset: int | None = None,
              time_ms: int | None = None) -> PointState:
     """``agent_id``'s state after the record at ``offset`` of its partition, or after its
     last record with broker time <= ``time_ms``. ``NoSuchAgent``: no record at or before
-    the point; ``HistoryError``: ``offset`` is past what the projection has committed;
-    ``HistoryIncomplete``: the fold would start below the partition's ``complete_from``
-    (it needs ``events`` rows the schema does not have)."""
+    the point; ``ProjectionBehind`` (a ``HistoryError``): the point is past what the
+    projection has committed (``offset`` at or past the partition's next offset;
+    ``time_ms`` later than its last projected record); ``HistoryIncomplete``: the fold
+    would start below the partition's ``complete_from`` (it needs ``events`` rows the
+    schema does not have); ``EventsRowUnfoldable``: a row on the way holds no payload."""
     if (offset is None) == (time_ms is None):
         raise ValueError("give exactly one of offset and time_ms")
     what = f"the state of {agent_id!r} at {'offset ' + str(offset) if time_ms is None else 'a broker time'}"
-    p = partition_of(conn, schema, agent_id)
-    if p is None:
+    cp: Checkpoint | None | Literal[False] = False
+    placed_q, placed_params = _placed_query(schema, agent_id)
+    if offset is not None:
+        # one round trip: where the agent is and the checkpoint the fold starts from
+        cp_q, cp_params = nearest_query(schema, agent_id, at_offset=offset)
+        with conn.pipeline():
+            placed_cur = conn.execute(placed_q, placed_params)
+            cp_cur = conn.execute(cp_q, cp_params)
+        placed = _placed(placed_cur.fetchone())
+        cp = checkpoint_of_row(cp_cur.fetchone())
+    else:
+        placed = _placed(conn.execute(placed_q, placed_params).fetchone())
+    if placed is None:
         require_events(conn, schema, agent_id, what=what)  # all of its records predate the events rows
         raise NoSuchAgent(agent_id, f"no such agent: {agent_id!r} has no projected record")
     key = storage_key(agent_id)
-    events = qualified(schema, "events")
+    p, end, last_at, complete = placed
     if time_ms is not None:
+        when = ts(time_ms)
+        if last_at is None or last_at < when:
+            # records at or before that time may still be on their way
+            raise ProjectionBehind(p, end, f"broker time {when.isoformat(timespec='milliseconds')} is past the last "
+                                           f"record projected of partition {p} (next offset {end})")
         row = conn.execute(
-            sql.SQL("select max(journal_offset) from {} where agent_id = %s and broker_time <= %s").format(events),
-            (key, ts(time_ms)),
+            sql.SQL("select max(journal_offset) from {} where agent_id = %s and broker_time <= %s").format(
+                qualified(schema, "events")),
+            (key, when),
         ).fetchone()
         if row is None or row[0] is None:
             require_events(conn, schema, agent_id, what=what)  # its rows at that time may be missing
-            raise _not_yet(conn, schema, agent_id, f"broker time {ts(time_ms).isoformat(timespec='milliseconds')}")
+            raise _not_yet(conn, schema, agent_id, f"broker time {when.isoformat(timespec='milliseconds')}", p)
         offset = int(row[0])
     assert offset is not None
-    end = projected_end(conn, schema, p)
     if offset >= end:
-        raise HistoryError(f"offset {offset} is past what is projected of partition {p} (next offset {end}); "
-                           f"ask for an offset below {end}")
-    cp = nearest_checkpoint(conn, schema, agent_id, at_offset=offset)
-    slot, version, partitions, start = fold_start(conn, schema, p, cp)
+        raise ProjectionBehind(p, end, f"offset {offset} is past what is projected of partition {p} (next offset "
+                                       f"{end}); ask for an offset below {end}")
+    slot, _, cp_seq, folded = fold_events(conn, schema, agent_id, p, offset, what=what, complete=complete,
+                                          checkpoint=cp)
     if slot is None:
-        cp = None
-    complete = complete_from(conn, schema, p)
-    if start < complete:
-        raise HistoryIncomplete(p, complete, start, what=what)
-    rows = conn.execute(
-        sql.SQL("select agent_id, journal_offset, event_type, payload, broker_time from {} "
-                "where journal_partition = %s and journal_offset >= %s and journal_offset <= %s "
-                "and (agent_id = %s or (agent_id = %s and verdict = 'accepted')) order by journal_offset").format(
-            events),
-        (p, start, offset, key, storage_key(pseudo_key(p))),
-    ).fetchall()
-    marker = AgentSlot(AgentState(agent_id=pseudo_key(p), fold_version=version, partitions=partitions))
-    folded = 0
-    for owner, off, etype, payload, at in rows:
-        st = marker.state
-        # rows are stored under the key they fold into (fold_key): misrouted ones are not here
-        rec = _record(None if owner != key else agent_id, p, int(off), etype, payload, ms_of(at))
-        if owner != key:
-            marker, _ = apply(marker, rec, version=st.fold_version, partitions=st.partitions)
-            continue
-        slot, _ = apply(slot, rec, version=st.fold_version, partitions=st.partitions, hash_state=False)
-        folded += 1
-    if slot is None:
-        raise _not_yet(conn, schema, agent_id, f"offset {offset} of partition {p}")
-    return PointState(agent_id, p, offset, slot.state.seq, slot.state, state_hash(slot.state),
-                      cp.seq if cp else None, folded)
+        raise _not_yet(conn, schema, agent_id, f"offset {offset} of partition {p}", p)
+    return PointState(agent_id, p, offset, slot.state.seq, slot.state, state_hash(slot.state), cp_seq, folded)

@@ -96,3 +96,17 @@ def test_bench_runtime_tiny(settings: Settings) -> None:
     text = runtime_report(r, "test machine", "aosk bench runtime --agents 6")
     for field in ("aosk bench runtime --agents 6", "test machine", "p99 ms", "baseline records/s", "Goal"):
         assert field in text, field
+
+
+def test_bench_reads_tiny(settings: Settings) -> None:
+    from aosk.bench.reads import bench_reads
+    from aosk.bench.reads import report_markdown as reads_report
+
+    r = bench_reads(settings, agents=3, events_per_agent=300, samples=30, journal_samples=5, repeat=1,
+                    checkpoint_every=50, progress=False)
+    assert r.equal == 5  # the journal's answer equals PostgreSQL's at every checked point
+    assert r.checkpoint_every == 50 and r.max_folded < 50
+    assert 0 < r.state_at.p50_ms <= r.state_at.p99_ms and 0 < r.latest.p50_ms <= r.latest.p99_ms
+    text = reads_report(r, "test machine")
+    assert "aosk bench reads --agents 3" in text and "--checkpoint-every 50" in text
+    assert "| `state_at`, PostgreSQL |" in text

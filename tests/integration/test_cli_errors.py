@@ -190,7 +190,13 @@ def test_state_with_the_broker_down_is_one_line(journal: Journal) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**projector_env(journal.settings), "AOSK_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"}
-    out = subprocess.run([AOSK, "state", journal.agent, "--at-offset", "1"], env=env, capture_output=True, text=True,
+    # a projected point: PostgreSQL answers, the broker is not needed
+    ok = subprocess.run([AOSK, "state", journal.agent, "--at-offset", str(journal.first[1])], env=env,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+    # a point only the journal has (never projected): one line saying the broker is down
+    p, o = journal.stuck
+    out = subprocess.run([AOSK, "state", "stuck", "--at-offset", str(o)], env=env, capture_output=True, text=True,
                          timeout=60)
     assert "%3|" not in out.stderr and "rdkafka" not in out.stderr, out.stderr
     assert_one_line(out, EXIT_UNAVAILABLE, f"cannot reach Kafka at 127.0.0.1:{port}")
