@@ -16,7 +16,7 @@ all; the rebuild's entries are bounded by the journal's agents anyway).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -42,12 +42,11 @@ class AgentCache:
         self._absent: dict[int, set[str]] = {}
         """Keys known to have no stored row, per partition they appeared on (the
         partitions' pseudo-agents, mostly)."""
+        self.get: Callable[[str], AgentEntry | None] = self._entries.get
+        """The cached entry of a key (None: not cached); ``fold_batch``'s ``get_entry``."""
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    def get(self, key: str) -> AgentEntry | None:
-        return self._entries.get(key)
 
     def wanted(self, parts: Mapping[int, list[Record]]) -> dict[str, tuple[str, int]]:
         """The batch's keys (and its partitions' pseudo-agents) neither cached nor known
