@@ -52,6 +52,7 @@ __all__ = [
     "qualified",
     "get_meta",
     "set_meta",
+    "ensure_offset_rows",
     "embedding_dimension",
     "PackedVector",
     "pack_vector",
@@ -374,6 +375,17 @@ def record_stop(conn: psycopg.Connection[Any], schema: str, partition: int, *, o
                 "stopped_at = case when %s::bigint is null then null else now() end "
                 "where partition = %s").format(qualified(schema, "projector_offsets")),
         (offset, code, message, offset, partition),
+    )
+
+
+def ensure_offset_rows(conn: psycopg.Connection[Any], schema: str, partitions: int) -> None:
+    """A ``projector_offsets`` row (at offset 0) for each of the journal's ``partitions``
+    that has none yet; the compare-and-set of a batch updates an existing row."""
+    conn.execute(
+        sql.SQL(
+            "insert into {} (partition, next_offset) select p, 0 from generate_series(0, %s) p on conflict do nothing"
+        ).format(qualified(schema, "projector_offsets")),
+        (partitions - 1,),
     )
 
 

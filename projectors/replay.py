@@ -38,9 +38,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -49,17 +50,20 @@ from psycopg import sql
 
 from aosk._gc import tune_gc
 from aosk._logging import configure_logging
+from aosk._resources import ResourceHolder, Resources
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import JournalMismatch, ReplayError
-from aosk.journal import Quarantines, record_from_message
-from aosk.kernel import AgentSlot, Record, pseudo_key
-from aosk.projectors.batch import AgentEntry, PartitionStop, fold_batch
+from aosk.journal import OFFSET_BEGINNING, Quarantines, record_from_message
+from aosk.kernel import Record
+from aosk.projectors.batch import PartitionStop, fold_batch
+from aosk.projectors.cache import AgentCache
 from aosk.projectors.db import (
     BATCH_LOCK_KEY,
     DEFAULT_SCHEMA,
     check_schema_name,
     connect,
+    ensure_offset_rows,
     get_meta,
     migrate,
     qualified,
@@ -67,19 +71,24 @@ from aosk.projectors.db import (
     set_meta,
 )
 from aosk.projectors.digest import schema_exists
-from aosk.projectors.rows import storage_key
+from aosk.projectors.faults import Fault
+from aosk.projectors.intake import PARTITION_EOF, Intake
 from aosk.projectors.runner import checkpoint_every_of, ensure_journal
-from aosk.projectors.stored import UndecodableState, read_stored_entries
+from aosk.projectors.stored import UndecodableState
 from aosk.projectors.writer import Advance, Fenced, ProjectionWriter, notify_channel, prepare_connection
 from aosk.reads.status import projected_offsets, projected_records
 
-__all__ = ["ReplayError", "ReplayOptions", "ReplayResult", "Replay", "replay", "discard_shadow", "shadow_name"]
+__all__ = [
+    "ReplayError", "ReplayOptions", "ReplayResult", "Replay", "Progress", "replay", "discard_shadow", "shadow_name",
+]
 
 log = logging.getLogger("aosk.replay")
 
-_OFFSET_BEGINNING: Final = -2
-_PARTITION_EOF: Final = -191
 _DEFERRED: Final = "replay_deferred_indexes"
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: records in the shadow so far and the records to get to (the
+total grows while live projectors write); called after every batch and now and then."""
 
 
 def shadow_name(schema: str) -> str:
@@ -105,7 +114,6 @@ class ReplayOptions:
     """Build the HNSW index once after the catch-up instead of row by row."""
     drop_old: bool = False
     """Drop the replaced schema instead of keeping it as ``<schema>_old_<n>``."""
-    progress: bool = True
     processes: int = 2
     """Processes folding the catch-up (partitions split between them); the swap is done
     by the first."""
@@ -162,8 +170,19 @@ def discard_shadow(settings: Settings, schema: str = DEFAULT_SCHEMA, shadow: str
     return True
 
 
-class Replay:
-    def __init__(self, settings: Settings, options: ReplayOptions | None = None) -> None:
+class Replay(ResourceHolder):
+    """One ``aosk replay`` process (the first, or a helper doing the catch-up of its share).
+
+    A context manager: entering connects and takes the shadow's replay lock (one replay
+    of a shadow at a time), leaving releases both; consumers and helper processes
+    ``run()`` starts are closed and stopped when it returns or raises. An error that
+    ended the block goes on unhidden by a failing clean-up (``aosk._resources``).
+    ``run()`` outside a ``with`` block enters and leaves by itself. The library shows no
+    progress bar: ``progress(done, total)`` is called instead (the CLI draws the bar).
+    """
+
+    def __init__(self, settings: Settings, options: ReplayOptions | None = None, *,
+                 progress: Progress | None = None) -> None:
         self.settings = settings
         self.options = o = options or ReplayOptions()
         self.schema = check_schema_name(o.schema)
@@ -174,28 +193,40 @@ class Replay:
         self._dsn, self._bootstrap = ep.dsn, ep.bootstrap
         self.topic = settings.kafka.journal_topic
         self.owner = f"{settings.node_id}/replay/{os.getpid()}"
-        self._entries: dict[str, AgentEntry] = {}
-        self._absent: set[str] = set()
-        self._fresh = True
-        """Nothing stored in the shadow that is not in ``_entries`` (a replay from 0)."""
-        self._pos: dict[int, int] = {}
-        self._stopped: dict[int, PartitionStop] = {}
+        self._cache = AgentCache(complete=True)
+        """Complete while nothing is stored in the shadow that is not cached (a replay from 0)."""
+        self._intake = Intake(self.topic, self._read_error)
         self._quarantines = Quarantines.from_journal(self._bootstrap, self.topic)
-        self._eof: set[int] = set()
-        self._paused: set[int] = set()
-        self._seek: set[int] = set()
-        """Partitions to seek back to their position (when resumed, or read beyond the target)."""
         self._in_swap = False
         self._admin: Any = None
         self.checkpoint_every = 0
         self.records = 0
         self._batches = 0
-        self._fault_after = None
-        if o.fault:
-            kind, n = o.fault.split(":")
-            if kind != "sigstop":
-                raise ValueError(f"unknown fault {o.fault!r}")
-            self._fault_after = int(n)
+        self._fault = Fault.parse(o.fault, points=("after_batch",))
+        self._progress = progress
+        self._done = 0
+        self._total = 0
+        self._conn: psycopg.Connection[Any] | None = None
+        """The session holding the shadow's replay lock (from entering the block)."""
+
+    def __enter__(self) -> Replay:
+        ensure_journal(self._bootstrap, self.settings)
+        with Resources() as resources:
+            resources.callback(self._quarantines.close)
+            conn = resources.enter_context(closing(connect(self._dsn)))
+            if self.options.partitions is None:
+                _replay_lock(conn, self.shadow)
+                # a barrier: helper processes of an interrupted run (which exit when their parent is gone) are gone
+                conn.execute("select pg_advisory_lock(hashtext('aosk-replay-helpers'), hashtext(%s))", (self.shadow,))
+                conn.execute("select pg_advisory_unlock(hashtext('aosk-replay-helpers'), hashtext(%s))", (self.shadow,))
+            else:
+                conn.execute("select pg_advisory_lock_shared(hashtext('aosk-replay-helpers'), hashtext(%s))",
+                             (self.shadow,))
+            conn.execute("set synchronous_commit = off")
+            conn.commit()
+            self._conn = conn
+            self._resources = resources.pop_all()
+        return self
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -219,7 +250,7 @@ class Replay:
                 f"schema {self.shadow} exists: an earlier replay was interrupted. `aosk replay --resume` continues "
                 f"it, `aosk replay --discard` drops it"
             )
-        self._fresh = not had_shadow
+        self._cache.complete = not had_shadow
         migrate(conn, schema=self.shadow, dimension=self.settings.memory.embedding_dimension,
                 checkpoint_every=int(every) if every is not None else None)
         with conn.transaction():
@@ -229,21 +260,16 @@ class Replay:
             elif have != self.topic:
                 raise JournalMismatch(self.shadow, have, self.topic)
             self.checkpoint_every = checkpoint_every_of(conn, self.shadow)
-            conn.execute(
-                sql.SQL(
-                    "insert into {} (partition, next_offset) select p, 0 from generate_series(0, %s) p "
-                    "on conflict do nothing"
-                ).format(qualified(self.shadow, "projector_offsets")),
-                (self.settings.kafka.journal_partitions - 1,),
-            )
-            self._pos = projected_offsets(conn, self.shadow)
+            ensure_offset_rows(conn, self.shadow, self.settings.kafka.journal_partitions)
+            positions = projected_offsets(conn, self.shadow)
         if self.options.partitions is not None:
-            self._pos = {p: o for p, o in self._pos.items() if p in self.options.partitions}
+            self._intake.reset({p: o for p, o in positions.items() if p in self.options.partitions})
             return
+        self._intake.reset(positions)
         if not had_shadow and self.options.defer_indexes:
             self._defer_indexes(conn)
         if had_shadow:
-            log.info("resuming %s at offsets %s", self.shadow, dict(sorted(self._pos.items())))
+            log.info("resuming %s at offsets %s", self.shadow, dict(sorted(positions.items())))
 
     def _defer_indexes(self, conn: psycopg.Connection[Any]) -> None:
         """Drop the shadow's HNSW indexes for the catch-up (one bulk build at the end is
@@ -277,7 +303,9 @@ class Replay:
         log.info("built the deferred indexes of %s in %.1fs", self.shadow, time.monotonic() - t)
         return True
 
-    def _consumer(self) -> Any:
+    @contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """A consumer assigned the partitions at their positions (no group), closed at the end."""
         from confluent_kafka import Consumer, TopicPartition
 
         c = Consumer({
@@ -292,8 +320,10 @@ class Replay:
             "queued.max.messages.kbytes": 262144,
             "log_level": 3,
         })
-        c.assign([TopicPartition(self.topic, p, o if o > 0 else _OFFSET_BEGINNING) for p, o in self._pos.items()])
-        return c
+        with closing(c):
+            c.assign([TopicPartition(self.topic, p, o if o > 0 else OFFSET_BEGINNING)
+                      for p, o in self._intake.pos.items()])
+            yield c
 
     # -- targets ------------------------------------------------------------------------
 
@@ -313,7 +343,7 @@ class Replay:
         conn.commit()
         if not live:
             ends = self._end_offsets() if fresh else {}
-            for p in self._pos:
+            for p in self._intake.pos:
                 if p in ends:
                     caps[p] = ends[p]
                     continue
@@ -321,7 +351,7 @@ class Replay:
                 if high is None or high < 0:
                     _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
                 caps[p] = int(high)
-        return {p: caps.get(p, 0) for p in self._pos}, live
+        return {p: caps.get(p, 0) for p in self._intake.pos}, live
 
     def _end_offsets(self) -> dict[int, int]:
         """The journal's end offsets (last stable offset), all partitions in one request."""
@@ -330,14 +360,15 @@ class Replay:
 
         if self._admin is None:
             self._admin = AdminClient({"bootstrap.servers": self._bootstrap, "log_level": 3})
-        req = {TopicPartition(self.topic, p): OffsetSpec.latest() for p in self._pos}
+        req = {TopicPartition(self.topic, p): OffsetSpec.latest() for p in self._intake.pos}
         res = self._admin.list_offsets(req, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10)
         return {tp.partition: int(f.result(15).offset) for tp, f in res.items()}
 
     def _gap(self, caps: dict[int, int], live: bool) -> int:
         n = 0
-        for p, pos in self._pos.items():
-            if p in self._stopped or (not live and p in self._eof):
+        stopped, eof = self._intake.stopped, self._intake.eof
+        for p, pos in self._intake.pos.items():
+            if p in stopped or (not live and p in eof):
                 continue
             n += max(0, caps[p] - pos)
         return n
@@ -346,51 +377,43 @@ class Replay:
 
     def _load(self, conn: psycopg.Connection[Any], parts: dict[int, list[Record]]) -> dict[str, int]:
         """Resume only: the stored shadow entries of the batch's uncached keys."""
-        if self._fresh:
-            return {}
-        want: dict[str, tuple[str, int]] = {}
-        for p, recs in parts.items():
-            for key in {pseudo_key(p) if r.key is None else r.key for r in recs} | {pseudo_key(p)}:
-                if key not in self._entries and key not in self._absent:
-                    want[storage_key(key)] = (key, p)
+        want = self._cache.wanted(parts)
         if not want:
             return {}
         try:
-            stored = read_stored_entries(conn, self.shadow, want)
+            moved = self._cache.load(conn, self.shadow, want)
         except UndecodableState as e:
             raise ReplayError(f"{e} (in {self.shadow}); --discard it") from e
         if not self._in_swap:
             conn.commit()  # else the writer's transaction would be a savepoint of this one
-        self._absent.update(key for key, _p in stored.absent)
-        self._entries.update(stored.found)
-        return stored.moved
+        return moved
 
     def _fold_write(self, conn: psycopg.Connection[Any], writer: ProjectionWriter,
                     parts: dict[int, list[Record]]) -> int:
         moved = self._load(conn, parts)
-        batch = fold_batch(parts, self._entries.get, checkpoint_every=self.checkpoint_every,
+        batch = fold_batch(parts, self._cache.get, checkpoint_every=self.checkpoint_every,
                            owner_of=moved.get if moved else None,
                            live_partitions=self.settings.kafka.journal_partitions,  # checked by ensure_journal
                            quarantines=self._quarantines)
-        advances = [Advance(p, self._pos[p], end, last_ms) for p, (end, last_ms) in batch.ends.items()]
+        pos = self._intake.pos
+        advances = [Advance(p, pos[p], end, last_ms) for p, (end, last_ms) in batch.ends.items()]
         if advances:
             try:
                 writer.write(conn, batch, advances)
             except Fenced as e:
                 raise ReplayError(f"{e}: another process writes {self.shadow}") from e
-        for key, entry in batch.entries.items():
-            if entry.slot.recent:
-                entry = replace(entry, slot=AgentSlot(entry.slot.state, entry.slot.last_offset, ()))
-            self._entries[key] = entry
-        for a in advances:
-            self._pos[a.partition] = a.end
+        self._cache.committed(batch)
+        self._intake.advanced((a.partition, a.end) for a in advances)
         for s in batch.stops:
-            self._stopped[s.partition] = s
+            self._intake.stopped[s.partition] = s
             log.critical("partition %d STOPPED at offset %d in the rebuild: %s", s.partition, s.offset, s.reason)
         return len(batch.outcomes)
 
+    def _read_error(self, m: Any, err: Any) -> None:
+        raise ReplayError(f"reading {self.topic}[{m.partition()}]: {err.str()}")
+
     def _stopped_result(self) -> dict[int, tuple[int, str]]:
-        return {p: (s.offset, s.reason) for p, s in self._stopped.items()}
+        return {p: (s.offset, s.reason) for p, s in self._intake.stopped.items()}
 
     def _adopt_live_stops(self, conn: psycopg.Connection[Any]) -> None:
         """Stops live projectors recorded at the offsets the rebuild was capped at: the
@@ -406,134 +429,73 @@ class Replay:
                     "where stopped_offset is not null and stopped_offset >= next_offset").format(
                 qualified(self.schema, "projector_offsets"))).fetchall()
         for p, offset, code, message in rows:
-            if int(p) not in self._stopped:
-                self._stopped[int(p)] = PartitionStop(int(p), int(offset), message or code or "stopped",
+            if int(p) not in self._intake.stopped:
+                self._intake.stopped[int(p)] = PartitionStop(int(p), int(offset), message or code or "stopped",
                                                       code or "error")
 
     def _record_stops(self, conn: psycopg.Connection[Any]) -> None:
         """The rebuild's stops into the shadow's ``projector_offsets`` (as a live
         projector records its own), so ``aosk db status`` shows them after the swap."""
-        for s in self._stopped.values():
+        for s in self._intake.stopped.values():
             record_stop(conn, self.shadow, s.partition, offset=s.offset, code=s.code, message=s.reason)
-
-    def _take(self, msgs: list[Any], caps: dict[int, int], over: set[int]) -> dict[int, list[Record]]:
-        parts: dict[int, list[Record]] = {}
-        for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() == _PARTITION_EOF:
-                    self._eof.add(m.partition())
-                    continue
-                raise ReplayError(f"reading {self.topic}[{m.partition()}]: {err.str()}")
-            p, o = m.partition(), m.offset()
-            if p in self._stopped or p in self._paused:
-                continue
-            if o < self._pos[p]:
-                continue
-            if o >= caps[p]:
-                over.add(p)
-                continue
-            self._eof.discard(p)
-            recs = parts.get(p)
-            if recs is None:
-                recs = parts[p] = []
-            elif o <= recs[-1].offset:
-                continue
-            recs.append(record_from_message(m))
-        return parts
-
-    def _park(self, consumer: Any, caps: dict[int, int], over: set[int]) -> None:
-        """Pause partitions that reached their target (or were read beyond it); resume
-        those whose target moved on, seeking them back to their position."""
-        from confluent_kafka import KafkaException, TopicPartition
-
-        for p in sorted(self._pos):
-            at_cap = self._pos[p] >= caps[p] or p in self._stopped
-            if (at_cap or p in over) and p not in self._paused:
-                consumer.pause([TopicPartition(self.topic, p)])
-                self._paused.add(p)
-                self._seek.add(p)
-            elif not at_cap and p not in over and p in self._paused:
-                consumer.resume([TopicPartition(self.topic, p)])
-                self._paused.discard(p)
-        for p in sorted(self._seek - self._paused):
-            try:
-                consumer.seek(TopicPartition(self.topic, p, self._pos[p] if self._pos[p] > 0 else _OFFSET_BEGINNING))
-                self._seek.discard(p)
-            except KafkaException as e:
-                log.debug("seek of partition %d not possible yet (%s); retrying", p, e)
 
     # -- the run ------------------------------------------------------------------------
 
     def run(self) -> ReplayResult:
-        from tqdm import tqdm
-
-        ensure_journal(self._bootstrap, self.settings)
+        """Catch up and swap (a helper process: catch up its partitions); outside a
+        ``with`` block, enter and leave it around the run."""
+        if self._resources is None:
+            with self:
+                return self.run()
         tune_gc()  # the projectors' measured setting: far fewer cyclic collections while folding
+        conn = self._conn
+        assert conn is not None  # connected on entering the block
         helper = self.options.partitions is not None
-        conn = connect(self._dsn)
-        try:
-            if not helper:
-                _replay_lock(conn, self.shadow)
-                # a barrier: helper processes of an interrupted run (which exit when their parent is gone) are gone
-                conn.execute("select pg_advisory_lock(hashtext('aosk-replay-helpers'), hashtext(%s))", (self.shadow,))
-                conn.execute("select pg_advisory_unlock(hashtext('aosk-replay-helpers'), hashtext(%s))", (self.shadow,))
-            else:
-                conn.execute("select pg_advisory_lock_shared(hashtext('aosk-replay-helpers'), hashtext(%s))",
-                             (self.shadow,))
-            conn.execute("set synchronous_commit = off")
-            conn.commit()
-            self._setup(conn)
-            start_total = self._shadow_total(conn)
-            oid = prepare_connection(conn, self.shadow)
-            writer = ProjectionWriter(self.shadow, vector_oid=oid, owner=self.owner)
-            t0 = time.monotonic()
-            total = start_total
-            if not helper:
-                c = self._consumer()
-                try:
-                    total = max(start_total, sum(self._targets(conn, c, fresh=True)[0].values()))
-                finally:
-                    c.close()
+        self._setup(conn)
+        start_total = self._shadow_total(conn)
+        oid = prepare_connection(conn, self.shadow)
+        writer = ProjectionWriter(self.shadow, vector_oid=oid, owner=self.owner)
+        t0 = time.monotonic()
+        self._done = self._total = start_total
+        if not helper:
+            with self._reading() as c:
+                self._total = max(start_total, sum(self._targets(conn, c, fresh=True)[0].values()))
+            self._report_progress()
+        with Resources() as resources:
             helpers = [] if helper else self._spawn_helpers()
-            bar = tqdm(total=total, initial=start_total, unit="ev", unit_scale=True,
-                       desc=f"replay {self.schema}", disable=helper or not self.options.progress, smoothing=0.1,
-                       mininterval=0.5)
-            try:
-                consumer = self._consumer()
-                try:
-                    final = not helper and not helpers
-                    live = self._catch_up(conn, writer, consumer, bar, final=final)
-                    log.info("partitions %s caught up: %d records in %.1fs", sorted(self._pos), self.records,
-                             time.monotonic() - t0)
-                    if helper:
-                        return ReplayResult(self.schema, self.shadow, None, self.records, 0.0, 0, 0.0, live,
-                                            self._stopped_result())
-                    if helpers:
-                        self._join_helpers(helpers, conn, bar)
-                        consumer.close()
-                        consumer = None
-                        self._all_partitions(conn)
-                        consumer = self._consumer()
-                        live = self._catch_up(conn, writer, consumer, bar, final=True)
-                    old, swapped, lock_ms = self._swap(conn, writer, consumer)
-                    bar.update(swapped)
-                finally:
-                    if consumer is not None:
-                        consumer.close()
-                    for h in helpers:
-                        if h.is_alive():
-                            h.kill()
-                            h.join(10)
-            finally:
-                bar.close()
-            seconds = time.monotonic() - t0
-            records = self._shadow_total_in(conn, self.schema) - start_total
-        finally:
-            conn.close()
-            self._quarantines.close()
+            resources.callback(_stop_helpers, helpers)
+            live, old, swapped, lock_ms = self._catch_up_and_swap(conn, writer, helpers, t0)
+        if helper:
+            return ReplayResult(self.schema, self.shadow, None, self.records, 0.0, 0, 0.0, live,
+                                self._stopped_result())
+        seconds = time.monotonic() - t0
+        records = self._shadow_total_in(conn, self.schema) - start_total
         return ReplayResult(self.schema, self.shadow, old, records, seconds, swapped, lock_ms, live,
                             self._stopped_result())
+
+    def _catch_up_and_swap(self, conn: psycopg.Connection[Any], writer: ProjectionWriter, helpers: list[Any],
+                           t0: float) -> tuple[bool, str | None, int, float]:
+        """Catch up (then, after the helpers, every partition once more) and swap; returns
+        whether the live schema existed and ``_swap``'s (old, swapped, lock_ms). A helper
+        process only catches up."""
+        helper = self.options.partitions is not None
+        with self._reading() as consumer:
+            live = self._catch_up(conn, writer, consumer, final=not helper and not helpers)
+            log.info("partitions %s caught up: %d records in %.1fs", sorted(self._intake.pos), self.records,
+                     time.monotonic() - t0)
+            if helper:
+                return live, None, 0, 0.0
+            if not helpers:
+                return (live, *self._swap(conn, writer, consumer))
+        self._join_helpers(helpers, conn)
+        self._all_partitions(conn)
+        with self._reading() as consumer:
+            live = self._catch_up(conn, writer, consumer, final=True)
+            return (live, *self._swap(conn, writer, consumer))
+
+    def _report_progress(self) -> None:
+        if self._progress is not None:
+            self._progress(self._done, self._total)
 
     def _shadow_total(self, conn: psycopg.Connection[Any]) -> int:
         return self._shadow_total_in(conn, self.shadow)
@@ -549,28 +511,30 @@ class Replay:
         into the shadow (the fold is CPU-bound Python: one process per core)."""
         import multiprocessing
 
-        n = min(self.options.processes, len(self._pos))
+        pos = self._intake.pos
+        n = min(self.options.processes, len(pos))
         if n <= 1:
             return []
-        parts = sorted(self._pos)
+        parts = sorted(pos)
         groups = [tuple(parts[i::n]) for i in range(n)]
-        self._pos = {p: self._pos[p] for p in groups[0]}
+        self._intake.reset({p: pos[p] for p in groups[0]})
         ctx = multiprocessing.get_context("spawn")
         procs = []
         for g in groups[1:]:
-            opts = replace(self.options, partitions=g, resume=True, progress=False, fault=None)
+            opts = replace(self.options, partitions=g, resume=True, fault=None)
             pr = ctx.Process(target=_helper_main, args=(self.settings, opts, os.getpid()), daemon=True,
                              name=f"aosk-replay-{g}")
             pr.start()
             procs.append(pr)
         return procs
 
-    def _join_helpers(self, helpers: list[Any], conn: psycopg.Connection[Any], bar: Any) -> None:
+    def _join_helpers(self, helpers: list[Any], conn: psycopg.Connection[Any]) -> None:
         while any(h.is_alive() for h in helpers):
             for h in helpers:
                 h.join(0.5)
-            bar.n = self._shadow_total(conn)
-            bar.refresh()
+            if self._progress is not None:
+                self._done = self._shadow_total(conn)
+                self._report_progress()
         bad = [h.exitcode for h in helpers if h.exitcode != 0]
         if bad:
             raise ReplayError(f"a replay helper process failed (exit codes {bad}); `aosk replay --resume` continues")
@@ -582,23 +546,20 @@ class Replay:
             sql.SQL("select partition, next_offset from {}").format(qualified(self.shadow, "projector_offsets"))
         ).fetchall()
         conn.commit()
-        self._pos = {int(p): int(o) for p, o in rows}
-        self._fresh = False
-        self._absent.clear()
-        self._paused.clear()
-        self._seek.clear()
-        self._eof.clear()
+        self._intake.reset({int(p): int(o) for p, o in rows})
+        self._cache.forget_absent()
 
-    def _catch_up(self, conn: psycopg.Connection[Any], writer: ProjectionWriter, consumer: Any, bar: Any, *,
+    def _catch_up(self, conn: psycopg.Connection[Any], writer: ProjectionWriter, consumer: Any, *,
                   final: bool) -> bool:
         """Fold up to (nearly) the targets; ``final``: build the deferred indexes first."""
         caps, live = self._targets(conn, consumer, fresh=True)
         refreshed = time.monotonic()
+        intake = self._intake
         while True:
             over: set[int] = set()
-            self._park(consumer, caps, over)
+            intake.park(consumer, caps, over)
             gap = self._gap(caps, live)
-            if gap == 0 or (live and gap <= self.options.swap_gap and not self._seek):
+            if gap == 0 or (live and gap <= self.options.swap_gap and not intake.pending_seek):
                 if final and self._build_deferred(conn):
                     continue  # the live projectors moved on meanwhile
                 return live
@@ -606,39 +567,39 @@ class Replay:
             # more than is left (transaction markers can make the gap a few too many,
             # hence the short timeout too)
             msgs = consumer.consume(num_messages=min(self.options.batch_max, gap), timeout=0.1)
-            parts = self._take(msgs, caps, over)
+            parts = intake.take(msgs, caps, over)
             if parts:
                 n = self._fold_write(conn, writer, parts)
                 self.records += n
-                bar.update(n)
+                self._done += n
+                self._report_progress()
                 self._batches += 1
-                if self._fault_after is not None and self._batches >= self._fault_after:
-                    self._fault_after = None
-                    log.warning("fault injection: stopping this process (SIGSTOP)")
-                    os.kill(os.getpid(), signal.SIGSTOP)
-            self._park(consumer, caps, over)
+                self._fault.maybe("after_batch", self._batches)
+            intake.park(consumer, caps, over)
             now = time.monotonic()
             if over or now - refreshed > 1.0 or not parts:
                 caps, live = self._targets(conn, consumer, fresh=not parts)
-                if final:
-                    bar.total = max(sum(caps.values()), bar.n)
-                elif self.options.partitions is None:
-                    bar.n = self._shadow_total(conn)  # with the helpers' records
-                    bar.total = max(bar.total, bar.n)
-                bar.refresh()
+                if self._progress is not None:
+                    if final:
+                        self._total = max(sum(caps.values()), self._done)
+                    elif self.options.partitions is None:
+                        self._done = self._shadow_total(conn)  # with the helpers' records
+                        self._total = max(self._total, self._done)
+                    self._report_progress()
                 refreshed = now
 
     def _read_ranges(self, consumer: Any, caps: dict[int, int]) -> dict[int, list[Record]]:
         """Every record from the shadow's position up to the target, per partition."""
         from confluent_kafka import TopicPartition
 
-        todo = {p for p, pos in self._pos.items() if caps[p] > pos and p not in self._stopped}
+        intake = self._intake
+        todo = {p for p, pos in intake.pos.items() if caps[p] > pos and p not in intake.stopped}
         parts: dict[int, list[Record]] = {}
         if not todo:
             return parts
-        tps = [TopicPartition(self.topic, p, self._pos[p] if self._pos[p] > 0 else _OFFSET_BEGINNING) for p in todo]
+        tps = [TopicPartition(self.topic, p, intake.pos[p] if intake.pos[p] > 0 else OFFSET_BEGINNING) for p in todo]
         consumer.resume(tps)
-        self._paused -= todo
+        intake.paused.difference_update(todo)
         for tp in tps:
             for attempt in range(50):
                 try:
@@ -648,7 +609,7 @@ class Replay:
                     if attempt == 49:
                         raise
                     consumer.consume(num_messages=1, timeout=0.1)
-        self._seek -= todo
+        intake.pending_seek.difference_update(todo)
         deadline = time.monotonic() + 60
         while todo:
             if time.monotonic() > deadline:
@@ -657,20 +618,20 @@ class Replay:
                 err = m.error()
                 p = m.partition()
                 if err is not None:
-                    if err.code() == _PARTITION_EOF:
+                    if err.code() == PARTITION_EOF:
                         continue  # possibly from before the seek; the deadline catches a short journal
                     raise ReplayError(f"reading {self.topic}[{p}]: {err.str()}")
                 if p not in todo:
                     continue
                 o = m.offset()
                 recs = parts.setdefault(p, [])
-                if o < self._pos[p] or (recs and o <= recs[-1].offset):
+                if o < intake.pos[p] or (recs and o <= recs[-1].offset):
                     continue
                 if o < caps[p]:
                     recs.append(record_from_message(m))
                 if o + 1 >= caps[p]:
                     todo.discard(p)
-                    consumer.pause([TopicPartition(self.topic, p)])
+                    intake.pause(consumer, p)
         return {p: r for p, r in parts.items() if r}
 
     def _swap(
@@ -686,9 +647,10 @@ class Replay:
             old: str | None = None
             if live:
                 caps = projected_offsets(conn, self.schema)
-                for p in self._pos:
+                pos = self._intake.pos
+                for p in pos:
                     caps.setdefault(p, 0)
-                ahead = {p: (self._pos[p], caps[p]) for p in self._pos if self._pos[p] > caps[p]}
+                ahead = {p: (pos[p], caps[p]) for p in pos if pos[p] > caps[p]}
                 if ahead:
                     raise ReplayError(f"the rebuild is ahead of the live schema on partitions {ahead}; was the live "
                                       "schema reset meanwhile? nothing was changed")
@@ -697,9 +659,12 @@ class Replay:
                     self._in_swap = True
                     swapped = self._fold_write(conn, writer, parts)
                     self.records += swapped
-                behind = {p: (self._pos[p], caps[p]) for p in self._pos if self._pos[p] != caps[p]}
+                    self._done += swapped
+                    self._report_progress()
+                behind = {p: (pos[p], caps[p]) for p in pos if pos[p] != caps[p]}
                 if behind:
-                    why = {p: self._stopped[p].reason for p in behind if p in self._stopped}
+                    stopped = self._intake.stopped
+                    why = {p: stopped[p].reason for p in behind if p in stopped}
                     raise ReplayError(f"the rebuild cannot reach the live offsets on partitions {behind} ({why}); "
                                       "the live schema is unchanged")
                 conn.execute(
@@ -747,8 +712,20 @@ def _helper_main(settings: Settings, options: ReplayOptions, parent: int) -> Non
             time.sleep(0.5)
 
     threading.Thread(target=watch, daemon=True).start()
-    Replay(settings, options).run()
+    with Replay(settings, options) as r:
+        r.run()
 
 
-def replay(settings: Settings, options: ReplayOptions | None = None) -> ReplayResult:
-    return Replay(settings, options).run()
+def _stop_helpers(helpers: list[Any]) -> None:
+    """Kill the helper processes still running (the run failed, or was interrupted)."""
+    for h in helpers:
+        if h.is_alive():
+            h.kill()
+            h.join(10)
+
+
+def replay(settings: Settings, options: ReplayOptions | None = None, *,
+           progress: Progress | None = None) -> ReplayResult:
+    """Rebuild ``options.schema`` from the journal and swap it in (``Replay``)."""
+    with Replay(settings, options, progress=progress) as r:
+        return r.run()

@@ -25,14 +25,13 @@ holding the partition's row lock, so the new owner is not blocked by it for long
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -40,28 +39,31 @@ from psycopg import sql
 
 from aosk._gc import tune_gc
 from aosk._kafka import KafkaClientLog, side_consumer
+from aosk._resources import ResourceHolder, Resources
 from aosk.config import Settings
 from aosk.endpoints import resolve_endpoints
 from aosk.errors import PartitionCountChanged, PostgresUnavailable
-from aosk.journal import OFFSET_BEGINNING, Quarantines, group_consumer_config, live_partition_count, record_from_message
-from aosk.kernel import LATEST_VERSION, AgentSlot, Record, params_for, pseudo_key
+from aosk.journal import OFFSET_BEGINNING, Quarantines, group_consumer_config, live_partition_count
+from aosk.kernel import LATEST_VERSION, Record, params_for
 from aosk.metrics import METRICS
-from aosk.projectors.batch import AgentEntry, FoldedBatch, Inconsistent, PartitionStop, fold_batch
+from aosk.projectors.batch import FoldedBatch, Inconsistent, PartitionStop, fold_batch
+from aosk.projectors.cache import AgentCache
 from aosk.projectors.db import (
     DEFAULT_SCHEMA,
     PostgresOutage,
     ProjectionConfigError,
     check_journal_topic,
     connect,
+    ensure_offset_rows,
     get_meta,
     migrate,
     open_pool,
-    qualified,
     record_stop,
     set_meta,
 )
-from aosk.projectors.rows import storage_key
-from aosk.projectors.stored import UndecodableState, read_stored_entries, read_stored_offsets
+from aosk.projectors.faults import Fault
+from aosk.projectors.intake import Intake
+from aosk.projectors.stored import UndecodableState, read_stored_offsets
 from aosk.projectors.writer import Advance, Fenced, ProjectionWriter, prepare_connection
 
 __all__ = ["ProjectorOptions", "Projector", "checkpoint_every_of"]
@@ -111,8 +113,14 @@ class _Stats:
     since: float = field(default_factory=time.monotonic)
 
 
-class Projector:
-    """One projector process: consume, fold, write, repeat."""
+class Projector(ResourceHolder):
+    """One projector process: consume, fold, write, repeat.
+
+    A context manager: ``with Projector(settings, options) as p: p.run()`` migrates the
+    schema and opens the pool on entry and closes everything it opened on exit, an error
+    that ended the block going on unhidden (``aosk._resources``). ``run()`` outside a
+    ``with`` block opens and closes by itself.
+    """
 
     def __init__(self, settings: Settings, options: ProjectorOptions | None = None) -> None:
         self.settings = settings
@@ -123,22 +131,18 @@ class Projector:
         self._bootstrap = ep.bootstrap
         self._dsn = ep.dsn
         self._stop = threading.Event()
-        self._entries: dict[str, AgentEntry] = {}
-        self._keys: dict[int, set[str]] = {}
-        self._absent: dict[int, set[str]] = {}
-        """Keys known to have no stored row (the partitions' pseudo-agents, mostly)."""
-        self._pos: dict[int, int] = {}
-        """Owned partitions -> the next_offset this process believes is stored (the CAS start)."""
-        self._stopped: dict[int, PartitionStop] = {}
+        self._cache = AgentCache(max_entries=self.options.max_cached_agents)
+        self._intake = Intake(self.topic, self._kafka_error)
+        """Owned partitions: ``pos`` is the next_offset this process believes is stored
+        (the CAS start); stops, pauses and pending seeks."""
         self._quarantines = Quarantines.from_journal(self._bootstrap, self.topic)
         self._last_recheck = 0.0
         self._live_partitions: int | None = None
         """The journal's partition count, read on every assignment (a changed count
         raises ``PartitionCountChanged`` from the fold)."""
-        self._pending_seek: set[int] = set()
         self._stats = _Stats()
         self._batches_done = 0
-        self._fault = _Fault.parse(self.options.fault)
+        self._fault = Fault.parse(self.options.fault, points=("before_write", "in_transaction"))
         self.owner = f"{settings.node_id}/{os.getpid()}"
         self._pool: Any = None
         self._consumer: Any = None
@@ -165,7 +169,14 @@ class Projector:
         conn.commit()
         prepare_connection(conn, self.schema)
 
+    def __enter__(self) -> Projector:
+        self.setup()
+        return self
+
     def setup(self) -> None:
+        """Check the configuration, migrate the schema and open the pool (on entering the
+        ``with`` block; leaving it or ``close()`` closes the pool; ``run`` closes the
+        consumer when it returns)."""
         dim = self.settings.memory.embedding_dimension
         fold_dim = params_for(LATEST_VERSION).embedding_dim
         if dim != fold_dim:
@@ -183,33 +194,36 @@ class Projector:
                 if check_journal_topic(conn, self.schema, self.topic) is None:
                     set_meta(conn, self.schema, "journal_topic", self.topic)
                 self.checkpoint_every = checkpoint_every_of(conn, self.schema)
-                partitions = self.settings.kafka.journal_partitions
-                conn.execute(
-                    sql.SQL(
-                        "insert into {} (partition, next_offset) select p, 0 from generate_series(0, %s) p "
-                        "on conflict do nothing"
-                    ).format(qualified(self.schema, "projector_offsets")),
-                    (partitions - 1,),
-                )
-        self._pool = open_pool(self._dsn, pg, name=self._pool_name(), min_size=1,
-                               max_size=max(2, min(4, pg.pool_size)), configure=self._configure)
-        with self._pool.connection() as conn:
-            row = conn.execute("select 'vector'::regtype::oid").fetchone()
-            assert row is not None  # regtype resolves or raises
-            oid = int(row[0])
-        self._writer = ProjectionWriter(self.schema, vector_oid=oid, owner=self.owner)
+                ensure_offset_rows(conn, self.schema, self.settings.kafka.journal_partitions)
+        with Resources() as resources:
+            resources.callback(self._quarantines.close)
+            pool_log = logging.getLogger("psycopg.pool")
+            pool_log.addFilter(self._pg.pool_filter)
+            resources.callback(pool_log.removeFilter, self._pg.pool_filter)
+            self._pool = open_pool(self._dsn, pg, name=self._pool_name(), min_size=1,
+                                   max_size=max(2, min(4, pg.pool_size)), configure=self._configure)
+            resources.callback(self._pool.close)
+            with self._pool.connection() as conn:
+                row = conn.execute("select 'vector'::regtype::oid").fetchone()
+                assert row is not None  # regtype resolves or raises
+                oid = int(row[0])
+            self._writer = ProjectionWriter(self.schema, vector_oid=oid, owner=self.owner)
+            self._resources = resources.pop_all()
 
     def _pool_name(self) -> str:
         return f"aosk-projector-{self.schema}"
 
-    def _make_consumer(self) -> Any:
+    def _subscribe(self, resources: Resources) -> Any:
+        """The group's consumer, subscribed; ``resources`` closes it and its side consumer."""
         from confluent_kafka import Consumer
 
         group = self._group = self.options.group_id or f"{self.settings.kafka.topic_prefix}.projectors.{self.schema}"
         config = group_consumer_config(self._bootstrap, group_id=group, client_id=f"aosk-projector-{self.owner}",
                                        session_timeout_ms=self.settings.kafka.session_timeout_ms)
         self._side = side_consumer(config)  # for the rebalance callbacks' blocking calls (aosk._kafka.side_consumer)
+        resources.callback(self._side.close)
         consumer = Consumer(self._quiet.configure_consumer(config))
+        resources.callback(consumer.close)
         consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_revoke)
         return consumer
@@ -242,10 +256,9 @@ class Projector:
         for tp in parts:
             off = stored[tp.partition]
             tp.offset = off if off > 0 else OFFSET_BEGINNING
-            self._pos[tp.partition] = off
-            self._stopped.pop(tp.partition, None)
+            self._intake.assigned(tp.partition, off)
             METRICS.going_on("projector", tp.partition)
-            self._drop(tp.partition)
+            self._cache.drop(tp.partition)
         consumer.assign(parts)
         log.info("assigned partitions %s of %s at stored offsets %s", sorted(ps), self.topic,
                  [stored[p] for p in sorted(ps)])
@@ -253,47 +266,25 @@ class Projector:
     def _on_revoke(self, consumer: Any, parts: list[Any]) -> None:
         ps = sorted(tp.partition for tp in parts)
         for p in ps:
-            self._pos.pop(p, None)
-            self._stopped.pop(p, None)
+            self._intake.revoked(p)
             METRICS.going_on("projector", p)
-            self._pending_seek.discard(p)
-            self._drop(p)
+            self._cache.drop(p)
         METRICS.forget_lag(self._group, ps)
         if ps:
             log.info("partitions %s revoked", ps)
 
-    def _drop(self, p: int) -> None:
-        for key in self._keys.pop(p, ()):
-            self._entries.pop(key, None)
-        self._absent.pop(p, None)
-
     def _resync(self, partitions: list[int], why: str) -> None:
         """Drop what we cached for ``partitions`` and re-seek them to the stored offsets."""
-        owned = [p for p in partitions if p in self._pos]
+        pos = self._intake.pos
+        owned = [p for p in partitions if p in pos]
         for p in partitions:
-            self._drop(p)
+            self._cache.drop(p)
         if not owned:
             return
         stored = self._read_offsets(owned)
-        for p in owned:
-            self._pos[p] = stored[p]
-            self._pending_seek.add(p)
-        self._seek_pending()
+        self._intake.advanced((p, stored[p]) for p in owned)
+        self._intake.seek(self._consumer, owned)
         log.warning("%s; partitions %s re-read from PostgreSQL at offsets %s", why, owned, [stored[p] for p in owned])
-
-    def _seek_pending(self) -> None:
-        from confluent_kafka import KafkaException, TopicPartition
-
-        for p in sorted(self._pending_seek):
-            off = self._pos.get(p)
-            if off is None:
-                self._pending_seek.discard(p)
-                continue
-            try:
-                self._consumer.seek(TopicPartition(self.topic, p, off if off > 0 else OFFSET_BEGINNING))
-                self._pending_seek.discard(p)
-            except KafkaException as e:
-                log.debug("seek of partition %d not possible yet (%s); retrying", p, e)
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -301,93 +292,65 @@ class Projector:
         self._stop.set()
 
     def run(self) -> None:
-        """Set up, then project until ``stop()`` (or SIGTERM / SIGINT from the CLI)."""
-        if self._writer is None:
-            self.setup()
+        """Project until ``stop()`` (or SIGTERM / SIGINT from the CLI); outside a ``with``
+        block, set up first and close at the end."""
+        if self._resources is None:
+            with self:
+                return self.run()
         tune_gc()
-        self._consumer = self._make_consumer()
+        with Resources() as resources:
+            self._consumer = self._subscribe(resources)
+            resources.callback(lambda: self._report(time.monotonic()))
+            try:
+                self._loop()
+            except PartitionCountChanged as e:
+                log.critical("projector STOPPED: %s", e)
+                raise
+
+    def _loop(self) -> None:
         last_report = time.monotonic()
         backoff = 0.0
-        pool_log = logging.getLogger("psycopg.pool")
-        pool_log.addFilter(self._pg.pool_filter)
-        try:
-            while not self._stop.is_set():
-                if self._pending_seek:
-                    self._seek_pending()
-                msgs = self._consumer.consume(num_messages=self.options.batch_max, timeout=self.options.poll_timeout_s)
-                if msgs:
-                    if msgs[-1].error() is None:  # appended after an outage began: it is over
-                        self._quiet.reached(msgs[-1].timestamp()[1])
-                    t = time.perf_counter()
-                    parts = self._records(msgs)
-                    self._stats.decode_s += time.perf_counter() - t
-                    if parts:
-                        ok = self._project(parts)
-                        backoff = 0.0 if ok else min(max(backoff * 2, 0.2), 5.0)
-                        if backoff:
-                            self._stop.wait(backoff)
-                now = time.monotonic()
-                if self._stopped and now - self._last_recheck >= self.options.stop_recheck_s:
-                    self._last_recheck = now
-                    self._recheck_stops()
-                if now - last_report >= 10:
-                    self._report(now)
-                    last_report = now
-                if now - self._last_lag >= 1.0:
-                    self._last_lag = now
-                    self._lag()
-        except PartitionCountChanged as e:
-            log.critical("projector STOPPED: %s", e)
-            raise
-        finally:
-            self._report(time.monotonic())
-            self._quarantines.close()
-            try:
-                self._consumer.close()
-                self._side.close()
-            finally:
-                self._pool.close()
-                pool_log.removeFilter(self._pg.pool_filter)
-
-    def _records(self, msgs: list[Any]) -> dict[int, list[Record]]:
-        parts: dict[int, list[Record]] = {}
-        # locals: this loop runs per message (the dicts are mutated, never rebound, meanwhile)
-        positions, stopped, pending = self._pos, self._stopped, self._pending_seek
-        for m in msgs:
-            err = m.error()
-            if err is not None:
-                self._kafka_error(m, err)
-                continue
-            p = m.partition()
-            pos = positions.get(p)
-            if pos is None or p in stopped or p in pending:
-                continue
-            o = m.offset()
-            if o < pos:
-                continue  # projected already (fetched before a re-seek)
-            recs = parts.get(p)
-            if recs is None:
-                recs = parts[p] = []
-            elif o <= recs[-1].offset:
-                continue  # the same record again, from a fetch made before a re-seek
-            recs.append(record_from_message(m))
-        return parts
+        intake = self._intake
+        while not self._stop.is_set():
+            intake.seek_pending(self._consumer)
+            msgs = self._consumer.consume(num_messages=self.options.batch_max, timeout=self.options.poll_timeout_s)
+            if msgs:
+                if msgs[-1].error() is None:  # appended after an outage began: it is over
+                    self._quiet.reached(msgs[-1].timestamp()[1])
+                t = time.perf_counter()
+                parts = intake.take(msgs)
+                self._stats.decode_s += time.perf_counter() - t
+                if parts:
+                    ok = self._project(parts)
+                    backoff = 0.0 if ok else min(max(backoff * 2, 0.2), 5.0)
+                    if backoff:
+                        self._stop.wait(backoff)
+            now = time.monotonic()
+            if intake.stopped and now - self._last_recheck >= self.options.stop_recheck_s:
+                self._last_recheck = now
+                self._recheck_stops()
+            if now - last_report >= 10:
+                self._report(now)
+                last_report = now
+            if now - self._last_lag >= 1.0:
+                self._last_lag = now
+                self._lag()
 
     def _kafka_error(self, m: Any, err: Any) -> None:
-        from confluent_kafka import KafkaError, TopicPartition
+        from confluent_kafka import KafkaError
 
         if err.code() == KafkaError._AUTO_OFFSET_RESET or err.code() == KafkaError.OFFSET_OUT_OF_RANGE:
             p = m.partition()
             self._stop_partition(PartitionStop(
-                p, self._pos.get(p, -1), f"stored offset is out of the journal's range ({err.str()}); "
+                p, self._intake.pos.get(p, -1), f"stored offset is out of the journal's range ({err.str()}); "
                 "was the topic recreated? rebuild the projection (aosk replay)", "offset_out_of_range"))
-            self._consumer.pause([TopicPartition(self.topic, p)])
+            self._intake.pause(self._consumer, p)
         else:
             log.warning("kafka: %s", err.str())
 
     def _stop_partition(self, stop: PartitionStop) -> None:
         p = stop.partition
-        self._stopped[p] = stop
+        self._intake.stopped[p] = stop
         METRICS.stopped("projector", p, stop.code)
         log.critical("partition %d of %s STOPPED at offset %d: %s. It is not projected any further until this is "
                      "fixed; the other partitions go on.", p, self.topic, stop.offset, stop.reason)
@@ -409,8 +372,8 @@ class Projector:
 
     def _recheck_stops(self) -> None:
         """Resume partitions whose stopping record a quarantine marker now names."""
-        for p, stop in list(self._stopped.items()):
-            if stop.code != "unknown_fingerprint" or p not in self._pos:
+        for p, stop in list(self._intake.stopped.items()):
+            if stop.code != "unknown_fingerprint" or p not in self._intake.pos:
                 continue
             try:
                 marker = self._quarantines.marker_for(p, stop.offset)
@@ -424,39 +387,24 @@ class Projector:
                         self.topic, p, stop.offset, marker.offset, marker.reason)
 
     def _resume(self, p: int) -> None:
-        from confluent_kafka import TopicPartition
-
-        del self._stopped[p]
+        del self._intake.stopped[p]
         METRICS.going_on("projector", p)
         self._record_stop(None, p)
-        self._drop(p)
-        self._pending_seek.add(p)
-        self._seek_pending()
-        self._consumer.resume([TopicPartition(self.topic, p)])
+        self._cache.drop(p)
+        self._intake.resume(self._consumer, p)
+        self._intake.seek(self._consumer, [p])
 
     def _load(self, parts: dict[int, list[Record]]) -> dict[str, int]:
         """Put the stored entries of the batch's uncached keys into the cache; returns
         keys stored under another partition than the one they now appear on."""
-        want: dict[str, tuple[str, int]] = {}
-        for p, recs in parts.items():
-            pkey = pseudo_key(p)
-            absent = self._absent.get(p, ())
-            for key in {pkey if r.key is None else r.key for r in recs} | {pkey}:
-                if key not in self._entries and key not in absent:
-                    want[storage_key(key)] = (key, p)
+        want = self._cache.wanted(parts)
         if not want:
             return {}
         with self._pool.connection() as conn:
             try:
-                stored = read_stored_entries(conn, self.schema, want)
+                return self._cache.load(conn, self.schema, want)
             except UndecodableState as e:
                 raise Inconsistent(str(e)) from e
-        for key, p in stored.absent:
-            self._absent.setdefault(p, set()).add(key)
-        for key, entry in stored.found.items():
-            self._entries[key] = entry
-            self._keys.setdefault(entry.partition, set()).add(key)
-        return stored.moved
 
     def _project(self, parts: dict[int, list[Record]]) -> bool:
         """Fold and write one batch; False when it had to be retried."""
@@ -464,7 +412,7 @@ class Projector:
         t0 = time.perf_counter()
         try:
             moved = self._load(parts)
-            batch = fold_batch(parts, self._entries.get, checkpoint_every=self.checkpoint_every, owner_of=moved.get,
+            batch = fold_batch(parts, self._cache.get, checkpoint_every=self.checkpoint_every, owner_of=moved.get,
                                live_partitions=self._live_partitions, quarantines=self._quarantines)
         except Inconsistent as e:
             log.error("cache inconsistent with the journal: %s", e)
@@ -479,8 +427,9 @@ class Projector:
             return False
         t1 = time.perf_counter()
         advances = []
+        pos = self._intake.pos
         for p, (end, last_ms) in batch.ends.items():
-            advances.append(Advance(p, self._pos[p], end, last_ms, self._high_watermark(p)))
+            advances.append(Advance(p, pos[p], end, last_ms, self._high_watermark(p)))
         if not advances:  # every partition of the batch stopped at its first record
             self._apply_stops(batch)
             return True
@@ -523,33 +472,15 @@ class Projector:
         return True
 
     def _apply_stops(self, batch: FoldedBatch) -> None:
-        from confluent_kafka import TopicPartition
-
         for s in batch.stops:
             self._stop_partition(s)
-            self._consumer.pause([TopicPartition(self.topic, s.partition)])
+            self._intake.pause(self._consumer, s.partition)
 
     def _committed(self, batch: FoldedBatch, advances: list[Advance]) -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
-        entries = self._entries
-        for key, e in batch.entries.items():
-            slot = e.slot
-            if slot.recent:  # a projector never sees a redelivery: keep the cache lean
-                e = replace(e, slot=AgentSlot(slot.state, slot.last_offset, ()))
-            entries.pop(key, None)  # re-inserted last: dict order is least recently written first
-            entries[key] = e
-            self._keys.setdefault(e.partition, set()).add(key)
-            absent = self._absent.get(e.partition)
-            if absent:
-                absent.discard(key)
-        excess = len(entries) - self.options.max_cached_agents
-        if excess > 0:
-            for key in list(itertools.islice(entries, excess)):
-                e = entries.pop(key)
-                self._keys.get(e.partition, set()).discard(key)
-        for a in advances:
-            self._pos[a.partition] = a.end
+        self._cache.committed(batch)
+        self._intake.advanced((a.partition, a.end) for a in advances)
         try:  # a hint for lag tools only; the truth is projector_offsets
             self._consumer.commit(offsets=[TopicPartition(self.topic, a.partition, a.end) for a in advances],
                                   asynchronous=True)
@@ -569,7 +500,7 @@ class Projector:
         """``aosk_consumer_lag_*`` of the owned partitions: cached end offsets against the
         offsets this process committed to PostgreSQL."""
         now_ms = int(time.time() * 1000)
-        for p, pos in list(self._pos.items()):
+        for p, pos in list(self._intake.pos.items()):
             METRICS.lag(self._group, p, next_offset=pos, end=self._high_watermark(p),
                         last_timestamp_ms=self._last_ms.get(p), now_ms=now_ms)
 
@@ -581,7 +512,8 @@ class Projector:
                 "%d records in %d batches (%.0f records/s; decode %.1fs, fold %.1fs, write %.1fs); fenced %d, "
                 "refused %d; partitions %s%s", st.records, st.batches, st.records / dt, st.decode_s, st.fold_s,
                 st.write_s, st.fenced,
-                st.refused, sorted(self._pos), f"; STOPPED {sorted(self._stopped)}" if self._stopped else "",
+                st.refused, sorted(self._intake.pos),
+                f"; STOPPED {sorted(self._intake.stopped)}" if self._intake.stopped else "",
             )
         self._stats = _Stats()
 
@@ -599,30 +531,6 @@ def ensure_journal(bootstrap: str, settings: Settings, *, attempts: int = 5) -> 
             if "missing after create" not in str(e) or i == attempts - 1:
                 raise
             time.sleep(0.5 * (i + 1))
-
-
-class _Fault:
-    """Test-only fault injection (``--fault`` / ``AOSK_PROJECTOR_FAULT``): the process
-    stops itself with SIGSTOP at a point of a batch, once."""
-
-    def __init__(self, point: str | None, after: int) -> None:
-        self.point = point
-        self.after = after
-
-    @classmethod
-    def parse(cls, spec: str | None) -> _Fault:
-        if not spec:
-            return cls(None, 0)
-        kind, point, after = spec.split(":")
-        if kind != "sigstop" or point not in ("before_write", "in_transaction"):
-            raise ValueError(f"unknown fault {spec!r}")
-        return cls(point, int(after))
-
-    def maybe(self, point: str, batches_done: int) -> None:
-        if self.point == point and batches_done >= self.after:
-            self.point = None
-            log.warning("fault injection: stopping this process (SIGSTOP) at %s", point)
-            os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def install_signal_handlers(projector: Projector) -> Callable[[], None]:

@@ -413,7 +413,12 @@ def restore_backup(settings: Settings, root: Path, options: BackupOptions = Back
         with psycopg.connect(ep.dsn, autocommit=True) as conn:
             drop_empty_schema(conn, options.schema)
         t3 = time.monotonic()
-        r = replay(settings, ReplayOptions(schema=options.schema, progress=options.progress, drop_old=True))
+        with _bar(0, "replay", options.progress) as bar:
+            def replayed_so_far(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            r = replay(settings, ReplayOptions(schema=options.schema, drop_old=True), progress=replayed_so_far)
         seconds["replay"] = time.monotonic() - t3
         replayed = r.records
         say(f"rebuilt the projections in {options.schema} from the restored journal ({r.records} records)")

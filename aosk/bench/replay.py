@@ -12,6 +12,7 @@ rebuild's digests are checked against the live schema's (``aosk db digest``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from aosk.config import Settings
@@ -49,8 +50,11 @@ class ReplayBenchResult:
 
 def bench_replay(settings: Settings, *, events: int = 50_000, agents: int = 200, processes: int = 2,
                  batch_max: int | None = None, replay_processes: int | None = None, seed: int = 42,
-                 progress: bool = True) -> ReplayBenchResult:
-    """``batch_max`` and ``replay_processes``: ``aosk replay``'s (``ReplayOptions``) unless given."""
+                 progress: bool = True,
+                 replay_progress: Callable[[int, int], None] | None = None) -> ReplayBenchResult:
+    """``batch_max`` and ``replay_processes``: ``aosk replay``'s (``ReplayOptions``) unless given.
+    ``progress``: print what is being done; ``replay_progress``: the rebuild's
+    ``progress(done, total)`` (the CLI draws a bar with it)."""
     import psycopg
 
     from aosk.bench.project import _cleanup, _timed_projection, fresh_bench_journal
@@ -68,12 +72,12 @@ def bench_replay(settings: Settings, *, events: int = 50_000, agents: int = 200,
         with psycopg.connect(ep.dsn) as conn:
             live_digest = digest_schema(conn, schema)
         say("replay: rebuilding the same journal from offset 0 ...", flush=True)
-        options = ReplayOptions(schema=schema, drop_old=True, progress=progress)
+        options = ReplayOptions(schema=schema, drop_old=True)
         if batch_max is not None:
             options = replace(options, batch_max=batch_max)
         if replay_processes is not None:
             options = replace(options, processes=replay_processes)
-        r = replay(s, options)
+        r = replay(s, options, progress=replay_progress)
         if r.records != total:
             raise AoskError(f"the replay folded {r.records} records, the journal has {total}")
         with psycopg.connect(ep.dsn) as conn:

@@ -145,10 +145,12 @@ def _project(settings: Settings, args: argparse.Namespace) -> int:
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.bench.replay import bench_replay, report_markdown
     from aosk.bench.report import machine_line
+    from aosk.cli.replay import ProgressBar
 
-    result = bench_replay(settings, events=args.events, agents=args.agents, processes=args.processes,
-                          batch_max=args.batch_max, replay_processes=args.replay_processes,
-                          progress=not args.no_progress)
+    with ProgressBar("replay", disable=args.no_progress) as bar:
+        result = bench_replay(settings, events=args.events, agents=args.agents, processes=args.processes,
+                              batch_max=args.batch_max, replay_processes=args.replay_processes,
+                              progress=not args.no_progress, replay_progress=bar)
     return _publish(args.output, "replay", report_markdown(result, machine_line()))
 
 

@@ -54,10 +54,10 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         max_cached_agents=args.max_cached_agents,
         fault=os.environ.get("AOSK_PROJECTOR_FAULT") or None,
     )
-    projector = Projector(settings, options)
-    restore = install_signal_handlers(projector)
-    try:
-        projector.run()
-    finally:
-        restore()
+    with Projector(settings, options) as projector:
+        restore = install_signal_handlers(projector)
+        try:
+            projector.run()
+        finally:
+            restore()
     return 0

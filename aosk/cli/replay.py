@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 from aosk.cli._flags import (
     add_batch_max,
@@ -17,6 +18,9 @@ from aosk.cli._flags import (
     field_default,
 )
 from aosk.config import Settings
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,11 +61,12 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         dropped = discard_shadow(settings, args.schema, shadow)
         print(f"dropped schema {shadow}" if dropped else f"no schema {shadow} to discard")
         return 0
-    r = replay(settings, ReplayOptions(
+    options = ReplayOptions(
         schema=args.schema, shadow=shadow, resume=args.resume, batch_max=args.batch_max, swap_gap=args.swap_gap,
-        drop_old=args.drop_old, processes=args.processes, progress=not args.no_progress,
-        fault=os.environ.get("AOSK_REPLAY_FAULT") or None,
-    ))
+        drop_old=args.drop_old, processes=args.processes, fault=os.environ.get("AOSK_REPLAY_FAULT") or None,
+    )
+    with ProgressBar(f"replay {args.schema}", disable=args.no_progress) as progress:
+        r = replay(settings, options, progress=progress)
     print(f"replayed {r.records} records into {r.shadow} in {r.seconds:.1f}s ({r.events_per_s:,.0f} events/s); "
           f"swapped in as {r.schema} ({r.swap_records} records under the lock, held {r.lock_ms:.0f} ms)"
           + (f"; the replaced schema is {r.old}" if r.old
@@ -72,3 +77,32 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"warning: partition {p} is STOPPED at offset {offset}: {why}. Its records from {offset} on are not "
               "projected (docs/recovery.md)", file=sys.stderr)
     return 0
+
+
+class ProgressBar:
+    """``aosk replay``'s ``progress(done, total)`` drawn as a progress bar on stderr (a
+    context manager: closed at the end). The bar starts at the first call, so a resumed
+    rebuild's rate counts only the records of this run."""
+
+    def __init__(self, desc: str, *, disable: bool = False) -> None:
+        self._desc = desc
+        self._disable = disable
+        self._bar: tqdm[Any] | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = self._bar
+        if bar is None:
+            self._bar = tqdm(total=total, initial=done, unit="ev", unit_scale=True, desc=self._desc,
+                             disable=self._disable, smoothing=0.1, mininterval=0.5)
+            return
+        bar.total = total
+        bar.update(done - bar.n)
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -122,15 +122,14 @@ def test_view_folds_the_journal_from_offset_0(journal) -> None:
 
 def test_view_restores_from_the_projection(journal) -> None:
     _, ends = _full_fold(journal)
-    projector = Projector(journal, ProjectorOptions(poll_timeout_s=0.05))
-    projector.setup()
-    thread = threading.Thread(target=projector.run, daemon=True)
-    thread.start()
-    try:
-        wait_caught_up(journal.storage.postgresql.dsn, "aosk", ends, timeout=30)
-    finally:
-        projector.stop()
-        thread.join(30)
+    with Projector(journal, ProjectorOptions(poll_timeout_s=0.05)) as projector:
+        thread = threading.Thread(target=projector.run, daemon=True)
+        thread.start()
+        try:
+            wait_caught_up(journal.storage.postgresql.dsn, "aosk", ends, timeout=30)
+        finally:
+            projector.stop()
+            thread.join(30)
     assert not thread.is_alive()
     _produce_agents(journal, "b", 6, steps=2)  # the projection lags behind these
     full, ends = _full_fold(journal)
