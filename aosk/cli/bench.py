@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from aosk.cli._flags import (
@@ -105,6 +106,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_no_progress(rt)
     add_output(rt)
     rt.set_defaults(run=_runtime)
+    _register_cluster(kinds)
+
+
+def _register_cluster(kinds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from aosk.bench.cluster_load import LoadOptions
+    from aosk.projectors.db import DEFAULT_SCHEMA
+
+    d = LoadOptions()
+    cl = kinds.add_parser("cluster", help="load through nginx against the running `aosk cluster`, one node SIGKILLed "
+                                          "whole mid-load and started again, then nothing lost, nothing doubled, "
+                                          "projections equal the fold, audit verify")
+    cl.add_argument("--duration", type=float, default=d.duration_s, metavar="SECONDS",
+                    help="seconds of load (default %(default)s)")
+    cl.add_argument("--clients", type=int, default=d.clients, metavar="N",
+                    help="closed-loop clients (default %(default)s)")
+    cl.add_argument("--kill-at", type=float, default=d.kill_at_s, metavar="SECONDS",
+                    help="seconds into the load to SIGKILL the node; negative: no kill (default %(default)s)")
+    cl.add_argument("--down", type=float, default=d.down_s, metavar="SECONDS",
+                    help="seconds the node stays down (default %(default)s)")
+    cl.add_argument("--node", default=d.node, metavar="NODE", help="the node to kill (default %(default)s)")
+    cl.add_argument("--events-per-agent", type=int, default=d.events_per_agent, metavar="N",
+                    help="events posted to each agent created (default %(default)s)")
+    cl.add_argument("--request-deadline", type=float, default=d.request_deadline_s, metavar="SECONDS",
+                    help="give a request up after retrying this long (default %(default)s)")
+    cl.add_argument("--key", default=None, metavar="KEY",
+                    help="an API key with the write scope (default: one made for tenant 'load')")
+    cl.add_argument("--schema", default=DEFAULT_SCHEMA, metavar="NAME",
+                    help="the cluster's projection schema (default %(default)s)")
+    cl.add_argument("--requests-log", type=Path, default=None, metavar="FILE",
+                    help="write every request (key, times, attempts, answer) as JSON lines")
+    cl.add_argument("--no-publish", action="store_true", help="print the report, leave docs/benchmarks.md alone")
+    add_output(cl)
+    cl.set_defaults(run=_cluster)
 
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
@@ -199,6 +233,32 @@ def _runtime(settings: Settings, args: argparse.Namespace) -> int:
     result = bench_runtime(settings, agents=args.agents, tasks_per_agent=args.tasks, delay_ms=args.delay_ms,
                            repeat=args.repeat, progress=not args.no_progress)
     return _publish(args.output, "runtime", report_markdown(result, machine_line(), command_line(result, args.quick)))
+
+
+def _cluster(settings: Settings, args: argparse.Namespace) -> int:
+    from aosk.bench import cluster_load as cl
+    from aosk.bench.report import machine_line
+
+    options = cl.LoadOptions(duration_s=args.duration, clients=args.clients, kill_at_s=args.kill_at,
+                             down_s=args.down, node=args.node, events_per_agent=args.events_per_agent,
+                             request_deadline_s=args.request_deadline)
+    result = cl.run_cluster_load(settings, options, api_key=args.key)
+    for line in cl.summary_lines(result):
+        print(line, flush=True)
+    if args.requests_log:
+        cl.write_requests(result, args.requests_log)
+    check = cl.check_cluster_load(settings, result, schema=args.schema)
+    for line in cl.check_lines(check):
+        print(line, flush=True)
+    text = cl.report_markdown(result, check, machine_line(), cl.command_line(options))
+    if args.no_publish:
+        print(text)
+    else:
+        _publish(args.output, "cluster", text)
+    if not check.ok:
+        print("aosk bench cluster: CHECKS FAILED:\n  " + "\n  ".join(check.problems()), file=sys.stderr)
+        return 1
+    return 0
 
 
 def _publish(output: Path, section: str, text: str) -> int:
