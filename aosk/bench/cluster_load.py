@@ -281,7 +281,7 @@ async def _load(url: str, api_key: str, options: LoadOptions, kill: Callable[[],
 
 
 def run_cluster_load(settings: Settings, options: LoadOptions, *, api_key: str | None = None,
-                     say: Callable[[str], None] = print) -> LoadResult:
+                     say: Callable[[str], None] = lambda line: print(line, flush=True)) -> LoadResult:
     """Drive the cluster recorded in the state directory through its nginx."""
     from aosk import cluster
 
@@ -408,7 +408,7 @@ def _caught_up(settings: Settings, schema: str) -> bool:
 
 
 def check_cluster_load(settings: Settings, result: LoadResult, *, schema: str, settle_timeout_s: float = 300.0,
-                       say: Callable[[str], None] = print) -> Check:
+                       say: Callable[[str], None] = lambda line: print(line, flush=True)) -> Check:
     from aosk.bench.follow import read_topic
     from aosk.endpoints import resolve_endpoints
     from aosk.journal import record_from_message
