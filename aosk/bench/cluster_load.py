@@ -544,45 +544,59 @@ def check_lines(check: Check) -> list[str]:
     ]
 
 
-def report_markdown(result: LoadResult, check: Check, machine: str, command: str) -> str:
-    o = result.options
+def _median(xs: list[float | None]) -> float | None:
+    vals = sorted(x for x in xs if x is not None)
+    return vals[len(vals) // 2] if vals else None
+
+
+def report_markdown(runs: list[tuple[LoadResult, Check]], machine: str, command: str) -> str:
+    """One row per run (each with its own kill) and the median of the runs."""
+    o = runs[0][0].options
+    windows = ("before", "during", "after")
     rows = []
-    for name in ("before", "during", "after"):
-        lo, hi = result.window(name)
-        rows.append(f"| {name} | {lo:.1f}-{hi:.1f} s | {result.per_s(name):.1f} | {_ms(result.p99(name))} | "
-                    f"{result.retries(name)} | {_outcomes(result.failed_attempts(name))} |")
-    replayed = sum(1 for r in result.acked if r.replayed)
+    for i, (r, c) in enumerate(runs, 1):
+        spans = " / ".join(f"{r.window(w)[0]:.0f}-{r.window(w)[1]:.0f}" for w in windows)
+        cells = " | ".join(f"{r.per_s(w):.1f} | {_ms(r.p99(w))}" for w in windows)
+        rows.append(f"| {i} | {spans} s | {r.per_s():.1f} | {cells} | {r.retries('during')} | "
+                    f"{_outcomes(r.failed_attempts('during'))} | {_outcomes(r.nginx_errors)} | "
+                    f"{'pass' if c.ok else 'FAIL'} |")
+    if len(runs) > 1:
+        cells = " | ".join(f"{_median([r.per_s(w) for r, _ in runs]) or 0:.1f} | "
+                           f"{_ms(_median([r.p99(w) for r, _ in runs]))}" for w in windows)
+        rows.append(f"| median | | {_median([r.per_s() for r, _ in runs]) or 0:.1f} | {cells} | "
+                    f"{_median([float(r.retries('during')) for r, _ in runs]) or 0:.0f} | | | |")
+    details = []
+    for i, (r, c) in enumerate(runs, 1):
+        replayed = sum(1 for q in r.acked if q.replayed)
+        details.append(f"- run {i}: {len(r.requests)} requests, {len(r.acked)} acknowledged, {len(r.unacked)} not "
+                       f"by their deadline, {replayed} acknowledged by a replayed answer; {r.killed_processes} "
+                       f"processes killed at {r.killed_at or 0:.1f} s, API back at {r.back_at or 0:.1f} s; "
+                       f"load average at the end {' '.join(f'{x:.2f}' for x in r.loadavg)}")
+        details += [f"  - {line}" for line in check_lines(c)]
     return "\n".join([
         "## Cluster load with a node killed (`aosk bench cluster`)",
         "",
-        f"Machine: {machine}; load average at the end {' '.join(f'{x:.2f}' for x in result.loadavg)} "
-        "(shared with other work: the cores were not ours alone).",
+        f"Machine: {machine}, shared with other work (load averages below: the cores were not ours alone).",
         f"Command: `{command}` against `aosk cluster up --nodes 3` on the dev stack.",
         "",
-        f"{o.clients} closed-loop clients through nginx for {o.duration_s:g} s, each creating an agent with a task "
-        f"then posting {o.events_per_agent} `ContextAppended` events, every request with its own Idempotency-Key "
-        f"and retried with it; {o.node} SIGKILLed whole (supervisor and children, "
-        f"{result.killed_processes} processes) at {result.killed_at or 0:.1f} s and started again after "
-        f"{o.down_s:g} s (its API answered at {result.back_at or 0:.1f} s).",
+        f"{o.clients} closed-loop clients through nginx for {o.duration_s:g} s (longer when the node's restart "
+        f"ends late: the load goes on {o.after_s:g} s after it), each creating an agent with a task then posting "
+        f"{o.events_per_agent} `ContextAppended` events, every request with its own Idempotency-Key and retried "
+        f"with it; {o.node} SIGKILLed whole (supervisor and children) at {o.kill_at_s:g} s and started again "
+        f"{o.down_s:g} s later. Latency is per logical request, from its first attempt to its 2xx (client retries "
+        "included). p99 *before*: requests answered before the kill; *during*: requests in flight at some moment "
+        "between the kill and the node's API answering again; *after*: requests started after that. Requests/s, "
+        "client retries and failed attempts are counted by when they happened in each span. nginx errors: upstream "
+        "failures in nginx's error log, each retried on another node (keyed POSTs are safe to repeat) unless a "
+        "client saw it as a 502/504.",
         "",
-        f"- {len(result.requests)} requests, {len(result.acked)} acknowledged ({result.per_s():.1f}/s through nginx), "
-        f"{len(result.unacked)} not acknowledged by their deadline; {replayed} acknowledged by a replayed answer.",
-        "",
-        f"- nginx's error log during the load: {_outcomes(result.nginx_errors)} (upstream failures nginx retried on "
-        "another node, as it does for keyed POSTs, or passed on as 502/504).",
-        "",
-        "Latency is per logical request, from its first attempt to its 2xx (client retries included). "
-        "p99 *before*: requests answered before the kill; *during*: requests in flight at some moment between the "
-        "kill and the node's API answering again; *after*: requests started after that. Requests/s, client retries "
-        "and failed attempts are counted by when they happened in each span.",
-        "",
-        "| window | span | acknowledged/s | p99 | client retries | failed attempts seen by clients |",
-        "|---|---|---|---|---|---|",
+        "| run | spans before / during / after | req/s through nginx | before req/s | before p99 | during req/s "
+        "| during p99 | after req/s | after p99 | client retries during | failed attempts clients saw during "
+        "| nginx errors | checks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        *(f"- {line}" for line in check_lines(check)),
-        "",
-        "One run (each is a minute of load plus a settle, a replay and an audit verify), not a median of repeats.",
+        *details,
     ])
 
 

@@ -136,6 +136,7 @@ def _register_cluster(kinds: argparse._SubParsersAction[argparse.ArgumentParser]
                     help="the cluster's projection schema (default %(default)s)")
     cl.add_argument("--requests-log", type=Path, default=None, metavar="FILE",
                     help="write every request (key, times, attempts, answer) as JSON lines")
+    add_repeat(cl, default=1, help="runs, each with its own kill; the report gives each and their median")
     cl.add_argument("--no-publish", action="store_true", help="print the report, leave docs/benchmarks.md alone")
     add_output(cl)
     cl.set_defaults(run=_cluster)
@@ -242,21 +243,29 @@ def _cluster(settings: Settings, args: argparse.Namespace) -> int:
     options = cl.LoadOptions(duration_s=args.duration, clients=args.clients, kill_at_s=args.kill_at,
                              down_s=args.down, node=args.node, events_per_agent=args.events_per_agent,
                              request_deadline_s=args.request_deadline)
-    result = cl.run_cluster_load(settings, options, api_key=args.key)
-    for line in cl.summary_lines(result):
-        print(line, flush=True)
-    if args.requests_log:
-        cl.write_requests(result, args.requests_log)
-    check = cl.check_cluster_load(settings, result, schema=args.schema)
-    for line in cl.check_lines(check):
-        print(line, flush=True)
-    text = cl.report_markdown(result, check, machine_line(), cl.command_line(options))
+    runs = []
+    for i in range(args.repeat):
+        if args.repeat > 1:
+            print(f"run {i + 1} of {args.repeat}", flush=True)
+        result = cl.run_cluster_load(settings, options, api_key=args.key)
+        for line in cl.summary_lines(result):
+            print(line, flush=True)
+        if args.requests_log:
+            log = args.requests_log if args.repeat == 1 else args.requests_log.with_suffix(f".{i + 1}.jsonl")
+            cl.write_requests(result, log)
+        check = cl.check_cluster_load(settings, result, schema=args.schema)
+        for line in cl.check_lines(check):
+            print(line, flush=True)
+        runs.append((result, check))
+    command = cl.command_line(options) + (f" --repeat {args.repeat}" if args.repeat > 1 else "")
+    text = cl.report_markdown(runs, machine_line(), command)
     if args.no_publish:
         print(text)
     else:
         _publish(args.output, "cluster", text)
-    if not check.ok:
-        print("aosk bench cluster: CHECKS FAILED:\n  " + "\n  ".join(check.problems()), file=sys.stderr)
+    failed = [p for _, c in runs for p in c.problems()]
+    if failed:
+        print("aosk bench cluster: CHECKS FAILED:\n  " + "\n  ".join(failed), file=sys.stderr)
         return 1
     return 0
 
