@@ -162,6 +162,10 @@ class LoadResult:
         lat = sorted(r.latency for r in self.in_window(name) if r.acked is not None)
         return lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None
 
+    def slowest(self, name: str) -> float | None:
+        lat = [r.latency for r in self.in_window(name) if r.acked is not None]
+        return max(lat) if lat else None
+
     def failed_attempts(self, name: str) -> Counter[str]:
         """Failed attempts (not the answered ones) made in the window, by outcome."""
         lo, hi = self.window(name)
@@ -520,7 +524,8 @@ def summary_lines(result: LoadResult) -> list[str]:
         if hi <= lo:
             continue
         lines.append(f"  {name:6} {lo:5.1f}-{hi:5.1f} s: {result.per_s(name):6.1f} acknowledged/s, p99 "
-                     f"{_ms(result.p99(name))}, retries {result.retries(name)}, failed attempts: "
+                     f"{_ms(result.p99(name))}, slowest {_ms(result.slowest(name))}, retries {result.retries(name)}, "
+                     "failed attempts: "
                      f"{_outcomes(result.failed_attempts(name))}")
     if result.killed_at is not None:
         lines.append(f"  {o.node} SIGKILLed at {result.killed_at:.1f} s ({result.killed_processes} processes), "
@@ -557,13 +562,15 @@ def report_markdown(runs: list[tuple[LoadResult, Check]], machine: str, command:
     for i, (r, c) in enumerate(runs, 1):
         spans = " / ".join(f"{r.window(w)[0]:.0f}-{r.window(w)[1]:.0f}" for w in windows)
         cells = " | ".join(f"{r.per_s(w):.1f} | {_ms(r.p99(w))}" for w in windows)
-        rows.append(f"| {i} | {spans} s | {r.per_s():.1f} | {cells} | {r.retries('during')} | "
+        rows.append(f"| {i} | {spans} s | {r.per_s():.1f} | {cells} | {_ms(r.slowest('during'))} | "
+                    f"{r.retries('during')} | "
                     f"{_outcomes(r.failed_attempts('during'))} | {_outcomes(r.nginx_errors)} | "
                     f"{'pass' if c.ok else 'FAIL'} |")
     if len(runs) > 1:
         cells = " | ".join(f"{_median([r.per_s(w) for r, _ in runs]) or 0:.1f} | "
                            f"{_ms(_median([r.p99(w) for r, _ in runs]))}" for w in windows)
         rows.append(f"| median | | {_median([r.per_s() for r, _ in runs]) or 0:.1f} | {cells} | "
+                    f"{_ms(_median([r.slowest('during') for r, _ in runs]))} | "
                     f"{_median([float(r.retries('during')) for r, _ in runs]) or 0:.0f} | | | |")
     details = []
     for i, (r, c) in enumerate(runs, 1):
@@ -586,14 +593,15 @@ def report_markdown(runs: list[tuple[LoadResult, Check]], machine: str, command:
         f"{o.down_s:g} s later. Latency is per logical request, from its first attempt to its 2xx (client retries "
         "included). p99 *before*: requests answered before the kill; *during*: requests in flight at some moment "
         "between the kill and the node's API answering again; *after*: requests started after that. Requests/s, "
-        "client retries and failed attempts are counted by when they happened in each span. nginx errors: upstream "
+        "client retries and failed attempts are counted by when they happened in each span; *slowest during*: the "
+        "longest such request (one whose key a killed node held waits for the key's lease). nginx errors: upstream "
         "failures in nginx's error log, each retried on another node (keyed POSTs are safe to repeat) unless a "
         "client saw it as a 502/504.",
         "",
         "| run | spans before / during / after | req/s through nginx | before req/s | before p99 | during req/s "
-        "| during p99 | after req/s | after p99 | client retries during | failed attempts clients saw during "
-        "| nginx errors | checks |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| during p99 | after req/s | after p99 | slowest during | client retries during "
+        "| failed attempts clients saw during | nginx errors | checks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         *details,
