@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from aosk.cli._flags import (
@@ -122,6 +123,40 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_no_progress(rd)
     add_output(rd)
     rd.set_defaults(run=_reads)
+    _register_cluster(kinds)
+
+
+def _register_cluster(kinds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from aosk.bench.cluster_load import LoadOptions
+    from aosk.projectors.db import DEFAULT_SCHEMA
+
+    d = LoadOptions()
+    cl = kinds.add_parser("cluster", help="load through nginx against the running `aosk cluster`, one node SIGKILLed "
+                                          "whole mid-load and started again, then nothing lost, nothing doubled, "
+                                          "projections equal the fold, audit verify")
+    cl.add_argument("--duration", type=float, default=d.duration_s, metavar="SECONDS",
+                    help="seconds of load (default %(default)s)")
+    cl.add_argument("--clients", type=int, default=d.clients, metavar="N",
+                    help="closed-loop clients (default %(default)s)")
+    cl.add_argument("--kill-at", type=float, default=d.kill_at_s, metavar="SECONDS",
+                    help="seconds into the load to SIGKILL the node; negative: no kill (default %(default)s)")
+    cl.add_argument("--down", type=float, default=d.down_s, metavar="SECONDS",
+                    help="seconds the node stays down (default %(default)s)")
+    cl.add_argument("--node", default=d.node, metavar="NODE", help="the node to kill (default %(default)s)")
+    cl.add_argument("--events-per-agent", type=int, default=d.events_per_agent, metavar="N",
+                    help="events posted to each agent created (default %(default)s)")
+    cl.add_argument("--request-deadline", type=float, default=d.request_deadline_s, metavar="SECONDS",
+                    help="give a request up after retrying this long (default %(default)s)")
+    cl.add_argument("--key", default=None, metavar="KEY",
+                    help="an API key with the write scope (default: one made for tenant 'load')")
+    cl.add_argument("--schema", default=DEFAULT_SCHEMA, metavar="NAME",
+                    help="the cluster's projection schema (default %(default)s)")
+    cl.add_argument("--requests-log", type=Path, default=None, metavar="FILE",
+                    help="write every request (key, times, attempts, answer) as JSON lines")
+    add_repeat(cl, default=1, help="runs, each with its own kill; the report gives each and their median")
+    cl.add_argument("--no-publish", action="store_true", help="print the report, leave docs/benchmarks.md alone")
+    add_output(cl)
+    cl.set_defaults(run=_cluster)
 
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
@@ -230,6 +265,38 @@ def _reads(settings: Settings, args: argparse.Namespace) -> int:
     # a run with another checkpoint spacing keeps its own section next to the default's
     section = "reads" if args.checkpoint_every is None else f"reads-checkpoint-every-{args.checkpoint_every}"
     return _publish(args.output, section, report_markdown(result, machine_line()))
+def _cluster(settings: Settings, args: argparse.Namespace) -> int:
+    from aosk.bench import cluster_load as cl
+    from aosk.bench.report import machine_line
+
+    options = cl.LoadOptions(duration_s=args.duration, clients=args.clients, kill_at_s=args.kill_at,
+                             down_s=args.down, node=args.node, events_per_agent=args.events_per_agent,
+                             request_deadline_s=args.request_deadline)
+    runs = []
+    for i in range(args.repeat):
+        if args.repeat > 1:
+            print(f"run {i + 1} of {args.repeat}", flush=True)
+        result = cl.run_cluster_load(settings, options, api_key=args.key)
+        for line in cl.summary_lines(result):
+            print(line, flush=True)
+        if args.requests_log:
+            log = args.requests_log if args.repeat == 1 else args.requests_log.with_suffix(f".{i + 1}.jsonl")
+            cl.write_requests(result, log)
+        check = cl.check_cluster_load(settings, result, schema=args.schema)
+        for line in cl.check_lines(check):
+            print(line, flush=True)
+        runs.append((result, check))
+    command = cl.command_line(options) + (f" --repeat {args.repeat}" if args.repeat > 1 else "")
+    text = cl.report_markdown(runs, machine_line(), command)
+    if args.no_publish:
+        print(text)
+    else:
+        _publish(args.output, "cluster", text)
+    failed = [p for _, c in runs for p in c.problems()]
+    if failed:
+        print("aosk bench cluster: CHECKS FAILED:\n  " + "\n  ".join(failed), file=sys.stderr)
+        return 1
+    return 0
 
 
 def _publish(output: Path, section: str, text: str) -> int:

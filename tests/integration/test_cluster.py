@@ -270,6 +270,21 @@ def test_a_node_killed_whole_is_retried_around_and_comes_back(cluster: Cluster, 
              what="every part of the cluster up again")
 
 
+def test_the_load_driver_checks_its_own_run(cluster: Cluster) -> None:
+    """A few seconds of ``aosk bench cluster`` without a kill (the minute with a node
+    SIGKILLed is test_cluster_load.py, ``make chaos``): its writes acknowledged, then found
+    once each in the journal and the audit log, their tasks ended, the replay equal."""
+    run = subprocess.run([sys.executable, "-m", "aosk.cli", "bench", "cluster", "--duration", "3", "--clients", "4",
+                          "--kill-at", "-1", "--events-per-agent", "1", "--no-publish"],
+                         env=cluster.env, capture_output=True, text=True, timeout=180)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    acked = int(re.search(r"requests: \d+ \((\d+) acknowledged, 0 not\)", out).group(1))  # type: ignore[union-attr]
+    assert acked >= 4, out
+    assert "lost 0, doubled 0, audit rows off 0" in out and "(0 not ended)" in out, out
+    assert "projections equal the fold, audit verify exit 0" in out, out
+
+
 def test_down_stops_every_process(cluster: Cluster) -> None:
     record = cluster.record()
     members = set().union(*(group_members(g) for g in _groups(record)))
