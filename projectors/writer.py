@@ -129,7 +129,9 @@ def prepare_connection(conn: psycopg.Connection[Any], schema: str) -> int:
     conn.adapters.register_dumper(bytes, BytesBinaryDumper)
     for what, table in (("agent", "agent_state"), ("memory", "memories")):
         conn.execute(
-            sql.SQL("create temp table if not exists {} (like {}) on commit delete rows").format(
+            # including compression: INSERT ... SELECT keeps a value compressed as the staging
+            # table compressed it, so it must be the target column's method
+            sql.SQL("create temp table if not exists {} (like {} including compression) on commit delete rows").format(
                 _stage(schema, what), qualified(schema, table)
             )
         )
