@@ -17,7 +17,9 @@ Then, on the result:
 ``compare_untuned``: each size is projected a second time from the same workload into a
 schema whose ``agent_state`` has its storage settings reset to what they were before
 migration 0008 (fill factor 100, PostgreSQL's autovacuum defaults, the server's default
-TOAST compression), so the effect of those settings is measured in the same run.
+TOAST compression), so the effect of those settings is measured in the same run (the
+writer's own VACUUM of ``agent_state``, ``aosk.projectors.writer.VACUUM_SHARE``, runs in
+both).
 """
 
 from __future__ import annotations
@@ -229,7 +231,7 @@ def report_markdown(r: GrowthResult, machine: str, *, command: str, plot: str | 
         f"{r.events_per_agent} records per agent (agents scale with the journal), memories with 384-d embeddings "
         f"(HNSW maintained). `agent_state.state` compressed with {r.compression or '?'} (the server has no lz4). "
         f"Load average when each run started: {loads}. Sizes and dead tuples measured right after the last "
-        "commit, no manual VACUUM.",
+        "commit (the projectors' writer vacuums agent_state as it goes: docs/projections.md).",
         "",
         "| events | agents | agent_state storage | events/s | PostgreSQL bytes/event | agent_state on disk / live "
         "rows | agent_state MB on disk / live rows / states (stored / uncompressed) | dead tuples heap / TOAST "

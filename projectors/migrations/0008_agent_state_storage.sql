@@ -4,14 +4,13 @@
 -- touched agent's state behind until VACUUM reclaims it. With PostgreSQL's defaults
 -- (autovacuum when 20% of the rows are dead, throttled) the table was ~3.6x its live rows.
 --
--- fillfactor: room on each heap page for the next version of its rows, so an update that
--- leaves tenant_id and status alone is a HOT update (no index entries, and the old
--- version is pruned from the page without VACUUM).
+-- The heap keeps the default fill factor: the states are in TOAST, the heap rows are small
+-- and HOT updates happen where a page has room; fillfactor = 50 was measured and made the
+-- table larger (aosk bench growth, docs/benchmarks.md).
 -- autovacuum: on the table and on its TOAST table, as soon as a few hundred versions are
 -- dead whatever the table's size, unthrottled (the table is small; its TOAST table is
 -- where the dead versions are).
 alter table agent_state set (
-    fillfactor = 50,
     autovacuum_vacuum_scale_factor = 0,
     autovacuum_vacuum_threshold = 200,
     autovacuum_vacuum_insert_scale_factor = 0,
