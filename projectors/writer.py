@@ -22,6 +22,12 @@ The transaction, in order:
    edited together with ``agent_state.state_hash``;
 4. ``pg_notify`` so ``wait_until_projected`` callers wake up.
 
+After the commit, once the writer has rewritten ``VACUUM_SHARE`` of ``agent_state``'s rows
+since it last did, it runs ``VACUUM (SKIP_LOCKED)`` on that table: every rewrite leaves the
+agent's previous state dead in the TOAST table, which only VACUUM reclaims, and
+autovacuum comes at most every ``autovacuum_naptime`` (a minute by default), by which
+time a busy projection has rewritten every state, some several times.
+
 A row PostgreSQL refuses (the fold should have rejected its record first) does not stall
 the partition: the batch is bisected inside the transaction (savepoints) down to the
 record whose rows are refused; that record's audit row is written with ``refused`` and
@@ -76,6 +82,12 @@ connection or the transaction (which abort the batch and are retried)."""
 
 _META: Final = "metadata"
 
+VACUUM_SHARE: Final = 0.1
+"""The writer vacuums agent_state once it has rewritten this share of the table's rows
+(as ``pg_class.reltuples`` last said) since its last vacuum, and at least
+``VACUUM_MIN_ROWS``."""
+VACUUM_MIN_ROWS: Final = 50
+
 
 @dataclass(frozen=True)
 class Advance:
@@ -129,7 +141,9 @@ def prepare_connection(conn: psycopg.Connection[Any], schema: str) -> int:
     conn.adapters.register_dumper(bytes, BytesBinaryDumper)
     for what, table in (("agent", "agent_state"), ("memory", "memories")):
         conn.execute(
-            sql.SQL("create temp table if not exists {} (like {}) on commit delete rows").format(
+            # including compression: INSERT ... SELECT keeps a value compressed as the staging
+            # table compressed it, so it must be the target column's method
+            sql.SQL("create temp table if not exists {} (like {} including compression) on commit delete rows").format(
                 _stage(schema, what), qualified(schema, table)
             )
         )
@@ -207,6 +221,13 @@ class ProjectionWriter:
         self._notify = sql.SQL("select pg_notify({}, '')").format(sql.Literal(notify_channel(schema)))
         self.last_rows: dict[str, int] = {}
         """Rows the last committed ``write`` wrote, by table (``aosk_projector_rows_total``)."""
+        self._vacuum = sql.SQL("vacuum (skip_locked) {}").format(q("agent_state"))
+        self._reltuples = sql.SQL("select reltuples from pg_class where oid = {}::regclass").format(
+            sql.Literal(f"{schema}.agent_state"))
+        self._rewritten = 0
+        self._vacuum_after = VACUUM_MIN_ROWS
+        self.vacuums = 0
+        """How often this writer vacuumed agent_state."""
 
     # -- the transaction ------------------------------------------------------------------
 
@@ -237,7 +258,34 @@ class ProjectionWriter:
             if batch.outcomes:
                 self._write_range(conn, batch.outcomes, refused)
             conn.execute(self._notify)
+        self._rewritten += self.last_rows.get("agent_state", 0)
+        if self._rewritten >= self._vacuum_after:
+            self._vacuum_agent_state(conn)
         return refused
+
+    def _vacuum_agent_state(self, conn: psycopg.Connection[Any]) -> None:
+        """VACUUM agent_state (the module doc says why) and set when to do it next. Not
+        inside a caller's transaction (left to autovacuum then); a VACUUM that fails is
+        logged and the projection goes on."""
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            return
+        autocommit = conn.autocommit
+        try:
+            conn.autocommit = True
+            conn.execute(self._vacuum)
+            row = conn.execute(self._reltuples).fetchone()
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as e:
+            log.warning("VACUUM of %s.agent_state failed (autovacuum will do it): %s", self.schema, e)
+            row = None
+        finally:
+            if not conn.closed:
+                conn.autocommit = autocommit
+        self._rewritten = 0
+        if row is not None:
+            self.vacuums += 1
+            self._vacuum_after = max(VACUUM_MIN_ROWS, int(VACUUM_SHARE * max(0.0, float(row[0]))))
 
     def _fenced(self, cur: psycopg.Cursor[Any], a: Advance) -> Fenced:
         """What the table says instead of ``a.start``: ahead (another owner advanced it)

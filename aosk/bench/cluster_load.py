@@ -490,7 +490,7 @@ def check_cluster_load(settings: Settings, result: LoadResult, *, schema: str, s
     say("projections vs. the fold: aosk db digest, aosk replay, aosk db digest")
     with connect(resolve_endpoints(settings).dsn) as conn:
         before = digest_schema(conn, schema)
-    replay(settings, ReplayOptions(schema=schema, shadow=shadow_name(schema), drop_old=True, progress=False))
+    replay(settings, ReplayOptions(schema=schema, shadow=shadow_name(schema), drop_old=True))
     with connect(resolve_endpoints(settings).dsn) as conn:
         after = digest_schema(conn, schema)
     check.digest_diff += [f"{t}: live {before.get(t)} != replayed {after.get(t)}"

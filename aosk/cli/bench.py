@@ -22,6 +22,7 @@ from aosk.config import Settings
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from aosk.bench.api import bench_api
+    from aosk.bench.growth import bench_growth
     from aosk.bench.ingest import bench_ingest
     from aosk.bench.project import bench_project
     from aosk.bench.reads import bench_reads
@@ -48,6 +49,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_no_progress(project)
     add_output(project)
     project.set_defaults(run=_project)
+    gr = kinds.add_parser("growth", help="events/s, PostgreSQL bytes per event and state_at latency against "
+                                         "journal size")
+    sizes = param_default(bench_growth, "sizes")
+    gr.add_argument("--sizes", type=_sizes, default=sizes, metavar="N1,N2,...",
+                    help=f"journal sizes in events (default {','.join(map(str, sizes))}; the documented longer run "
+                         "adds 1000000)")
+    gr.add_argument("--events-per-agent", type=int, default=param_default(bench_growth, "events_per_agent"),
+                    metavar="N", help="records per agent: the agents scale with the journal (default %(default)s)")
+    add_processes(gr, default=param_default(bench_growth, "processes"), help="aosk project processes")
+    gr.add_argument("--compare-untuned", action="store_true",
+                    help="project each size a second time with agent_state's storage settings as before migration "
+                         "0008, to measure what they change in the same run")
+    gr.add_argument("--state-at-samples", type=int, default=param_default(bench_growth, "state_at_samples"),
+                    metavar="N", help="state_at reads timed per size, after 10 warm-up reads (default %(default)s)")
+    add_no_progress(gr)
+    add_output(gr)
+    gr.add_argument("--plot", type=Path, default=None, metavar="PATH",
+                    help="the plot (PNG; default growth.png next to --output)")
+    gr.set_defaults(run=_growth)
     rp = kinds.add_parser("replay", help="aosk replay's rebuild rate vs. the live projection rate, same journal")
     add_events(rp, default=param_default(bench_replay, "events"))
     add_agents(rp, default=param_default(bench_replay, "agents"))
@@ -189,6 +209,28 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
     return _publish(args.output, "replay", report_markdown(result, machine_line()))
 
 
+def _growth(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+
+    from aosk.bench.growth import bench_growth, growth_plot, report_markdown
+    from aosk.bench.plot import INSTALL_HINT
+    from aosk.bench.report import machine_line
+
+    result = bench_growth(settings, sizes=args.sizes, events_per_agent=args.events_per_agent,
+                          processes=args.processes, compare_untuned=args.compare_untuned,
+                          state_at_samples=args.state_at_samples, progress=not args.no_progress)
+    machine = machine_line()
+    plot_path = args.plot or args.output.with_name("growth.png")
+    drawn = growth_plot(result, plot_path, title=f"aosk bench growth: {args.events_per_agent} records per agent, "
+                                                 f"{args.processes} aosk project processes\n{machine}")
+    print(f"growth plot written to {plot_path}" if drawn else f"no growth plot: matplotlib is missing ({INSTALL_HINT})")
+    command = (f"aosk bench growth --sizes {','.join(map(str, args.sizes))} --events-per-agent "
+               f"{args.events_per_agent} --processes {args.processes}"
+               + (" --compare-untuned" if args.compare_untuned else ""))
+    relative = os.path.relpath(plot_path, args.output.parent) if drawn else None
+    return _publish(args.output, "growth", report_markdown(result, machine, command=command, plot=relative))
+
+
 def _rates(text: str) -> tuple[float, ...]:
     try:
         rates = tuple(float(x) for x in text.split(",") if x.strip())
@@ -197,6 +239,17 @@ def _rates(text: str) -> tuple[float, ...]:
     if not rates or any(r <= 0 for r in rates):
         raise argparse.ArgumentTypeError(f"{text!r}: give positive events/s separated by commas, e.g. 300,1000")
     return rates
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or any(n < 1 for n in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: give journal sizes in events separated by commas, e.g. "
+                                         "10000,100000")
+    return sizes
 
 
 def _counts(text: str) -> tuple[int, ...]:

@@ -110,3 +110,24 @@ def test_bench_reads_tiny(settings: Settings) -> None:
     text = reads_report(r, "test machine")
     assert "aosk bench reads --agents 3" in text and "--checkpoint-every 50" in text
     assert "| `state_at`, PostgreSQL |" in text
+
+
+def test_bench_growth_small(settings: Settings, tmp_path) -> None:
+    from aosk.bench.growth import bench_growth, growth_plot
+    from aosk.bench.growth import report_markdown as growth_report
+    from aosk.bench.plot import have_matplotlib
+
+    # one process and two sizes (the --compare-untuned settings are exercised by test_agent_state_storage)
+    r = bench_growth(settings, sizes=(300, 600), events_per_agent=100, processes=1, state_at_samples=5,
+                     progress=False)
+    assert [(p.events >= n, p.agents, p.storage) for p, n in zip(r.points, (300, 600), strict=True)] == [
+        (True, 3, "tuned"), (True, 6, "tuned")]
+    for p in r.points:
+        assert p.seconds > 0 and p.pg_bytes > 0 and p.tables["events"] > 0 and len(p.state_at_ms) == 5
+        a = p.agent_state
+        assert a["rows"] >= p.agents and 0 < a["stored_state"] <= a["raw_state"] and a["disk"] > 0
+    assert r.compression in ("pglz", "lz4")
+    text = growth_report(r, "test machine", command="aosk bench growth --sizes 300,600", plot="growth.png")
+    assert "PostgreSQL bytes per event within" in text and "growth.png" in text
+    plot = tmp_path / "growth.png"
+    assert growth_plot(r, plot, title="test") == have_matplotlib() == plot.exists()
