@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from aosk.devstack._process import free_port, pid_alive
+from aosk.devstack._process import free_port, pid_alive, port_in_use
 from aosk.errors import ClusterError
 from aosk.node import METRICS_OFFSETS, ROLES, metrics_port
 
@@ -390,12 +390,6 @@ def api_health(base_url: str) -> str | None:
         return "unknown"
 
 
-def port_answers(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(1.0)
-        return s.connect_ex((HOST, port)) == 0
-
-
 def log_tail(path: str | Path, lines: int = 15) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:]) or "(empty so far)"
@@ -599,7 +593,7 @@ def status(state_dir: Path) -> ClusterStatus | None:
         nodes.append(NodeStatus(
             node.node_id, node.pid, alive, node_children(node) if alive else {},
             api_health(f"http://{HOST}:{node.api_port}") if node.api_port is not None else None,
-            {role: port_answers(port) for role, port in node.metrics_ports.items()}))
+            {role: port_in_use(port, HOST) for role, port in node.metrics_ports.items()}))
     nginx_alive = record.nginx_pid is not None and pid_alive(record.nginx_pid)
     got = http_get(f"{record.url}/health")
     return ClusterStatus(record, nodes, nginx_alive, got is not None and got[0] == 200, api_health(record.url))

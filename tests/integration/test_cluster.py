@@ -31,6 +31,7 @@ from aosk import cluster as cluster_mod
 from aosk.cluster import JOBS, ClusterPaths, group_members
 from aosk.devstack._process import pid_alive
 from aosk.waiting import wait_for
+from api_harness import stop_process
 from tests.support.api_harness import free_port, make_key
 from tests.support.ops_tools import tool
 from tests.support.projector_harness import projector_env
@@ -174,12 +175,7 @@ def _prometheus(cluster: Cluster, tmp_path: Path) -> Iterator[str]:
         wait_for(ready, timeout=30, what="Prometheus to be ready")
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, grace=15)
 
 
 def _query(base: str, expr: str) -> list[dict[str, Any]]:

@@ -73,9 +73,14 @@ def api_process(settings: Any, log_dir: Path, *, name: str = "api", args: tuple[
         wait_for(up, timeout=60, what=f"aosk api {name} to answer /health")
         yield api
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, grace=20)
+
+
+def stop_process(proc: subprocess.Popen[Any], *, grace: float) -> None:
+    """SIGTERM ``proc``; SIGKILL it if it has not exited ``grace`` seconds later; reaped either way."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from aosk.waiting import wait_for
-from api_harness import free_port
+from api_harness import free_port, stop_process
 
 
 @dataclass
@@ -55,9 +55,4 @@ def standin_process(log_dir: Path, *, dimension: int = 384) -> Iterator[StandinP
         wait_for(up, timeout=30, interval=0.1, what="the stand-in to answer /health")
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, grace=10)
