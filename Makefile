@@ -21,7 +21,19 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# Debian packages `make demo` runs, installed when missing (see TEST_TOOLS): nginx, the
+# load balancer of the demo's `aosk cluster` section.
+DEMO_TOOLS := nginx:nginx
+
+# $(call install_missing,LIST): apt-get install the packages of LIST's command:package
+# pairs whose command is not found (nginx lives in /usr/sbin).
+define install_missing
+	missing=$$(for t in $(1); do PATH=$$PATH:/usr/sbin command -v $${t%%:*} >/dev/null || echo $${t#*:}; done); \
+	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q $$missing; fi
+endef
+
 demo: $(VENV)/.installed
+	$(call install_missing,$(DEMO_TOOLS))
 	$(BIN)/aosk demo
 
 # ruff over the tree, then mypy (strict for aosk.kernel and aosk.events: pyproject.toml).
@@ -47,8 +59,7 @@ TEST_TOOLS := wrk:wrk promtool:prometheus prometheus:prometheus nginx:nginx envs
 	redis-server:redis-server stress-ng:stress-ng
 
 test: $(VENV)/.installed
-	missing=$$(for t in $(TEST_TOOLS); do PATH=$$PATH:/usr/sbin command -v $${t%%:*} >/dev/null || echo $${t#*:}; done); \
-	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q $$missing; fi
+	$(call install_missing,$(TEST_TOOLS))
 	AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev up
 	status=0; AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
 	AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev down; exit $$status
