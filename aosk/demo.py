@@ -847,8 +847,50 @@ def _section_backup(settings: Settings, ep: Endpoints) -> None:
                 fut.result(60)
 
 
+def _section_standby(settings: Settings, ep: Endpoints) -> None:
+    _heading("13. a streaming PostgreSQL standby (aosk dev up --standby), then dropped")
+    if settings.storage.postgresql.host is not None:
+        print("  (the demo runs against your PostgreSQL: see docs/operations.md \"PostgreSQL standby\")")
+        return
+    import psycopg
+
+    from aosk.devstack.stack import dev_stack
+    from aosk.waiting import wait_for
+
+    stack = dev_stack(settings, standby=True)
+    assert stack is not None and stack.standby is not None
+    t0 = time.monotonic()
+    stack.up()
+    standby = stack.standby
+    print(f"  aosk dev up --standby: pg_basebackup -R of the primary, ready in {time.monotonic() - t0:.1f}s")
+    try:
+        count = "select count(*) from aosk.audit_log"
+
+        def rows(dsn: str) -> int:
+            with psycopg.connect(dsn) as conn:
+                row = conn.execute(count).fetchone()
+                return int(row[0]) if row else 0
+
+        primary = rows(ep.dsn)
+        wait_for(lambda: rows(standby.dsn) == primary, timeout=60, what="the standby to replay the audit log")
+        print(f"  audit_log rows: primary {primary}, standby {rows(standby.dsn)} (streamed, asynchronous)")
+        with psycopg.connect(standby.dsn) as conn:
+            try:
+                conn.execute("create table aosk.demo_write (x int)")
+                refused = "accepted"
+            except psycopg.errors.ReadOnlySqlTransaction:
+                refused = "refused: a hot standby is read-only"
+        print(f"  a write on the standby -> {refused}")
+        ok, text = standby.status()
+        print(f"  aosk dev status: pg-standby {'up' if ok else 'DOWN'}  {text}")
+        print("  to fail over: aosk dev promote-standby, then AOSK_POSTGRESQL_DSN=<its dsn> (docs/operations.md)")
+    finally:
+        stack.drop_standby()
+        print("  aosk dev drop-standby: stopped, its data and replication slot removed")
+
+
 def _section_models_and_tools(settings: Settings) -> None:
-    _heading("13. models and tools, directly: the stand-in model server (no network)")
+    _heading("14. models and tools, directly: the stand-in model server (no network)")
     import asyncio
     import json
 
@@ -896,7 +938,7 @@ def _section_models_and_tools(settings: Settings) -> None:
 
 
 def _section_errors() -> None:
-    _heading("14. when a dependency is down: one line and an exit code")
+    _heading("15. when a dependency is down: one line and an exit code")
     import os
     import socket
 
@@ -934,6 +976,7 @@ def run_demo(settings: Settings) -> int:
         procs.stop()
     _section_cluster(settings)
     _section_backup(settings, ep)
+    _section_standby(settings, ep)
     _section_models_and_tools(settings)
     _section_errors()
     _heading("done")
