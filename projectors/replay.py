@@ -86,6 +86,12 @@ log = logging.getLogger("aosk.replay")
 
 _DEFERRED: Final = "replay_deferred_indexes"
 
+KEPT_KEYS: Final = frozenset({"agent_state", "memories", "tasks", "projector_offsets", "projection_meta",
+                              "schema_migrations"})
+"""Tables whose primary key stays during the catch-up: the writer's upserts and patches
+find their rows by it (and the bookkeeping tables are tiny). Every other index and key
+of the shadow is dropped for the catch-up and built once at its end."""
+
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: records in the shadow so far and the records to get to (the
 total grows while live projectors write); called after every batch and now and then."""
@@ -111,7 +117,11 @@ class ReplayOptions:
     """Most records left to fold when the exclusive lock is taken: it bounds the pause of
     the live projectors (about 0.1 s per 1,000 records here)."""
     defer_indexes: bool = True
-    """Build the HNSW index once after the catch-up instead of row by row."""
+    """Build the indexes (all but the keys in ``KEPT_KEYS``) once after the catch-up
+    instead of row by row."""
+    overlap: bool = True
+    """Write each catch-up batch from a thread on a connection of its own while the next
+    batch is read and folded (one batch in flight)."""
     drop_old: bool = False
     """Drop the replaced schema instead of keeping it as ``<schema>_old_<n>``."""
     processes: int = 2
@@ -208,6 +218,9 @@ class Replay(ResourceHolder):
         self._total = 0
         self._conn: psycopg.Connection[Any] | None = None
         """The session holding the shadow's replay lock (from entering the block)."""
+        self._writing: _BackgroundWriter | None = None
+        self._caps: dict[int, int] = {}
+        """The first targets (records to fold per partition: how the helpers share them)."""
 
     def __enter__(self) -> Replay:
         ensure_journal(self._bootstrap, self.settings)
@@ -272,22 +285,40 @@ class Replay(ResourceHolder):
             log.info("resuming %s at offsets %s", self.shadow, dict(sorted(positions.items())))
 
     def _defer_indexes(self, conn: psycopg.Connection[Any]) -> None:
-        """Drop the shadow's HNSW indexes for the catch-up (one bulk build at the end is
-        far cheaper than maintaining the graph row by row); their definitions are kept
-        in ``projection_meta`` so a resumed replay builds them too."""
+        """Drop the shadow's indexes and keys for the catch-up, but the keys of
+        ``KEPT_KEYS`` (one bulk build at the end is far cheaper than maintaining them row
+        by row, a vector graph most of all); the statements that build them again are
+        kept in ``projection_meta`` so a resumed replay builds them too. The vector
+        indexes come first (the longest builds)."""
         with conn.transaction():
-            defs = conn.execute(
-                "select indexname, indexdef from pg_indexes where schemaname = %s and indexdef ilike %s",
-                (self.shadow, "% using hnsw %"),
+            rows = conn.execute(
+                "select ic.relname, t.relname, pg_get_indexdef(ic.oid), c.conname, pg_get_constraintdef(c.oid), "
+                "am.amname from pg_index x join pg_class ic on ic.oid = x.indexrelid "
+                "join pg_class t on t.oid = x.indrelid join pg_namespace n on n.oid = t.relnamespace "
+                "join pg_am am on am.oid = ic.relam "
+                "left join pg_constraint c on c.conindid = ic.oid and c.conrelid = t.oid "
+                "where n.nspname = %s order by am.amname <> 'hnsw', ic.relname",
+                (self.shadow,),
             ).fetchall()
-            if not defs:
-                return
-            for name, _ in defs:
-                conn.execute(sql.SQL("drop index {}").format(qualified(self.shadow, name)))
-            set_meta(conn, self.shadow, _DEFERRED, json.dumps([d for _, d in defs]))
+            builds: list[str] = []
+            for index, table, indexdef, constraint, condef, _am in rows:
+                if constraint is not None:
+                    if table in KEPT_KEYS:
+                        continue
+                    conn.execute(sql.SQL("alter table {} drop constraint {}").format(
+                        qualified(self.shadow, table), sql.Identifier(constraint)))
+                    builds.append(sql.SQL("alter table {} add constraint {} ").format(
+                        qualified(self.shadow, table), sql.Identifier(constraint)).as_string(conn) + condef)
+                else:
+                    conn.execute(sql.SQL("drop index {}").format(qualified(self.shadow, index)))
+                    builds.append(indexdef)
+            if builds:
+                set_meta(conn, self.shadow, _DEFERRED, json.dumps(builds))
 
     def _build_deferred(self, conn: psycopg.Connection[Any]) -> bool:
-        """Create the indexes ``_defer_indexes`` dropped; False if there were none."""
+        """Create the indexes ``_defer_indexes`` dropped (in one transaction, with
+        parallel maintenance workers); False if there were none."""
+        self._drain()
         raw = get_meta(conn, self.shadow, _DEFERRED)
         conn.commit()
         if raw is None:
@@ -398,16 +429,28 @@ class Replay(ResourceHolder):
         pos = self._intake.pos
         advances = [Advance(p, pos[p], end, last_ms) for p, (end, last_ms) in batch.ends.items()]
         if advances:
-            try:
-                writer.write(conn, batch, advances)
-            except Fenced as e:
-                raise ReplayError(f"{e}: another process writes {self.shadow}") from e
+            if self._writing is not None and not self._in_swap:
+                # the fold of the next batch needs this one's entries and positions now, and
+                # nothing but this process writes the shadow's partitions: what a failed
+                # write leaves is what a killed replay leaves (resumed from the shadow)
+                self._writing.submit(batch, advances)
+            else:
+                self._drain()
+                try:
+                    writer.write(conn, batch, advances)
+                except Fenced as e:
+                    raise ReplayError(f"{e}: another process writes {self.shadow}") from e
         self._cache.committed(batch)
         self._intake.advanced((a.partition, a.end) for a in advances)
         for s in batch.stops:
             self._intake.stopped[s.partition] = s
             log.critical("partition %d STOPPED at offset %d in the rebuild: %s", s.partition, s.offset, s.reason)
         return len(batch.outcomes)
+
+    def _drain(self) -> None:
+        """Wait for the batch being written in the background (raises its error)."""
+        if self._writing is not None:
+            self._writing.drain()
 
     def _read_error(self, m: Any, err: Any) -> None:
         raise ReplayError(f"reading {self.topic}[{m.partition()}]: {err.str()}")
@@ -459,9 +502,18 @@ class Replay(ResourceHolder):
         self._done = self._total = start_total
         if not helper:
             with self._reading() as c:
-                self._total = max(start_total, sum(self._targets(conn, c, fresh=True)[0].values()))
+                self._caps = self._targets(conn, c, fresh=True)[0]
+                self._total = max(start_total, sum(self._caps.values()))
             self._report_progress()
         with Resources() as resources:
+            if self.options.overlap:
+                wconn = resources.enter_context(closing(connect(self._dsn)))
+                wconn.execute("set synchronous_commit = off")
+                wconn.commit()
+                woid = prepare_connection(wconn, self.shadow)
+                self._writing = _BackgroundWriter(
+                    wconn, ProjectionWriter(self.shadow, vector_oid=woid, owner=self.owner), self.shadow)
+                resources.callback(self._stop_writing)
             helpers = [] if helper else self._spawn_helpers()
             resources.callback(_stop_helpers, helpers)
             live, old, swapped, lock_ms = self._catch_up_and_swap(conn, writer, helpers, t0)
@@ -493,6 +545,11 @@ class Replay(ResourceHolder):
             live = self._catch_up(conn, writer, consumer, final=True)
             return (live, *self._swap(conn, writer, consumer))
 
+    def _stop_writing(self) -> None:
+        w, self._writing = self._writing, None
+        if w is not None:
+            w.close()
+
     def _report_progress(self) -> None:
         if self._progress is not None:
             self._progress(self._done, self._total)
@@ -515,8 +572,15 @@ class Replay(ResourceHolder):
         n = min(self.options.processes, len(pos))
         if n <= 1:
             return []
-        parts = sorted(pos)
-        groups = [tuple(parts[i::n]) for i in range(n)]
+        # by records to fold (partitions differ in size), largest first onto the lightest group
+        left = {p: max(0, self._caps.get(p, 0) - pos[p]) for p in pos}
+        shares: list[list[int]] = [[] for _ in range(n)]
+        loads = [0] * n
+        for p in sorted(pos, key=lambda p: (-left[p], p)):
+            i = loads.index(min(loads))
+            shares[i].append(p)
+            loads[i] += left[p]
+        groups = [tuple(sorted(g)) for g in shares]
         self._intake.reset({p: pos[p] for p in groups[0]})
         ctx = multiprocessing.get_context("spawn")
         procs = []
@@ -560,6 +624,7 @@ class Replay(ResourceHolder):
             intake.park(consumer, caps, over)
             gap = self._gap(caps, live)
             if gap == 0 or (live and gap <= self.options.swap_gap and not intake.pending_seek):
+                self._drain()
                 if final and self._build_deferred(conn):
                     continue  # the live projectors moved on meanwhile
                 return live
@@ -697,6 +762,38 @@ class Replay(ResourceHolder):
         prefix = f"{self.schema}_old_"
         ns = [int(r[0][len(prefix):]) for r in rows if r[0][len(prefix):].isdigit()]
         return check_schema_name(f"{prefix}{max(ns, default=0) + 1}")
+
+
+class _BackgroundWriter:
+    """Writes catch-up batches from one thread, on a connection of its own: one batch in
+    flight while the caller reads and folds the next (psycopg releases the GIL while it
+    waits on PostgreSQL)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], writer: ProjectionWriter, shadow: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._conn, self._writer, self._shadow = conn, writer, shadow
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="aosk-replay-writer")
+        self._future: Any = None
+
+    def submit(self, batch: Any, advances: list[Advance]) -> None:
+        self.drain()
+        self._future = self._pool.submit(self._writer.write, self._conn, batch, advances)
+
+    def drain(self) -> None:
+        f, self._future = self._future, None
+        if f is None:
+            return
+        try:
+            f.result()
+        except Fenced as e:
+            raise ReplayError(f"{e}: another process writes {self._shadow}") from e
+
+    def close(self) -> None:
+        """Wait for the write in flight (its error, if any, was or will not be reported
+        here: the run already failed) and stop the thread."""
+        self._future = None
+        self._pool.shutdown(wait=True)
 
 
 def _helper_main(settings: Settings, options: ReplayOptions, parent: int) -> None:

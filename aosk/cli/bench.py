@@ -76,6 +76,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_batch_max(rp, default=field_default(ReplayOptions, "batch_max"), help="aosk replay --batch-max")
     rp.add_argument("--replay-processes", type=int, default=field_default(ReplayOptions, "processes"), metavar="N",
                     help="aosk replay --processes (default %(default)s)")
+    add_repeat(rp, default=param_default(bench_replay, "repeat"),
+               help="runs of live, rebuild and limit on the same journal; the medians are reported")
     add_no_progress(rp)
     add_output(rp)
     rp.set_defaults(run=_replay)
@@ -200,12 +202,10 @@ def _project(settings: Settings, args: argparse.Namespace) -> int:
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.bench.replay import bench_replay, report_markdown
     from aosk.bench.report import machine_line
-    from aosk.cli.replay import ProgressBar
 
-    with ProgressBar("replay", disable=args.no_progress) as bar:
-        result = bench_replay(settings, events=args.events, agents=args.agents, processes=args.processes,
-                              batch_max=args.batch_max, replay_processes=args.replay_processes,
-                              progress=not args.no_progress, replay_progress=bar)
+    result = bench_replay(settings, events=args.events, agents=args.agents, processes=args.processes,
+                          batch_max=args.batch_max, replay_processes=args.replay_processes, repeat=args.repeat,
+                          progress=not args.no_progress)
     return _publish(args.output, "replay", report_markdown(result, machine_line()))
 
 

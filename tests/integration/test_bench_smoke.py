@@ -31,10 +31,14 @@ def test_bench_project_small(settings: Settings) -> None:
 
 
 def test_bench_replay_small(settings: Settings) -> None:
-    r = bench_replay(settings, events=2_000, agents=20, processes=2, batch_max=500, replay_processes=2,
+    r = bench_replay(settings, events=2_000, agents=20, processes=2, batch_max=500, replay_processes=2, repeat=1,
                      progress=False)
     assert r.digests_equal
-    assert "Rebuild / live" in replay_report(r, "test machine")
+    assert len(r.live_runs) == len(r.rebuild_runs) == len(r.limit_runs) == len(r.loads) == 1
+    assert r.rows["audit_log"] == r.events and r.indexes > 5 and "hnsw" in r.vector_index
+    assert min(r.limit_runs[0].copy_s, r.limit_runs[0].index_s) > 0
+    text = replay_report(r, "test machine")
+    assert "Rebuild / live" in text and "Rebuild / limit" in text
 
 
 def test_bench_worker_small(settings: Settings, tmp_path) -> None:
