@@ -6,10 +6,16 @@
    group, nothing committed) from the shadow's own ``projector_offsets``, folded with
    ``fold_batch`` and written by the same ``ProjectionWriter`` as a live projector
    (batches of 5,000 records by default; states are hashed only for the rows stored).
-   ``processes`` (default 2) split the partitions between them (helper processes do
-   the catch-up of their share and exit; the first process then catches up every
-   partition and swaps). The shadow's HNSW index is dropped for the catch-up and built
-   once at its end (its definition is kept in ``projection_meta`` for a resumed run).
+   ``processes`` (default 2) split the partitions between them, shares balanced by
+   records to fold (helper processes do the catch-up of their share and exit; the first
+   process then catches up every partition and swaps). Each process writes a batch from
+   a thread on a second connection while it reads and folds the next one (one batch in
+   flight; the fold needs only the previous batch's agent entries, kept in memory). The
+   shadow's indexes and keys are dropped for the catch-up, all but the primary keys the
+   writer's upserts and patches need (``KEPT_KEYS``: agent_state, memories, tasks and
+   the bookkeeping tables), and built once at its end, in one transaction with parallel
+   maintenance workers, the vector indexes first (the statements are kept in
+   ``projection_meta`` for a resumed run).
    Every partition is folded up to the live schema's ``next_offset`` and no further
    (the live projectors keep moving it), so the shadow never gets ahead of the live
    schema.

@@ -43,9 +43,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_agents(project, default=param_default(bench_project, "agents"))
     add_processes(project, default=param_default(bench_project, "processes"), help="aosk project processes")
     add_repeat(project, default=param_default(bench_project, "repeat"),
-               help="runs with the journal written first; the median is reported")
-    project.add_argument("--without-hnsw", action="store_true",
-                         help="drop the memories' HNSW index first, to see what the rest of the pipeline costs")
+               help="runs with the journal written first, each with and without the vector index; the medians "
+                    "are reported")
     add_no_progress(project)
     add_output(project)
     project.set_defaults(run=_project)
@@ -194,9 +193,8 @@ def _project(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.bench.report import machine_line
 
     result = bench_project(settings, events=args.events, agents=args.agents, processes=args.processes,
-                           without_hnsw=args.without_hnsw, repeat=args.repeat, progress=not args.no_progress)
-    section = "project-without-hnsw" if args.without_hnsw else "project"
-    return _publish(args.output, section, report_markdown(result, machine_line()))
+                           repeat=args.repeat, progress=not args.no_progress)
+    return _publish(args.output, "project", report_markdown(result, machine_line()))
 
 
 def _replay(settings: Settings, args: argparse.Namespace) -> int:

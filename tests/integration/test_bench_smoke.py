@@ -25,9 +25,11 @@ def test_bench_project_small(settings: Settings) -> None:
     assert r.verified
     assert r.rows["audit_log"] == r.events
     assert r.e2e_seconds in r.runs and len(r.runs) == 2 and r.live_seconds > 0
+    assert len(r.runs_without_index) == 2 and r.without_index_seconds > 0 and r.index_ratio > 0
+    assert len(r.loads) == 2
     assert "hnsw" in r.index
     text = project_report(r, "test machine")
-    assert "journal written first" in text and "AOSK live" in text
+    assert "journal written first" in text and "AOSK live" in text and "no vector index" in text
 
 
 def test_bench_replay_small(settings: Settings) -> None:
