@@ -578,15 +578,7 @@ class Replay(ResourceHolder):
         n = min(self.options.processes, len(pos))
         if n <= 1:
             return []
-        # by records to fold (partitions differ in size), largest first onto the lightest group
-        left = {p: max(0, self._caps.get(p, 0) - pos[p]) for p in pos}
-        shares: list[list[int]] = [[] for _ in range(n)]
-        loads = [0] * n
-        for p in sorted(pos, key=lambda p: (-left[p], p)):
-            i = loads.index(min(loads))
-            shares[i].append(p)
-            loads[i] += left[p]
-        groups = [tuple(sorted(g)) for g in shares]
+        groups = share_partitions({p: max(0, self._caps.get(p, 0) - pos[p]) for p in pos}, n)
         self._intake.reset({p: pos[p] for p in groups[0]})
         ctx = multiprocessing.get_context("spawn")
         procs = []
@@ -768,6 +760,18 @@ class Replay(ResourceHolder):
         prefix = f"{self.schema}_old_"
         ns = [int(r[0][len(prefix):]) for r in rows if r[0][len(prefix):].isdigit()]
         return check_schema_name(f"{prefix}{max(ns, default=0) + 1}")
+
+
+def share_partitions(left: dict[int, int], n: int) -> list[tuple[int, ...]]:
+    """``n`` shares of the partitions (``left``: partition -> records to fold), balanced
+    by records (partitions differ in size): largest first onto the lightest share."""
+    shares: list[list[int]] = [[] for _ in range(n)]
+    loads = [0] * n
+    for p in sorted(left, key=lambda p: (-left[p], p)):
+        i = loads.index(min(loads))
+        shares[i].append(p)
+        loads[i] += left[p]
+    return [tuple(sorted(s)) for s in shares]
 
 
 class _BackgroundWriter:

@@ -216,3 +216,14 @@ def test_a_holder_closes_what_it_opened_once() -> None:
         raise KeyError("the original")
     h.close()  # closed already: nothing happens
     assert closed == ["pool"]
+
+
+def test_replay_shares_partitions_by_records_to_fold() -> None:
+    from aosk.projectors.replay import share_partitions
+
+    left = {0: 900, 1: 100, 2: 100, 3: 100, 4: 500, 5: 400}
+    shares = share_partitions(left, 2)
+    assert sorted(p for s in shares for p in s) == sorted(left)  # every partition once
+    loads = sorted(sum(left[p] for p in s) for s in shares)
+    assert loads == [1000, 1100]  # by count ([0, 2, 4] / [1, 3, 5]) it would be 1500 / 600
+    assert share_partitions({0: 5}, 2) == [(0,), ()]
