@@ -282,7 +282,11 @@ def produce_workload(
     from aosk.client._producer import DeliveringProducer, producer_config
     from aosk.events import encode
 
-    extra = {} if transactional_id is None else {"transactional.id": transactional_id}
+    # one transaction for a whole workload: on a busy machine producing 200,000 records takes
+    # longer than the client's default transaction timeout (60 s), and the broker then
+    # aborts it (the producer is fenced); 15 minutes is the broker's default maximum
+    extra = {} if transactional_id is None else {"transactional.id": transactional_id,
+                                                 "transaction.timeout.ms": 900_000}
     producer = DeliveringProducer(producer_config(bootstrap, client_id="aosk-workload", **extra))
     futures = []
     try:
