@@ -35,7 +35,7 @@ from aosk.kernel import AgentSlot, AgentState, Record, apply, decode_state, pseu
 from aosk.projectors.checkpoints import Checkpoint, checkpoint_of_row, nearest_checkpoint, nearest_query
 from aosk.projectors.db import qualified
 from aosk.projectors.event_rows import payload_of, record_of
-from aosk.projectors.history import fold_start
+from aosk.projectors.history import fold_start, needs_recorded_partitions, recorded_partitions_of
 from aosk.projectors.rows import ms_of, storage_key, ts
 from aosk.reads.coverage import complete_from, require_events
 
@@ -198,16 +198,17 @@ def _placed(row: tuple[Any, ...] | None) -> tuple[int, int, datetime | None, int
     return None if row is None else (int(row[0]), int(row[1]), row[2], int(row[3]))
 
 
-def _rows(conn: psycopg.Connection[Any], schema: str, partition: int, key: str, start: int,
-          stop: int) -> list[tuple[Any, ...]]:
-    """The rows a fold of ``key`` over offsets [start, stop] of ``partition`` reads: the
-    agent's own and its partition's accepted markers (rows of the pseudo-agent), by
-    offset. Two scans of ``events_agent_offset``, so the agent's rows are found without
-    reading the other agents' rows of the partition in between. The partition is checked
-    here, not in SQL: given it, the planner ANDs the primary key's offset range with every
-    row of the agent (``events_agent_seq``) instead, ten times slower for a long-lived
-    agent. (Only fold version 1 leaves an agent rows on another partition: records
-    produced there under its key.)"""
+def _rows_query(schema: str, partition: int, key: str, start: int, stop: int) -> tuple[sql.Composed, tuple[Any, ...]]:
+    """The query of the rows a fold of ``key`` over offsets [start, stop] of ``partition``
+    reads: the agent's own and its partition's accepted markers (rows of the
+    pseudo-agent), by offset (``_fold_rows`` keeps those of ``partition``). Two scans of
+    ``events_agent_offset``, so the agent's rows are found without reading the other
+    agents' rows of the partition in between. The partition is checked in
+    ``_fold_rows``, not in SQL: given it, the planner ANDs the primary key's offset range
+    with every row of the agent (``events_agent_seq``) instead, ten times slower for a
+    long-lived agent. (Only fold version 1 leaves an agent rows on another partition:
+    records produced there under its key.) Meant for binary results: no text
+    conversion of the offsets and times, the payload as its JSON text."""
     events = qualified(schema, "events")
     q = sql.SQL("(select agent_id, journal_partition, journal_offset, event_type, payload::text, broker_time "
                 "from {e} where agent_id = %s and journal_offset >= %s and journal_offset <= %s) "
@@ -216,8 +217,19 @@ def _rows(conn: psycopg.Connection[Any], schema: str, partition: int, key: str, 
                 "from {e} where agent_id = %s and journal_offset >= %s and journal_offset <= %s "
                 "and verdict = 'accepted') "
                 "order by journal_offset").format(e=events)
-    rows = conn.execute(q, (key, start, stop, storage_key(pseudo_key(partition)), start, stop)).fetchall()
+    return q, (key, start, stop, storage_key(pseudo_key(partition)), start, stop)
+
+
+def _fold_rows(rows: list[tuple[Any, ...]], partition: int) -> list[tuple[Any, ...]]:
+    """``_rows_query``'s rows of ``partition``, as (owner, offset, event type, payload,
+    broker time)."""
     return [(r[0], r[2], r[3], r[4], r[5]) for r in rows if r[1] == partition]
+
+
+def _pseudo_state_query(schema: str, partition: int) -> tuple[sql.Composed, tuple[Any, ...]]:
+    """The stored state of ``partition``'s pseudo-agent (``recorded_partitions_of``)."""
+    return (sql.SQL("select state from {} where agent_id = %s").format(qualified(schema, "agent_state")),
+            (storage_key(pseudo_key(partition)),))
 
 
 def fold_events(conn: psycopg.Connection[Any], schema: str, agent_id: str, partition: int, offset: int, *,
@@ -229,21 +241,43 @@ def fold_events(conn: psycopg.Connection[Any], schema: str, agent_id: str, parti
     and how many of the agent's records were folded on top of it. The caller checked
     that ``offset`` is projected; ``HistoryIncomplete`` if the fold would need rows below
     the partition's ``complete_from`` (``complete``: known already; ``checkpoint``: the
-    nearest checkpoint at or before ``offset``, already read, None if there is none)."""
+    nearest checkpoint at or before ``offset``, already read, None if there is none).
+
+    One round trip for the rows (and, when the rules at the checkpoint route by
+    partition, the pseudo-agent's recorded partition count with them); a second only in
+    the rare case that count is unknown and the fold starts from offset 0 instead."""
     cp = nearest_checkpoint(conn, schema, agent_id, at_offset=offset) if checkpoint is False else checkpoint
-    slot, version, partitions, start = fold_start(conn, schema, partition, cp)
-    cp_seq = cp.seq if cp is not None and slot is not None else None  # None: folded from offset 0
     if complete is None:
         complete = complete_from(conn, schema, partition)
-    if start < complete:
-        raise HistoryIncomplete(partition, complete, start, what=what)
     key = storage_key(agent_id)
+    start = 0 if cp is None else cp.offset + 1
+    rows: list[tuple[Any, ...]] | None = None
+    recorded: int | None = None
+    if start >= complete:
+        rows_q, rows_params = _rows_query(schema, partition, key, start, offset)
+        if needs_recorded_partitions(cp):
+            pseudo_q, pseudo_params = _pseudo_state_query(schema, partition)
+            with conn.pipeline():
+                pseudo_cur = conn.execute(pseudo_q, pseudo_params, binary=True)
+                rows_cur = conn.execute(rows_q, rows_params, binary=True)
+            found = pseudo_cur.fetchone()
+            recorded = recorded_partitions_of(None if found is None else bytes(found[0]))
+        else:
+            rows_cur = conn.execute(rows_q, rows_params, binary=True)
+        rows = rows_cur.fetchall()
+    slot, version, partitions, start_at = fold_start(conn, schema, partition, cp, recorded=recorded)
+    cp_seq = cp.seq if cp is not None and slot is not None else None  # None: folded from offset 0
+    if start_at < complete:
+        raise HistoryIncomplete(partition, complete, start_at, what=what)
+    if rows is None or start_at != start:
+        rows_q, rows_params = _rows_query(schema, partition, key, start_at, offset)
+        rows = conn.execute(rows_q, rows_params, binary=True).fetchall()
     marker = AgentSlot(AgentState(agent_id=pseudo_key(partition), fold_version=version, partitions=partitions))
     folded = 0
-    for owner, off, etype, payload, at in _rows(conn, schema, partition, key, start, offset):
+    for owner, off, etype, payload, at in _fold_rows(rows, partition):
         st = marker.state
         # rows are stored under the key they fold into (fold_key): misrouted ones are not here
-        rec = _record(None if owner != key else agent_id, partition, int(off), etype, payload, ms_of(at))
+        rec = _record(None if owner != key else agent_id, partition, off, etype, payload, ms_of(at))
         if owner != key:
             marker, _ = apply(marker, rec, version=st.fold_version, partitions=st.partitions)
             continue
@@ -271,7 +305,7 @@ def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offse
         cp_q, cp_params = nearest_query(schema, agent_id, at_offset=offset)
         with conn.pipeline():
             placed_cur = conn.execute(placed_q, placed_params)
-            cp_cur = conn.execute(cp_q, cp_params)
+            cp_cur = conn.execute(cp_q, cp_params, binary=True)  # the state's bytes as they are, not hex
         placed = _placed(placed_cur.fetchone())
         cp = checkpoint_of_row(cp_cur.fetchone())
     else:
