@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Final
 
+import msgspec
 from psycopg.types.json import Jsonb
 
 from aosk.errors import DecodeError, Quarantined, Undecodable
@@ -143,11 +144,23 @@ def refused_event_row(row: Sequence[Any], refusal: str) -> tuple[Any, ...]:
     return tuple(r)
 
 
+_decode_json: Final = msgspec.json.Decoder().decode
+
+
 def payload_of(text: str) -> dict[str, Any]:
     """A stored ``payload`` read as text (``payload::text``) back to ``record_of``'s
     argument: its JSON, unescaped only if something in it was escaped (most payloads
-    have nothing to unescape, and walking an embedding's items costs more than parsing it)."""
-    plain = json.loads(text)
+    have nothing to unescape, and walking an embedding's items costs more than parsing it).
+
+    Parsed by msgspec (an embedding's 384 numbers ~5x faster than ``json.loads``), which
+    gives the same values as ``json.loads`` (integers of any size exact, floats correctly
+    rounded); what it refuses and ``json.loads`` reads (a number too large for a double,
+    which ``json.loads`` makes infinite; a lone surrogate escape) is left to ``json.loads``.
+    jsonb holds neither, so that is for text from elsewhere."""
+    try:
+        plain = _decode_json(text)
+    except msgspec.DecodeError:
+        plain = json.loads(text)
     return _unescaped(plain) if ESCAPED in text else plain
 
 

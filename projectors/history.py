@@ -45,7 +45,8 @@ from aosk.projectors.rows import storage_key
 from aosk.reads.agents import first_offset, stored_state
 
 __all__ = ["PointInTime", "HistoryError", "NoSuchAgent", "PartitionStopped", "state_at", "state_at_seq",
-           "projected_state_at", "fold_start", "CheckpointPastStates"]
+           "projected_state_at", "fold_start", "needs_recorded_partitions", "recorded_partitions_of",
+           "CheckpointPastStates"]
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +104,9 @@ def _fold_range(reader: JournalReader, agent_id: str, partition: int, start_slot
     return slot, folded
 
 
-def _recorded_partitions(conn: psycopg.Connection[Any], schema: str, partition: int) -> int:
-    """The partition count ``partition``'s pseudo-agent recorded (0: none, or unknown here)."""
-    try:
-        blob = stored_state(conn, schema, storage_key(pseudo_key(partition)))
-    except psycopg.errors.UndefinedTable:
-        conn.rollback()
-        return 0
+def recorded_partitions_of(blob: bytes | None) -> int:
+    """The partition count a pseudo-agent's stored state ``blob`` recorded (0: none, or
+    unknown: no state, or one that does not decode)."""
     if blob is None:
         return 0
     try:
@@ -118,16 +115,36 @@ def _recorded_partitions(conn: psycopg.Connection[Any], schema: str, partition: 
         return 0
 
 
+def _recorded_partitions(conn: psycopg.Connection[Any], schema: str, partition: int) -> int:
+    """The partition count ``partition``'s pseudo-agent recorded (0: none, or unknown here)."""
+    try:
+        blob = stored_state(conn, schema, storage_key(pseudo_key(partition)))
+    except psycopg.errors.UndefinedTable:
+        conn.rollback()
+        return 0
+    return recorded_partitions_of(blob)
+
+
+def needs_recorded_partitions(cp: Checkpoint | None) -> bool:
+    """Whether ``fold_start`` from ``cp`` needs the partition's recorded partition count
+    (the rules at the checkpoint route by partition)."""
+    return cp is not None and params_for(cp.state.fold_version).routes_by_partition
+
+
 def fold_start(conn: psycopg.Connection[Any] | None, schema: str, partition: int,
-               cp: Checkpoint | None) -> tuple[AgentSlot | None, int, int, int]:
+               cp: Checkpoint | None, *, recorded: int | None = None) -> tuple[AgentSlot | None, int, int, int]:
     """Where to start folding: (slot, version, recorded partition count, offset). From the
-    checkpoint when the partition's rules at it are known, else from offset 0."""
+    checkpoint when the partition's rules at it are known, else from offset 0.
+    ``recorded``: the count ``recorded_partitions_of`` read already (None: read it here)."""
     if cp is None:
         return None, INITIAL_VERSION, 0, 0
     version = cp.state.fold_version
     partitions = 0
     if params_for(version).routes_by_partition:
-        partitions = _recorded_partitions(conn, schema, partition) if conn is not None else 0
+        if recorded is not None:
+            partitions = recorded
+        else:
+            partitions = _recorded_partitions(conn, schema, partition) if conn is not None else 0
         if partitions == 0:  # the count is not known here: fold the whole prefix instead
             return None, INITIAL_VERSION, 0, 0
     return AgentSlot(cp.state, last_offset=cp.offset), version, partitions, cp.offset + 1

@@ -51,8 +51,10 @@ class ProjectionReader:
         self._journal: JournalReader | None = None
         """Opened at the first read that needs the journal, then reused (one consumer)."""
         self._journal_lock = threading.Lock()
+        # autocommit: a read is one round trip per statement (or per pipeline), not BEGIN,
+        # statements, COMMIT; reads needing one transaction open ``conn.transaction()``
         self._pool = ConnectionPool(dsn, min_size=1, max_size=pool_size, open=False, name="aosk-reader",
-                                    kwargs={"autocommit": False}, check=ConnectionPool.check_connection)
+                                    kwargs={"autocommit": True}, check=ConnectionPool.check_connection)
         try:
             self._pool.open(wait=True, timeout=30)
         except Exception as e:

@@ -35,7 +35,7 @@ from aosk.kernel import AgentSlot, AgentState, Record, apply, decode_state, pseu
 from aosk.projectors.checkpoints import Checkpoint, checkpoint_of_row, nearest_checkpoint, nearest_query
 from aosk.projectors.db import qualified
 from aosk.projectors.event_rows import payload_of, record_of
-from aosk.projectors.history import fold_start
+from aosk.projectors.history import fold_start, needs_recorded_partitions, recorded_partitions_of
 from aosk.projectors.rows import ms_of, storage_key, ts
 from aosk.reads.coverage import complete_from, require_events
 
@@ -182,32 +182,53 @@ def _record(key: str | None, partition: int, offset: int, event_type: str | None
 
 
 def _placed_query(schema: str, agent_id: str) -> tuple[sql.Composed, tuple[Any, ...]]:
-    """(partition, next offset, broker time of the last record, ``complete_from``) of
-    ``agent_id``'s partition as the projection committed it, in one query (no row: no
-    record of the agent projected)."""
+    """(partition, next offset, broker time of the last record, ``complete_from``, the
+    stored state of the partition's pseudo-agent) of ``agent_id``'s partition as the
+    projection committed it, in one query (no row: no record of the agent projected).
+    The pseudo-agent's state holds the partition count its version 2 marker recorded
+    (``recorded_partitions_of``), which a fold from a checkpoint needs when the rules at
+    the checkpoint route by partition. Meant for binary results (the state's bytes as
+    they are)."""
     q = sql.SQL("select e.journal_partition, coalesce(o.next_offset, 0), o.last_record_at, "
-                "coalesce(c.complete_from, 0) "
+                "coalesce(c.complete_from, 0), s.state "
                 "from (select journal_partition from {} where agent_id = %s limit 1) e "
                 "left join {} o on o.partition = e.journal_partition "
-                "left join {} c on c.partition = e.journal_partition").format(
-        qualified(schema, "events"), qualified(schema, "projector_offsets"), qualified(schema, "events_coverage"))
+                "left join {} c on c.partition = e.journal_partition "
+                "left join {} s on s.agent_id = '~p' || e.journal_partition").format(
+        qualified(schema, "events"), qualified(schema, "projector_offsets"), qualified(schema, "events_coverage"),
+        qualified(schema, "agent_state"))
     return q, (storage_key(agent_id),)
 
 
-def _placed(row: tuple[Any, ...] | None) -> tuple[int, int, datetime | None, int] | None:
-    return None if row is None else (int(row[0]), int(row[1]), row[2], int(row[3]))
+@dataclass(frozen=True)
+class _Placed:
+    partition: int
+    end: int
+    """The partition's next offset not projected yet."""
+    last_at: datetime | None
+    complete: int
+    """``complete_from`` of the partition."""
+    pseudo: bytes | None
+    """The stored state of the partition's pseudo-agent (None: none)."""
 
 
-def _rows(conn: psycopg.Connection[Any], schema: str, partition: int, key: str, start: int,
-          stop: int) -> list[tuple[Any, ...]]:
-    """The rows a fold of ``key`` over offsets [start, stop] of ``partition`` reads: the
-    agent's own and its partition's accepted markers (rows of the pseudo-agent), by
-    offset. Two scans of ``events_agent_offset``, so the agent's rows are found without
-    reading the other agents' rows of the partition in between. The partition is checked
-    here, not in SQL: given it, the planner ANDs the primary key's offset range with every
-    row of the agent (``events_agent_seq``) instead, ten times slower for a long-lived
-    agent. (Only fold version 1 leaves an agent rows on another partition: records
-    produced there under its key.)"""
+def _placed(row: tuple[Any, ...] | None) -> _Placed | None:
+    if row is None:
+        return None
+    return _Placed(int(row[0]), int(row[1]), row[2], int(row[3]), None if row[4] is None else bytes(row[4]))
+
+
+def _rows_query(schema: str, partition: int, key: str, start: int, stop: int) -> tuple[sql.Composed, tuple[Any, ...]]:
+    """The query of the rows a fold of ``key`` over offsets [start, stop] of ``partition``
+    reads: the agent's own and its partition's accepted markers (rows of the
+    pseudo-agent), by offset (``_fold_rows`` keeps those of ``partition``). Two scans of
+    ``events_agent_offset``, so the agent's rows are found without reading the other
+    agents' rows of the partition in between. The partition is checked in
+    ``_fold_rows``, not in SQL: given it, the planner ANDs the primary key's offset range
+    with every row of the agent (``events_agent_seq``) instead, ten times slower for a
+    long-lived agent. (Only fold version 1 leaves an agent rows on another partition:
+    records produced there under its key.) Meant for binary results: no text
+    conversion of the offsets and times, the payload as its JSON text."""
     events = qualified(schema, "events")
     q = sql.SQL("(select agent_id, journal_partition, journal_offset, event_type, payload::text, broker_time "
                 "from {e} where agent_id = %s and journal_offset >= %s and journal_offset <= %s) "
@@ -216,34 +237,97 @@ def _rows(conn: psycopg.Connection[Any], schema: str, partition: int, key: str, 
                 "from {e} where agent_id = %s and journal_offset >= %s and journal_offset <= %s "
                 "and verdict = 'accepted') "
                 "order by journal_offset").format(e=events)
-    rows = conn.execute(q, (key, start, stop, storage_key(pseudo_key(partition)), start, stop)).fetchall()
+    return q, (key, start, stop, storage_key(pseudo_key(partition)), start, stop)
+
+
+def _fold_rows(rows: list[tuple[Any, ...]], partition: int) -> list[tuple[Any, ...]]:
+    """``_rows_query``'s rows of ``partition``, as (owner, offset, event type, payload,
+    broker time)."""
     return [(r[0], r[2], r[3], r[4], r[5]) for r in rows if r[1] == partition]
+
+
+def _ahead_query(schema: str, agent_id: str, offset: int) -> tuple[sql.Composed, dict[str, Any]]:
+    """``_rows_query`` for a fold of ``agent_id`` up to ``offset`` before its partition
+    and its nearest checkpoint are known, so that they go in the same round trip as the
+    queries that find them (``state_at``): the partition is the one ``_placed_query``
+    picks, the rows start after the nearest checkpoint at or before ``offset`` (as
+    ``nearest_query`` picks it; all rows when there is none). The first row (``agent_id``
+    null) says what was picked: (partition or null, the offset the rows start after or
+    -1); ``_Ahead`` checks it against what the other queries found."""
+    e = qualified(schema, "events")
+    cols = sql.SQL("agent_id, journal_partition, journal_offset, event_type, payload::text, broker_time")
+    q = sql.SQL(
+        "with part as (select journal_partition as p from {e} where agent_id = %(key)s limit 1), "
+        "cp as (select coalesce((select journal_offset from {c} where agent_id = %(key)s and journal_offset <= "
+        "%(offset)s order by seq desc limit 1), -1) as o) "
+        "select null::text, (select p from part), (select o from cp), null::text, null::text, null::timestamptz "
+        "union all "
+        "(select {cols} from {e} where agent_id = %(key)s and journal_offset > (select o from cp) "
+        "and journal_offset <= %(offset)s) "
+        "union all "
+        "(select {cols} from {e} where agent_id = '~p' || (select p from part) and journal_offset > "
+        "(select o from cp) and journal_offset <= %(offset)s and verdict = 'accepted') "
+        "order by 3").format(e=e, c=qualified(schema, "checkpoints"), cols=cols)
+    return q, {"key": storage_key(agent_id), "offset": offset}
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """``_ahead_query``'s answer: the rows after offset ``after`` (-1: all) for a fold on
+    ``partition`` (None: the agent had no row)."""
+
+    partition: int | None
+    after: int
+    rows: list[tuple[Any, ...]]
+
+    @classmethod
+    def of(cls, rows: list[tuple[Any, ...]]) -> _Ahead:
+        head = rows[0]
+        assert head[0] is None, "the first row says what was picked"
+        return cls(head[1], head[2], rows[1:])
+
+    def serves(self, partition: int, start: int) -> bool:
+        """Whether these are the rows of a fold on ``partition`` from ``start``: the
+        queries of the same round trip found the same partition and checkpoint (they
+        can differ only for an agent with rows on two partitions, or a checkpoint
+        thinned in between)."""
+        return self.partition == partition and self.after + 1 == start
 
 
 def fold_events(conn: psycopg.Connection[Any], schema: str, agent_id: str, partition: int, offset: int, *,
                 what: str, complete: int | None = None, checkpoint: Checkpoint | None | Literal[False] = False,
+                pseudo: bytes | None | Literal[False] = False, ahead: _Ahead | None = None,
                 ) -> tuple[AgentSlot | None, AgentState, int | None, int]:
     """``agent_id``'s slot after the record at ``offset`` of ``partition`` (None: no record
     of it up to there), the partition's marker state there (fold version, recorded
     partition count), the seq of the checkpoint the fold started from (None: offset 0)
     and how many of the agent's records were folded on top of it. The caller checked
     that ``offset`` is projected; ``HistoryIncomplete`` if the fold would need rows below
-    the partition's ``complete_from`` (``complete``: known already; ``checkpoint``: the
-    nearest checkpoint at or before ``offset``, already read, None if there is none)."""
+    the partition's ``complete_from``. What the caller read already, in the same round
+    trip as the rest of its queries (``state_at``): ``complete``; ``checkpoint``, the
+    nearest checkpoint at or before ``offset`` (None: there is none); ``pseudo``, the
+    stored state of the partition's pseudo-agent (None: there is none); ``ahead``, the
+    rows, used when they are the ones this fold needs. Whatever is not given is read here."""
     cp = nearest_checkpoint(conn, schema, agent_id, at_offset=offset) if checkpoint is False else checkpoint
-    slot, version, partitions, start = fold_start(conn, schema, partition, cp)
-    cp_seq = cp.seq if cp is not None and slot is not None else None  # None: folded from offset 0
     if complete is None:
         complete = complete_from(conn, schema, partition)
+    recorded = None if pseudo is False or not needs_recorded_partitions(cp) else recorded_partitions_of(pseudo)
+    slot, version, partitions, start = fold_start(conn, schema, partition, cp, recorded=recorded)
+    cp_seq = cp.seq if cp is not None and slot is not None else None  # None: folded from offset 0
     if start < complete:
         raise HistoryIncomplete(partition, complete, start, what=what)
     key = storage_key(agent_id)
+    if ahead is not None and ahead.serves(partition, start):
+        rows = ahead.rows
+    else:
+        rows_q, rows_params = _rows_query(schema, partition, key, start, offset)
+        rows = conn.execute(rows_q, rows_params, binary=True).fetchall()
     marker = AgentSlot(AgentState(agent_id=pseudo_key(partition), fold_version=version, partitions=partitions))
     folded = 0
-    for owner, off, etype, payload, at in _rows(conn, schema, partition, key, start, offset):
+    for owner, off, etype, payload, at in _fold_rows(rows, partition):
         st = marker.state
         # rows are stored under the key they fold into (fold_key): misrouted ones are not here
-        rec = _record(None if owner != key else agent_id, partition, int(off), etype, payload, ms_of(at))
+        rec = _record(None if owner != key else agent_id, partition, off, etype, payload, ms_of(at))
         if owner != key:
             marker, _ = apply(marker, rec, version=st.fold_version, partitions=st.partitions)
             continue
@@ -265,22 +349,27 @@ def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offse
         raise ValueError("give exactly one of offset and time_ms")
     what = f"the state of {agent_id!r} at {'offset ' + str(offset) if time_ms is None else 'a broker time'}"
     cp: Checkpoint | None | Literal[False] = False
+    ahead: _Ahead | None = None
     placed_q, placed_params = _placed_query(schema, agent_id)
     if offset is not None:
-        # one round trip: where the agent is and the checkpoint the fold starts from
+        # one round trip: where the agent is, the checkpoint the fold starts from and the
+        # rows after it (binary: the state's bytes as they are, not hex)
         cp_q, cp_params = nearest_query(schema, agent_id, at_offset=offset)
+        ahead_q, ahead_params = _ahead_query(schema, agent_id, offset)
         with conn.pipeline():
-            placed_cur = conn.execute(placed_q, placed_params)
-            cp_cur = conn.execute(cp_q, cp_params)
+            placed_cur = conn.execute(placed_q, placed_params, binary=True)
+            cp_cur = conn.execute(cp_q, cp_params, binary=True)
+            ahead_cur = conn.execute(ahead_q, ahead_params, binary=True)
         placed = _placed(placed_cur.fetchone())
         cp = checkpoint_of_row(cp_cur.fetchone())
+        ahead = _Ahead.of(ahead_cur.fetchall())
     else:
-        placed = _placed(conn.execute(placed_q, placed_params).fetchone())
+        placed = _placed(conn.execute(placed_q, placed_params, binary=True).fetchone())
     if placed is None:
         require_events(conn, schema, agent_id, what=what)  # all of its records predate the events rows
         raise NoSuchAgent(agent_id, f"no such agent: {agent_id!r} has no projected record")
     key = storage_key(agent_id)
-    p, end, last_at, complete = placed
+    p, end, last_at, complete = placed.partition, placed.end, placed.last_at, placed.complete
     if time_ms is not None:
         when = ts(time_ms)
         if last_at is None or last_at < when:
@@ -301,7 +390,7 @@ def state_at(conn: psycopg.Connection[Any], schema: str, agent_id: str, *, offse
         raise ProjectionBehind(p, end, f"offset {offset} is past what is projected of partition {p} (next offset "
                                        f"{end}); ask for an offset below {end}")
     slot, _, cp_seq, folded = fold_events(conn, schema, agent_id, p, offset, what=what, complete=complete,
-                                          checkpoint=cp)
+                                          checkpoint=cp, pseudo=placed.pseudo, ahead=ahead)
     if slot is None:
         raise _not_yet(conn, schema, agent_id, f"offset {offset} of partition {p}", p)
     return PointState(agent_id, p, offset, slot.state.seq, slot.state, state_hash(slot.state), cp_seq, folded)

@@ -146,3 +146,31 @@ def test_past_the_projection_reads_the_journal(journal) -> None:
         assert point.state.seq == 1
     with ProjectionReader(dsn, schema=SCHEMA) as reader, pytest.raises(ProjectionBehind):
         reader.state_at(AGENT, offset=tail[-1])  # no journal to read: the error says why
+
+
+def test_rows_read_ahead_are_checked(journal) -> None:
+    """``state_at`` reads the rows to fold with the queries that find the agent's partition
+    and its nearest checkpoint; rows picked for another partition or checkpoint (a
+    checkpoint thinned in between, an agent with rows on two partitions) are read again
+    instead of folded: the state is the same."""
+    from aosk.projectors.checkpoints import nearest_checkpoint
+    from aosk.reads.events import _Ahead, fold_events
+
+    settings, records, projected_end = journal
+    p = partition_for(AGENT, 12)
+    mine = [r.offset for r in records if r.partition == p and r.key == AGENT and r.offset < projected_end]
+    with psycopg.connect(settings.storage.postgresql.dsn) as conn:
+        checked = 0
+        for off in random.Random(9).sample(mine[len(mine) // 2:], 6):
+            want = events_state_at(conn, SCHEMA, AGENT, offset=off)
+            cp = nearest_checkpoint(conn, SCHEMA, AGENT, at_offset=off)
+            assert cp is not None
+            if want.folded == 0:
+                continue  # a checkpoint's own offset: no rows to get wrong
+            checked += 1
+            for wrong in (_Ahead(p, -1, []), _Ahead(p + 1, cp.offset, []), _Ahead(None, cp.offset, [])):
+                slot, _, cp_seq, folded = fold_events(conn, SCHEMA, AGENT, p, off, what="a test", checkpoint=cp,
+                                                      ahead=wrong)
+                assert slot is not None and state_hash(slot.state) == want.state_hash, f"offset {off}, {wrong}"
+                assert (cp_seq, folded) == (want.checkpoint_seq, want.folded)
+        assert checked >= 3

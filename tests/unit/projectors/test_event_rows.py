@@ -100,3 +100,29 @@ def test_payload_read_as_text_comes_back_as_stored() -> None:
             back = payload_of(json.dumps(json.loads(row["payload"].obj)))
             assert event_from_plain({**back, "type": row["event_type"]}) == r.event
             assert event_from_plain(event_to_plain(r.event)) == r.event
+
+
+def test_payload_parser_reads_what_json_loads_reads() -> None:
+    """``payload_of`` parses with msgspec, which must give exactly ``json.loads``'s values:
+    integers past 64 bits stay exact integers, and what msgspec refuses (a number past a
+    double's range, which ``json.loads`` makes infinite; a lone surrogate escape) is read
+    by ``json.loads`` instead of failing."""
+    import math
+    import random
+
+    from aosk.projectors.event_rows import payload_of
+
+    rng = random.Random(5)
+    floats = [rng.uniform(-1, 1) for _ in range(300)] + [rng.random() * 10.0 ** rng.randint(-320, 308)
+                                                        for _ in range(300)]
+    floats += [5e-324, 2.2250738585072011e-308, 1.7976931348623157e308, -0.0, 0.1, 1e22, 4.35e-7]
+    ints = [0, -1, 2**53 + 1, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**63) - 1, 10**30]
+    texts = [json.dumps({"embedding": floats, "ints": ints}),
+             '{"x": 1e400, "y": -1e400}', '{"s": "\\ud800 alone"}', '{"d": 1.00000000000000011102230246251565404}',
+             '{"e": 123456789012345678901234567890.5, "z": 1e-400}']
+    for text in texts:
+        got, want = payload_of(text), json.loads(text)
+        assert repr(got) == repr(want), text[:80]
+        for k, v in want.items():  # same types too (an int stays an int)
+            assert type(got[k]) is type(v)
+    assert math.isinf(payload_of('{"x": 1e400}')["x"])
