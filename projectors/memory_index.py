@@ -18,15 +18,16 @@ the index that exists; ``memory.index`` (``aosk.config.MemorySettings``) picks t
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, get_args
 
 import psycopg
 from psycopg import sql
 
+from aosk.config import MemoryIndex
+
 __all__ = ["MemoryIndex", "KINDS", "INDEX_NAMES", "RERANK", "DEFAULT_INDEX", "HNSW_OPTIONS", "order_expression",
            "index_sql", "present", "drop", "create", "ensure"]
 
-MemoryIndex = Literal["hnsw_bq", "hnsw", "halfvec"]
 KINDS: Final[tuple[MemoryIndex, ...]] = get_args(MemoryIndex)
 
 DEFAULT_INDEX: Final[MemoryIndex] = "hnsw_bq"
@@ -65,7 +66,9 @@ def order_expression(kind: MemoryIndex, dim: int, query: str = "%(q)s") -> str:
     return {
         "hnsw": f"embedding <=> {query}::vector",
         "hnsw_bq": f"binary_quantize(embedding)::bit({d}) <~> binary_quantize({query}::vector)::bit({d})",
-        "halfvec": f"embedding::halfvec({d}) <=> {query}::halfvec({d})",
+        # the parameter is cast to vector first: the same parameter is the full-precision
+        # vector the candidates are re-ranked by, and its first use fixes its type
+        "halfvec": f"embedding::halfvec({d}) <=> {query}::vector::halfvec({d})",
     }[kind]
 
 

@@ -26,6 +26,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from aosk.config import Settings
@@ -43,6 +44,7 @@ FILTERS: Final = ("none", "tenant", "agent")
 MAINTENANCE_WORK_MEM: Final = "2GB"
 PARALLEL_WORKERS: Final = 2
 INSERT_BATCH: Final = 500
+_AT: Final = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -134,12 +136,10 @@ _COLUMNS: Final = ("agent_id, memory_id, tenant_id, source, text, embedding, jou
 
 
 def _copy_rows(conn: Any, vecs: _Vectors, rng: random.Random, first: int, count: int, agents: int) -> None:
-    from datetime import datetime, timezone
-
     from aosk.projectors.db import pack_vector, register_vector_dumper
 
     oid = register_vector_dumper(conn)
-    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    at = _AT
     with conn.cursor() as cur, cur.copy(
             f"copy {SCHEMA}.memories ({_COLUMNS}) from stdin (format binary)") as cp:
         cp.set_types(["text", "text", "text", "text", "text", oid, "int4", "int8", "int8", "timestamptz"])
@@ -169,17 +169,18 @@ def _params(q: _Query, flt: str) -> tuple[int, dict[str, Any]]:
     return 0, p
 
 
-def _truth(conn: Any, dim: int, queries: list[_Query]) -> dict[str, list[set[str]]]:
+def _truth(conn: Any, queries: list[_Query]) -> dict[str, list[set[str]]]:
     """The exact top k of each query under each filter (a sequential scan: no vector index exists yet)."""
-    from aosk.reads.memory import recall_queries
-
+    where = {"none": "true", "tenant": "tenant_id = %(tenant)s",
+             "agent": "tenant_id = %(tenant)s and agent_id = %(a0)s"}
     out: dict[str, list[set[str]]] = {}
     for flt in FILTERS:
         rows = []
         for q in queries:
-            size, p = _params(q, flt)
-            _, exact = recall_queries(SCHEMA, size, None, dim, tenant=flt != "none")
-            rows.append({r[1] for r in conn.execute(exact, p).fetchall()})
+            _, p = _params(q, flt)
+            rows.append({r[0] for r in conn.execute(
+                f"select memory_id from {SCHEMA}.memories where {where[flt]} and embedding is not null"
+                " order by embedding <=> %(q)s::vector limit %(k)s", p).fetchall()})
             conn.commit()
         out[flt] = rows
     return out
@@ -213,7 +214,7 @@ def _pct(xs: list[float], p: float) -> float:
 def _insert_cost(conn: Any, vecs: _Vectors, first: int, count: int, agents: int) -> tuple[float | None, float]:
     """(backend CPU ms, wall ms) per vector of inserting ``count`` memories in batches of
     ``INSERT_BATCH`` (one transaction each, as the projector's batches), then removed again."""
-    pid = conn.execute("select pg_backend_pid()").fetchone()[0]
+    pid = _one(conn, "select pg_backend_pid()")
     conn.commit()
     rng = random.Random(f"inserts-{vecs.name}")
     rows = [(vecs.make(rng), rng.randrange(agents)) for _ in range(count)]
@@ -235,7 +236,10 @@ def _insert_cost(conn: Any, vecs: _Vectors, first: int, count: int, agents: int)
     return (None if c0 is None or c1 is None else (c1 - c0) * 1000 / count), wall
 
 
-_AT: Final = __import__("datetime").datetime(2026, 1, 1, tzinfo=__import__("datetime").timezone.utc)
+def _one(conn: Any, query: str, params: tuple[Any, ...] = ()) -> Any:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
 
 
 def _vacuum(dsn: str) -> None:
@@ -260,8 +264,8 @@ def bench_memory(settings: Settings, *, vectors: int = 100_000, queries: int = 2
     agents = max(1, vectors // MEMORIES_PER_AGENT)
     warmup = min(20, queries)
     with psycopg.connect(dsn) as conn:
-        server = str(conn.execute("select 'PostgreSQL ' || current_setting('server_version') || ' + pgvector ' "
-                                  "|| extversion from pg_extension where extname = 'vector'").fetchone()[0])
+        server = str(_one(conn, "select 'PostgreSQL ' || current_setting('server_version') || ' + pgvector ' "
+                                "|| extversion from pg_extension where extname = 'vector'"))
     result = MemoryResult(vectors, queries, inserts, dim, tuple(candidates), uniform, os.getloadavg()[0], server)
     for name in ("clustered", "uniform") if uniform else ("clustered",):
         vecs = _Vectors(name, dim, seed)
@@ -279,14 +283,14 @@ def bench_memory(settings: Settings, *, vectors: int = 100_000, queries: int = 2
                 conn.commit()
             load_s = time.perf_counter() - t
             _vacuum(dsn)
-            table_bytes = int(conn.execute(f"select pg_table_size('{SCHEMA}.memories')").fetchone()[0])
+            table_bytes = int(_one(conn, f"select pg_table_size('{SCHEMA}.memories')"))
             qrng = random.Random(f"queries-{name}-{seed}")
             qs = []
             for _ in range(queries):
                 a = qrng.randrange(agents)
                 qs.append(_Query(_vector_text(vecs.make(qrng)), f"tenant-{a % TENANTS}", f"agent-{a}"))
             say(f"{name}: exact top {K} of {queries} queries x {len(FILTERS)} filters ...", flush=True)
-            truth = _truth(conn, dim, qs)
+            truth = _truth(conn, qs)
             cpu0, wall0 = _insert_cost(conn, vecs, vectors, inserts, agents)
             ds = DataSet(name, load_s, table_bytes, cpu0, wall0)
             _vacuum(dsn)
@@ -298,8 +302,8 @@ def bench_memory(settings: Settings, *, vectors: int = 100_000, queries: int = 2
                 memory_index.create(conn, SCHEMA, kind, dim)
                 conn.commit()
                 build_s = time.perf_counter() - t
-                size = int(conn.execute("select pg_relation_size(%s::regclass)",
-                                        (f"{SCHEMA}.{memory_index.INDEX_NAMES[kind]}",)).fetchone()[0])
+                size = int(_one(conn, "select pg_relation_size(%s::regclass)",
+                                (f"{SCHEMA}.{memory_index.INDEX_NAMES[kind]}",)))
                 conn.commit()
                 figures = IndexFigures(build_s, size, None, 0.0)
                 for v in VARIANTS[kind]:

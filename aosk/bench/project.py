@@ -296,15 +296,17 @@ def _timed_projection(settings: Settings, bj: BenchJournal, *, processes: int, w
     import psycopg
 
     from aosk.projectors.db import migrate
+    from aosk.projectors.memory_index import drop as drop_memory_indexes
     from aosk.workload import produce_workload
 
     ep, s, prefix, schema, w = bj.endpoints, bj.settings, bj.prefix, bj.schema, bj.workload
     topic = s.kafka.journal_topic
     total = len(w.items)
     with psycopg.connect(ep.dsn) as conn:
-        migrate(conn, schema=schema, dimension=settings.memory.embedding_dimension)
+        migrate(conn, schema=schema, dimension=settings.memory.embedding_dimension,
+                memory_index=settings.memory.index)
         if without_hnsw:
-            conn.execute(f"drop index {schema}.memories_embedding_hnsw")
+            drop_memory_indexes(conn, schema)
             conn.commit()
 
     env = dict(os.environ, AOSK_KAFKA_BOOTSTRAP=ep.bootstrap, AOSK_POSTGRESQL_DSN=ep.dsn, AOSK_TOPIC_PREFIX=prefix,
@@ -392,6 +394,7 @@ def _breakdown_and_copy(dsn: str, schema: str, msgs: list[Any], result: ProjectR
     from aosk.projectors.batch import fold_batch
     from aosk.projectors.db import migrate, qualified
     from aosk.projectors.memory import MemoryChanges
+    from aosk.projectors.memory_index import drop as drop_memory_indexes
     from aosk.projectors.rows import (
         AGENT_COLUMNS,
         AGENT_TYPES,
@@ -445,7 +448,7 @@ def _breakdown_and_copy(dsn: str, schema: str, msgs: list[Any], result: ProjectR
         with psycopg.connect(dsn) as conn:
             migrate(conn, schema=target, dimension=dim)
             if not hnsw:
-                conn.execute(f"drop index {target}.memories_embedding_hnsw")
+                drop_memory_indexes(conn, target)
                 conn.commit()
             oid = prepare_connection(conn, target)
             tables = (

@@ -27,7 +27,8 @@ from aosk.reads.agents import stored_state, tenant_of
 from aosk.reads.audit import offset_of_seq
 
 __all__ = ["Recalled", "recall", "explain_recall", "check_query", "lineage", "memory_embedding", "DEFAULT_EF_SEARCH",
-           "MAX_SCAN_TUPLES", "MAX_EF_SEARCH", "EXACT_BELOW", "recall_queries", "candidates", "recall_settings", "answer"]
+           "MAX_SCAN_TUPLES", "MAX_EF_SEARCH", "EXACT_BELOW", "recall_queries", "candidates", "recall_settings",
+           "answer"]
 
 
 DEFAULT_EF_SEARCH: Final = 100
