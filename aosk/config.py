@@ -174,18 +174,18 @@ class DevStackSettings(_Section):
     """JVM heap of the embedded broker (-Xmx)."""
 
 
-MemoryIndex = Literal["hnsw_bq", "hnsw", "halfvec"]
+MemoryIndex = Literal["halfvec", "hnsw", "hnsw_bq"]
 """The kinds of vector index over memories' embeddings (``aosk.projectors.memory_index``)."""
 
 
 class MemorySettings(_Section):
     embedding_dimension: int = Field(384, ge=1, le=16_000)
     """Dimension d of every embedding in the cluster (``vector(d)``)."""
-    index: MemoryIndex = "hnsw_bq"
-    """The vector index recall uses: ``hnsw_bq`` (HNSW over binary-quantized vectors,
-    candidates re-ranked by exact cosine distance), ``hnsw`` (HNSW over the full vectors)
-    or ``halfvec`` (HNSW over 16-bit floats, re-ranked). ``aosk db migrate``, the projectors
-    and ``aosk replay`` replace a schema's index of another kind by this one."""
+    index: MemoryIndex = "halfvec"
+    """The vector index recall uses: ``halfvec`` (HNSW over 16-bit floats, candidates
+    re-ranked by exact cosine distance), ``hnsw`` (HNSW over the full vectors) or
+    ``hnsw_bq`` (HNSW over binary-quantized vectors, re-ranked). ``aosk db migrate``, the
+    projectors and ``aosk replay`` replace a schema's index of another kind by this one."""
 
 
 class LlmSettings(_Section):

@@ -4,11 +4,12 @@ and which one a schema has.
 Every kind is an HNSW graph (so ``aosk replay`` defers it like any ``using hnsw`` index
 and builds it once at the end); they differ in what the graph holds:
 
+* ``halfvec`` (the default, migration 0009): ``embedding::halfvec(d)`` (16-bit floats,
+  cosine distance); recall takes ``RERANK["halfvec"]`` times k candidates from it and
+  orders them by the full vectors' exact cosine distance;
 * ``hnsw``: the full ``vector(d)``, cosine distance (the index of migrations 0001-0008);
 * ``hnsw_bq``: ``binary_quantize(embedding)::bit(d)`` (one bit per dimension, Hamming
-  distance); recall takes ``RERANK["hnsw_bq"]`` times k candidates from it and orders
-  them by the full vectors' exact cosine distance;
-* ``halfvec``: ``embedding::halfvec(d)`` (16-bit floats, cosine), re-ranked the same way.
+  distance), re-ranked the same way.
 
 Which one a schema has is read from the catalog (``present``), so recall always queries
 the index that exists; ``memory.index`` (``aosk.config.MemorySettings``) picks the one
@@ -25,12 +26,12 @@ from psycopg import sql
 
 from aosk.config import MemoryIndex
 
-__all__ = ["MemoryIndex", "KINDS", "INDEX_NAMES", "RERANK", "DEFAULT_INDEX", "HNSW_OPTIONS", "order_expression",
-           "index_sql", "present", "drop", "create", "ensure"]
+__all__ = ["MemoryIndex", "KINDS", "INDEX_NAMES", "RERANK", "EF_SEARCH", "DEFAULT_INDEX", "HNSW_OPTIONS",
+           "order_expression", "index_sql", "present", "drop", "create", "ensure"]
 
 KINDS: Final[tuple[MemoryIndex, ...]] = get_args(MemoryIndex)
 
-DEFAULT_INDEX: Final[MemoryIndex] = "hnsw_bq"
+DEFAULT_INDEX: Final[MemoryIndex] = "halfvec"
 """What migration 0009 creates and ``memory.index`` defaults to (figures in
 docs/benchmarks.md, "Memory index")."""
 
@@ -45,6 +46,9 @@ the pipeline without a vector index)."""
 RERANK: Final[dict[MemoryIndex, int]] = {"hnsw": 1, "hnsw_bq": 10, "halfvec": 4}
 """Candidates taken from the index per result asked for, re-ranked by exact cosine
 distance (1: the index's own order is already exact cosine)."""
+
+EF_SEARCH: Final[dict[MemoryIndex, int]] = {"hnsw": 100, "hnsw_bq": 100, "halfvec": 200}
+"""``hnsw.ef_search`` recall sets per kind (at least the candidates it takes)."""
 
 HNSW_OPTIONS: Final = "m = 16, ef_construction = 64"
 

@@ -30,17 +30,19 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from aosk.config import Settings
-from aosk.projectors.memory_index import RERANK, MemoryIndex
+from aosk.projectors.memory_index import EF_SEARCH, RERANK, MemoryIndex
+from aosk.reads.memory import MAX_EF_SEARCH
 
 __all__ = ["Variant", "VARIANTS", "MemoryResult", "bench_memory", "report_markdown", "command_line"]
 
-SCHEMA: Final = "aosk_bench_memory"
+SCHEMA_PREFIX: Final = "aosk_bench_memory"
 TENANTS: Final = 10
 MEMORIES_PER_AGENT: Final = 100
 TOPICS: Final = 64
 NOISE: Final = 0.06
 K: Final = 10
 FILTERS: Final = ("none", "tenant", "agent")
+DATA: Final = ("clustered", "uniform")
 MAINTENANCE_WORK_MEM: Final = "2GB"
 PARALLEL_WORKERS: Final = 2
 INSERT_BATCH: Final = 500
@@ -49,21 +51,28 @@ _AT: Final = datetime(2026, 1, 1, tzinfo=UTC)
 
 @dataclass(frozen=True)
 class Variant:
-    """One way of querying one index: the index ``kind`` and candidates per result."""
+    """One way of querying one index: the index ``kind``, candidates per result and
+    ``hnsw.ef_search`` (raised to the candidates)."""
 
     kind: MemoryIndex
     rerank: int
+    ef_search: int
 
     @property
     def label(self) -> str:
-        return self.kind if self.rerank == 1 else f"{self.kind} x{self.rerank}"
+        x = "" if self.rerank == 1 else f" x{self.rerank}"
+        ef = min(MAX_EF_SEARCH, max(self.ef_search, K * self.rerank))
+        mark = " (recall's)" if (self.rerank, self.ef_search) == (RERANK[self.kind], EF_SEARCH[self.kind]) else ""
+        return f"{self.kind}{x} ef{ef}{mark}"
 
 
 VARIANTS: Final[dict[MemoryIndex, tuple[Variant, ...]]] = {
-    "hnsw": (Variant("hnsw", 1),),
-    "hnsw_bq": (Variant("hnsw_bq", 4), Variant("hnsw_bq", 10)),
-    "halfvec": (Variant("halfvec", 1), Variant("halfvec", RERANK["halfvec"])),
+    "hnsw": (Variant("hnsw", 1, 100), Variant("hnsw", 1, 200)),
+    "hnsw_bq": (Variant("hnsw_bq", 4, 100), Variant("hnsw_bq", 10, 100), Variant("hnsw_bq", 40, 400)),
+    "halfvec": (Variant("halfvec", 1, 100), Variant("halfvec", 4, 100), Variant("halfvec", 4, 200),
+                Variant("halfvec", 4, 400)),
 }
+"""The ways each index is queried: candidates per result and ``hnsw.ef_search``."""
 
 
 @dataclass
@@ -93,7 +102,7 @@ class MemoryResult:
     inserts: int
     dim: int
     candidates: tuple[MemoryIndex, ...]
-    uniform: bool
+    data: tuple[str, ...]
     load_before: float
     server: str
     sets: list[DataSet] = field(default_factory=list)
@@ -135,13 +144,13 @@ _COLUMNS: Final = ("agent_id, memory_id, tenant_id, source, text, embedding, jou
                    "stored_at")
 
 
-def _copy_rows(conn: Any, vecs: _Vectors, rng: random.Random, first: int, count: int, agents: int) -> None:
+def _copy_rows(conn: Any, schema: str, vecs: _Vectors, rng: random.Random, first: int, count: int, agents: int) -> None:
     from aosk.projectors.db import pack_vector, register_vector_dumper
 
     oid = register_vector_dumper(conn)
     at = _AT
     with conn.cursor() as cur, cur.copy(
-            f"copy {SCHEMA}.memories ({_COLUMNS}) from stdin (format binary)") as cp:
+            f"copy {schema}.memories ({_COLUMNS}) from stdin (format binary)") as cp:
         cp.set_types(["text", "text", "text", "text", "text", oid, "int4", "int8", "int8", "timestamptz"])
         for i in range(first, first + count):
             a = rng.randrange(agents)
@@ -169,7 +178,7 @@ def _params(q: _Query, flt: str) -> tuple[int, dict[str, Any]]:
     return 0, p
 
 
-def _truth(conn: Any, queries: list[_Query]) -> dict[str, list[set[str]]]:
+def _truth(conn: Any, schema: str, queries: list[_Query]) -> dict[str, list[set[str]]]:
     """The exact top k of each query under each filter (a sequential scan: no vector index exists yet)."""
     where = {"none": "true", "tenant": "tenant_id = %(tenant)s",
              "agent": "tenant_id = %(tenant)s and agent_id = %(a0)s"}
@@ -179,15 +188,15 @@ def _truth(conn: Any, queries: list[_Query]) -> dict[str, list[set[str]]]:
         for q in queries:
             _, p = _params(q, flt)
             rows.append({r[0] for r in conn.execute(
-                f"select memory_id from {SCHEMA}.memories where {where[flt]} and embedding is not null"
+                f"select memory_id from {schema}.memories where {where[flt]} and embedding is not null"
                 " order by embedding <=> %(q)s::vector limit %(k)s", p).fetchall()})
             conn.commit()
         out[flt] = rows
     return out
 
 
-def _time_queries(conn: Any, dim: int, variant: Variant, queries: list[_Query], truth: dict[str, list[set[str]]],
-                  warmup: int) -> dict[str, tuple[float, float, float]]:
+def _time_queries(conn: Any, schema: str, dim: int, variant: Variant, queries: list[_Query],
+                  truth: dict[str, list[set[str]]], warmup: int) -> dict[str, tuple[float, float, float]]:
     from aosk.reads.memory import answer
 
     out = {}
@@ -197,7 +206,8 @@ def _time_queries(conn: Any, dim: int, variant: Variant, queries: list[_Query], 
             size, p = _params(q, flt)
             t = time.perf_counter()
             with conn.transaction():
-                rows = answer(conn, SCHEMA, variant.kind, dim, size, p, rerank=variant.rerank, tenant=flt != "none")
+                rows = answer(conn, schema, variant.kind, dim, size, p, rerank=variant.rerank,
+                              ef_search=variant.ef_search, tenant=flt != "none")
             dt = time.perf_counter() - t
             if i >= warmup:
                 times.append(dt * 1000)
@@ -211,7 +221,8 @@ def _pct(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, max(0, math.ceil(p / 100 * len(s)) - 1))]
 
 
-def _insert_cost(conn: Any, vecs: _Vectors, first: int, count: int, agents: int) -> tuple[float | None, float]:
+def _insert_cost(conn: Any, schema: str, vecs: _Vectors, first: int, count: int,
+                 agents: int) -> tuple[float | None, float]:
     """(backend CPU ms, wall ms) per vector of inserting ``count`` memories in batches of
     ``INSERT_BATCH`` (one transaction each, as the projector's batches), then removed again."""
     pid = _one(conn, "select pg_backend_pid()")
@@ -224,14 +235,14 @@ def _insert_cost(conn: Any, vecs: _Vectors, first: int, count: int, agents: int)
     oid = register_vector_dumper(conn)
     for b in range(0, count, INSERT_BATCH):
         with conn.transaction(), conn.cursor() as cur, cur.copy(
-                f"copy {SCHEMA}.memories ({_COLUMNS}) from stdin (format binary)") as cp:
+                f"copy {schema}.memories ({_COLUMNS}) from stdin (format binary)") as cp:
             cp.set_types(["text", "text", "text", "text", "text", oid, "int4", "int8", "int8", "timestamptz"])
             for i, (v, a) in enumerate(rows[b:b + INSERT_BATCH], start=first + b):
                 cp.write_row((f"agent-{a}", f"m{i}", f"tenant-{a % TENANTS}", "stored", f"memory {i}",
                               pack_vector(v), 0, i, i, _AT))
     wall = (time.perf_counter() - t0) * 1000 / count
     c1 = _backend_cpu_s(pid)
-    conn.execute(f"delete from {SCHEMA}.memories where journal_offset >= %s", (first,))
+    conn.execute(f"delete from {schema}.memories where journal_offset >= %s", (first,))
     conn.commit()
     return (None if c0 is None or c1 is None else (c1 - c0) * 1000 / count), wall
 
@@ -242,15 +253,16 @@ def _one(conn: Any, query: str, params: tuple[Any, ...] = ()) -> Any:
     return row[0]
 
 
-def _vacuum(dsn: str) -> None:
+def _vacuum(dsn: str, schema: str) -> None:
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute(f"vacuum analyze {SCHEMA}.memories")
+        c.execute(f"vacuum analyze {schema}.memories")
 
 
 def bench_memory(settings: Settings, *, vectors: int = 100_000, queries: int = 200, inserts: int = 2_000,
-                 candidates: Sequence[MemoryIndex] = ("hnsw", "hnsw_bq", "halfvec"), uniform: bool = True,
+                 candidates: Sequence[MemoryIndex] = ("hnsw", "hnsw_bq", "halfvec"),
+                 data: Sequence[str] = DATA,
                  seed: int = 42, progress: bool = True) -> MemoryResult:
     import psycopg
 
@@ -263,62 +275,65 @@ def bench_memory(settings: Settings, *, vectors: int = 100_000, queries: int = 2
     dim = settings.memory.embedding_dimension
     agents = max(1, vectors // MEMORIES_PER_AGENT)
     warmup = min(20, queries)
+    schema = f"{SCHEMA_PREFIX}_{os.getpid()}"
     with psycopg.connect(dsn) as conn:
         server = str(_one(conn, "select 'PostgreSQL ' || current_setting('server_version') || ' + pgvector ' "
                                 "|| extversion from pg_extension where extname = 'vector'"))
-    result = MemoryResult(vectors, queries, inserts, dim, tuple(candidates), uniform, os.getloadavg()[0], server)
-    for name in ("clustered", "uniform") if uniform else ("clustered",):
+    result = MemoryResult(vectors, queries, inserts, dim, tuple(candidates), tuple(data), os.getloadavg()[0],
+                          server)
+    for name in data:
         vecs = _Vectors(name, dim, seed)
         with psycopg.connect(dsn) as conn:
-            conn.execute(f"drop schema if exists {SCHEMA} cascade")
+            conn.execute(f"drop schema if exists {schema} cascade")
             conn.commit()
-            migrate(conn, schema=SCHEMA, dimension=dim)
-            memory_index.drop(conn, SCHEMA)
+            migrate(conn, schema=schema, dimension=dim)
+            memory_index.drop(conn, schema)
             conn.commit()
             say(f"{name}: loading {vectors:,} memories ...", flush=True)
             t = time.perf_counter()
             rng = random.Random(f"{name}-{seed}")
             for first in range(0, vectors, 50_000):
-                _copy_rows(conn, vecs, rng, first, min(50_000, vectors - first), agents)
+                _copy_rows(conn, schema, vecs, rng, first, min(50_000, vectors - first), agents)
                 conn.commit()
             load_s = time.perf_counter() - t
-            _vacuum(dsn)
-            table_bytes = int(_one(conn, f"select pg_table_size('{SCHEMA}.memories')"))
+            _vacuum(dsn, schema)
+            table_bytes = int(_one(conn, f"select pg_table_size('{schema}.memories')"))
             qrng = random.Random(f"queries-{name}-{seed}")
             qs = []
             for _ in range(queries):
                 a = qrng.randrange(agents)
                 qs.append(_Query(_vector_text(vecs.make(qrng)), f"tenant-{a % TENANTS}", f"agent-{a}"))
             say(f"{name}: exact top {K} of {queries} queries x {len(FILTERS)} filters ...", flush=True)
-            truth = _truth(conn, qs)
-            cpu0, wall0 = _insert_cost(conn, vecs, vectors, inserts, agents)
+            truth = _truth(conn, schema, qs)
+            cpu0, wall0 = _insert_cost(conn, schema, vecs, vectors, inserts, agents)
             ds = DataSet(name, load_s, table_bytes, cpu0, wall0)
-            _vacuum(dsn)
+            _vacuum(dsn, schema)
             for kind in candidates:
                 say(f"{name}: building {kind} ...", flush=True)
                 conn.execute(f"set maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'")
                 conn.execute(f"set max_parallel_maintenance_workers = {PARALLEL_WORKERS}")
                 t = time.perf_counter()
-                memory_index.create(conn, SCHEMA, kind, dim)
+                memory_index.create(conn, schema, kind, dim)
                 conn.commit()
                 build_s = time.perf_counter() - t
                 size = int(_one(conn, "select pg_relation_size(%s::regclass)",
-                                (f"{SCHEMA}.{memory_index.INDEX_NAMES[kind]}",)))
+                                (f"{schema}.{memory_index.INDEX_NAMES[kind]}",)))
                 conn.commit()
                 figures = IndexFigures(build_s, size, None, 0.0)
                 for v in VARIANTS[kind]:
                     say(f"{name}: {v.label}: {queries} queries x {len(FILTERS)} filters ...", flush=True)
-                    figures.queries[v.label] = _time_queries(conn, dim, v, qs, truth, warmup)
+                    figures.queries[v.label] = _time_queries(conn, schema, dim, v, qs, truth, warmup)
                 say(f"{name}: {kind}: inserting {inserts:,} more ...", flush=True)
-                figures.insert_cpu_ms, figures.insert_wall_ms = _insert_cost(conn, vecs, vectors, inserts, agents)
-                memory_index.drop(conn, SCHEMA)
+                cpu, wall = _insert_cost(conn, schema, vecs, vectors, inserts, agents)
+                figures.insert_cpu_ms, figures.insert_wall_ms = cpu, wall
+                memory_index.drop(conn, schema)
                 conn.commit()
-                _vacuum(dsn)
+                _vacuum(dsn, schema)
                 ds.indexes[kind] = figures
             result.sets.append(ds)
         say(report_table(result, ds), flush=True)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"drop schema if exists {SCHEMA} cascade")
+        conn.execute(f"drop schema if exists {schema} cascade")
     result.load_after = os.getloadavg()[0]
     return result
 
@@ -333,8 +348,8 @@ def command_line(r: MemoryResult) -> str:
         cmd += f" --inserts {r.inserts}"
     if r.candidates != ("hnsw", "hnsw_bq", "halfvec"):
         cmd += f" --candidates {','.join(r.candidates)}"
-    if not r.uniform:
-        cmd += " --no-uniform"
+    if r.data != DATA:
+        cmd += f" --data {','.join(r.data)}"
     return cmd
 
 

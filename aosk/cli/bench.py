@@ -154,8 +154,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="memories inserted into each built index to time insertion (default %(default)s)")
     mem.add_argument("--candidates", type=_kinds, default=param_default(bench_memory, "candidates"),
                      metavar="K1,K2,...", help="indexes to measure, of hnsw, hnsw_bq, halfvec (default: all)")
-    mem.add_argument("--no-uniform", action="store_true",
-                     help="leave out the uniformly random data set (the worst case)")
+    mem.add_argument("--data", type=_data_sets, default=param_default(bench_memory, "data"), metavar="D1,D2",
+                     help="data sets: clustered (the workload's shape), uniform (random directions, the worst "
+                          "case); default both")
     add_no_progress(mem)
     add_output(mem)
     mem.set_defaults(run=_memory)
@@ -329,9 +330,10 @@ def _memory(settings: Settings, args: argparse.Namespace) -> int:
     from aosk.bench.report import machine_line
 
     result = bench_memory(settings, vectors=args.vectors, queries=args.queries, inserts=args.inserts,
-                          candidates=args.candidates, uniform=not args.no_uniform, progress=not args.no_progress)
-    # the longer runs keep their own section next to the default's
-    section = "memory" if args.vectors == 100_000 else f"memory-{args.vectors}"
+                          candidates=args.candidates, data=args.data, progress=not args.no_progress)
+    # the longer runs, and runs of one data set, keep their own sections next to the default's
+    section = "memory" + ("" if args.vectors == 100_000 else f"-{args.vectors}") + (
+        "" if args.data == param_default(bench_memory, "data") else "-" + "-".join(args.data))
     return _publish(args.output, section, report_markdown(result, machine_line()))
 
 
@@ -343,6 +345,15 @@ def _kinds(text: str) -> tuple[str, ...]:
     if bad or not kinds:
         raise argparse.ArgumentTypeError(f"unknown index {', '.join(bad) or '(none)'}; of {', '.join(KINDS)}")
     return kinds
+
+
+def _data_sets(text: str) -> tuple[str, ...]:
+    from aosk.bench.memory import DATA
+
+    sets = tuple(d.strip() for d in text.split(",") if d.strip())
+    if not sets or any(d not in DATA for d in sets):
+        raise argparse.ArgumentTypeError(f"data sets are {', '.join(DATA)}, got {text!r}")
+    return sets
 
 
 def _reads(settings: Settings, args: argparse.Namespace) -> int:

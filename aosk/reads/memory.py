@@ -21,7 +21,7 @@ from psycopg import sql
 
 from aosk.errors import RecallError
 from aosk.projectors.db import embedding_dimension, qualified
-from aosk.projectors.memory_index import RERANK, MemoryIndex, order_expression, present
+from aosk.projectors.memory_index import EF_SEARCH, RERANK, MemoryIndex, order_expression, present
 from aosk.projectors.rows import storage_key
 from aosk.reads.agents import stored_state, tenant_of
 from aosk.reads.audit import offset_of_seq
@@ -32,9 +32,9 @@ __all__ = ["Recalled", "recall", "explain_recall", "check_query", "lineage", "me
 
 
 DEFAULT_EF_SEARCH: Final = 100
-"""``hnsw.ef_search`` for recall (pgvector's default is 40): the candidate list size,
-raised for k above it. With iterative scans the search goes on past it when filters
-discard candidates."""
+"""``hnsw.ef_search`` for recall without an index kind's own (``memory_index.EF_SEARCH``;
+pgvector's default is 40): the candidate list size, raised for more candidates. With
+iterative scans the search goes on past it when filters discard candidates."""
 MAX_SCAN_TUPLES: Final = 50_000
 """``hnsw.max_scan_tuples``: how far an iterative scan may go before giving up."""
 MAX_EF_SEARCH: Final = 1000
@@ -143,7 +143,7 @@ def answer(conn: psycopg.Connection[Any], schema: str, kind: MemoryIndex | None,
         found = conn.execute(scope, {**p, "cap": EXACT_BELOW + 1}).fetchone()
         if found is not None and int(found[0]) <= EXACT_BELOW:
             return conn.execute(exact, p).fetchall()
-    recall_settings(conn, n, ef_search)
+    recall_settings(conn, n, ef_search or (EF_SEARCH[kind] if kind is not None else None))
     rows = conn.execute(ann, p).fetchall()
     if not rows or int(rows[0][-1]) < n:  # the filter left fewer candidates than the scan could reach
         rows = conn.execute(exact, p).fetchall()
@@ -268,7 +268,7 @@ def explain_recall(
     with conn.transaction():
         kind = present(conn, schema)
         n = candidates(kind, k)
-        recall_settings(conn, n, ef_search)
+        recall_settings(conn, n, ef_search or (EF_SEARCH[kind] if kind is not None else None))
         agents, bounds = lineage(conn, schema, storage_key(agent_id)) if agent_id is not None else ([], [])
         ann, _ = recall_queries(schema, len(agents), kind, len(q))
         params = {"q": _vector_text(q), "tenant": tenant_id, "k": k, "n": n, **_lineage_params(agents, bounds)}
