@@ -398,12 +398,15 @@ def report_markdown(r: MemoryResult, machine: str) -> str:
         f"{MEMORIES_PER_AGENT} memories. Each index built with `maintenance_work_mem = {MAINTENANCE_WORK_MEM}`, "
         f"`max_parallel_maintenance_workers = {PARALLEL_WORKERS}`, HNSW `m = 16, ef_construction = 64`. Queries: "
         f"{r.queries} per filter (after {min(20, r.queries)} untimed), k = {K}, through `aosk.reads.memory`'s own "
-        "recall query (iterative scans `relaxed_order`, `ef_search` = max(100, candidates), `max_scan_tuples` "
+        "recall query (iterative scans `relaxed_order`, `hnsw.ef_search` as labelled (efN, at least the candidates), "
+        "`max_scan_tuples` "
         "50,000, candidates re-ranked by exact cosine distance, exact scan when the filter starves the index "
         "scan or the agent's scope is small); recall@10 against an exact scan with the same filter. Filters: "
         f"*none* (all rows), *tenant* (1/{TENANTS} of the rows), *agent* (one agent, ~{MEMORIES_PER_AGENT} rows). "
         f"Insert CPU: the PostgreSQL backend's CPU per vector inserting {r.inserts:,} more memories into the built "
-        f"index in COPY batches of {INSERT_BATCH}. Ratios in brackets: to `hnsw` in the same run.",
+        f"index in COPY batches of {INSERT_BATCH}. Ratios in brackets: to `hnsw` in the same run. Query labels: "
+        "xN takes N x k candidates from the index and re-ranks them; *(recall's)* marks what recall does by "
+        "default for that index.",
         "",
     ]
     for ds in r.sets:
