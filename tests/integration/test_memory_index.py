@@ -143,3 +143,22 @@ def test_migration_0009_moves_a_database_at_0008_to_the_default(settings: Settin
         got = recall(conn, schema, vectors[7], k=3, tenant_id="t")
         assert got[0].memory_id == "m7" and got[0].distance == pytest.approx(0, abs=1e-6)
         assert migrate(conn, schema=schema, dimension=DIM) == []
+
+
+def test_bench_memory_tiny(settings: Settings) -> None:
+    """``aosk bench memory`` stays runnable (its figures are not asserted, but on 1,500
+    clustered vectors the full-vector index and recall's re-ranked halfvec find the exact
+    top 10 of an agent's scope, which is answered by an exact scan)."""
+    from aosk.bench.memory import bench_memory, report_markdown
+
+    r = bench_memory(settings, vectors=1_500, queries=5, inserts=50, candidates=("hnsw", "halfvec"),
+                     data=("clustered",), progress=False)
+    (ds,) = r.sets
+    assert set(ds.indexes) == {"hnsw", "halfvec"}
+    assert all(f.size_bytes > 0 and f.build_s > 0 for f in ds.indexes.values())
+    assert ds.indexes["halfvec"].queries["halfvec x4 ef200 (recall's)"]["agent"][0] == 1.0
+    text = report_markdown(r, "test machine")
+    assert "aosk bench memory --vectors 1500 --queries 5 --inserts 50 --candidates hnsw,halfvec --data clustered" in text
+    with psycopg.connect(settings.storage.postgresql.dsn) as conn:  # the bench's schema is gone
+        assert conn.execute("select count(*) from pg_namespace where nspname like 'aosk_bench_memory%'"
+                            ).fetchone() == (0,)
