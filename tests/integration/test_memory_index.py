@@ -158,7 +158,8 @@ def test_bench_memory_tiny(settings: Settings) -> None:
     assert all(f.size_bytes > 0 and f.build_s > 0 for f in ds.indexes.values())
     assert ds.indexes["halfvec"].queries["halfvec x4 ef200 (recall's)"]["agent"][0] == 1.0
     text = report_markdown(r, "test machine")
-    assert "aosk bench memory --vectors 1500 --queries 5 --inserts 50 --candidates hnsw,halfvec --data clustered" in text
+    assert ("aosk bench memory --vectors 1500 --queries 5 --inserts 50 --candidates hnsw,halfvec "
+            "--data clustered") in text
     with psycopg.connect(settings.storage.postgresql.dsn) as conn:  # the bench's schema is gone
         assert conn.execute("select count(*) from pg_namespace where nspname like 'aosk_bench_memory%'"
                             ).fetchone() == (0,)
