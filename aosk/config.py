@@ -174,9 +174,18 @@ class DevStackSettings(_Section):
     """JVM heap of the embedded broker (-Xmx)."""
 
 
+MemoryIndex = Literal["halfvec", "hnsw", "hnsw_bq"]
+"""The kinds of vector index over memories' embeddings (``aosk.projectors.memory_index``)."""
+
+
 class MemorySettings(_Section):
     embedding_dimension: int = Field(384, ge=1, le=16_000)
     """Dimension d of every embedding in the cluster (``vector(d)``)."""
+    index: MemoryIndex = "halfvec"
+    """The vector index recall uses: ``halfvec`` (HNSW over 16-bit floats, candidates
+    re-ranked by exact cosine distance), ``hnsw`` (HNSW over the full vectors) or
+    ``hnsw_bq`` (HNSW over binary-quantized vectors, re-ranked). ``aosk db migrate``, the
+    projectors and ``aosk replay`` replace a schema's index of another kind by this one."""
 
 
 class LlmSettings(_Section):
@@ -349,6 +358,7 @@ ENV_KEYS: Mapping[str, str] = {
     "AOSK_CACHE_DIR": "dev.cache_dir",
     "AOSK_KAFKA_HEAP": "dev.kafka_heap",
     "AOSK_EMBEDDING_DIMENSION": "memory.embedding_dimension",
+    "AOSK_MEMORY_INDEX": "memory.index",
     "AOSK_API_HOST": "api.host",
     "AOSK_API_PORT": "api.port",
     "AOSK_API_SCHEMA": "api.schema_name",

@@ -32,8 +32,9 @@ from psycopg.pq import Format
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from aosk._quiet import Backoff, OutageFilter, OutageLog
-from aosk.config import PostgresSettings
+from aosk.config import MemoryIndex, PostgresSettings
 from aosk.errors import JournalMismatch, MigrationError, PostgresUnavailable, ProjectionConfigError, SchemaNotFound
+from aosk.projectors.memory_index import ensure as ensure_memory_index
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -114,9 +115,12 @@ def migrate(
     schema: str = DEFAULT_SCHEMA,
     dimension: int = 384,
     checkpoint_every: int | None = None,
+    memory_index: MemoryIndex | None = None,
 ) -> list[str]:
     """Apply pending migrations to ``schema`` (created if missing) in one transaction;
-    returns the names applied. Safe to run concurrently from several processes: an
+    returns the names applied. ``memory_index`` (``memory.index``): replace the memories'
+    vector index by one of this kind if it has one of another kind (``memory_index.ensure``;
+    the migrations leave the default's). Safe to run concurrently from several processes: an
     advisory lock serialises them. ``checkpoint_every`` (records per agent between
     checkpoints) is recorded in ``projection_meta`` when given; it must be the same for
     every projector and rebuild of the schema, hence stored there, not per process.
@@ -165,6 +169,8 @@ def migrate(
                 raise ProjectionConfigError("checkpoint_every must be >= 1")
             set_meta(conn, schema, "checkpoint_every", str(checkpoint_every))
         have = embedding_dimension(conn, schema)
+        if memory_index is not None and have == dimension and ensure_memory_index(conn, schema, memory_index, have):
+            applied.append(f"memory index {memory_index}")
         if have != dimension:
             raise ProjectionConfigError(
                 f"schema {schema} stores embeddings of dimension {have}, this process is configured for "

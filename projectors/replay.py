@@ -271,7 +271,7 @@ class Replay(ResourceHolder):
             )
         self._cache.complete = not had_shadow
         migrate(conn, schema=self.shadow, dimension=self.settings.memory.embedding_dimension,
-                checkpoint_every=int(every) if every is not None else None)
+                checkpoint_every=int(every) if every is not None else None, memory_index=self.settings.memory.index)
         with conn.transaction():
             have = get_meta(conn, self.shadow, "journal_topic")
             if have is None:

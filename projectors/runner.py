@@ -187,7 +187,7 @@ class Projector(ResourceHolder):
         ensure_journal(self._bootstrap, self.settings)
         pg = self.settings.storage.postgresql
         with connect(self._dsn) as conn:
-            applied = migrate(conn, schema=self.schema, dimension=dim)
+            applied = migrate(conn, schema=self.schema, dimension=dim, memory_index=self.settings.memory.index)
             if applied:
                 log.info("applied migrations %s to schema %s", applied, self.schema)
             with conn.transaction():

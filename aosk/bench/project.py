@@ -190,19 +190,6 @@ def _stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None
             p.wait(30)
 
 
-def drop_vector_indexes(conn: Any, schema: str) -> list[str]:
-    """Drop every HNSW index of ``schema`` (found by access method, whatever its name or
-    column); returns their definitions."""
-    from psycopg import sql
-
-    rows = conn.execute("select indexname, indexdef from pg_indexes where schemaname = %s and indexdef ilike %s",
-                        (schema, "% using hnsw %")).fetchall()
-    for name, _ in rows:
-        conn.execute(sql.SQL("drop index {}").format(sql.Identifier(schema, name)))
-    conn.commit()
-    return [d for _, d in rows]
-
-
 def _projected(conn: Any, schema: str) -> int:
     row = conn.execute(f"select coalesce(sum(next_offset), 0) from {schema}.projector_offsets").fetchone()
     return int(row[0]) if row else 0
@@ -332,15 +319,18 @@ def _timed_projection(settings: Settings, bj: BenchJournal, *, processes: int, w
     import psycopg
 
     from aosk.projectors.db import migrate
+    from aosk.projectors.memory_index import drop as drop_memory_indexes
     from aosk.workload import produce_workload
 
     ep, s, prefix, schema, w = bj.endpoints, bj.settings, bj.prefix, bj.schema, bj.workload
     topic = s.kafka.journal_topic
     total = len(w.items)
     with psycopg.connect(ep.dsn) as conn:
-        migrate(conn, schema=schema, dimension=settings.memory.embedding_dimension)
+        migrate(conn, schema=schema, dimension=settings.memory.embedding_dimension,
+                memory_index=settings.memory.index)
         if without_hnsw:
-            drop_vector_indexes(conn, schema)
+            drop_memory_indexes(conn, schema)
+            conn.commit()
 
     env = dict(os.environ, AOSK_KAFKA_BOOTSTRAP=ep.bootstrap, AOSK_POSTGRESQL_DSN=ep.dsn, AOSK_TOPIC_PREFIX=prefix,
                AOSK_KAFKA_PARTITIONS=str(s.kafka.journal_partitions))
@@ -427,6 +417,7 @@ def _breakdown_and_copy(dsn: str, schema: str, msgs: list[Any], result: ProjectR
     from aosk.projectors.batch import fold_batch
     from aosk.projectors.db import migrate, qualified
     from aosk.projectors.memory import MemoryChanges
+    from aosk.projectors.memory_index import drop as drop_memory_indexes
     from aosk.projectors.rows import (
         AGENT_COLUMNS,
         AGENT_TYPES,
@@ -480,7 +471,8 @@ def _breakdown_and_copy(dsn: str, schema: str, msgs: list[Any], result: ProjectR
         with psycopg.connect(dsn) as conn:
             migrate(conn, schema=target, dimension=dim)
             if not hnsw:
-                drop_vector_indexes(conn, target)
+                drop_memory_indexes(conn, target)
+                conn.commit()
             oid = prepare_connection(conn, target)
             tables = (
                 ("audit_log", AUDIT_COLUMNS, AUDIT_TYPES, audit),

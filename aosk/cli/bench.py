@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from aosk.bench.api import bench_api
     from aosk.bench.growth import bench_growth
     from aosk.bench.ingest import bench_ingest
+    from aosk.bench.memory import bench_memory
     from aosk.bench.project import bench_project
     from aosk.bench.reads import bench_reads
     from aosk.bench.replay import bench_replay
@@ -144,6 +145,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_no_progress(rd)
     add_output(rd)
     rd.set_defaults(run=_reads)
+    mem = kinds.add_parser("memory", help="memory vector index candidates: build time, size, insert CPU, recall@10 "
+                                          "and query p50/p99 with and without filters, vs. today's HNSW")
+    mem.add_argument("--vectors", type=int, default=param_default(bench_memory, "vectors"), metavar="N",
+                     help="memories per data set (default %(default)s; the documented longer run: 1000000)")
+    mem.add_argument("--queries", type=int, default=param_default(bench_memory, "queries"), metavar="N",
+                     help="timed recalls per filter and candidate (default %(default)s)")
+    mem.add_argument("--inserts", type=int, default=param_default(bench_memory, "inserts"), metavar="N",
+                     help="memories inserted into each built index to time insertion (default %(default)s)")
+    mem.add_argument("--candidates", type=_kinds, default=param_default(bench_memory, "candidates"),
+                     metavar="K1,K2,...", help="indexes to measure, of hnsw, hnsw_bq, halfvec (default: all)")
+    mem.add_argument("--data", type=_data_sets, default=param_default(bench_memory, "data"), metavar="D1,D2",
+                     help="data sets: clustered (the workload's shape), uniform (random directions, the worst "
+                          "case); default both")
+    add_no_progress(mem)
+    add_output(mem)
+    mem.set_defaults(run=_memory)
     _register_cluster(kinds)
 
 
@@ -304,6 +321,37 @@ def _runtime(settings: Settings, args: argparse.Namespace) -> int:
     result = bench_runtime(settings, agents=args.agents, tasks_per_agent=args.tasks, delay_ms=args.delay_ms,
                            repeat=args.repeat, progress=not args.no_progress)
     return _publish(args.output, "runtime", report_markdown(result, machine_line(), command_line(result, args.quick)))
+
+
+def _memory(settings: Settings, args: argparse.Namespace) -> int:
+    from aosk.bench.memory import bench_memory, report_markdown
+    from aosk.bench.report import machine_line
+
+    result = bench_memory(settings, vectors=args.vectors, queries=args.queries, inserts=args.inserts,
+                          candidates=args.candidates, data=args.data, progress=not args.no_progress)
+    # the longer runs, and runs of one data set, keep their own sections next to the default's
+    section = "memory" + ("" if args.vectors == 100_000 else f"-{args.vectors}") + (
+        "" if args.data == param_default(bench_memory, "data") else "-" + "-".join(args.data))
+    return _publish(args.output, section, report_markdown(result, machine_line()))
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    from aosk.projectors.memory_index import KINDS
+
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown index {', '.join(bad) or '(none)'}; of {', '.join(KINDS)}")
+    return kinds
+
+
+def _data_sets(text: str) -> tuple[str, ...]:
+    from aosk.bench.memory import DATA
+
+    sets = tuple(d.strip() for d in text.split(",") if d.strip())
+    if not sets or any(d not in DATA for d in sets):
+        raise argparse.ArgumentTypeError(f"data sets are {', '.join(DATA)}, got {text!r}")
+    return sets
 
 
 def _reads(settings: Settings, args: argparse.Namespace) -> int:

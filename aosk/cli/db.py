@@ -70,7 +70,7 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
     with _connect(settings) as conn:
         applied = migrate(conn, schema=args.schema, dimension=settings.memory.embedding_dimension,
-                          checkpoint_every=args.checkpoint_every)
+                          checkpoint_every=args.checkpoint_every, memory_index=settings.memory.index)
     print(f"schema {args.schema}: applied {', '.join(applied)}" if applied else f"schema {args.schema}: up to date")
     return 0
 

@@ -1,9 +1,12 @@
 """Memory recall: the ``k`` memories nearest to a query embedding (pgvector, cosine).
 
-Recall uses the HNSW cosine index with pgvector's iterative index scans, so a query
-filtered by tenant (and agent) still returns k rows; when the filter leaves fewer than k
-candidates within the scan limit, an exact scan of the filtered rows answers instead.
-A fork also recalls its source's memories up to the fork point (``lineage``).
+Recall asks the schema's vector index (``aosk.projectors.memory_index``: HNSW over the
+full vectors, over binary-quantized vectors, or over halfvecs) for candidates with
+pgvector's iterative index scans, so a query filtered by tenant (and agent) still finds
+enough of them, and orders the candidates by the full vectors' exact cosine distance;
+when the filter leaves fewer candidates than asked for within the scan limit, an exact
+scan of the filtered rows answers instead. A fork also recalls its source's memories up
+to the fork point (``lineage``).
 """
 
 from __future__ import annotations
@@ -18,20 +21,24 @@ from psycopg import sql
 
 from aosk.errors import RecallError
 from aosk.projectors.db import embedding_dimension, qualified
+from aosk.projectors.memory_index import EF_SEARCH, RERANK, MemoryIndex, order_expression, present
 from aosk.projectors.rows import storage_key
 from aosk.reads.agents import stored_state, tenant_of
 from aosk.reads.audit import offset_of_seq
 
 __all__ = ["Recalled", "recall", "explain_recall", "check_query", "lineage", "memory_embedding", "DEFAULT_EF_SEARCH",
-           "MAX_SCAN_TUPLES"]
+           "MAX_SCAN_TUPLES", "MAX_EF_SEARCH", "EXACT_BELOW", "recall_queries", "candidates", "recall_settings",
+           "answer"]
 
 
 DEFAULT_EF_SEARCH: Final = 100
-"""``hnsw.ef_search`` for recall (pgvector's default is 40): the candidate list size,
-raised for k above it. With iterative scans the search goes on past it when filters
-discard candidates."""
+"""``hnsw.ef_search`` for recall without an index kind's own (``memory_index.EF_SEARCH``;
+pgvector's default is 40): the candidate list size, raised for more candidates. With
+iterative scans the search goes on past it when filters discard candidates."""
 MAX_SCAN_TUPLES: Final = 50_000
 """``hnsw.max_scan_tuples``: how far an iterative scan may go before giving up."""
+MAX_EF_SEARCH: Final = 1000
+"""pgvector's upper bound for ``hnsw.ef_search``; iterative scans go on past it."""
 
 
 @dataclass(frozen=True)
@@ -77,27 +84,75 @@ _SELECT: Final = (
 )
 
 
-def _queries(schema: str, lineage_size: int) -> tuple[sql.Composed, sql.Composed]:
-    """The index query and the exact fallback. ``lineage_size`` agents (0: the whole
-    tenant), each bounded by a journal offset. Plain OR'ed conditions rather than a join
-    with the lineage, so the planner still orders by the HNSW index and filters."""
-    t = qualified(schema, "memories")
-    where: sql.Composable = sql.SQL("tenant_id = %(tenant)s and embedding is not null")
+def _where(lineage_size: int, tenant: bool) -> sql.Composable:
+    where: sql.Composable = sql.SQL("embedding is not null")
+    if tenant:
+        where = sql.SQL("tenant_id = %(tenant)s and ") + where
     if lineage_size:
         # The agent's own memories up to a bound, and a fork's ancestors' up to the fork point.
         each = [sql.SQL(f"(agent_id = %(a{i})s and journal_offset <= %(b{i})s)") for i in range(lineage_size)]
         where += sql.SQL(" and (") + sql.SQL(" or ").join(each) + sql.SQL(")")
+    return where
+
+
+def recall_queries(schema: str, lineage_size: int, kind: MemoryIndex | None, dim: int, *, tenant: bool = True,
+                   ) -> tuple[sql.Composed, sql.Composed]:
+    """The index query and the exact fallback. ``lineage_size`` agents (0: the whole
+    tenant), each bounded by a journal offset. Plain OR'ed conditions rather than a join
+    with the lineage, so the planner still orders by the vector index and filters.
+    ``tenant=False`` leaves the tenant out (benchmarks only: recall is always scoped).
+
+    The index query takes ``%(n)s`` candidates in the order of ``kind``'s index (exact
+    cosine for ``hnsw`` and without an index), orders them by exact cosine distance and
+    keeps ``%(k)s``; each row also carries how many candidates the scan found, so the
+    caller can tell a scan the filter starved (fewer than ``n``) and ask the exact query."""
+    t = qualified(schema, "memories")
+    where = _where(lineage_size, tenant)
+    order = sql.SQL(order_expression(kind or "hnsw", dim))
     ann = sql.SQL(
-        "with nearest as materialized (select {cols}, embedding <=> %(q)s::vector as distance from {t} where {w}"
-        " order by embedding <=> %(q)s::vector limit %(k)s)"
-        " select * from nearest order by distance, agent_id, memory_id"
-    ).format(cols=sql.SQL(_SELECT), t=t, w=where)
+        "with candidates as materialized (select {cols}, embedding from {t} where {w} order by {order} limit %(n)s)"
+        " select {cols}, embedding <=> %(q)s::vector as distance, count(*) over () from candidates"
+        " order by distance, agent_id, memory_id limit %(k)s"
+    ).format(cols=sql.SQL(_SELECT), t=t, w=where, order=order)
     exact = sql.SQL(
         "with scoped as materialized (select {cols}, embedding from {t} where {w})"
         " select {cols}, embedding <=> %(q)s::vector as distance from scoped"
         " order by distance, agent_id, memory_id limit %(k)s"
     ).format(cols=sql.SQL(_SELECT), t=t, w=where)
     return ann, exact
+
+
+EXACT_BELOW: Final = 2_000
+"""An agent's scope (its lineage) with at most this many embedded memories is answered
+by the exact scan at once: cheaper than an index scan that has to walk past every other
+agent's memories (and then fall back anyway)."""
+
+
+def answer(conn: psycopg.Connection[Any], schema: str, kind: MemoryIndex | None, dim: int, lineage_size: int,
+           params: dict[str, Any], *, rerank: int | None = None, ef_search: int | None = None,
+           tenant: bool = True) -> list[tuple[Any, ...]]:
+    """The rows of a recall (inside a transaction): ``params`` has ``q``, ``k``, ``tenant``
+    and the lineage's ``a<i>``/``b<i>``. ``kind`` is the schema's vector index (None: none)."""
+    k = int(params["k"])
+    n = candidates(kind, k, rerank)
+    p = {**params, "n": n}
+    ann, exact = recall_queries(schema, lineage_size, kind, dim, tenant=tenant)
+    if lineage_size:
+        scope = sql.SQL("select count(*) from (select 1 from {} where {} limit %(cap)s) s").format(
+            qualified(schema, "memories"), _where(lineage_size, tenant))
+        found = conn.execute(scope, {**p, "cap": EXACT_BELOW + 1}).fetchone()
+        if found is not None and int(found[0]) <= EXACT_BELOW:
+            return conn.execute(exact, p).fetchall()
+    recall_settings(conn, n, ef_search or (EF_SEARCH[kind] if kind is not None else None))
+    rows = conn.execute(ann, p).fetchall()
+    if not rows or int(rows[0][-1]) < n:  # the filter left fewer candidates than the scan could reach
+        rows = conn.execute(exact, p).fetchall()
+    return rows
+
+
+def candidates(kind: MemoryIndex | None, k: int, rerank: int | None = None) -> int:
+    """How many candidates the index query takes for ``k`` results."""
+    return k * (rerank if rerank is not None else RERANK[kind] if kind is not None else 1)
 
 
 def _lineage_params(agents: list[str], bounds: list[int]) -> dict[str, Any]:
@@ -150,8 +205,9 @@ def lineage(conn: psycopg.Connection[Any], schema: str, agent_key: str,
     return agents, bounds
 
 
-def _settings(conn: psycopg.Connection[Any], k: int, ef_search: int | None) -> None:
-    ef = max(ef_search or DEFAULT_EF_SEARCH, k)
+def recall_settings(conn: psycopg.Connection[Any], n: int, ef_search: int | None) -> None:
+    """The session settings of an index query taking ``n`` candidates (in a transaction)."""
+    ef = min(MAX_EF_SEARCH, max(ef_search or DEFAULT_EF_SEARCH, n))
     conn.execute(f"set local hnsw.ef_search = {int(ef)}")
     conn.execute("set local hnsw.iterative_scan = relaxed_order")
     conn.execute(f"set local hnsw.max_scan_tuples = {MAX_SCAN_TUPLES}")
@@ -182,13 +238,9 @@ def recall(
     q = check_query(query, embedding_dimension(conn, schema))
     with conn.transaction():
         tenant, agent = _scope(conn, schema, tenant_id, agent_id)
-        _settings(conn, k, ef_search)
         agents, bounds = lineage(conn, schema, agent, as_of_offset) if agent is not None else ([], [])
-        ann, exact = _queries(schema, len(agents))
         params = {"q": _vector_text(q), "tenant": tenant, "k": k, **_lineage_params(agents, bounds)}
-        rows = conn.execute(ann, params).fetchall()
-        if len(rows) < k:  # the filter left fewer candidates than the scan could reach
-            rows = conn.execute(exact, params).fetchall()
+        rows = answer(conn, schema, present(conn, schema), len(q), len(agents), params, ef_search=ef_search)
     return [_recalled(r) for r in rows]
 
 
@@ -210,14 +262,16 @@ def explain_recall(
     ef_search: int | None = None,
     analyze: bool = False,
 ) -> str:
-    """The plan PostgreSQL picks for ``recall``'s index query (to check the HNSW index
+    """The plan PostgreSQL picks for ``recall``'s index query (to check the vector index
     is used)."""
     q = check_query(query, embedding_dimension(conn, schema))
     with conn.transaction():
-        _settings(conn, k, ef_search)
+        kind = present(conn, schema)
+        n = candidates(kind, k)
+        recall_settings(conn, n, ef_search or (EF_SEARCH[kind] if kind is not None else None))
         agents, bounds = lineage(conn, schema, storage_key(agent_id)) if agent_id is not None else ([], [])
-        ann, _ = _queries(schema, len(agents))
-        params = {"q": _vector_text(q), "tenant": tenant_id, "k": k, **_lineage_params(agents, bounds)}
+        ann, _ = recall_queries(schema, len(agents), kind, len(q))
+        params = {"q": _vector_text(q), "tenant": tenant_id, "k": k, "n": n, **_lineage_params(agents, bounds)}
         prefix = sql.SQL("explain (analyze, costs off) ") if analyze else sql.SQL("explain ")
         plan = conn.execute(prefix + ann, params).fetchall()
     return "\n".join(str(r[0]) for r in plan)

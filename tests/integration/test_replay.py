@@ -29,6 +29,7 @@ import pytest
 
 from aosk.config import Settings
 from aosk.projectors.digest import digest_schema, schema_exists
+from aosk.projectors.memory_index import INDEX_NAMES
 from aosk.projectors.runner import ensure_journal
 from aosk.waiting import wait_for
 from aosk.workload import generate_workload, iter_chunks, produce_workload
@@ -123,6 +124,8 @@ def test_postgres_lost_rebuilds_identical_projections(quiet: Settings) -> None:
     assert after == before
     # every index and key but the upserts' was dropped for the catch-up and built at the end
     assert _index_definitions(dsn, "live_q") == definitions
+    # the memories' vector index is the configured kind
+    assert INDEX_NAMES[quiet.memory.index] in _indexes(dsn, "live_q")
     cli = run_cli(quiet, "db", "digest", "--schema", "live_q", "--format", "json")
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout) == {"schema": "live_q", "tables": before}
