@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from psycopg import sql
@@ -66,9 +66,12 @@ from aosk.projectors.intake import Intake
 from aosk.projectors.stored import UndecodableState, read_stored_offsets
 from aosk.projectors.writer import Advance, Fenced, ProjectionWriter, prepare_connection
 
-__all__ = ["ProjectorOptions", "Projector", "checkpoint_every_of"]
+__all__ = ["ProjectorOptions", "Projector", "checkpoint_every_of", "next_batch_limit"]
 
 log = logging.getLogger("aosk.projector")
+
+MIN_BATCH: Final = 50
+"""The fewest records a batch is cut down to after failed writes."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +96,14 @@ class ProjectorOptions:
     quarantine marker naming its record (``aosk journal quarantine``)."""
     fault: str | None = None
     """Fault injection for tests: ``sigstop:<before_write|in_transaction>:<after N batches>``."""
+
+
+def next_batch_limit(limit: int, written: bool, batch_max: int) -> int:
+    """Records to ask for next: halved (down to ``MIN_BATCH``) after a batch that was not
+    written, doubled (up to ``batch_max``) after one that was."""
+    if written:
+        return min(limit * 2, batch_max)
+    return max(limit // 2, min(MIN_BATCH, batch_max))
 
 
 def checkpoint_every_of(conn: psycopg.Connection[Any], schema: str) -> int:
@@ -137,6 +148,10 @@ class Projector(ResourceHolder):
         (the CAS start); stops, pauses and pending seeks."""
         self._quarantines = Quarantines.from_journal(self._bootstrap, self.topic)
         self._last_recheck = 0.0
+        self._batch_limit = self.options.batch_max
+        """Records asked of Kafka per batch: halved after a batch that could not be written
+        (one too big to commit within ``transaction_timeout_s`` on a loaded server would
+        otherwise be retried whole forever), doubled back after each written one."""
         self._live_partitions: int | None = None
         """The journal's partition count, read on every assignment (a changed count
         raises ``PartitionCountChanged`` from the fold)."""
@@ -313,7 +328,7 @@ class Projector(ResourceHolder):
         intake = self._intake
         while not self._stop.is_set():
             intake.seek_pending(self._consumer)
-            msgs = self._consumer.consume(num_messages=self.options.batch_max, timeout=self.options.poll_timeout_s)
+            msgs = self._consumer.consume(num_messages=self._batch_limit, timeout=self.options.poll_timeout_s)
             if msgs:
                 if msgs[-1].error() is None:  # appended after an outage began: it is over
                     self._quiet.reached(msgs[-1].timestamp()[1])
@@ -322,6 +337,7 @@ class Projector(ResourceHolder):
                 self._stats.decode_s += time.perf_counter() - t
                 if parts:
                     ok = self._project(parts)
+                    self._adapt_batch(ok)
                     backoff = 0.0 if ok else min(max(backoff * 2, 0.2), 5.0)
                     if backoff:
                         self._stop.wait(backoff)
@@ -335,6 +351,12 @@ class Projector(ResourceHolder):
             if now - self._last_lag >= 1.0:
                 self._last_lag = now
                 self._lag()
+
+    def _adapt_batch(self, written: bool) -> None:
+        limit = next_batch_limit(self._batch_limit, written, self.options.batch_max)
+        if limit < self._batch_limit:
+            log.warning("a batch was not written: the next ones take at most %d records", limit)
+        self._batch_limit = limit
 
     def _kafka_error(self, m: Any, err: Any) -> None:
         from confluent_kafka import KafkaError

@@ -227,3 +227,17 @@ def test_replay_shares_partitions_by_records_to_fold() -> None:
     loads = sorted(sum(left[p] for p in s) for s in shares)
     assert loads == [1000, 1100]  # by count ([0, 2, 4] / [1, 3, 5]) it would be 1500 / 600
     assert share_partitions({0: 5}, 2) == [(0,), ()]
+
+
+def test_a_batch_that_could_not_be_written_makes_the_next_ones_smaller_until_one_is() -> None:
+    from aosk.projectors.runner import MIN_BATCH, next_batch_limit
+
+    limit, seen = 5000, []
+    for _ in range(10):  # e.g. each batch outlived transaction_timeout on a loaded server
+        limit = next_batch_limit(limit, False, 5000)
+        seen.append(limit)
+    assert seen[:3] == [2500, 1250, 625] and seen[-1] == MIN_BATCH
+    for _ in range(10):
+        limit = next_batch_limit(limit, True, 5000)
+    assert limit == 5000
+    assert next_batch_limit(20, False, 20) == 20  # never above what the options allow
