@@ -64,7 +64,7 @@ from aosk.projectors.db import (
 from aosk.projectors.faults import Fault
 from aosk.projectors.intake import Intake
 from aosk.projectors.stored import UndecodableState, read_stored_offsets
-from aosk.projectors.writer import Advance, Fenced, ProjectionWriter, prepare_connection
+from aosk.projectors.writer import COMPACT_RATIO, Advance, Fenced, ProjectionWriter, prepare_connection
 
 __all__ = ["ProjectorOptions", "Projector", "checkpoint_every_of"]
 
@@ -91,6 +91,9 @@ class ProjectorOptions:
     stop_recheck_s: float = 5.0
     """How often a partition stopped at an unknown schema fingerprint looks for a
     quarantine marker naming its record (``aosk journal quarantine``)."""
+    compact_ratio: float = COMPACT_RATIO
+    """When idle after a burst, agent_state larger on disk than this multiple of its live
+    rows is compacted (``ProjectionWriter.idle``; 0: never)."""
     fault: str | None = None
     """Fault injection for tests: ``sigstop:<before_write|in_transaction>:<after N batches>``."""
 
@@ -325,6 +328,8 @@ class Projector(ResourceHolder):
                     backoff = 0.0 if ok else min(max(backoff * 2, 0.2), 5.0)
                     if backoff:
                         self._stop.wait(backoff)
+            else:
+                self._idle()
             now = time.monotonic()
             if intake.stopped and now - self._last_recheck >= self.options.stop_recheck_s:
                 self._last_recheck = now
@@ -335,6 +340,20 @@ class Projector(ResourceHolder):
             if now - self._last_lag >= 1.0:
                 self._last_lag = now
                 self._lag()
+
+    def _idle(self) -> None:
+        """Nothing to read: agent_state's upkeep (``ProjectionWriter.idle``)."""
+        assert self._writer is not None
+        if not self._writer.idle_due:
+            return
+        try:
+            with self._pool.connection() as conn:
+                done = self._writer.idle(conn, compact_ratio=self.options.compact_ratio)
+        except psycopg.Error as e:
+            log.warning("agent_state upkeep when idle failed: %s", e)
+            return
+        if done is not None:
+            log.info("idle: agent_state %s", done.describe())
 
     def _kafka_error(self, m: Any, err: Any) -> None:
         from confluent_kafka import KafkaError

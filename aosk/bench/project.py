@@ -290,9 +290,11 @@ class _Checked:
 
 
 def _timed_projection(settings: Settings, bj: BenchJournal, *, processes: int, written_first: bool,
-                      without_hnsw: bool, say: Callable[..., None]) -> _Timed:
+                      without_hnsw: bool, say: Callable[..., None],
+                      at_end: Callable[[list[subprocess.Popen[bytes]], Path], None] | None = None) -> _Timed:
     """Start ``processes`` projectors on ``bj``'s fresh schema, produce the workload and
-    time until every record is projected."""
+    time until every record is projected. ``at_end(processes, log directory)`` runs
+    then, before the projectors are stopped."""
     import psycopg
 
     from aosk.projectors.db import migrate
@@ -345,6 +347,8 @@ def _timed_projection(settings: Settings, bj: BenchJournal, *, processes: int, w
         t1 = time.perf_counter()
         pg1, kafka1 = _stack_pids(state_dir)
         cpu1 = cpu(pg0 | pg1, kafka0 | kafka1)
+        if at_end is not None:
+            at_end(procs, logdir)
         ok = True
     finally:
         if poll is not None:
