@@ -70,6 +70,9 @@ __all__ = ["ProjectorOptions", "Projector", "checkpoint_every_of"]
 
 log = logging.getLogger("aosk.projector")
 
+IDLE_RETRY_S = 30.0
+"""After a failed upkeep of agent_state when idle, how long before the next try."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class ProjectorOptions:
@@ -159,6 +162,8 @@ class Projector(ResourceHolder):
         self._last_ms: dict[int, int] = {}
         """Partition -> broker time of the last record committed (``aosk_consumer_lag_seconds``)."""
         self._last_lag = 0.0
+        self._idle_retry_at = 0.0
+        """No upkeep when idle before then (it failed: PostgreSQL may be away)."""
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -344,13 +349,15 @@ class Projector(ResourceHolder):
     def _idle(self) -> None:
         """Nothing to read: agent_state's upkeep (``ProjectionWriter.idle``)."""
         assert self._writer is not None
-        if not self._writer.idle_due:
+        now = time.monotonic()
+        if not self._writer.idle_due or now < self._idle_retry_at:
             return
         try:
             with self._pool.connection() as conn:
                 done = self._writer.idle(conn, compact_ratio=self.options.compact_ratio)
         except psycopg.Error as e:
-            log.warning("agent_state upkeep when idle failed: %s", e)
+            self._idle_retry_at = now + IDLE_RETRY_S
+            log.warning("agent_state upkeep when idle failed (tried again in %.0fs): %s", IDLE_RETRY_S, e)
             return
         if done is not None:
             log.info("idle: agent_state %s", done.describe())
