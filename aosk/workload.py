@@ -282,7 +282,10 @@ def produce_workload(
     from aosk.client._producer import DeliveringProducer, producer_config
     from aosk.events import encode
 
-    extra = {} if transactional_id is None else {"transactional.id": transactional_id}
+    # a whole journal in one transaction can take minutes on a loaded machine: the broker
+    # aborts (and fences) a transaction open longer than this (its default, 1 min)
+    extra = {} if transactional_id is None else {"transactional.id": transactional_id,
+                                                 "transaction.timeout.ms": 600_000}
     producer = DeliveringProducer(producer_config(bootstrap, client_id="aosk-workload", **extra))
     futures = []
     try:
