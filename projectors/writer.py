@@ -372,12 +372,12 @@ class ProjectionWriter:
         return dataclasses.replace(measured, disk_after=int(after), compact_s=time.perf_counter() - t)
 
     @staticmethod
-    def _row(conn: psycopg.Connection[Any], query: sql.Composable) -> tuple[float, float]:
+    def _row(conn: psycopg.Connection[Any], query: sql.Composed) -> tuple[float, float]:
         row = conn.execute(query).fetchone()
         conn.commit()
         return (float(row[0] or 0), float(row[1] or 0)) if row else (0.0, 0.0)
 
-    def _autocommit(self, conn: psycopg.Connection[Any], statement: sql.Composable) -> bool:
+    def _autocommit(self, conn: psycopg.Connection[Any], statement: sql.Composed) -> bool:
         """Run a VACUUM (not allowed in a transaction); False if it failed (logged)."""
         autocommit = conn.autocommit
         try:
