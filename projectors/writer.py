@@ -98,7 +98,7 @@ COMPACT_MIN_EXCESS: Final = 2**20
 (a small table's pages and indexes alone are several times its rows)."""
 COMPACT_MAX_BYTES: Final = 256 * 2**20
 """``idle`` compacts agent_state only below this size on disk: ``VACUUM FULL`` holds an
-exclusive lock on the table while it rewrites it (about a second per 100 MB here);
+exclusive lock on the table while it rewrites it, for a time growing with its size;
 larger tables are left to the operator (docs/operations.md)."""
 
 

@@ -270,7 +270,8 @@ def bench_growth(settings: Settings, *, sizes: Sequence[int] = (10_000, 100_000)
                 say(f"{n:,} events over {agents} agents, agent_state {storage}: projecting ...", flush=True)
                 ends: dict[str, Any] = {}
                 timed = _timed_projection(settings, bj, processes=processes, written_first=True, without_hnsw=False,
-                                          say=say, at_end=partial(_at_end, dsn, bj.schema, idle_timeout, ends))
+                                          say=say, at_end=partial(_at_end, dsn, bj.schema, idle_timeout, ends),
+                                          timeout=max(900.0, n / 100))  # 1M events: up to ~3 h on a busy machine
                 total = len(bj.workload.items)
                 for line in ends["idle"]:
                     say(f"  idle upkeep, {line}", flush=True)

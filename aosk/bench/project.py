@@ -291,10 +291,11 @@ class _Checked:
 
 def _timed_projection(settings: Settings, bj: BenchJournal, *, processes: int, written_first: bool,
                       without_hnsw: bool, say: Callable[..., None],
-                      at_end: Callable[[list[subprocess.Popen[bytes]], Path], None] | None = None) -> _Timed:
+                      at_end: Callable[[list[subprocess.Popen[bytes]], Path], None] | None = None,
+                      timeout: float = 900.0) -> _Timed:
     """Start ``processes`` projectors on ``bj``'s fresh schema, produce the workload and
-    time until every record is projected. ``at_end(processes, log directory)`` runs
-    then, before the projectors are stopped."""
+    time until every record is projected (at most ``timeout`` s). ``at_end(processes,
+    log directory)`` runs then, before the projectors are stopped."""
     import psycopg
 
     from aosk.projectors.db import migrate
@@ -339,7 +340,7 @@ def _timed_projection(settings: Settings, bj: BenchJournal, *, processes: int, w
         t0 = time.perf_counter()
         if not written_first:
             produce_workload(ep.bootstrap, topic, w.items)
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + timeout
         while _projected(poll, schema) < total:
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise AoskError(f"projection did not finish; see the logs in {logdir}")
