@@ -9,8 +9,12 @@ Then, on the result:
 - events/s (journal committed -> last record projected);
 - PostgreSQL bytes per event: every relation of the schema (heap, TOAST, indexes);
 - ``agent_state`` on disk (heap + TOAST + indexes) against its live rows (the sum of
-  ``pg_column_size`` of each row, as stored: compressed, out of line or not) and the dead
-  tuples PostgreSQL counts in it, measured right after the last commit;
+  ``pg_column_size`` of each row, as stored: compressed, out of line or not), twice:
+  right after the last commit (the table at its largest), and once each projector has
+  logged its upkeep when idle after its last commit (``ProjectionWriter.idle``: VACUUM,
+  compaction above 1.5x; ``idle_timeout`` at most), with the dead tuples PostgreSQL
+  counts in it, its parts (heap, TOAST, TOAST index, indexes), the state writes per
+  event and the VACUUMs' count and time (``total_vacuum_time``, PostgreSQL 18);
 - ``state_at`` latency (``aosk.reads.events.state_at``, nearest checkpoint + ``events``
   rows) at random accepted records, after warm-up.
 
