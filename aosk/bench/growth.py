@@ -10,7 +10,8 @@ Then, on the result:
 - PostgreSQL bytes per event: every relation of the schema (heap, TOAST, indexes);
 - ``agent_state`` on disk (heap + TOAST + indexes) against its live rows (the sum of
   ``pg_column_size`` of each row, as stored: compressed, out of line or not), twice:
-  right after the last commit (the table at its largest), and once each projector has
+  right after the last commit (a projector that ran out of records first may have done
+  its upkeep already: the upkeep lines say), and once each projector has
   logged its upkeep when idle after its last commit (``ProjectionWriter.idle``: VACUUM,
   compaction above 1.5x; ``idle_timeout`` at most), with the dead tuples PostgreSQL
   counts in it, its parts (heap, TOAST, TOAST index, indexes), the state writes per
@@ -323,9 +324,9 @@ def report_markdown(r: GrowthResult, machine: str, *, command: str, plot: str | 
         f"(HNSW maintained). `agent_state.state` compressed with {r.compression or '?'} (the server has no lz4). "
         f"Load average (1 min) before each run / once it was measured: {loads}. events/s: journal committed -> "
         "last record projected. agent_state on disk / live rows twice: as soon as the last record was projected "
-        "(the table at its largest: the writer vacuums it as it goes, docs/projections.md), and once each "
-        "projector's upkeep when idle (VACUUM, compaction above 1.5x) is done, the state the table is left in; "
-        "dead tuples and the other sizes are the latter.",
+        "(the writer vacuums it as it goes, docs/projections.md; a projector that ran out of records first may "
+        "have done its upkeep already), and once each projector's upkeep when idle (VACUUM, compaction above "
+        "1.5x) is done, the state the table is left in; dead tuples and the other sizes are the latter.",
         "",
         "| events | agents | agent_state storage | events/s | PostgreSQL bytes/event | agent_state on disk / live "
         "rows: last commit -> after idle upkeep | agent_state MB on disk / live rows / states (stored / "
