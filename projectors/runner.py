@@ -64,7 +64,7 @@ from aosk.projectors.db import (
 from aosk.projectors.faults import Fault
 from aosk.projectors.intake import Intake
 from aosk.projectors.stored import UndecodableState, read_stored_offsets
-from aosk.projectors.writer import Advance, Fenced, ProjectionWriter, prepare_connection
+from aosk.projectors.writer import COMPACT_RATIO, Advance, Fenced, ProjectionWriter, prepare_connection
 
 __all__ = ["ProjectorOptions", "Projector", "checkpoint_every_of", "next_batch_limit"]
 
@@ -72,6 +72,8 @@ log = logging.getLogger("aosk.projector")
 
 MIN_BATCH: Final = 50
 """The fewest records a batch is cut down to after failed writes."""
+IDLE_RETRY_S: Final = 30.0
+"""After a failed upkeep of agent_state when idle, how long before the next try."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +96,9 @@ class ProjectorOptions:
     stop_recheck_s: float = 5.0
     """How often a partition stopped at an unknown schema fingerprint looks for a
     quarantine marker naming its record (``aosk journal quarantine``)."""
+    compact_ratio: float = COMPACT_RATIO
+    """When idle after a burst, agent_state larger on disk than this multiple of its live
+    rows is compacted (``ProjectionWriter.idle``; 0: never)."""
     fault: str | None = None
     """Fault injection for tests: ``sigstop:<before_write|in_transaction>:<after N batches>``."""
 
@@ -171,6 +176,8 @@ class Projector(ResourceHolder):
         self._last_ms: dict[int, int] = {}
         """Partition -> broker time of the last record committed (``aosk_consumer_lag_seconds``)."""
         self._last_lag = 0.0
+        self._idle_retry_at = 0.0
+        """No upkeep when idle before then (it failed: PostgreSQL may be away)."""
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -341,6 +348,8 @@ class Projector(ResourceHolder):
                     backoff = 0.0 if ok else min(max(backoff * 2, 0.2), 5.0)
                     if backoff:
                         self._stop.wait(backoff)
+            else:
+                self._idle()
             now = time.monotonic()
             if intake.stopped and now - self._last_recheck >= self.options.stop_recheck_s:
                 self._last_recheck = now
@@ -357,6 +366,22 @@ class Projector(ResourceHolder):
         if limit < self._batch_limit:
             log.warning("a batch was not written: the next ones take at most %d records", limit)
         self._batch_limit = limit
+
+    def _idle(self) -> None:
+        """Nothing to read: agent_state's upkeep (``ProjectionWriter.idle``)."""
+        assert self._writer is not None
+        now = time.monotonic()
+        if not self._writer.idle_due or now < self._idle_retry_at:
+            return
+        try:
+            with self._pool.connection() as conn:
+                done = self._writer.idle(conn, compact_ratio=self.options.compact_ratio)
+        except psycopg.Error as e:
+            self._idle_retry_at = now + IDLE_RETRY_S
+            log.warning("agent_state upkeep when idle failed (tried again in %.0fs): %s", IDLE_RETRY_S, e)
+            return
+        if done is not None:
+            log.info("idle: agent_state %s", done.describe())
 
     def _kafka_error(self, m: Any, err: Any) -> None:
         from confluent_kafka import KafkaError

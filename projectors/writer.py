@@ -37,7 +37,9 @@ unchanged. Every refusal is logged at ERROR level.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,7 +73,8 @@ from aosk.projectors.task_rows import KEY_COLUMNS as TASK_KEY
 from aosk.projectors.task_rows import METADATA as TASK_METADATA
 from aosk.projectors.task_rows import TASK_COLUMNS, TASK_TYPES, TaskChanges
 
-__all__ = ["Fenced", "Advance", "Refusal", "ProjectionWriter", "prepare_connection", "notify_channel"]
+__all__ = ["Fenced", "Advance", "Refusal", "IdleMaintenance", "ProjectionWriter", "prepare_connection",
+           "notify_channel"]
 
 log = logging.getLogger("aosk.projector")
 
@@ -87,6 +90,41 @@ VACUUM_SHARE: Final = 0.1
 (as ``pg_class.reltuples`` last said) since its last vacuum, and at least
 ``VACUUM_MIN_ROWS``."""
 VACUUM_MIN_ROWS: Final = 50
+COMPACT_RATIO: Final = 1.5
+"""``idle``: agent_state (heap, TOAST and indexes) larger than this multiple of its live
+rows is compacted (``VACUUM FULL``)."""
+COMPACT_MIN_EXCESS: Final = 2**20
+"""``idle`` leaves alone a table less than this many bytes larger than its live rows
+(a small table's pages and indexes alone are several times its rows)."""
+COMPACT_MAX_BYTES: Final = 256 * 2**20
+"""``idle`` compacts agent_state only below this size on disk: ``VACUUM FULL`` holds an
+exclusive lock on the table while it rewrites it, for a time growing with its size;
+larger tables are left to the operator (docs/operations.md)."""
+
+
+@dataclass(frozen=True)
+class IdleMaintenance:
+    """What ``ProjectionWriter.idle`` did to agent_state."""
+
+    rewritten: int
+    """Rows this writer rewrote since its previous VACUUM of the table."""
+    vacuum_s: float
+    disk_before: int = 0
+    """Compaction: the table on disk (heap, TOAST, indexes) and its live rows before,
+    the table on disk after (0 when it was not compacted)."""
+    live: int = 0
+    disk_after: int = 0
+    compact_s: float = 0.0
+
+    def describe(self) -> str:
+        parts = [f"VACUUM after {self.rewritten} rewritten rows ({self.vacuum_s:.2f}s)" if self.rewritten
+                 else "no VACUUM due"]
+        if self.live:
+            mb = 1e6
+            parts.append(f"{self.disk_before / mb:.1f} MB on disk for {self.live / mb:.1f} MB of live rows"
+                         + (f", compacted to {self.disk_after / mb:.1f} MB ({self.compact_s:.2f}s)"
+                            if self.disk_after else ", not compacted"))
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -222,10 +260,15 @@ class ProjectionWriter:
         self.last_rows: dict[str, int] = {}
         """Rows the last committed ``write`` wrote, by table (``aosk_projector_rows_total``)."""
         self._vacuum = sql.SQL("vacuum (skip_locked) {}").format(q("agent_state"))
-        self._reltuples = sql.SQL("select reltuples from pg_class where oid = {}::regclass").format(
-            sql.Literal(f"{schema}.agent_state"))
+        self._vacuum_full = sql.SQL("vacuum (full, skip_locked) {}").format(q("agent_state"))
+        self._disk = sql.SQL("select pg_total_relation_size(oid), reltuples from pg_class where oid = {}::regclass"
+                             ).format(sql.Literal(f"{schema}.agent_state"))
+        self._live = sql.SQL("select coalesce(sum(pg_column_size(a.*)), 0), count(*) from {} a").format(
+            q("agent_state"))
         self._rewritten = 0
+        self._since_compact = 0
         self._vacuum_after = VACUUM_MIN_ROWS
+        self._reltuples_seen = 0.0
         self.vacuums = 0
         """How often this writer vacuumed agent_state."""
 
@@ -258,34 +301,120 @@ class ProjectionWriter:
             if batch.outcomes:
                 self._write_range(conn, batch.outcomes, refused)
             conn.execute(self._notify)
-        self._rewritten += self.last_rows.get("agent_state", 0)
+        rewritten = self.last_rows.get("agent_state", 0)
+        self._rewritten += rewritten
+        self._since_compact += rewritten
         if self._rewritten >= self._vacuum_after:
             self._vacuum_agent_state(conn)
         return refused
 
-    def _vacuum_agent_state(self, conn: psycopg.Connection[Any]) -> None:
-        """VACUUM agent_state (the module doc says why) and set when to do it next. Not
-        inside a caller's transaction (left to autovacuum then); a VACUUM that fails is
-        logged and the projection goes on."""
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            return
-        autocommit = conn.autocommit
+    @property
+    def idle_due(self) -> bool:
+        """Whether ``idle`` has something to do."""
+        return self._rewritten >= VACUUM_MIN_ROWS or self._after_burst()
+
+    def _after_burst(self) -> bool:
+        """This writer rewrote as many agent_state rows as the table holds (at least
+        ``VACUUM_MIN_ROWS``) since ``idle`` last measured the table."""
+        return self._since_compact >= max(VACUUM_MIN_ROWS, self._reltuples_seen)
+
+    def idle(self, conn: psycopg.Connection[Any], *, compact_ratio: float = COMPACT_RATIO) -> IdleMaintenance | None:
+        """The projector has read everything there is.
+
+        - VACUUM agent_state if this writer rewrote at least ``VACUUM_MIN_ROWS`` rows
+          since it last did, so what its last batches left dead does not wait for the
+          next burst or autovacuum;
+        - after a burst (``_after_burst``: a catch-up, a rebuild's tail), measure the
+          table, and compact it with ``VACUUM (FULL, SKIP_LOCKED)`` if it is larger on
+          disk than ``compact_ratio`` times its live rows (0: never), by
+          ``COMPACT_MIN_EXCESS`` at least, and smaller than ``COMPACT_MAX_BYTES``. VACUUM
+          makes dead versions' room reusable but gives none back: the table keeps the
+          size of its busiest moment, when the new states of each batch in flight needed
+          room next to the old ones still visible (a batch that rewrites a share of the
+          table needs that share more), which plain VACUUM cannot undo.
+
+        Returns what was done, None when nothing was due."""
+        if not self.idle_due:
+            return None
+        rewritten, vacuum_s = self._rewritten, 0.0
+        if rewritten >= VACUUM_MIN_ROWS:
+            t = time.perf_counter()
+            if not self._vacuum_agent_state(conn):
+                return None
+            vacuum_s = time.perf_counter() - t
+        else:
+            rewritten = 0
+        done = IdleMaintenance(rewritten, vacuum_s)
+        if not self._after_burst():
+            return done
+        self._since_compact = 0
         try:
-            conn.autocommit = True
-            conn.execute(self._vacuum)
-            row = conn.execute(self._reltuples).fetchone()
+            disk, reltuples = self._row(conn, self._disk)
+            self._reltuples_seen = max(self._reltuples_seen, float(reltuples))
+            if compact_ratio <= 0 or disk > COMPACT_MAX_BYTES:
+                return done
+            live, rows = self._row(conn, self._live)  # reads the TOAST table: once per burst
+            self._reltuples_seen = float(rows)
+            measured = dataclasses.replace(done, disk_before=int(disk), live=int(live))
+            if not live or disk <= compact_ratio * live or disk - live < COMPACT_MIN_EXCESS:
+                return measured
+            t = time.perf_counter()
+            if not self._autocommit(conn, self._vacuum_full):
+                return measured
+            after, _ = self._row(conn, self._disk)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as e:
-            log.warning("VACUUM of %s.agent_state failed (autovacuum will do it): %s", self.schema, e)
-            row = None
+            log.warning("measuring or compacting %s.agent_state failed: %s", self.schema, e)
+            if not conn.closed:
+                conn.rollback()
+            return done
+        return dataclasses.replace(measured, disk_after=int(after), compact_s=time.perf_counter() - t)
+
+    @staticmethod
+    def _row(conn: psycopg.Connection[Any], query: sql.Composed) -> tuple[float, float]:
+        row = conn.execute(query).fetchone()
+        conn.commit()
+        return (float(row[0] or 0), float(row[1] or 0)) if row else (0.0, 0.0)
+
+    def _autocommit(self, conn: psycopg.Connection[Any], statement: sql.Composed) -> bool:
+        """Run a VACUUM (not allowed in a transaction); False if it failed (logged)."""
+        autocommit = conn.autocommit
+        try:
+            conn.autocommit = True
+            conn.execute(statement)
+            return True
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as e:
+            log.warning("%s on %s failed (autovacuum will do it): %s", statement.as_string(conn), self.schema, e)
+            return False
         finally:
             if not conn.closed:
                 conn.autocommit = autocommit
+
+    def _vacuum_agent_state(self, conn: psycopg.Connection[Any]) -> bool:
+        """VACUUM agent_state (the module doc says why) and set when to do it next. Not
+        inside a caller's transaction (left to autovacuum then); a VACUUM that fails is
+        logged and the projection goes on. True if it ran."""
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            return False
+        ok = self._autocommit(conn, self._vacuum)
         self._rewritten = 0
-        if row is not None:
-            self.vacuums += 1
-            self._vacuum_after = max(VACUUM_MIN_ROWS, int(VACUUM_SHARE * max(0.0, float(row[0]))))
+        if not ok:
+            return False
+        self.vacuums += 1
+        try:
+            self._reltuples_seen = max(0.0, self._row(conn, self._disk)[1])
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as e:
+            log.warning("reading agent_state's row count failed: %s", e)
+            if not conn.closed:
+                conn.rollback()
+            return True
+        self._vacuum_after = max(VACUUM_MIN_ROWS, int(VACUUM_SHARE * self._reltuples_seen))
+        return True
 
     def _fenced(self, cur: psycopg.Cursor[Any], a: Advance) -> Fenced:
         """What the table says instead of ``a.start``: ahead (another owner advanced it)

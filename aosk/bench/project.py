@@ -313,9 +313,12 @@ class _Checked:
 
 
 def _timed_projection(settings: Settings, bj: BenchJournal, *, processes: int, written_first: bool,
-                      without_hnsw: bool, say: Callable[..., None]) -> _Timed:
+                      without_hnsw: bool, say: Callable[..., None],
+                      at_end: Callable[[list[subprocess.Popen[bytes]], Path], None] | None = None,
+                      timeout: float = 900.0) -> _Timed:
     """Start ``processes`` projectors on ``bj``'s fresh schema, produce the workload and
-    time until every record is projected."""
+    time until every record is projected (at most ``timeout`` s). ``at_end(processes,
+    log directory)`` runs then, before the projectors are stopped."""
     import psycopg
 
     from aosk.projectors.db import migrate
@@ -362,7 +365,7 @@ def _timed_projection(settings: Settings, bj: BenchJournal, *, processes: int, w
         t0 = time.perf_counter()
         if not written_first:
             produce_workload(ep.bootstrap, topic, w.items)
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + timeout
         while _projected(poll, schema) < total:
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise AoskError(f"projection did not finish; see the logs in {logdir}")
@@ -370,6 +373,8 @@ def _timed_projection(settings: Settings, bj: BenchJournal, *, processes: int, w
         t1 = time.perf_counter()
         pg1, kafka1 = _stack_pids(state_dir)
         cpu1 = cpu(pg0 | pg1, kafka0 | kafka1)
+        if at_end is not None:
+            at_end(procs, logdir)
         ok = True
     finally:
         if poll is not None:

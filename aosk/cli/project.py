@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "(default %(default)s)")
     p.add_argument("--max-cached-agents", type=int, default=field_default(ProjectorOptions, "max_cached_agents"),
                    metavar="N", help="agent states kept in memory between batches (default %(default)s)")
+    p.add_argument("--compact-ratio", type=float, default=field_default(ProjectorOptions, "compact_ratio"),
+                   metavar="X", help="when idle after a burst, compact agent_state (VACUUM FULL: a short exclusive "
+                   "lock) if it is larger on disk than X times its live rows; 0: never (default %(default)s)")
     add_metrics_port(p)
     # A long-running daemon: its start, partition assignments and stops are worth seeing.
     add_log_level(p, default="info")
@@ -52,6 +55,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         poll_timeout_s=args.poll_ms / 1000,
         transaction_timeout_s=args.transaction_timeout,
         max_cached_agents=args.max_cached_agents,
+        compact_ratio=args.compact_ratio,
         fault=os.environ.get("AOSK_PROJECTOR_FAULT") or None,
     )
     with Projector(settings, options) as projector:

@@ -119,3 +119,47 @@ def test_migration_0008_on_a_projected_database(settings: Any, tmp_path: Any) ->
         # the projector's backend flushes its statistics when it exits
         wait_for(hot_updates_and_vacuums, timeout=15,
                  what="HOT updates of agent_state and the writer's VACUUMs counted after migration 0008")
+
+
+def test_idle_projector_vacuums_and_compacts_a_bloated_agent_state(settings: Any, tmp_path: Any) -> None:
+    """A projector that has read everything VACUUMs agent_state and, after a burst,
+    compacts it when it is much larger than its live rows; the rows read back and
+    verify as before."""
+    dsn, bootstrap, topic = settings.storage.postgresql.dsn, settings.kafka.bootstrap_servers, \
+        settings.kafka.journal_topic
+    ensure_topics(bootstrap, settings.kafka)
+    items = generate_workload(agents=12, events=1200, seed=9, embeddings=False).items
+    produce_workload(bootstrap, topic, items[:600])
+    _project(settings, tmp_path / "first", "p1")
+    with psycopg.connect(dsn) as conn:
+        # dead versions of every state, in one transaction so no VACUUM reclaims them in
+        # between: the file grows, as under batches that each rewrite most of the table
+        for _ in range(60):
+            conn.execute(sql.SQL("update {} set state = substring(state from 1)").format(
+                qualified(SCHEMA, "agent_state")))
+        conn.commit()
+        bloated = agent_state_bytes(conn, SCHEMA)
+        before = digest_schema(conn, SCHEMA)
+    assert bloated["disk"] > 3 * bloated["live"] and bloated["disk"] - bloated["live"] > 2**20, bloated
+
+    produce_workload(bootstrap, topic, items[600:])
+    tmp = tmp_path / "second"
+    tmp.mkdir()
+    procs = Projectors(settings, tmp, schema=SCHEMA, args=("--poll-ms", "50", "--batch-max", "25"))
+    try:
+        procs.start("p2")
+        wait_caught_up(dsn, SCHEMA, end_offsets(bootstrap, topic), timeout=120, procs=procs)
+        wait_for(lambda: "compacted to" in procs.log("p2"), timeout=30,
+                 what="the idle projector's compaction of agent_state logged")
+        assert procs.stop_all() == {"p2": 0}, procs.tails()
+    finally:
+        procs.close()
+    line = next(x for x in procs.log("p2").splitlines() if "compacted to" in x)
+    assert "idle: agent_state" in line, line
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        after = agent_state_bytes(conn, SCHEMA)
+        assert after["rows"] >= bloated["rows"] and after["disk"] < bloated["disk"] / 3, (bloated, after)
+        assert verify(conn, SCHEMA).ok
+        stored = read_partitions(conn, SCHEMA, list(range(settings.kafka.journal_partitions)))
+        assert sum(len(p.entries) for p in stored.values()) == after["rows"]
+        assert digest_schema(conn, SCHEMA) != before  # the second half was projected on top

@@ -124,8 +124,9 @@ def test_bench_growth_small(settings: Settings, tmp_path) -> None:
     from aosk.bench.plot import have_matplotlib
 
     # one process and two sizes (the --compare-untuned settings are exercised by test_agent_state_storage)
+    # idle_timeout=0: the sizes after the projectors' upkeep when idle are measured at once
     r = bench_growth(settings, sizes=(300, 600), events_per_agent=100, processes=1, state_at_samples=5,
-                     progress=False)
+                     idle_timeout=0, progress=False)
     assert [(p.events >= n, p.agents, p.storage) for p, n in zip(r.points, (300, 600), strict=True)] == [
         (True, 3, "tuned"), (True, 6, "tuned")]
     for p in r.points:
