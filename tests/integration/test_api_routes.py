@@ -28,10 +28,11 @@ def stack(settings, tmp_path_factory) -> Iterator[tuple[ApiProcess, Any]]:
     logs = tmp_path_factory.mktemp("routes")
     projectors = Projectors(settings, logs, schema="aosk")
     try:
-        with Workers(settings, logs) as workers, api_process(settings, logs) as api:
-            workers.start("w1")
+        with Workers(settings, logs) as workers:
+            workers.start("w1")  # the worker and projector start while the API does
             projectors.start("p1")
-            yield api, settings
+            with api_process(settings, logs) as api:
+                yield api, settings
     finally:
         projectors.stop_all()
         projectors.close()

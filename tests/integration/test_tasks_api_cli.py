@@ -37,10 +37,11 @@ def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     logs = tmp_path_factory.mktemp("tasks-api")
     projectors = Projectors(settings, logs, schema="aosk", args=("--poll-ms", "20"))
     try:
-        with Workers(settings, logs) as workers, api_process(settings, logs) as api:
-            workers.start("w1")
+        with Workers(settings, logs) as workers:
+            workers.start("w1")  # the worker and projector start while the API does
             projectors.start("p1")
-            yield api, settings
+            with api_process(settings, logs) as api:
+                yield api, settings
     finally:
         projectors.close()
 
