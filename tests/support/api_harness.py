@@ -86,7 +86,7 @@ def api_process(settings: Any, log_dir: Path, *, name: str = "api", args: tuple[
             return False
 
     try:
-        wait_for(up, timeout=60, what=f"aosk api {name} to answer /health")
+        wait_for(up, timeout=120, what=f"aosk api {name} to answer /health")  # ~40 s at load 20 on 2 cores
         yield api
     finally:
         stop_process(proc, grace=20)
