@@ -58,10 +58,12 @@ lint: $(VENV)/.installed
 TEST_TOOLS := wrk:wrk promtool:prometheus prometheus:prometheus nginx:nginx envsubst:gettext-base \
 	redis-server:redis-server stress-ng:stress-ng
 
+# --durations=30: every log ends with the slowest 30 setups, calls and teardowns, to keep
+# the default suite within its budget (about 20 minutes on a 2-core machine).
 test: $(VENV)/.installed
 	$(call install_missing,$(TEST_TOOLS))
 	AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev up
-	status=0; AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
+	status=0; AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/python -m pytest --durations=30 $(PYTEST_ARGS) || status=$$?; \
 	AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev down; exit $$status
 
 # Full-size fault and load tests (too slow for `make test`): ~17 min on a 2-core machine,
@@ -70,7 +72,7 @@ test: $(VENV)/.installed
 chaos: $(VENV)/.installed
 	command -v stress-ng >/dev/null || (apt-get update -q && apt-get install -y -q stress-ng)
 	AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev up
-	status=0; AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/python -m pytest -m chaos $(PYTEST_ARGS) || status=$$?; \
+	status=0; AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/python -m pytest -m chaos --durations=30 $(PYTEST_ARGS) || status=$$?; \
 	AOSK_STATE_DIR=$(TEST_STATE_DIR) $(BIN)/aosk dev down; exit $$status
 
 stack-down:

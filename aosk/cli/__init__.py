@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from typing import Final, NoReturn
 
 from aosk.errors import AoskError, ConfigError, TopicMismatch, Unavailable
-from aosk.streams.worker import EXIT_DELIVERY_FAILED, EXIT_STOP_TIMEOUT
 
-# Modules under aosk.cli that each define register(subparsers).
+# Modules under aosk.cli that each define register(subparsers); each registers the
+# command of its own name.
 COMMAND_MODULES = (
     "dev", "topics", "events", "worker", "project", "db", "audit", "memory", "state", "fork", "replay",
     "kernel", "journal", "health", "keys", "api", "task", "runtime", "node", "cluster", "bench", "demo", "backup",
@@ -34,7 +34,12 @@ EXIT_CODES: Final[tuple[tuple[type[AoskError], int], ...]] = (
     (AoskError, EXIT_PROBLEM),
 )
 
-EXIT_CODES_HELP: Final = f"""\
+def exit_codes_help() -> str:
+    """The exit-code table of ``aosk --help``. It names the worker's own codes, whose module
+    (the whole stream worker) is imported only for the full help, not for every command."""
+    from aosk.streams.worker import EXIT_DELIVERY_FAILED, EXIT_STOP_TIMEOUT
+
+    return f"""\
 exit codes:
   0    success
   {EXIT_PROBLEM}    the command ran and found a problem (e.g. a broken audit chain), or
@@ -63,21 +68,43 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())}; see `{self.prog} --help`\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of ``command`` alone: each command module imports
+    what its command runs (FastAPI, the stream worker, the benchmarks ...), and a process
+    that runs one command (every child of ``aosk node`` is one) need not import the rest."""
     import importlib
 
+    names = COMMAND_MODULES if command is None else (command,)
     parser = _Parser(prog="aosk", description="AOSK, the Agent OS Kernel",
-                                     epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+                     epilog=exit_codes_help() if command is None else None,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="PATH", help="config.yaml (default: $AOSK_CONFIG)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    for name in names:
         importlib.import_module(f"aosk.cli.{name}").register(sub)
     return parser
 
 
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names, when it is one of COMMAND_MODULES and comes after only
+    ``--config PATH`` (or ``--config=PATH``); None otherwise (no command, ``--help``, a
+    typo), for which the full parser gives the full help or its error."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config":
+            i += 2
+        elif arg.startswith("--config="):
+            i += 1
+        else:
+            return arg if arg in COMMAND_MODULES else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_of(words))
+    args = parser.parse_args(words)
     try:
         from aosk.config import load_settings
 

@@ -38,7 +38,6 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from aosk._logging import LOG_FORMAT, configure_logging
-from aosk.projectors.db import DEFAULT_SCHEMA
 
 HIDDEN_ALIASES: Final[Mapping[str, str]] = MappingProxyType({
     "--loglevel": "--log-level",
@@ -117,6 +116,8 @@ def add_log_level(parser: argparse.ArgumentParser, *, default: str) -> None:
 
 
 def add_schema(parser: argparse.ArgumentParser, *, help: str = "projection schema") -> None:
+    from aosk.projectors.db import DEFAULT_SCHEMA  # psycopg: only for the commands that take --schema
+
     _add(parser, "--schema", default=DEFAULT_SCHEMA, metavar="NAME", help=f"{help} (default %(default)s)")
 
 

@@ -35,8 +35,14 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     if metrics_port is None:
         _serve(settings, args)
         return 0
+    import aosk.metrics  # noqa: F401 - see below
     from aosk.api.metrics import multiprocess_dir, serve_multiprocess
 
+    # aosk.metrics builds the worker's, projector's and runtime's metrics when first
+    # imported. Built after multiprocess mode is on, their values would go to its directory
+    # and show on the API's /metrics; built now, they stay in this process's memory, unserved
+    # (aosk api imports only this command's module, not every command's, so nothing else has
+    # imported it yet).
     os.environ["AOSK_API_METRICS_PORT"] = str(metrics_port)
     with multiprocess_dir() as path:
         host = args.host or settings.api.host

@@ -1,6 +1,7 @@
 """``aosk api`` under uvicorn on a real port, with keys made by ``aosk keys`` in the real
-PostgreSQL: liveness, readiness, the key check (missing, malformed, unknown, revoked,
-too narrow a scope) as problem documents, and tenant scoping of ``/api/v1/status``."""
+PostgreSQL (the key tests; the others take theirs from the key store): liveness,
+readiness, the key check (missing, malformed, unknown, revoked, too narrow a scope) as
+problem documents, and tenant scoping of ``/api/v1/status``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from aosk.projectors.db import migrate
 from aosk.topics import ensure_topics
 from aosk.waiting import wait_for
-from api_harness import api_process, make_key
+from api_harness import api_process, make_key, store_key
 from projector_harness import Projectors, run_cli
 
 pytestmark = pytest.mark.integration
@@ -100,9 +101,9 @@ def test_the_openapi_schema_declares_the_key(api) -> None:
 
 def test_create_an_agent_then_read_it_back_only_from_its_tenant(api, tmp_path) -> None:
     base, settings = api
-    _, write = make_key(settings, "acme", "write")
-    _, read = make_key(settings, "acme", "read")
-    _, other = make_key(settings, "globex", "admin")
+    _, write = store_key(settings, "acme", "write")
+    _, read = store_key(settings, "acme", "read")
+    _, other = store_key(settings, "globex", "admin")
     body = {"name": "researcher", "priority": 70, "capabilities": ["search"],
             "budgets": {"max_tokens": 5000, "max_tool_calls": 10, "max_steps": 100, "context_window_tokens": 2000}}
     assert httpx.post(base + "/api/v1/agents", json=body, headers={"X-API-Key": read}).status_code == 403
@@ -145,8 +146,8 @@ def test_append_events_with_the_kernels_verdict(api, tmp_path) -> None:
     from worker_harness import Workers, read_topic
 
     base, settings = api
-    _, write = make_key(settings, "acme", "write")
-    _, other = make_key(settings, "globex", "write")
+    _, write = store_key(settings, "acme", "write")
+    _, other = store_key(settings, "globex", "write")
     h = {"X-API-Key": write}
     made = httpx.post(base + "/api/v1/agents", json={"name": "doer"}, headers=h, timeout=30).json()
     agent_id = made["agent_id"]
@@ -190,8 +191,8 @@ def test_append_events_with_the_kernels_verdict(api, tmp_path) -> None:
 
 def test_list_pages_through_the_tenants_agents_and_delete_kills(api) -> None:
     base, settings = api
-    _, write = make_key(settings, "pager", "write")
-    _, other = make_key(settings, "pager2", "write")
+    _, write = store_key(settings, "pager", "write")
+    _, other = store_key(settings, "pager2", "write")
     h = {"X-API-Key": write}
     made = sorted(httpx.post(base + "/api/v1/agents", json={"name": f"a{i}"}, headers=h, timeout=30).json()["agent_id"]
                   for i in range(3))
@@ -209,7 +210,7 @@ def test_list_pages_through_the_tenants_agents_and_delete_kills(api) -> None:
 
 def test_ids_that_cannot_exist_are_client_errors_not_server_errors(api) -> None:
     base, settings = api
-    _, write = make_key(settings, "acme", "write")
+    _, write = store_key(settings, "acme", "write")
     h = {"X-API-Key": write}
     for path in ("/api/v1/agents/%00", "/api/v1/agents/" + "x" * 300, "/api/v1/agents?cursor=%00",
                  "/api/v1/agents?status=%00"):

@@ -19,7 +19,7 @@ import pytest
 from aosk.projectors.db import migrate
 from aosk.topics import ensure_topics
 from aosk.waiting import wait_for
-from api_harness import ApiProcess, api_process, make_key
+from api_harness import ApiProcess, api_process, store_key
 from projector_harness import Projectors, run_cli
 from worker_harness import Workers, read_topic
 
@@ -47,7 +47,7 @@ def stack(settings, tmp_path_factory) -> Iterator[tuple[ApiProcess, Any]]:
 
 
 def _fuzz(api: ApiProcess, settings: Any, cwd: Path, *, examples: int, seed: str) -> None:
-    _, key = make_key(settings, "fuzz", "admin")
+    _, key = store_key(settings, "fuzz", "admin")
     cli = Path(sys.executable).parent / "schemathesis"
     out = subprocess.run(
         [str(cli), "run", api.base + "/openapi.json", "-H", f"X-API-Key: {key}", "--checks", "all",
@@ -141,9 +141,9 @@ def _shape(r: httpx.Response, agent_id: str) -> tuple[int, str, str]:
 
 def test_no_route_tells_one_tenants_agents_from_missing_ones(stack) -> None:
     api, settings = stack
-    _, mine = make_key(settings, "iso-a", "admin")
-    _, theirs = make_key(settings, "iso-b", "admin")
-    revoked_id, revoked = make_key(settings, "iso-a", "admin")
+    _, mine = store_key(settings, "iso-a", "admin")
+    _, theirs = store_key(settings, "iso-b", "admin")
+    revoked_id, revoked = store_key(settings, "iso-a", "admin")
     assert run_cli(settings, "keys", "revoke", revoked_id).returncode == 0
     agent = _agent(api, mine, "private")
     bootstrap, topic = settings.kafka.bootstrap_servers, settings.kafka.journal_topic

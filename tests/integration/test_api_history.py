@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from aosk.projectors.db import migrate
 from aosk.topics import ensure_topics
 from aosk.waiting import wait_for
-from api_harness import ApiProcess, api_process, make_key
+from api_harness import ApiProcess, api_process, enter_all, store_key
 from projector_harness import Projectors, run_cli
 from worker_harness import Workers
 
@@ -35,7 +36,9 @@ def stack(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
         with Workers(settings, logs) as workers:
             workers.start("w1")
             projectors.start("p1")
-            with api_process(settings, logs, name="api1") as one, api_process(settings, logs, name="api2") as two:
+            with ExitStack() as es:
+                one, two = enter_all(es, [api_process(settings, logs, name="api1"),
+                                          api_process(settings, logs, name="api2")])
                 yield one, two, settings
     finally:
         projectors.stop_all()
@@ -99,9 +102,9 @@ def _read_stream(api: ApiProcess, key: str, agent_id: str, *, last_id: int | Non
 
 def test_history_state_and_a_stream_resumed_on_another_api_process(stack, tmp_path: Path) -> None:
     one, two, settings = stack
-    _, write = make_key(settings, "acme", "write")
-    _, read = make_key(settings, "acme", "read")
-    _, other = make_key(settings, "globex", "read")
+    _, write = store_key(settings, "acme", "write")
+    _, read = store_key(settings, "acme", "read")
+    _, other = store_key(settings, "globex", "read")
     made = one.client(write).post("/api/v1/agents", json={"name": "historian"}).json()
     agent_id = made["agent_id"]
     with one.client(write) as c:

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aosk.topics import ensure_topics
 from aosk.waiting import wait_for
-from api_harness import api_process, free_port, make_key
+from api_harness import api_process, free_port, store_key
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 def test_requests_of_both_workers_are_counted_by_route_template_and_status(settings, tmp_path) -> None:
     ensure_topics(settings.kafka.bootstrap_servers, settings.kafka)
-    _, key = make_key(settings, "acme", "write")
+    _, key = store_key(settings, "acme", "write")
     port = free_port()
     with api_process(settings, tmp_path, args=("--workers", "2", "--metrics-port", str(port))) as api:
         metrics_url = f"http://127.0.0.1:{port}/metrics"

@@ -6,6 +6,7 @@ process limits with its own buckets, the fallback is logged and counted
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aosk.api.keys import KeyStore
 from aosk.config import Settings
 from aosk.waiting import wait_for
-from api_harness import ApiProcess, api_process, free_port
+from api_harness import ApiProcess, api_process, enter_all, free_port
 from redis_harness import redis_server
 
 pytestmark = pytest.mark.integration
@@ -57,8 +58,10 @@ def test_two_api_processes_share_a_key_limit_through_redis(settings: Settings, t
                # one token per 100 s: nothing refills while the test runs
                "AOSK_API_RATE_LIMIT_PER_S": "0.01", "AOSK_API_RATE_LIMIT_BURST": str(BURST)}
         metrics_port = free_port()
-        with api_process(settings, tmp_path, name="api-a", env=env, args=("--metrics-port", str(metrics_port))) as a, \
-                api_process(settings, tmp_path, name="api-b", env=env) as b:
+        with ExitStack() as es:
+            a, b = enter_all(es, [api_process(settings, tmp_path, name="api-a", env=env,
+                                              args=("--metrics-port", str(metrics_port))),
+                                  api_process(settings, tmp_path, name="api-b", env=env)])
             key, key2, key3 = (_new_key(settings) for _ in range(3))
             # 1. One bucket for both processes: the burst, then 429 from either.
             codes = _statuses([a, b], key, 3 * BURST)

@@ -13,7 +13,7 @@ import pytest
 
 from aosk.topics import ensure_topics
 from aosk.waiting import wait_for
-from api_harness import ApiProcess, api_process, make_key
+from api_harness import ApiProcess, api_process, store_key
 from projector_harness import Projectors
 from worker_harness import Workers
 
@@ -28,10 +28,11 @@ def stack(settings, tmp_path_factory) -> Iterator[tuple[ApiProcess, Any]]:
     logs = tmp_path_factory.mktemp("routes")
     projectors = Projectors(settings, logs, schema="aosk")
     try:
-        with Workers(settings, logs) as workers, api_process(settings, logs) as api:
-            workers.start("w1")
+        with Workers(settings, logs) as workers:
+            workers.start("w1")  # the worker and projector start while the API does
             projectors.start("p1")
-            yield api, settings
+            with api_process(settings, logs) as api:
+                yield api, settings
     finally:
         projectors.stop_all()
         projectors.close()
@@ -41,9 +42,9 @@ def stack(settings, tmp_path_factory) -> Iterator[tuple[ApiProcess, Any]]:
 def agent(stack) -> dict[str, Any]:
     """An agent of tenant acme with a 10-token window, projected, then started."""
     api, settings = stack
-    _, write = make_key(settings, "acme", "write")
-    _, read = make_key(settings, "acme", "read")
-    _, other = make_key(settings, "globex", "write")
+    _, write = store_key(settings, "acme", "write")
+    _, read = store_key(settings, "acme", "read")
+    _, other = store_key(settings, "globex", "write")
     with api.client(write) as c:
         made = c.post("/api/v1/agents", json={"name": "ctx", "budgets": {"context_window_tokens": 10}}).json()
     wait_for(lambda: _get(api, read, f"/api/v1/agents/{made['agent_id']}").get("projected"), timeout=30,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 
 from aosk.api.idempotency import request_hash
 from aosk.topics import ensure_topics
-from api_harness import ApiProcess, api_process
+from api_harness import ApiProcess, api_process, enter_all
 from projector_harness import Projectors
 from worker_harness import Workers, read_journal
 
@@ -59,28 +58,9 @@ def stack(settings, tmp_path_factory) -> Iterator[Stack]:
                      "AOSK_API_CONSISTENCY_WAIT_S": "0.3"}
         starting = [api_process(settings, logs, name="api1"), api_process(settings, logs, name="api2"),
                     api_process(settings, logs, name="tight", env=tight_env)]
-        api1, api2, tight = _enter_all(es, starting)
+        api1, api2, tight = enter_all(es, starting)
         write, other = _keys(settings, ("acme", "write"), ("acme", "read"))
         yield Stack(settings, api1, api2, tight, write, other)
-
-
-def _enter_all(es: ExitStack, managers: list[Any]) -> list[Any]:
-    """Enter ``managers`` at once (each waits for its process to answer), exits pushed on ``es``."""
-    def enter(cm: Any) -> Any:
-        try:
-            return cm.__enter__(), None
-        except BaseException as e:  # noqa: BLE001 - re-raised below, after the others are registered
-            return None, e
-
-    with ThreadPoolExecutor(len(managers)) as pool:
-        entered = list(pool.map(enter, managers))
-    for cm, (_, error) in zip(managers, entered, strict=True):
-        if error is None:
-            es.push(cm.__exit__)
-    for _, error in entered:
-        if error is not None:
-            raise error
-    return [value for value, _ in entered]
 
 
 def _post(api: ApiProcess, path: str, body: Any, key: str, idem: str | None = None) -> httpx.Response:

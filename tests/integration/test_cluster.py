@@ -32,7 +32,7 @@ from aosk.cluster import JOBS, ClusterPaths, group_members
 from aosk.devstack._process import pid_alive
 from aosk.waiting import wait_for
 from api_harness import stop_process
-from tests.support.api_harness import free_port, make_key
+from tests.support.api_harness import free_port, store_key
 from tests.support.ops_tools import tool
 from tests.support.projector_harness import projector_env
 
@@ -126,7 +126,7 @@ def test_up_prints_the_url_and_records_every_node(cluster: Cluster) -> None:
 def test_requests_through_nginx_reach_the_nodes(cluster: Cluster, settings) -> None:
     wait_for(lambda: httpx.get(f"{cluster.url}/health", timeout=5).text == "healthy\n", timeout=10,
              what="nginx's own /health")
-    _, key = make_key(settings, "acme", "write")
+    _, key = store_key(settings, "acme", "write")
     headers = {"X-API-Key": key, "X-Forwarded-For": FORWARDED_FOR}
     made = httpx.post(f"{cluster.url}/api/v1/agents", json={"name": "through-nginx"},
                       headers={**headers, "Idempotency-Key": "cluster-create-1"}, timeout=30)
@@ -236,7 +236,7 @@ def test_a_real_prometheus_scrapes_every_node(cluster: Cluster, tmp_path: Path) 
 
 
 def test_a_node_killed_whole_is_retried_around_and_comes_back(cluster: Cluster, settings) -> None:
-    _, key = make_key(settings, "acme", "write")
+    _, key = store_key(settings, "acme", "write")
     record = cluster.record()
     victim = record["nodes"][1]
     killed = cluster.cli("kill", "node-2")

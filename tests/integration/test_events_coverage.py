@@ -26,7 +26,7 @@ from aosk.reads.coverage import events_gap
 from aosk.reads.events import events_after, history, state_at
 from aosk.topics import ensure_topics
 from aosk.workload import generate_workload, produce_workload
-from api_harness import api_process, make_key
+from api_harness import api_process, store_key
 from projection_oracle import end_offsets, read_journal
 from projector_harness import Projectors, run_cli, wait_caught_up
 
@@ -164,7 +164,7 @@ def test_reads_refuse_until_replay_then_equal_a_plain_fold(upgraded: dict[str, A
     assert health.returncode == 1 and events_check["status"] == "incomplete", health.stdout + health.stderr
     assert {"partition": p, "complete_from": complete_from} in events_check["partitions"]
 
-    _, key = make_key(settings, "readers", "read")
+    _, key = store_key(settings, "readers", "read")
     with psycopg.connect(dsn) as conn:
         conn.execute("insert into aosk_api.agents (agent_id, tenant_id) values (%s, 'readers')", (agent,))
     with api_process(settings, tmp_path, name="api") as api, api.client(key) as c:

@@ -20,7 +20,7 @@ from aosk.client import KernelClient, ProjectionReader
 from aosk.config import Settings
 from aosk.topics import ensure_topics
 from aosk.waiting import wait_for
-from api_harness import ApiProcess, api_process, make_key
+from api_harness import ApiProcess, api_process, store_key
 from projector_harness import Projectors, projector_env, run_cli
 from task_steps import run_agent
 from worker_harness import Workers
@@ -37,10 +37,11 @@ def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     logs = tmp_path_factory.mktemp("tasks-api")
     projectors = Projectors(settings, logs, schema="aosk", args=("--poll-ms", "20"))
     try:
-        with Workers(settings, logs) as workers, api_process(settings, logs) as api:
-            workers.start("w1")
+        with Workers(settings, logs) as workers:
+            workers.start("w1")  # the worker and projector start while the API does
             projectors.start("p1")
-            yield api, settings
+            with api_process(settings, logs) as api:
+                yield api, settings
     finally:
         projectors.close()
 
@@ -48,8 +49,8 @@ def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="module")
 def keys(stack: tuple[ApiProcess, Settings]) -> dict[str, str]:
     _, settings = stack
-    return {"write": make_key(settings, "acme", "write")[1], "read": make_key(settings, "acme", "read")[1],
-            "other": make_key(settings, "globex", "write")[1]}
+    return {"write": store_key(settings, "acme", "write")[1], "read": store_key(settings, "acme", "read")[1],
+            "other": store_key(settings, "globex", "write")[1]}
 
 
 def _agent(api: ApiProcess, key: str, **body: Any) -> httpx.Response:

@@ -220,3 +220,33 @@ def test_usage_errors_are_one_line_and_exit_2(argv: list[str], capsys: pytest.Ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "usage:" not in err, err
     assert err.startswith(f"aosk {argv[0]}") and "--help`" in err, err
+
+
+def _signature(parser: argparse.ArgumentParser) -> list[tuple[object, ...]]:
+    return [(tuple(a.option_strings), a.dest, a.default, a.nargs, a.required) for a in parser._actions
+            if not isinstance(a, argparse._SubParsersAction)]
+
+
+@pytest.mark.parametrize(("path", "parser"), COMMANDS, ids=IDS)
+def test_a_command_parses_the_same_with_only_its_own_module_loaded(path: tuple[str, ...],
+                                                                  parser: argparse.ArgumentParser) -> None:
+    """``aosk CMD ...`` registers only CMD's module (aosk.cli.command_of): the command it
+    gets has every flag, default and subcommand of the full parser's."""
+    from aosk.cli import COMMAND_MODULES, command_of
+
+    assert command_of(list(path)) == path[0] and path[0] in COMMAND_MODULES
+    alone = dict(_commands(build_parser(path[0])))
+    assert set(alone) == {p for p, _ in COMMANDS if p[0] == path[0]}
+    assert _signature(alone[path]) == _signature(parser)
+
+
+@pytest.mark.parametrize(("argv", "command"), [
+    (["worker", "--batch-max", "5"], "worker"),
+    (["--config", "c.yaml", "cluster", "status"], "cluster"),
+    (["--config=c.yaml", "node"], "node"),
+    ([], None), (["--help"], None), (["-h", "worker"], None), (["wokrer"], None), (["--config"], None),
+])
+def test_the_command_is_found_before_the_parser_is_built(argv: list[str], command: str | None) -> None:
+    from aosk.cli import command_of
+
+    assert command_of(argv) == command
