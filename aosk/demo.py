@@ -274,7 +274,13 @@ def _section_projections(settings: Settings, ep: Endpoints, ctx: dict[str, objec
         vec[0], vec[1] = 0.9, 0.1
         hits = reader.recall(vec, k=3, agent_id=bob)
         found = ", ".join(f"{h.text!r} ({h.distance:.3f})" for h in hits)
-        print(f"  recall for {bob} (pgvector HNSW, cosine): {found}")
+        print(f"  recall for {bob} (pgvector, cosine): {found}")
+        from aosk.projectors.memory_index import present
+
+        with psycopg.connect(ep.dsn) as conn:
+            kind = present(conn, "aosk")
+        print(f"  memories' vector index: {kind} (memory.index / AOSK_MEMORY_INDEX; candidates re-ranked by exact "
+              "cosine; an agent's few memories are scanned exactly; aosk bench memory compares the kinds)")
         view = reader.agent_state(bob)
         if view is not None:
             print(f"  {bob}: status {view.status}, tokens used {view.tokens_used}, left {view.tokens_left}")
