@@ -64,6 +64,17 @@ def _stats(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
+def _half_projected(settings: Any, tmp: Any, *, events: int, first: int, seed: int) -> list[Any]:
+    """A workload of ``events`` records with its first ``first`` produced and projected
+    (process "p1"); returns the workload's items for the rest."""
+    bootstrap = settings.kafka.bootstrap_servers
+    ensure_topics(bootstrap, settings.kafka)
+    items = generate_workload(agents=12, events=events, seed=seed, embeddings=False).items
+    produce_workload(bootstrap, settings.kafka.journal_topic, items[:first])
+    _project(settings, tmp, "p1")
+    return list(items)
+
+
 def _rows(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute(sql.SQL("select count(*) from {}").format(qualified(SCHEMA, "agent_state"))).fetchone()
     return int(row[0]) if row else 0
@@ -72,10 +83,7 @@ def _rows(conn: psycopg.Connection[Any]) -> int:
 def test_migration_0008_on_a_projected_database(settings: Any, tmp_path: Any) -> None:
     dsn, bootstrap, topic = settings.storage.postgresql.dsn, settings.kafka.bootstrap_servers, \
         settings.kafka.journal_topic
-    ensure_topics(bootstrap, settings.kafka)
-    items = generate_workload(agents=12, events=1600, seed=8, embeddings=False).items
-    produce_workload(bootstrap, topic, items[:1000])
-    _project(settings, tmp_path / "before", "p1")
+    items = _half_projected(settings, tmp_path / "before", events=1600, first=1000, seed=8)
 
     with psycopg.connect(dsn) as conn:
         # back to 0007 (`aosk project` migrates when it starts): agent_state's storage as
@@ -127,10 +135,7 @@ def test_idle_projector_vacuums_and_compacts_a_bloated_agent_state(settings: Any
     verify as before."""
     dsn, bootstrap, topic = settings.storage.postgresql.dsn, settings.kafka.bootstrap_servers, \
         settings.kafka.journal_topic
-    ensure_topics(bootstrap, settings.kafka)
-    items = generate_workload(agents=12, events=1200, seed=9, embeddings=False).items
-    produce_workload(bootstrap, topic, items[:600])
-    _project(settings, tmp_path / "first", "p1")
+    items = _half_projected(settings, tmp_path / "first", events=1200, first=600, seed=9)
     with psycopg.connect(dsn) as conn:
         # dead versions of every state, in one transaction so no VACUUM reclaims them in
         # between: the file grows, as under batches that each rewrite most of the table
