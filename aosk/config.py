@@ -174,17 +174,18 @@ class DevStackSettings(_Section):
     """JVM heap of the embedded broker (-Xmx)."""
 
 
-MemoryIndex = Literal["halfvec", "hnsw", "hnsw_bq"]
+MemoryIndex = Literal["ivfflat", "halfvec", "hnsw", "hnsw_bq"]
 """The kinds of vector index over memories' embeddings (``aosk.projectors.memory_index``)."""
 
 
 class MemorySettings(_Section):
     embedding_dimension: int = Field(384, ge=1, le=16_000)
     """Dimension d of every embedding in the cluster (``vector(d)``)."""
-    index: MemoryIndex = "halfvec"
-    """The vector index recall uses: ``halfvec`` (HNSW over 16-bit floats, candidates
-    re-ranked by exact cosine distance), ``hnsw`` (HNSW over the full vectors) or
-    ``hnsw_bq`` (HNSW over binary-quantized vectors, re-ranked). ``aosk db migrate``, the
+    index: MemoryIndex = "ivfflat"
+    """The vector index recall uses: ``ivfflat`` (IVFFlat over 16-bit floats, built again
+    by the projectors as the table doubles; candidates re-ranked by exact cosine distance),
+    ``halfvec`` (HNSW over 16-bit floats, re-ranked), ``hnsw`` (HNSW over the full vectors)
+    or ``hnsw_bq`` (HNSW over binary-quantized vectors, re-ranked). ``aosk db migrate``, the
     projectors and ``aosk replay`` replace a schema's index of another kind by this one."""
 
 

@@ -62,6 +62,7 @@ from aosk.endpoints import resolve_endpoints
 from aosk.errors import JournalMismatch, ReplayError
 from aosk.journal import OFFSET_BEGINNING, Quarantines, record_from_message
 from aosk.kernel import Record
+from aosk.projectors import memory_index
 from aosk.projectors.batch import PartitionStop, fold_batch
 from aosk.projectors.cache import AgentCache
 from aosk.projectors.db import (
@@ -91,6 +92,9 @@ __all__ = [
 log = logging.getLogger("aosk.replay")
 
 _DEFERRED: Final = "replay_deferred_indexes"
+_MEMORY_INDEX_MARK: Final = "memory_index:"
+"""A deferred build that is the memories' vector index of the kind that follows."""
+_MEMORY_INDEX_KINDS: Final = {name: kind for kind, name in memory_index.INDEX_NAMES.items()}
 
 KEPT_KEYS: Final = frozenset({"agent_state", "memories", "tasks", "projector_offsets", "projection_meta",
                               "schema_migrations"})
@@ -317,7 +321,9 @@ class Replay(ResourceHolder):
                         qualified(self.shadow, table), sql.Identifier(constraint)).as_string(conn) + condef)
                 else:
                     conn.execute(sql.SQL("drop index {}").format(qualified(self.shadow, index)))
-                    builds.append(indexdef)
+                    kind = _MEMORY_INDEX_KINDS.get(index)
+                    # the memory index is sized to the rows there are at the end (IVFFlat's lists)
+                    builds.append(indexdef if kind is None else _MEMORY_INDEX_MARK + kind)
             if builds:
                 set_meta(conn, self.shadow, _DEFERRED, json.dumps(builds))
 
@@ -334,7 +340,11 @@ class Replay(ResourceHolder):
             conn.execute("set local maintenance_work_mem = '1GB'")
             conn.execute("set local max_parallel_maintenance_workers = 2")
             for d in json.loads(raw):
-                conn.execute(d.encode())
+                if d.startswith(_MEMORY_INDEX_MARK):
+                    memory_index.create(conn, self.shadow, d.removeprefix(_MEMORY_INDEX_MARK),
+                                        self.settings.memory.embedding_dimension)
+                else:
+                    conn.execute(d.encode())
             conn.execute(sql.SQL("delete from {} where key = %s").format(qualified(self.shadow, "projection_meta")),
                          (_DEFERRED,))
         log.info("built the deferred indexes of %s in %.1fs", self.shadow, time.monotonic() - t)

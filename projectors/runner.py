@@ -62,6 +62,7 @@ from aosk.projectors.db import (
     set_meta,
 )
 from aosk.projectors.faults import Fault
+from aosk.projectors.index_upkeep import CHECK_EVERY_S, MemoryIndexUpkeep
 from aosk.projectors.intake import Intake
 from aosk.projectors.stored import UndecodableState, read_stored_offsets
 from aosk.projectors.writer import COMPACT_RATIO, Advance, Fenced, ProjectionWriter, prepare_connection
@@ -99,6 +100,9 @@ class ProjectorOptions:
     compact_ratio: float = COMPACT_RATIO
     """When idle after a burst, agent_state larger on disk than this multiple of its live
     rows is compacted (``ProjectionWriter.idle``; 0: never)."""
+    memory_index_check_s: float = CHECK_EVERY_S
+    """How often the memories' IVFFlat index is checked for being outgrown by its table
+    and built again if so (``aosk.projectors.index_upkeep``; 0: never)."""
     fault: str | None = None
     """Fault injection for tests: ``sigstop:<before_write|in_transaction>:<after N batches>``."""
 
@@ -178,6 +182,7 @@ class Projector(ResourceHolder):
         self._last_lag = 0.0
         self._idle_retry_at = 0.0
         """No upkeep when idle before then (it failed: PostgreSQL may be away)."""
+        self._index_upkeep: MemoryIndexUpkeep | None = None
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -323,6 +328,11 @@ class Projector(ResourceHolder):
         with Resources() as resources:
             self._consumer = self._subscribe(resources)
             resources.callback(lambda: self._report(time.monotonic()))
+            if self.options.memory_index_check_s > 0:
+                self._index_upkeep = MemoryIndexUpkeep(
+                    self._dsn, self.schema, self.settings.memory.embedding_dimension, owner=self.owner,
+                    check_every_s=self.options.memory_index_check_s)
+                resources.callback(self._index_upkeep.close)
             try:
                 self._loop()
             except PartitionCountChanged as e:
@@ -350,6 +360,8 @@ class Projector(ResourceHolder):
                         self._stop.wait(backoff)
             else:
                 self._idle()
+            if self._index_upkeep is not None:
+                self._index_upkeep.poll()
             now = time.monotonic()
             if intake.stopped and now - self._last_recheck >= self.options.stop_recheck_s:
                 self._last_recheck = now

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from aosk.config import Settings
-from aosk.projectors.memory_index import EF_SEARCH, RERANK, MemoryIndex
+from aosk.projectors.memory_index import EF_SEARCH, RERANK, MemoryIndex, probes_for
 from aosk.reads.memory import MAX_EF_SEARCH
 
 __all__ = ["Variant", "VARIANTS", "MemoryResult", "bench_memory", "report_markdown", "command_line"]
@@ -52,15 +52,24 @@ _AT: Final = datetime(2026, 1, 1, tzinfo=UTC)
 @dataclass(frozen=True)
 class Variant:
     """One way of querying one index: the index ``kind``, candidates per result and
-    ``hnsw.ef_search`` (raised to the candidates)."""
+    ``hnsw.ef_search`` (raised to the candidates) or, for IVFFlat, ``probes_factor`` times
+    the probes recall scans (``memory_index.probes_for`` of the index's lists)."""
 
     kind: MemoryIndex
     rerank: int
-    ef_search: int
+    ef_search: int = 0
+    probes_factor: float = 1.0
 
-    @property
-    def label(self) -> str:
+    def probes(self, lists: int | None) -> int | None:
+        if self.kind != "ivfflat":
+            return None
+        return max(1, min(lists or 1, round(self.probes_factor * probes_for(lists or 1))))
+
+    def label(self, lists: int | None = None) -> str:
         x = "" if self.rerank == 1 else f" x{self.rerank}"
+        if self.kind == "ivfflat":
+            mark = " (recall's)" if (self.rerank, self.probes_factor) == (RERANK[self.kind], 1.0) else ""
+            return f"{self.kind}{x} probes {self.probes(lists)}/{lists}{mark}"
         ef = min(MAX_EF_SEARCH, max(self.ef_search, K * self.rerank))
         mark = " (recall's)" if (self.rerank, self.ef_search) == (RERANK[self.kind], EF_SEARCH[self.kind]) else ""
         return f"{self.kind}{x} ef{ef}{mark}"
@@ -71,8 +80,11 @@ VARIANTS: Final[dict[MemoryIndex, tuple[Variant, ...]]] = {
     "hnsw_bq": (Variant("hnsw_bq", 4, 100), Variant("hnsw_bq", 10, 100), Variant("hnsw_bq", 40, 400)),
     "halfvec": (Variant("halfvec", 1, 100), Variant("halfvec", 4, 100), Variant("halfvec", 4, 200),
                 Variant("halfvec", 4, 400)),
+    "ivfflat": (Variant("ivfflat", 4, probes_factor=0.5), Variant("ivfflat", 4),
+                Variant("ivfflat", 4, probes_factor=2)),
 }
-"""The ways each index is queried: candidates per result and ``hnsw.ef_search``."""
+"""The ways each index is queried: candidates per result and ``hnsw.ef_search`` or
+IVFFlat probes."""
 
 
 @dataclass
@@ -195,7 +207,7 @@ def _truth(conn: Any, schema: str, queries: list[_Query]) -> dict[str, list[set[
     return out
 
 
-def _time_queries(conn: Any, schema: str, dim: int, variant: Variant, queries: list[_Query],
+def _time_queries(conn: Any, schema: str, dim: int, variant: Variant, lists: int | None, queries: list[_Query],
                   truth: dict[str, list[set[str]]], warmup: int) -> dict[str, tuple[float, float, float]]:
     from aosk.reads.memory import answer
 
@@ -207,7 +219,7 @@ def _time_queries(conn: Any, schema: str, dim: int, variant: Variant, queries: l
             t = time.perf_counter()
             with conn.transaction():
                 rows = answer(conn, schema, variant.kind, dim, size, p, rerank=variant.rerank,
-                              ef_search=variant.ef_search, tenant=flt != "none")
+                              ef_search=variant.ef_search or None, probes=variant.probes(lists), tenant=flt != "none")
             dt = time.perf_counter() - t
             if i >= warmup:
                 times.append(dt * 1000)
@@ -261,7 +273,7 @@ def _vacuum(dsn: str, schema: str) -> None:
 
 
 def bench_memory(settings: Settings, *, vectors: int = 100_000, queries: int = 200, inserts: int = 2_000,
-                 candidates: Sequence[MemoryIndex] = ("hnsw", "hnsw_bq", "halfvec"),
+                 candidates: Sequence[MemoryIndex] = ("hnsw", "hnsw_bq", "halfvec", "ivfflat"),
                  data: Sequence[str] = DATA,
                  seed: int = 42, progress: bool = True) -> MemoryResult:
     import psycopg
@@ -320,9 +332,13 @@ def bench_memory(settings: Settings, *, vectors: int = 100_000, queries: int = 2
                                 (f"{schema}.{memory_index.INDEX_NAMES[kind]}",)))
                 conn.commit()
                 figures = IndexFigures(build_s, size, None, 0.0)
+                lists = memory_index.ivfflat_lists(conn, schema)
+                conn.commit()
                 for v in VARIANTS[kind]:
-                    say(f"{name}: {v.label}: {queries} queries x {len(FILTERS)} filters ...", flush=True)
-                    figures.queries[v.label] = _time_queries(conn, schema, dim, v, qs, truth, warmup)
+                    if v.label(lists) in figures.queries:  # a small index: the same probes
+                        continue
+                    say(f"{name}: {v.label(lists)}: {queries} queries x {len(FILTERS)} filters ...", flush=True)
+                    figures.queries[v.label(lists)] = _time_queries(conn, schema, dim, v, lists, qs, truth, warmup)
                 say(f"{name}: {kind}: inserting {inserts:,} more ...", flush=True)
                 cpu, wall = _insert_cost(conn, schema, vecs, vectors, inserts, agents)
                 figures.insert_cpu_ms, figures.insert_wall_ms = cpu, wall
@@ -346,7 +362,7 @@ def command_line(r: MemoryResult) -> str:
         cmd += f" --queries {r.queries}"
     if r.inserts != 2_000:
         cmd += f" --inserts {r.inserts}"
-    if r.candidates != ("hnsw", "hnsw_bq", "halfvec"):
+    if r.candidates != ("hnsw", "hnsw_bq", "halfvec", "ivfflat"):
         cmd += f" --candidates {','.join(r.candidates)}"
     if r.data != DATA:
         cmd += f" --data {','.join(r.data)}"
@@ -396,11 +412,12 @@ def report_markdown(r: MemoryResult, machine: str) -> str:
         f"when the run started, {r.load_after:.2f} at its end (median {med:.2f}; the 2 cores are shared). "
         f"{r.dim}-d embeddings in the projection's `memories` table, {TENANTS} tenants, one agent per "
         f"{MEMORIES_PER_AGENT} memories. Each index built with `maintenance_work_mem = {MAINTENANCE_WORK_MEM}`, "
-        f"`max_parallel_maintenance_workers = {PARALLEL_WORKERS}`, HNSW `m = 16, ef_construction = 64`. Queries: "
+        f"`max_parallel_maintenance_workers = {PARALLEL_WORKERS}`, HNSW `m = 16, ef_construction = 64`, IVFFlat with "
+        "the lists `aosk.projectors.memory_index.lists_for` gives the table. Queries: "
         f"{r.queries} per filter (after {min(20, r.queries)} untimed), k = {K}, through `aosk.reads.memory`'s own "
         "recall query (iterative scans `relaxed_order`, `hnsw.ef_search` as labelled (efN, at least the candidates), "
-        "`max_scan_tuples` "
-        "50,000, candidates re-ranked by exact cosine distance, exact scan when the filter starves the index "
+        "`max_scan_tuples` 50,000; IVFFlat `probes` as labelled (probes N/lists), `max_probes` twice that; "
+        "candidates re-ranked by exact cosine distance, exact scan when the filter starves the index "
         "scan or the agent's scope is small); recall@10 against an exact scan with the same filter. Filters: "
         f"*none* (all rows), *tenant* (1/{TENANTS} of the rows), *agent* (one agent, ~{MEMORIES_PER_AGENT} rows). "
         f"Insert CPU: the PostgreSQL backend's CPU per vector inserting {r.inserts:,} more memories into the built "

@@ -154,7 +154,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mem.add_argument("--inserts", type=int, default=param_default(bench_memory, "inserts"), metavar="N",
                      help="memories inserted into each built index to time insertion (default %(default)s)")
     mem.add_argument("--candidates", type=_kinds, default=param_default(bench_memory, "candidates"),
-                     metavar="K1,K2,...", help="indexes to measure, of hnsw, hnsw_bq, halfvec (default: all)")
+                     metavar="K1,K2,...", help="indexes to measure, of hnsw, hnsw_bq, halfvec, ivfflat (default: all)")
     mem.add_argument("--data", type=_data_sets, default=param_default(bench_memory, "data"), metavar="D1,D2",
                      help="data sets: clustered (the workload's shape), uniform (random directions, the worst "
                           "case); default both")

@@ -33,6 +33,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--compact-ratio", type=float, default=field_default(ProjectorOptions, "compact_ratio"),
                    metavar="X", help="when idle after a burst, compact agent_state (VACUUM FULL: a short exclusive "
                    "lock) if it is larger on disk than X times its live rows; 0: never (default %(default)s)")
+    p.add_argument("--memory-index-check", type=float,
+                   default=field_default(ProjectorOptions, "memory_index_check_s"), metavar="SECONDS",
+                   help="how often to look whether the memories' IVFFlat index is outgrown by its table (twice "
+                   "the rows it was sized for) and build it again beside the projection; 0: never "
+                   "(default %(default)s)")
     add_metrics_port(p)
     # A long-running daemon: its start, partition assignments and stops are worth seeing.
     add_log_level(p, default="info")
@@ -56,6 +61,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         transaction_timeout_s=args.transaction_timeout,
         max_cached_agents=args.max_cached_agents,
         compact_ratio=args.compact_ratio,
+        memory_index_check_s=args.memory_index_check,
         fault=os.environ.get("AOSK_PROJECTOR_FAULT") or None,
     )
     with Projector(settings, options) as projector:

@@ -1,8 +1,8 @@
 """Memory recall: the ``k`` memories nearest to a query embedding (pgvector, cosine).
 
-Recall asks the schema's vector index (``aosk.projectors.memory_index``: HNSW over the
-full vectors, over binary-quantized vectors, or over halfvecs) for candidates with
-pgvector's iterative index scans, so a query filtered by tenant (and agent) still finds
+Recall asks the schema's vector index (``aosk.projectors.memory_index``: IVFFlat over
+halfvecs, or HNSW over halfvecs, full vectors or binary-quantized vectors) for
+candidates with pgvector's iterative index scans, so a query filtered by tenant (and agent) still finds
 enough of them, and orders the candidates by the full vectors' exact cosine distance;
 when the filter leaves fewer candidates than asked for within the scan limit, an exact
 scan of the filtered rows answers instead. A fork also recalls its source's memories up
@@ -21,7 +21,15 @@ from psycopg import sql
 
 from aosk.errors import RecallError
 from aosk.projectors.db import embedding_dimension, qualified
-from aosk.projectors.memory_index import EF_SEARCH, RERANK, MemoryIndex, order_expression, present
+from aosk.projectors.memory_index import (
+    EF_SEARCH,
+    RERANK,
+    MemoryIndex,
+    ivfflat_lists,
+    order_expression,
+    present,
+    probes_for,
+)
 from aosk.projectors.rows import storage_key
 from aosk.reads.agents import stored_state, tenant_of
 from aosk.reads.audit import offset_of_seq
@@ -130,9 +138,10 @@ agent's memories (and then fall back anyway)."""
 
 def answer(conn: psycopg.Connection[Any], schema: str, kind: MemoryIndex | None, dim: int, lineage_size: int,
            params: dict[str, Any], *, rerank: int | None = None, ef_search: int | None = None,
-           tenant: bool = True) -> list[tuple[Any, ...]]:
+           probes: int | None = None, tenant: bool = True) -> list[tuple[Any, ...]]:
     """The rows of a recall (inside a transaction): ``params`` has ``q``, ``k``, ``tenant``
-    and the lineage's ``a<i>``/``b<i>``. ``kind`` is the schema's vector index (None: none)."""
+    and the lineage's ``a<i>``/``b<i>``. ``kind`` is the schema's vector index (None: none).
+    ``ef_search`` (HNSW) and ``probes`` (IVFFlat) override the kind's own."""
     k = int(params["k"])
     n = candidates(kind, k, rerank)
     p = {**params, "n": n}
@@ -143,7 +152,8 @@ def answer(conn: psycopg.Connection[Any], schema: str, kind: MemoryIndex | None,
         found = conn.execute(scope, {**p, "cap": EXACT_BELOW + 1}).fetchone()
         if found is not None and int(found[0]) <= EXACT_BELOW:
             return conn.execute(exact, p).fetchall()
-    recall_settings(conn, n, ef_search or (EF_SEARCH[kind] if kind is not None else None))
+    recall_settings(conn, n, ef_search or (EF_SEARCH[kind] if kind is not None else None),
+                    probes=_probes(conn, schema, kind, probes))
     rows = conn.execute(ann, p).fetchall()
     if not rows or int(rows[0][-1]) < n:  # the filter left fewer candidates than the scan could reach
         rows = conn.execute(exact, p).fetchall()
@@ -205,8 +215,22 @@ def lineage(conn: psycopg.Connection[Any], schema: str, agent_key: str,
     return agents, bounds
 
 
-def recall_settings(conn: psycopg.Connection[Any], n: int, ef_search: int | None) -> None:
-    """The session settings of an index query taking ``n`` candidates (in a transaction)."""
+def _probes(conn: psycopg.Connection[Any], schema: str, kind: MemoryIndex | None, probes: int | None) -> int | None:
+    if kind != "ivfflat":
+        return None
+    return probes or probes_for(ivfflat_lists(conn, schema) or 1)
+
+
+def recall_settings(conn: psycopg.Connection[Any], n: int, ef_search: int | None, *,
+                    probes: int | None = None) -> None:
+    """The session settings of an index query taking ``n`` candidates (in a transaction);
+    ``probes``: an IVFFlat index's lists to scan (an iterative scan goes on to twice as
+    many when the filter leaves too few candidates)."""
+    if probes is not None:
+        conn.execute(f"set local ivfflat.probes = {int(probes)}")
+        conn.execute("set local ivfflat.iterative_scan = relaxed_order")
+        conn.execute(f"set local ivfflat.max_probes = {2 * int(probes)}")
+        return
     ef = min(MAX_EF_SEARCH, max(ef_search or DEFAULT_EF_SEARCH, n))
     conn.execute(f"set local hnsw.ef_search = {int(ef)}")
     conn.execute("set local hnsw.iterative_scan = relaxed_order")
@@ -268,7 +292,8 @@ def explain_recall(
     with conn.transaction():
         kind = present(conn, schema)
         n = candidates(kind, k)
-        recall_settings(conn, n, ef_search or (EF_SEARCH[kind] if kind is not None else None))
+        recall_settings(conn, n, ef_search or (EF_SEARCH[kind] if kind is not None else None),
+                        probes=_probes(conn, schema, kind, None))
         agents, bounds = lineage(conn, schema, storage_key(agent_id)) if agent_id is not None else ([], [])
         ann, _ = recall_queries(schema, len(agents), kind, len(q))
         params = {"q": _vector_text(q), "tenant": tenant_id, "k": k, "n": n, **_lineage_params(agents, bounds)}

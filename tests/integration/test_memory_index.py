@@ -1,7 +1,8 @@
 """The memories' vector index kinds (``aosk.projectors.memory_index``): recall through
 each returns the exact scan's top k with a tenant and an agent filter, ``migrate`` with
-``memory_index`` switches the kind, and migration 0009 moves a database created at 0008
-from the HNSW over full vectors to the default.
+``memory_index`` switches the kind, migrations 0009 and 0010 move a database created at
+0008 from the HNSW over full vectors to the default, and an IVFFlat index outgrown by its
+table is built again.
 
 The set is small and built so its answer is unambiguous: for each query, 10 memories
 near it (cosine ~0.9) in each of three scopes (two agents of tenant t1, one of t2) among
@@ -114,16 +115,16 @@ def test_a_schema_without_a_vector_index_is_left_alone(loaded: tuple[str, list[l
         conn.commit()
 
 
-def test_migration_0009_moves_a_database_at_0008_to_the_default(settings: Settings) -> None:
+def test_migrations_0009_and_0010_move_a_database_at_0008_to_the_default(settings: Settings) -> None:
     dsn, schema = settings.storage.postgresql.dsn, "mem_idx_0008"
     rng = random.Random(9)
     with psycopg.connect(dsn) as conn:
         migrate(conn, schema=schema, dimension=DIM)
-        # back to 0008: the HNSW over full vectors of 0001, 0009 not recorded
+        # back to 0008: the HNSW over full vectors of 0001, 0009 and 0010 not recorded
         memory_index.drop(conn, schema)
         conn.execute(sql.SQL("create index memories_embedding_hnsw on {} using hnsw (embedding vector_cosine_ops)"
                              " with (m = 16, ef_construction = 64)").format(qualified(schema, "memories")))
-        conn.execute(sql.SQL("delete from {} where version = 9").format(qualified(schema, "schema_migrations")))
+        conn.execute(sql.SQL("delete from {} where version >= 9").format(qualified(schema, "schema_migrations")))
         oid = register_vector_dumper(conn)
         at = datetime(2026, 1, 1, tzinfo=UTC)
         vectors = [_unit([rng.gauss(0, 1) for _ in range(DIM)]) for _ in range(50)]
@@ -136,7 +137,7 @@ def test_migration_0009_moves_a_database_at_0008_to_the_default(settings: Settin
         assert memory_index.present(conn, schema) == "hnsw"
         assert oid
 
-        assert migrate(conn, schema=schema, dimension=DIM) == ["0009_memory_index"]
+        assert migrate(conn, schema=schema, dimension=DIM) == ["0009_memory_index", "0010_memory_ivfflat"]
         assert memory_index.present(conn, schema) == memory_index.DEFAULT_INDEX
         names = {r[0] for r in conn.execute("select indexname from pg_indexes where schemaname = %s", (schema,))}
         assert "memories_embedding_hnsw" not in names or memory_index.DEFAULT_INDEX == "hnsw"
@@ -147,19 +148,72 @@ def test_migration_0009_moves_a_database_at_0008_to_the_default(settings: Settin
 
 def test_bench_memory_tiny(settings: Settings) -> None:
     """``aosk bench memory`` stays runnable (its figures are not asserted, but on 1,500
-    clustered vectors the full-vector index and recall's re-ranked halfvec find the exact
-    top 10 of an agent's scope, which is answered by an exact scan)."""
+    clustered vectors recall's re-ranked halfvec finds the exact top 10 of an agent's
+    scope, which is answered by an exact scan, and an IVFFlat index of one list the exact
+    top 10 of all)."""
     from aosk.bench.memory import bench_memory, report_markdown
 
-    r = bench_memory(settings, vectors=1_500, queries=5, inserts=50, candidates=("hnsw", "halfvec"),
+    r = bench_memory(settings, vectors=1_500, queries=5, inserts=50, candidates=("hnsw", "halfvec", "ivfflat"),
                      data=("clustered",), progress=False)
     (ds,) = r.sets
-    assert set(ds.indexes) == {"hnsw", "halfvec"}
+    assert set(ds.indexes) == {"hnsw", "halfvec", "ivfflat"}
     assert all(f.size_bytes > 0 and f.build_s > 0 for f in ds.indexes.values())
     assert ds.indexes["halfvec"].queries["halfvec x4 ef200 (recall's)"]["agent"][0] == 1.0
+    # 1,500 rows: one list, every query scans all of it: exact
+    assert ds.indexes["ivfflat"].queries["ivfflat x4 probes 1/1 (recall's)"]["none"][0] == 1.0
     text = report_markdown(r, "test machine")
-    assert ("aosk bench memory --vectors 1500 --queries 5 --inserts 50 --candidates hnsw,halfvec "
+    assert ("aosk bench memory --vectors 1500 --queries 5 --inserts 50 --candidates hnsw,halfvec,ivfflat "
             "--data clustered") in text
     with psycopg.connect(settings.storage.postgresql.dsn) as conn:  # the bench's schema is gone
         assert conn.execute("select count(*) from pg_namespace where nspname like 'aosk_bench_memory%'"
                             ).fetchone() == (0,)
+
+
+def test_an_outgrown_ivfflat_index_is_built_again_beside_the_projection(settings: Settings) -> None:
+    """The projectors' upkeep (``MemoryIndexUpkeep``): an IVFFlat index made on an empty
+    table has one list; once the table calls for twice as many, it is built again with
+    the lists its rows call for, what an interrupted rebuild left is dropped, and one
+    process at a time does it."""
+    from aosk.projectors.index_upkeep import MemoryIndexUpkeep
+    from aosk.waiting import wait_for
+
+    dsn, schema, rows = settings.storage.postgresql.dsn, "mem_idx_grow", 12_000
+    rng = random.Random(12)
+    vectors = [_unit([rng.gauss(0, 1) for _ in range(DIM)]) for _ in range(rows)]
+    with psycopg.connect(dsn) as conn:
+        conn.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(schema)))
+        migrate(conn, schema=schema, dimension=DIM, memory_index="ivfflat")
+        assert memory_index.ivfflat_lists(conn, schema) == 1
+        oid = register_vector_dumper(conn)
+        at = datetime(2026, 1, 1, tzinfo=UTC)
+        with conn.cursor() as cur, cur.copy(sql.SQL(
+                "copy {} (agent_id, memory_id, tenant_id, source, text, embedding, journal_partition, journal_offset,"
+                " seq, stored_at) from stdin (format binary)").format(qualified(schema, "memories"))) as cp:
+            cp.set_types(["text", "text", "text", "text", "text", oid, "int4", "int8", "int8", "timestamptz"])
+            for i, v in enumerate(vectors):
+                cp.write_row((f"a{i % 40}", f"m{i}", "t", "stored", f"memory {i}", pack_vector(v), 0, i, i, at))
+        conn.commit()
+    leftover = memory_index.INDEX_NAMES["ivfflat"] + memory_index.REBUILT_SUFFIX
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("analyze {}").format(qualified(schema, "memories")))
+        due = memory_index.stale(conn, schema)
+        assert due == memory_index.Stale(lists=1, rows=rows) and due.wanted == 12
+        conn.execute(sql.SQL("create index {} on {} using ivfflat ((embedding::halfvec({})) halfvec_cosine_ops) "
+                             "with (lists = 3)").format(sql.Identifier(leftover), qualified(schema, "memories"),
+                                                        sql.Literal(DIM)))
+        with psycopg.connect(dsn, autocommit=True) as other:  # another projector is at it
+            other.execute("select pg_advisory_lock(hashtext('aosk-memory-index'), hashtext(%s))", (schema,))
+            assert memory_index.rebuild(conn, schema, DIM, due.wanted) is False
+        upkeep = MemoryIndexUpkeep(dsn, schema, DIM, check_every_s=0.1)
+        try:
+            upkeep.poll()
+            wait_for(lambda: upkeep.rebuilds == 1, timeout=120, interval=0.5, what="the IVFFlat index built again")
+        finally:
+            upkeep.close()
+        assert memory_index.ivfflat_lists(conn, schema) == 12
+        assert memory_index.stale(conn, schema) is None
+        names = {r[0] for r in conn.execute("select indexname from pg_indexes where schemaname = %s", (schema,))}
+        assert memory_index.INDEX_NAMES["ivfflat"] in names and leftover not in names
+        got = recall(conn, schema, vectors[7], k=3, tenant_id="t")
+        assert got[0].memory_id == "m7" and got[0].distance == pytest.approx(0, abs=1e-6)
+        conn.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(schema)))

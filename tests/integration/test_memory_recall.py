@@ -1,6 +1,8 @@
 """Memory recall on a 10,000-memory index (``memory.index``), projected from the journal:
 recall@10 against an exact scan is at least 0.95 with and without an agent filter, and
 the plan uses the vector index (pgvector iterative scans keep filtered queries at k rows).
+The default IVFFlat index, made with one list on the empty table, is built again by the
+projector once the table outgrows it.
 
 Embeddings are clustered (60 topics plus noise), like sentence embeddings; uniformly
 random 384-d vectors have no near neighbours to find (every distance is about the same),
@@ -17,9 +19,10 @@ import pytest
 from aosk.client import KernelClient, ProjectionReader
 from aosk.config import Settings
 from aosk.events import AgentStarted, Budgets, MemoryStored
-from aosk.projectors.memory_index import INDEX_NAMES
+from aosk.projectors.memory_index import INDEX_NAMES, ivfflat_lists
 from aosk.projectors.runner import ensure_journal
 from aosk.reads.memory import explain_recall
+from aosk.waiting import wait_for
 from projection_oracle import end_offsets
 from projector_harness import Projectors, wait_caught_up
 
@@ -54,12 +57,16 @@ def memories(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> tu
                 for i in range(PER_AGENT[tenant]):
                     kernel.emit(MemoryStored, agent_id=a, tenant_id=tenant, memory_id=f"{a}-{i}", text=f"memory {i}",
                                 embedding=sample(), importance=0.5, metadata={})
-    procs = Projectors(settings, tmp_path_factory.mktemp("recall"), schema="aosk")
+    procs = Projectors(settings, tmp_path_factory.mktemp("recall"), schema="aosk", args=("--memory-index-check", "0.5"))
     try:
         procs.start("p")
         wait_caught_up(settings.storage.postgresql.dsn, "aosk",
                        end_offsets(settings.kafka.bootstrap_servers, settings.kafka.journal_topic),
                        timeout=240, procs=procs)
+        if settings.memory.index == "ivfflat":  # the projector sizes it to the 10,000 memories
+            with psycopg.connect(settings.storage.postgresql.dsn, autocommit=True) as conn:
+                wait_for(lambda: (ivfflat_lists(conn, "aosk") or 0) >= 10, timeout=120,
+                         what="the projector building the IVFFlat index again")
     finally:
         assert procs.stop_all() == {"p": 0}
     with psycopg.connect(settings.storage.postgresql.dsn, autocommit=True) as conn:

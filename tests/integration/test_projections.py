@@ -73,7 +73,7 @@ def test_migrations_are_versioned_idempotent_and_in_their_schema(settings: Setti
         assert applied == [f"{m.version:04d}_{m.name}" for m in migrations()]
         assert applied == ["0001_projections", "0002_views", "0003_audit_hashes", "0004_partition_stops", "0005_events",
                            "0006_events_coverage", "0007_tasks", "0008_agent_state_storage",
-                           "0009_memory_index"]
+                           "0009_memory_index", "0010_memory_ivfflat"]
         assert migrate(conn, schema="m_test") == []
         listed = conn.execute("select table_name from information_schema.tables where table_schema = 'm_test'")
         tables = {r[0] for r in listed}
