@@ -274,7 +274,8 @@ def bench_growth(settings: Settings, *, sizes: Sequence[int] = (10_000, 100_000)
                         conn.commit()
                 say(f"{n:,} events over {agents} agents, agent_state {storage}: projecting ...", flush=True)
                 ends: dict[str, Any] = {}
-                timed = _timed_projection(settings, bj, processes=processes, written_first=True, without_hnsw=False,
+                timed = _timed_projection(settings, bj, processes=processes, written_first=True,
+                                          without_vector_index=False,
                                           say=say, at_end=partial(_at_end, dsn, bj.schema, idle_timeout, ends),
                                           timeout=max(900.0, n / 100))  # 1M events: up to ~3 h on a busy machine
                 total = len(bj.workload.items)
@@ -321,7 +322,8 @@ def report_markdown(r: GrowthResult, machine: str, *, command: str, plot: str | 
         f"`{command}` on {machine}; the embedded dev stack (one broker, 12 partitions; PostgreSQL 18 + pgvector "
         f"0.8), {r.processes} `aosk project` processes, journal written first. Workload: `aosk.workload`, "
         f"{r.events_per_agent} records per agent (agents scale with the journal), memories with 384-d embeddings "
-        f"(HNSW maintained). `agent_state.state` compressed with {r.compression or '?'} (the server has no lz4). "
+        f"(the memories' vector index maintained). `agent_state.state` compressed with {r.compression or '?'} "
+        "(the server has no lz4). "
         f"Load average (1 min) before each run / once it was measured: {loads}. events/s: journal committed -> "
         "last record projected. agent_state on disk / live rows twice: as soon as the last record was projected "
         "(the writer vacuums it as it goes, docs/projections.md; a projector that ran out of records first may "

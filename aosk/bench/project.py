@@ -8,7 +8,7 @@ the last one. Every run is made twice, interleaved: with the memories' vector in
 maintained, and with no vector index (what the rest of the pipeline costs); their ratio
 is the figure to read. Baseline, same run, same database: the very rows the projectors wrote,
 COPYed in one session into a second fresh schema with the same indexes (with and
-without the HNSW index). Also measured in process, on one core: decoding, the kernel's
+without the vector index). Also measured in process, on one core: decoding, the kernel's
 fold, and building rows and hash chains, per event; and the CPU each component used
 during the end-to-end run (from /proc), so the report says where the time goes.
 """
@@ -57,7 +57,7 @@ class ProjectResult:
     """The live run: produced and projected at the same time."""
     live_cpu: dict[str, float] = field(default_factory=dict)
     index: str = ""
-    """The HNSW index's definition (its m and ef_construction)."""
+    """The memories' vector index's definition (its method and options)."""
     runs: list[float] = field(default_factory=list)
     """Seconds of every run with the journal written first (``e2e_seconds`` is their median)."""
     load_before: float = 0.0
@@ -242,7 +242,7 @@ def bench_project(settings: Settings, *, events: int = 200_000, agents: int = 80
       This is the projectors' own rate (producers run on other machines in a cluster).
       Run ``repeat`` times; the run of median duration is reported, with the range
       (on 2 shared cores single runs vary by about 10%). Each run is followed by one
-      with no vector index (every HNSW index dropped first, whatever its name): the
+      with no vector index (the memories' vector index dropped first, whatever its kind): the
       ratio of the two medians is what maintaining the vector index costs.
     - *live*: produced and projected at the same time on the same 2 cores, timed from
       the first produced record."""
@@ -255,7 +255,7 @@ def bench_project(settings: Settings, *, events: int = 200_000, agents: int = 80
 
     def timed(journal: BenchJournal, *, written_first: bool, without_index: bool = False) -> tuple[_Timed, _Checked]:
         t = _timed_projection(settings, journal, processes=processes, written_first=written_first,
-                              without_hnsw=without_index, say=say)
+                              without_vector_index=without_index, say=say)
         return t, _check(dsn, journal.schema, total)
 
     def timed_fresh(*, written_first: bool, without_index: bool = False) -> _Timed:
@@ -309,11 +309,11 @@ class _Checked:
     rows: dict[str, int]
     """table -> rows written."""
     index: str
-    """The HNSW index's definition (its m and ef_construction), "" if it was dropped."""
+    """The memories' vector index's definition (its method and options), "" if it was dropped."""
 
 
 def _timed_projection(settings: Settings, bj: BenchJournal, *, processes: int, written_first: bool,
-                      without_hnsw: bool, say: Callable[..., None],
+                      without_vector_index: bool, say: Callable[..., None],
                       at_end: Callable[[list[subprocess.Popen[bytes]], Path], None] | None = None,
                       timeout: float = 900.0) -> _Timed:
     """Start ``processes`` projectors on ``bj``'s fresh schema, produce the workload and
@@ -331,7 +331,7 @@ def _timed_projection(settings: Settings, bj: BenchJournal, *, processes: int, w
     with psycopg.connect(ep.dsn) as conn:
         migrate(conn, schema=schema, dimension=settings.memory.embedding_dimension,
                 memory_index=settings.memory.index)
-        if without_hnsw:
+        if without_vector_index:
             drop_memory_indexes(conn, schema)
             conn.commit()
 
@@ -399,14 +399,15 @@ def _check(dsn: str, schema: str, events: int) -> _Checked:
     ``aosk audit verify`` passes."""
     import psycopg
 
+    from aosk.projectors.memory_index import INDEX_NAMES
     from aosk.reads.audit import verify
 
     with psycopg.connect(dsn) as conn:
         rows = {t: int(conn.execute(f"select count(*) from {schema}.{t}").fetchone()[0])  # type: ignore[index]
                 for t in ("audit_log", "agent_state", "checkpoints", "memories")}
         verified = verify(conn, schema).ok
-        found = conn.execute("select indexdef from pg_indexes where schemaname = %s and indexdef ilike %s",
-                             (schema, "% using hnsw %")).fetchone()
+        found = conn.execute("select indexdef from pg_indexes where schemaname = %s and indexname = any(%s)",
+                             (schema, list(INDEX_NAMES.values()))).fetchone()
     if rows["audit_log"] != events or not verified:
         raise AoskError(f"benchmark projection is wrong: {rows}, verify ok={verified}")
     return _Checked(rows, found[0].split(" USING ", 1)[-1] if found else "")
@@ -471,11 +472,11 @@ def _breakdown_and_copy(dsn: str, schema: str, msgs: list[Any], result: ProjectR
 
     meta = MEMORY_COLUMNS.index("metadata")
     mem_rows = [[*r[:meta], Jsonb(r[meta]), *r[meta + 1 :]] for r in mem.full.values()]
-    for variant, hnsw in (("all", True), ("no_hnsw", False)):
+    for variant, indexed in (("all", True), ("no_vector_index", False)):
         target = f"{schema}_copy_{variant}"
         with psycopg.connect(dsn) as conn:
             migrate(conn, schema=target, dimension=dim)
-            if not hnsw:
+            if not indexed:
                 drop_memory_indexes(conn, target)
                 conn.commit()
             oid = prepare_connection(conn, target)
@@ -509,7 +510,7 @@ def _cleanup(dsn: str, bootstrap: str, schema: str, prefix: str) -> None:
     from confluent_kafka.admin import AdminClient
 
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for s in (schema, f"{schema}_copy_all", f"{schema}_copy_no_hnsw"):
+        for s in (schema, f"{schema}_copy_all", f"{schema}_copy_no_vector_index"):
             conn.execute(f"drop schema if exists {s} cascade")
     topics = [f"{prefix}.agent-events", f"{prefix}.agent-transitions", f"{prefix}.dead-letters"]
     for fut in AdminClient({"bootstrap.servers": bootstrap}).delete_topics(topics).values():
@@ -522,7 +523,7 @@ def _cleanup(dsn: str, bootstrap: str, schema: str, prefix: str) -> None:
 def report_markdown(r: ProjectResult, machine: str) -> str:
     e = r.events
     rows = sum(r.rows.values())
-    all_s, no_hnsw_s = r.copy["copy all"], r.copy["copy no_hnsw"]
+    all_s, no_index_s = r.copy["copy all"], r.copy["copy no_vector_index"]
     cpu_total = sum(v for k, v in r.cpu.items() if k != "other processes")
     title = "## Project: journal -> every projection, end to end"
     index = f"memories with 384-d embeddings clustered around 64 topics (`{r.index}`)"
@@ -546,16 +547,17 @@ def report_markdown(r: ProjectResult, machine: str) -> str:
         f"| AOSK: {r.processes} `aosk project` processes, journal written first: consume + decode + fold + all "
         f"projections, exactly once (median of {len(r.runs)} runs) | {r.e2e_seconds:.2f} | "
         f"**{e / r.e2e_seconds:,.0f}** |",
-        f"| AOSK, the same with no vector index (every HNSW index dropped; median of {len(r.runs_without_index)} "
+        f"| AOSK, the same with no vector index (the vector index dropped; median of {len(r.runs_without_index)} "
         f"runs, each right after one of the above) | {wo:.2f} | {e / wo:,.0f} |",
         f"| AOSK live: the same while the workload is produced on the same 2 cores | {r.live_seconds:.2f} | "
         f"{e / r.live_seconds:,.0f} |",
-        f"| baseline: raw COPY of the same {rows:,} rows, one session, same indexes (incl. HNSW) | "
+        f"| baseline: raw COPY of the same {rows:,} rows, one session, same indexes (incl. the vector index) | "
         f"{all_s:.2f} | {e / all_s:,.0f} |",
-        f"| baseline: raw COPY of the same rows without the HNSW index | {no_hnsw_s:.2f} | {e / no_hnsw_s:,.0f} |",
+        f"| baseline: raw COPY of the same rows without the vector index | {no_index_s:.2f} | {e / no_index_s:,.0f} |",
         f"| of which raw COPY of the {r.rows['audit_log']:,} audit rows | {r.copy['copy audit_log']:.2f} | "
         f"{e / r.copy['copy audit_log']:,.0f} |",
-        f"| of which raw COPY of the {r.rows['memories']:,} memory rows (HNSW) | {r.copy['copy memories']:.2f} | "
+        f"| of which raw COPY of the {r.rows['memories']:,} memory rows (vector index) | "
+        f"{r.copy['copy memories']:.2f} | "
         f"{e / r.copy['copy memories']:,.0f} |",
         "",
         "Runs with the journal written first: "

@@ -119,8 +119,8 @@ def bench_reads(settings: Settings, *, agents: int = 12, events_per_agent: int =
             every = checkpoint_every_of(conn, schema)
         say(f"projecting with {processes} projectors (a checkpoint every {every} records of an agent) ...",
             flush=True)
-        timed = _timed_projection(settings, bj, processes=processes, written_first=True, without_hnsw=False,
-                                  say=say)
+        timed = _timed_projection(settings, bj, processes=processes, written_first=True,
+                                  without_vector_index=False, say=say)
         # Measured as in a process that serves reads: without the workload's records in memory
         # (their objects would make every cyclic collection of the reads walk them).
         del w, bj

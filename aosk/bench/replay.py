@@ -268,7 +268,10 @@ def _timed_limit(dsn: str, source: str, target: str, result: ReplayBenchResult) 
         t2 = time.perf_counter()
     result.rows = rows
     result.indexes = len(indexes)
-    result.vector_index = next((d.split(" USING ", 1)[-1] for d in indexes if " USING hnsw " in d), "")
+    from aosk.projectors.memory_index import INDEX_NAMES
+
+    names = {f" {n} ON " for n in INDEX_NAMES.values()}
+    result.vector_index = next((d.split(" USING ", 1)[-1] for d in indexes if any(n in d for n in names)), "")
     return LimitRun(copy_s=t1 - t0, index_s=t2 - t1)
 
 
