@@ -275,12 +275,18 @@ def _section_projections(settings: Settings, ep: Endpoints, ctx: dict[str, objec
         hits = reader.recall(vec, k=3, agent_id=bob)
         found = ", ".join(f"{h.text!r} ({h.distance:.3f})" for h in hits)
         print(f"  recall for {bob} (pgvector, cosine): {found}")
-        from aosk.projectors.memory_index import present
+        from aosk.projectors.memory_index import ivfflat_lists, present
 
         with psycopg.connect(ep.dsn) as conn:
             kind = present(conn, "aosk")
-        print(f"  memories' vector index: {kind} (memory.index / AOSK_MEMORY_INDEX; candidates re-ranked by exact "
-              "cosine; an agent's few memories are scanned exactly; aosk bench memory compares the kinds)")
+            lists = ivfflat_lists(conn, "aosk")
+            embedded = conn.execute("select count(embedding) from aosk.memories").fetchone()
+        sized = f", {lists} list(s) for {embedded[0] if embedded else 0} embedded memories" if lists else ""
+        print(f"  memories' vector index: {kind}{sized} (memory.index / AOSK_MEMORY_INDEX; candidates re-ranked by "
+              "exact cosine; an agent's few memories are scanned exactly; aosk bench memory compares the kinds)")
+        if lists is not None:
+            print("    IVFFlat: one list (an exact scan) below 10,000 memories, then one per 1,000; the projectors "
+                  "build it again, concurrently, each time the table doubles")
         view = reader.agent_state(bob)
         if view is not None:
             print(f"  {bob}: status {view.status}, tokens used {view.tokens_used}, left {view.tokens_left}")
