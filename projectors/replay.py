@@ -258,7 +258,7 @@ class Replay(ResourceHolder):
         every: str | None = None
         if live:
             try:
-                every = get_meta(conn, self.schema, "checkpoint_every")
+                every = str(checkpoint_every_of(conn, self.schema))  # what its projectors use
                 topic = get_meta(conn, self.schema, "journal_topic")
             except psycopg.errors.UndefinedTable:
                 conn.rollback()

@@ -17,14 +17,17 @@ import psycopg
 
 from aosk.journal import JournalReader, record_from_message
 from aosk.kernel import (
+    LATEST_VERSION,
     AgentSlot,
     Record,
+    Status,
     Verdict,
     apply,
     canonical_verdict_bytes,
     encode_state,
     fold_args,
     fold_key,
+    params_for,
     partition_state,
 )
 
@@ -79,7 +82,12 @@ class Expected:
     memories: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
 
-def expected_projection(records: list[Record]) -> Expected:
+def expected_projection(records: list[Record], checkpoint_every: int | None = None) -> Expected:
+    """``checkpoint_every``: the schema's interval (None: the fold's own, its
+    ``checkpoint_due``); it must divide the fold's, whose due points it then adds to."""
+    fold_every = params_for(LATEST_VERSION).checkpoint_interval
+    every = checkpoint_every or fold_every
+    assert fold_every % every == 0, f"the oracle models intervals that divide {fold_every}, not {every}"
     exp = Expected()
     running = exp.slots
     for rec in records:  # fold_with_verdicts, one record at a time (states are needed per seq)
@@ -95,7 +103,7 @@ def expected_projection(records: list[Record]) -> Expected:
         ).digest()
         exp.hashes[pos] = h
         exp.heads[key] = h
-        if v.checkpoint_due:
+        if v.checkpoint_due or (v.status != Status.NONE and v.seq % every == 0):
             exp.checkpoints[(key, v.seq)] = encode_state(slot.state)
         _memories(exp.memories, rec, v, slot)
     return exp
@@ -132,7 +140,12 @@ def _memories(mem: dict[tuple[str, str], dict[str, Any]], rec: Record, v: Verdic
 
 def assert_projection_matches(dsn: str, schema: str, records: list[Record]) -> Expected:
     """Every table of ``schema`` equals what the journal folds into."""
-    exp = expected_projection(records)
+    from aosk.projectors.runner import checkpoint_every_of
+
+    with psycopg.connect(dsn) as conn:
+        every = checkpoint_every_of(conn, schema)
+        conn.commit()
+    exp = expected_projection(records, every)
     with psycopg.connect(dsn) as conn:
         # audit_log: exactly one row per journal record, with the fold's verdict and chain
         rows = conn.execute(
