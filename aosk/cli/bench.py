@@ -140,7 +140,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     metavar="N", help="timed state_at reads from the journal per run, each checked against "
                                       "PostgreSQL's (default %(default)s)")
     rd.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
-                    help="records of an agent between checkpoints (default: the fold version's interval)")
+                    help="records of an agent between checkpoints (default: a new schema's, 50)")
     add_repeat(rd, default=param_default(bench_reads, "repeat"), help="timed runs; the median is reported")
     add_no_progress(rd)
     add_output(rd)

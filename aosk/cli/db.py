@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     m = actions.add_parser("migrate", help="apply pending migrations (projectors also do it at start)")
     add_schema(m)
     m.add_argument("--checkpoint-every", type=positive_int, metavar="N",
-                   help="checkpoint every N records of an agent (stored with the schema; default: the fold's 100)")
+                   help="checkpoint every N records of an agent (stored with the schema; default for a new schema: 50)")
     m.set_defaults(run=_migrate)
     s = actions.add_parser("status", help="applied migrations and how far each journal partition is projected")
     add_schema(s)
