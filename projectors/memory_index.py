@@ -168,7 +168,7 @@ class Stale:
 
     lists: int
     rows: int
-    """The table's rows (PostgreSQL's estimates)."""
+    """The table's rows with an embedding (PostgreSQL's estimates)."""
 
     @property
     def wanted(self) -> int:
@@ -178,10 +178,14 @@ class Stale:
 def stale(conn: psycopg.Connection[Any], schema: str) -> Stale | None:
     """Whether ``schema``'s IVFFlat memory index is due to be built again: the table
     calls for ``REBUILD_GROWTH`` times its lists or more (None: not due, or no IVFFlat)."""
-    # the larger of the planner's estimate (set by (auto)vacuum and analyze) and the
-    # statistics' live rows (counted as rows are written): a growing table's reltuples lags
+    # The rows the index holds, estimated without reading the table: the larger of the
+    # planner's estimate (set by (auto)vacuum and analyze) and the statistics' live rows
+    # (counted as rows are written; a growing table's reltuples lags), times the share of
+    # rows with an embedding (analyze's null_frac: memories paged out have none)
     row = conn.execute(
-        "select i.reloptions, greatest(t.reltuples, coalesce(pg_stat_get_live_tuples(t.oid), 0)) "
+        "select i.reloptions, greatest(t.reltuples, coalesce(pg_stat_get_live_tuples(t.oid), 0)) * (1 - coalesce("
+        "(select s.null_frac from pg_stats s where s.schemaname = n.nspname and s.tablename = t.relname "
+        "and s.attname = 'embedding'), 0)) "
         "from pg_class i join pg_namespace n on n.oid = i.relnamespace "
         "join pg_index x on x.indexrelid = i.oid join pg_class t on t.oid = x.indrelid "
         "where n.nspname = %s and i.relname = %s", (schema, INDEX_NAMES["ivfflat"])).fetchone()
