@@ -156,9 +156,12 @@ def ivfflat_lists(conn: psycopg.Connection[Any], schema: str) -> int | None:
     row = conn.execute(
         "select c.reloptions from pg_class c join pg_namespace n on n.oid = c.relnamespace "
         "where n.nspname = %s and c.relname = %s", (schema, INDEX_NAMES["ivfflat"])).fetchone()
-    if row is None:
-        return None
-    opts = dict(o.split("=", 1) for o in row[0] or ())
+    return None if row is None else _lists(row[0])
+
+
+def _lists(reloptions: list[str] | None) -> int:
+    """An IVFFlat index's lists from its ``pg_class.reloptions``."""
+    opts = dict(o.split("=", 1) for o in reloptions or ())
     return int(opts.get("lists", 100))  # pgvector's default when built without the option
 
 
@@ -191,8 +194,7 @@ def stale(conn: psycopg.Connection[Any], schema: str) -> Stale | None:
         "where n.nspname = %s and i.relname = %s", (schema, INDEX_NAMES["ivfflat"])).fetchone()
     if row is None:
         return None
-    opts = dict(o.split("=", 1) for o in row[0] or ())
-    s = Stale(int(opts.get("lists", 100)), max(0, int(row[1])))
+    s = Stale(_lists(row[0]), max(0, int(row[1])))
     return s if s.wanted >= REBUILD_GROWTH * s.lists else None
 
 
